@@ -1,0 +1,30 @@
+# The two commands a newcomer needs: `make demo` (run the bus and watch it deliver) and
+# `make test` (install what the tests need, then run them). Both build .venv on first use.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+
+.PHONY: up demo test lint bench clean
+
+$(BIN)/.installed: setup.cfg pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[server,test]'
+	touch $@
+
+up: $(BIN)/.installed
+	$(BIN)/ipai-bus up
+
+demo: $(BIN)/.installed
+	$(BIN)/ipai-bus demo
+
+test: $(BIN)/.installed
+	$(BIN)/pytest
+
+lint: $(BIN)/.installed
+	$(BIN)/pip install --quiet ruff mypy
+	$(BIN)/ruff check ipai_bus_lib tests bench
+	$(BIN)/mypy
+
+clean:
+	rm -rf $(VENV) .pytest_cache .hypothesis

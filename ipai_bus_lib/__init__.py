@@ -1,0 +1,22 @@
+"""IPAI integration bus: signed business events from Odoo 18, stored durably and routed onwards.
+
+The core (catalog, signing, outbox access, migrations) needs only psycopg2, so Odoo imports it as
+it is; the receiver, router and embedded PostgreSQL come with the ``server`` extra.
+"""
+
+from .catalog import CATALOG, Envelope, new_envelope, parse_envelope
+from .errors import IpaiBusError
+from .signing import sign, signature_headers, verify
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "CATALOG",
+    "Envelope",
+    "IpaiBusError",
+    "new_envelope",
+    "parse_envelope",
+    "sign",
+    "signature_headers",
+    "verify",
+]

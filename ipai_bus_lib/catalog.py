@@ -1,0 +1,262 @@
+"""The event envelope and the catalog of the 14 business event types: data, read by everyone.
+
+Odoo's payload builders, the receiver's validation and the router's formatters all read this one
+module; nothing else lists the event types or their payload fields.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from datetime import date, datetime, timezone
+from types import MappingProxyType
+from typing import Any, Mapping
+
+from .errors import EnvelopeError
+
+EVENT_TYPE_PATTERN = re.compile(r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)*$")
+IDEMPOTENCY_KEY_PATTERN = re.compile(r"^[\x20-\x7e]{1,255}$")
+SOURCE_PATTERN = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+ISO_DATETIME_PATTERN = re.compile(
+    r"^(\d{4})-(\d{2})-(\d{2})T(\d{2}):(\d{2}):(\d{2})(\.\d{1,9})?(Z|[+-]\d{2}:\d{2})$"
+)
+MAX_TEXT_FIELD_LENGTH = 255
+DEFAULT_SOURCE = "odoo"
+
+
+@dataclass(frozen=True)
+class Domain:
+    """A family of events about one kind of Odoo record."""
+
+    name: str
+    aggregate_type: str
+    odoo_model: str
+    payload_fields: tuple[str, ...]
+
+
+EXPENSE = Domain(
+    name="expense",
+    aggregate_type="hr.expense",
+    odoo_model="hr.expense",
+    payload_fields=(
+        "expense_id", "employee_id", "employee_name", "employee_code", "amount", "currency",
+        "description", "date", "category", "state",
+    ),
+)
+ASSET = Domain(
+    name="asset",
+    aggregate_type="maintenance.equipment",
+    odoo_model="ipai.equipment.booking",
+    payload_fields=(
+        "booking_id", "asset_id", "asset_name", "asset_category", "reserved_by",
+        "reserved_by_name", "reserved_from", "reserved_to", "booking_state",
+    ),
+)
+FINANCE_TASK = Domain(
+    name="finance_task",
+    aggregate_type="project.task",
+    odoo_model="project.task",
+    payload_fields=(
+        "task_id", "task_name", "task_code", "bir_form", "period_covered", "employee_code",
+        "prep_deadline", "filing_deadline", "status", "assigned_to", "logframe_id",
+        "logframe_level", "days_overdue",
+    ),
+)
+
+
+@dataclass(frozen=True)
+class EventType:
+    """One catalogued event type: its name, its domain and the step it announces."""
+
+    name: str
+    domain: Domain
+    step: str
+
+    @property
+    def payload_fields(self) -> tuple[str, ...]:
+        return self.domain.payload_fields
+
+
+def _types(domain: Domain, steps: tuple[str, ...]) -> dict[str, EventType]:
+    return {f"{domain.name}.{step}": EventType(f"{domain.name}.{step}", domain, step) for step in steps}
+
+
+CATALOG: Mapping[str, EventType] = MappingProxyType({
+    **_types(EXPENSE, ("submitted", "approved", "rejected", "paid")),
+    **_types(ASSET, ("reserved", "checked_out", "checked_in", "overdue")),
+    **_types(FINANCE_TASK, ("created", "in_progress", "submitted", "approved", "filed", "overdue")),
+})
+
+
+def lookup(event_type: str) -> EventType | None:
+    """The catalog entry of ``event_type``, or None for a type outside the catalog."""
+    return CATALOG.get(event_type)
+
+
+def build_payload(event_type: str, values: Mapping[str, Any]) -> dict[str, Any]:
+    """A catalog payload for ``event_type``: exactly its fields, in order, missing ones as None.
+
+    Dates and datetimes become ISO 8601 text. Raises EnvelopeError for an uncatalogued type or a
+    value that names a field the catalog does not have.
+    """
+    spec = lookup(event_type)
+    if spec is None:
+        raise EnvelopeError(f"{event_type!r} is not in the event catalog", field="event_type")
+    unknown = sorted(set(values) - set(spec.payload_fields))
+    if unknown:
+        raise EnvelopeError(
+            f"{event_type} payload has no field(s) {', '.join(unknown)}", field="payload"
+        )
+    return {name: _json_value(values.get(name)) for name in spec.payload_fields}
+
+
+def _json_value(value: Any) -> Any:
+    if isinstance(value, datetime):
+        if value.tzinfo is None:
+            value = value.replace(tzinfo=timezone.utc)
+        return value.astimezone(timezone.utc).isoformat().replace("+00:00", "Z")
+    if isinstance(value, date):
+        return value.isoformat()
+    return value
+
+
+@dataclass(frozen=True)
+class Envelope:
+    """One event as it travels on the wire (the JSON body of the webhook)."""
+
+    event_type: str
+    aggregate_type: str
+    aggregate_id: str
+    payload: Mapping[str, Any] = field(default_factory=dict)
+    occurred_at: str | None = None
+    source: str = DEFAULT_SOURCE
+
+    def to_json(self) -> dict[str, Any]:
+        """The envelope as the JSON object the wire contract describes."""
+        body: dict[str, Any] = {
+            "event_type": self.event_type,
+            "aggregate_type": self.aggregate_type,
+            "aggregate_id": self.aggregate_id,
+            "payload": dict(self.payload),
+            "source": self.source,
+        }
+        if self.occurred_at is not None:
+            body["occurred_at"] = self.occurred_at
+        return body
+
+    def to_bytes(self) -> bytes:
+        """Compact UTF-8 JSON: the exact bytes a sender signs and posts."""
+        return json.dumps(self.to_json(), separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def new_envelope(
+    event_type: str, aggregate_id: str | int, payload: Mapping[str, Any], *,
+    occurred_at: datetime | None = None, source: str = DEFAULT_SOURCE,
+) -> Envelope:
+    """A catalogued event's envelope, its aggregate type and payload fields taken from the catalog."""
+    spec = lookup(event_type)
+    if spec is None:
+        raise EnvelopeError(f"{event_type!r} is not in the event catalog", field="event_type")
+    moment = occurred_at or datetime.now(timezone.utc)
+    return Envelope(
+        event_type=event_type,
+        aggregate_type=spec.domain.aggregate_type,
+        aggregate_id=str(aggregate_id),
+        payload=build_payload(event_type, payload),
+        occurred_at=_json_value(moment.replace(microsecond=0)),
+        source=source,
+    )
+
+
+def parse_envelope(document: Any) -> Envelope:
+    """Validate a decoded JSON body against the wire contract and return its Envelope.
+
+    Raises EnvelopeError naming the first field that is missing or of the wrong shape.
+    """
+    if not isinstance(document, dict):
+        raise EnvelopeError("body must be a JSON object")
+    event_type = _required_text(document, "event_type")
+    if not EVENT_TYPE_PATTERN.fullmatch(event_type):
+        raise EnvelopeError(
+            "event_type must be lowercase dotted words, e.g. expense.submitted", field="event_type"
+        )
+    aggregate_type = _required_text(document, "aggregate_type")
+    aggregate_id = _aggregate_id(document)
+    payload = document.get("payload")
+    if "payload" not in document:
+        raise EnvelopeError("missing field: payload", field="payload")
+    if not isinstance(payload, dict):
+        raise EnvelopeError("payload must be a JSON object", field="payload")
+    source = document.get("source", DEFAULT_SOURCE)
+    if not isinstance(source, str) or not SOURCE_PATTERN.fullmatch(source):
+        raise EnvelopeError("source must be 1-64 characters of [A-Za-z0-9_.-]", field="source")
+    return Envelope(
+        event_type=event_type,
+        aggregate_type=aggregate_type,
+        aggregate_id=aggregate_id,
+        payload=payload,
+        occurred_at=_occurred_at(document),
+        source=source,
+    )
+
+
+def _required_text(document: Mapping[str, Any], name: str) -> str:
+    if name not in document or document[name] is None:
+        raise EnvelopeError(f"missing field: {name}", field=name)
+    value = document[name]
+    if not isinstance(value, str) or not 1 <= len(value) <= MAX_TEXT_FIELD_LENGTH:
+        raise EnvelopeError(f"{name} must be text of 1-{MAX_TEXT_FIELD_LENGTH} characters", field=name)
+    return value
+
+
+def _aggregate_id(document: Mapping[str, Any]) -> str:
+    value = document.get("aggregate_id")
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    return _required_text(document, "aggregate_id")
+
+
+def _occurred_at(document: Mapping[str, Any]) -> str | None:
+    value = document.get("occurred_at")
+    if value is None:
+        return None
+    if not isinstance(value, str) or not _is_iso_datetime(value):
+        raise EnvelopeError(
+            "occurred_at must be an ISO 8601 date-time with a zone, e.g. 2026-01-22T07:26:26Z",
+            field="occurred_at",
+        )
+    return value
+
+
+def _is_iso_datetime(value: str) -> bool:
+    """The same rule as the Edge Function's: the regular expression, then a real calendar date."""
+    match = ISO_DATETIME_PATTERN.fullmatch(value)
+    if not match:
+        return False
+    year, month, day, hour, minute, second = (int(part) for part in match.groups()[:6])
+    try:
+        datetime(year, month, day, hour, minute, second)
+    except ValueError:
+        return False
+    return True
+
+
+def check_idempotency_key(key: str | None) -> str:
+    """Return ``key`` if it is 1-255 printable ASCII characters, else raise EnvelopeError."""
+    if not key or not IDEMPOTENCY_KEY_PATTERN.fullmatch(key):
+        raise EnvelopeError(
+            "x-idempotency-key header must be 1-255 printable ASCII characters",
+            field="x-idempotency-key",
+        )
+    return key
+
+
+def idempotency_key(event_type: str, record_id: int | str, write_date: datetime) -> str:
+    """Odoo's idempotency key: ``{event_type}:{record_id}:{write_date.timestamp()}``.
+
+    Odoo keeps naive UTC datetimes, so a naive ``write_date`` is read as UTC.
+    """
+    if write_date.tzinfo is None:
+        write_date = write_date.replace(tzinfo=timezone.utc)
+    return f"{event_type}:{record_id}:{write_date.timestamp()}"

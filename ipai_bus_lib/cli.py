@@ -1,0 +1,121 @@
+"""The ``ipai-bus`` command line: one subcommand per operator task, one clear line on error."""
+
+from __future__ import annotations
+
+import argparse
+import secrets as secrets_module
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from . import __version__
+from .errors import ConfigurationError, DatabaseUnavailable, IpaiBusError
+from .settings import Settings
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+EXIT_UNAVAILABLE = 3
+
+Handler = Callable[[argparse.Namespace, Settings], int]
+
+
+def database_url(settings: Settings) -> str:
+    """DATABASE_URL when set, else the embedded cluster's URL (started if it is not running)."""
+    if settings.database_url:
+        return settings.database_url
+    return embedded_cluster(settings).ensure_running()
+
+
+def embedded_cluster(settings: Settings):  # -> EmbeddedPostgres, imported lazily (server extra)
+    from .embedded import EmbeddedPostgres, default_home
+
+    return EmbeddedPostgres(settings.home or default_home())
+
+
+def cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:
+    from .migrator import migrate
+
+    applied = migrate(database_url(settings))
+    print(f"applied {len(applied)} migration(s): {', '.join(applied)}" if applied
+          else "database is up to date")
+    return EXIT_OK
+
+
+def cmd_db(args: argparse.Namespace, settings: Settings) -> int:
+    if settings.database_url and args.action != "url":
+        raise ConfigurationError(
+            "DATABASE_URL is set: the embedded PostgreSQL is not in use", setting="DATABASE_URL")
+    if args.action == "stop":
+        embedded_cluster(settings).stop()
+        print("embedded PostgreSQL stopped")
+        return EXIT_OK
+    url = database_url(settings)
+    print(url if args.action == "url" else "embedded PostgreSQL running")
+    return EXIT_OK
+
+
+def cmd_secret_new(args: argparse.Namespace, settings: Settings) -> int:
+    secret = secrets_module.token_hex(32)
+    if args.output:
+        _write_private(Path(args.output), secret + "\n")
+        print(f"new secret written to {args.output} (mode 0600)")
+    else:
+        print(secret)
+    return EXIT_OK
+
+
+def _write_private(path: Path, text: str) -> None:
+    import os
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(descriptor, "w") as handle:
+        handle.write(text)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ipai-bus",
+        description="IPAI integration bus: receive signed Odoo events, store them, route them.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    migrate = commands.add_parser("migrate", help="apply the database migrations (idempotent)")
+    migrate.set_defaults(handler=cmd_migrate)
+
+    db = commands.add_parser("db", help="the embedded PostgreSQL: start, stop, print its URL")
+    db.add_argument("action", choices=["start", "stop", "url"])
+    db.set_defaults(handler=cmd_db)
+
+    secret = commands.add_parser("secret", help="webhook secrets")
+    secret_commands = secret.add_subparsers(dest="secret_command", metavar="ACTION", required=True)
+    secret_new = secret_commands.add_parser("new", help="make a new random webhook secret")
+    secret_new.add_argument("--output", "-o", metavar="FILE",
+                            help="write it to FILE (mode 0600) instead of printing it")
+    secret_new.set_defaults(handler=cmd_secret_new)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run one subcommand; returns the process exit code."""
+    args = build_parser().parse_args(argv)
+    try:
+        settings = Settings.from_env()
+        return int(args.handler(args, settings))
+    except ConfigurationError as exc:
+        print(f"ipai-bus: configuration error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except DatabaseUnavailable as exc:
+        print(f"ipai-bus: {exc}", file=sys.stderr)
+        return EXIT_UNAVAILABLE
+    except IpaiBusError as exc:
+        print(f"ipai-bus: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

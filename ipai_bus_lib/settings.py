@@ -1,0 +1,97 @@
+"""Configuration: frozen dataclasses, read from the environment here and nowhere else."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import ConfigurationError
+from .outbox import DEFAULT_RETRY_DELAYS_SECONDS
+
+MIN_SECRET_LENGTH = 16
+
+
+def parse_secrets(raw: str | None, *, setting: str = "IPAI_WEBHOOK_SECRET") -> tuple[str, ...]:
+    """Comma-separated active secrets, newest first (several at once while rotating).
+
+    Raises ConfigurationError for a secret shorter than 16 characters.
+    """
+    found = tuple(part.strip() for part in (raw or "").split(",") if part.strip())
+    for secret in found:
+        if len(secret) < MIN_SECRET_LENGTH:
+            raise ConfigurationError(
+                f"{setting}: each secret must be at least {MIN_SECRET_LENGTH} characters "
+                "(make one with `ipai-bus secret new`)",
+                setting=setting,
+            )
+    return found
+
+
+def _int(env: Mapping[str, str], name: str, default: int, *, minimum: int = 0) -> int:
+    raw = env.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigurationError(f"{name} must be a whole number, got {raw!r}", setting=name) from None
+    if value < minimum:
+        raise ConfigurationError(f"{name} must be at least {minimum}, got {value}", setting=name)
+    return value
+
+
+def _float(env: Mapping[str, str], name: str, default: float) -> float:
+    raw = env.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigurationError(f"{name} must be a number, got {raw!r}", setting=name) from None
+    if value <= 0:
+        raise ConfigurationError(f"{name} must be greater than 0, got {raw}", setting=name)
+    return value
+
+
+def _delays(env: Mapping[str, str], name: str, default: tuple[int, ...]) -> tuple[int, ...]:
+    raw = env.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        delays = tuple(int(part) for part in raw.split(","))
+    except ValueError:
+        raise ConfigurationError(
+            f"{name} must be comma-separated seconds, e.g. 30,90,300; got {raw!r}", setting=name
+        ) from None
+    if not delays or min(delays) < 0:
+        raise ConfigurationError(f"{name} must list non-negative seconds", setting=name)
+    return delays
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the bus reads from its environment. Build with ``Settings.from_env()``."""
+
+    database_url: str | None = None
+    home: Path | None = None
+    webhook_secrets: tuple[str, ...] = ()
+    odoo_base_url: str | None = None
+    max_attempts: int = 4
+    retry_delays: tuple[int, ...] = DEFAULT_RETRY_DELAYS_SECONDS
+    extra: Mapping[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        """Read the settings; raises ConfigurationError naming the first bad variable."""
+        env = os.environ if env is None else env
+        home = env.get("IPAI_BUS_HOME")
+        return cls(
+            database_url=env.get("DATABASE_URL") or None,
+            home=Path(home).expanduser() if home else None,
+            webhook_secrets=parse_secrets(env.get("IPAI_WEBHOOK_SECRET")),
+            odoo_base_url=(env.get("ODOO_BASE_URL") or "").rstrip("/") or None,
+            max_attempts=_int(env, "IPAI_MAX_ATTEMPTS", 4, minimum=1),
+            retry_delays=_delays(env, "IPAI_RETRY_DELAYS", DEFAULT_RETRY_DELAYS_SECONDS),
+        )

@@ -1,0 +1,145 @@
+"""Signing and verifying webhook requests: HMAC-SHA256 over "{timestamp}.{raw_body}".
+
+The one implementation of the signing rule. Odoo's addon signs with it; the receiver verifies with
+it; the Edge Function's implementation is checked against the same vectors under tests/vectors/.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import time
+from dataclasses import dataclass
+from typing import Mapping, Sequence
+
+from .errors import (
+    FutureTimestamp,
+    InvalidSignature,
+    MalformedTimestamp,
+    MissingSignature,
+    MissingTimestamp,
+    StaleTimestamp,
+)
+
+TIMESTAMP_HEADER = "x-ipai-timestamp"
+SIGNATURE_HEADER = "x-ipai-signature"
+IDEMPOTENCY_KEY_HEADER = "x-idempotency-key"
+TOLERANCE_SECONDS = 300
+# More digests than any rotation needs only costs the receiver HMACs: refuse them.
+MAX_DIGESTS_PER_HEADER = 8
+_TIMESTAMP_DIGITS = 16
+
+Secret = str | bytes
+
+
+def now_ms() -> int:
+    """Milliseconds since the Unix epoch, the unit of x-ipai-timestamp."""
+    return time.time_ns() // 1_000_000
+
+
+def _key(secret: Secret) -> bytes:
+    return secret.encode() if isinstance(secret, str) else secret
+
+
+def signed_message(timestamp_ms: int | str, body: bytes) -> bytes:
+    """The exact bytes that are signed: ``b"{timestamp}." + raw_body``."""
+    return str(timestamp_ms).encode() + b"." + body
+
+
+def sign(secret: Secret, body: bytes, *, timestamp_ms: int) -> str:
+    """Lowercase hex HMAC-SHA256 of ``"{timestamp_ms}.{body}"`` under ``secret``."""
+    if not _key(secret):
+        raise ValueError("the webhook secret must not be empty")
+    return hmac.new(_key(secret), signed_message(timestamp_ms, body), hashlib.sha256).hexdigest()
+
+
+def signature_headers(
+    secrets: Secret | Sequence[Secret], body: bytes, *, idempotency_key: str,
+    timestamp_ms: int | None = None,
+) -> dict[str, str]:
+    """The headers of a signed request; several secrets give several comma-separated digests."""
+    keys = [secrets] if isinstance(secrets, (str, bytes)) else list(secrets)
+    stamp = now_ms() if timestamp_ms is None else timestamp_ms
+    return {
+        "Content-Type": "application/json",
+        TIMESTAMP_HEADER: str(stamp),
+        SIGNATURE_HEADER: ",".join(sign(key, body, timestamp_ms=stamp) for key in keys),
+        IDEMPOTENCY_KEY_HEADER: idempotency_key,
+    }
+
+
+def parse_timestamp(header: str | None) -> int:
+    """x-ipai-timestamp as integer milliseconds; raises MissingTimestamp or MalformedTimestamp."""
+    if header is None or header.strip() == "":
+        raise MissingTimestamp()
+    value = header.strip()
+    if not value.isascii() or not value.isdigit() or len(value) > _TIMESTAMP_DIGITS:
+        raise MalformedTimestamp()
+    return int(value)
+
+
+def check_freshness(
+    timestamp_ms: int, *, now: int | None = None, tolerance_seconds: int = TOLERANCE_SECONDS
+) -> None:
+    """Raise StaleTimestamp or FutureTimestamp when the timestamp is outside the window."""
+    current = now_ms() if now is None else now
+    if timestamp_ms < current - tolerance_seconds * 1000:
+        raise StaleTimestamp()
+    if timestamp_ms > current + tolerance_seconds * 1000:
+        raise FutureTimestamp()
+
+
+@dataclass(frozen=True)
+class Verified:
+    """What a valid signature proves: when the request was signed, and which message it signs.
+
+    ``fingerprint`` is the sha256 hex of the signed message. The receiver stores it with the event
+    to bind an accepted signature to its idempotency key; binding the message rather than one
+    digest means a resend carrying only another of its digests (rotation headers carry several)
+    is still recognised as the same signature.
+    """
+
+    timestamp_ms: int
+    fingerprint: str
+
+
+def verify(
+    secrets: Sequence[Secret], body: bytes, headers: Mapping[str, str], *,
+    now: int | None = None, tolerance_seconds: int = TOLERANCE_SECONDS,
+) -> Verified:
+    """Check a request's signature headers against every active secret.
+
+    ``headers`` may use any case. Returns the verified timestamp and message fingerprint. Raises
+    MissingTimestamp, MalformedTimestamp, StaleTimestamp, FutureTimestamp, MissingSignature or
+    InvalidSignature, checked in that order.
+    """
+    lowered = {name.lower(): value for name, value in headers.items()}
+    timestamp_text = lowered.get(TIMESTAMP_HEADER)
+    timestamp_ms = parse_timestamp(timestamp_text)
+    check_freshness(timestamp_ms, now=now, tolerance_seconds=tolerance_seconds)
+    digests = _header_digests(lowered.get(SIGNATURE_HEADER))
+    # The digits exactly as sent are what the sender signed (a leading zero stays).
+    message = signed_message(str(timestamp_text).strip(), body)
+    if not any_digest_matches(secrets, message, digests):
+        raise InvalidSignature()
+    return Verified(timestamp_ms, hashlib.sha256(message).hexdigest())
+
+
+def _header_digests(header: str | None) -> list[str]:
+    if header is None or header.strip() == "":
+        raise MissingSignature()
+    digests = [part.strip().lower() for part in header.split(",") if part.strip()]
+    if not digests or len(digests) > MAX_DIGESTS_PER_HEADER:
+        raise InvalidSignature()
+    return digests
+
+
+def any_digest_matches(secrets: Sequence[Secret], message: bytes, digests: Sequence[str]) -> bool:
+    """True when some digest equals HMAC(secret, message) for some secret; constant-time compare."""
+    matched = False
+    for secret in secrets:
+        expected = hmac.new(_key(secret), message, hashlib.sha256).hexdigest().encode()
+        for digest in digests:
+            # Every pair is compared, so the time taken does not tell which one matched.
+            matched |= hmac.compare_digest(expected, digest.encode("ascii", "replace"))
+    return matched

@@ -1,0 +1,108 @@
+"""Test fixtures: a real PostgreSQL (DATABASE_URL's server, else a throw-away embedded cluster),
+one database migrated once per session, and a clean outbox for every test that asks for it."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import psycopg2
+import pytest
+
+from ipai_bus_lib.db import Database
+from ipai_bus_lib.embedded import EmbeddedPostgres
+from ipai_bus_lib.migrator import migrate
+
+# A throw-away cluster need not survive a power cut: tests run faster without fsync.
+_FAST_TEST_SETTINGS = {"fsync": "off", "synchronous_commit": "off", "full_page_writes": "off"}
+_TABLES_CLEANED_PER_TEST = ("integration.outbox", "integration.event_log")
+
+
+def with_database(url: str, database: str) -> str:
+    """``url`` pointing at another database of the same server."""
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(path=f"/{database}"))
+
+
+@pytest.fixture(scope="session")
+def server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """An administrative URL of a real PostgreSQL server for the whole session."""
+    configured = os.environ.get("DATABASE_URL")
+    if configured:
+        yield configured
+        return
+    cluster = EmbeddedPostgres(tmp_path_factory.mktemp("pg"), settings=_FAST_TEST_SETTINGS)
+    url = cluster.ensure_running()
+    yield url
+    cluster.stop()
+
+
+@pytest.fixture(scope="session")
+def make_database(server_url: str) -> Iterator[Callable[[], str]]:
+    """A factory of fresh, empty databases on the test server; all dropped at the end."""
+    created: list[str] = []
+
+    def make() -> str:
+        name = f"ipai_test_{uuid.uuid4().hex[:12]}"
+        _admin(server_url, f'create database "{name}"')
+        created.append(name)
+        return with_database(server_url, name)
+
+    yield make
+    for name in created:
+        _admin(server_url, f'drop database if exists "{name}" with (force)')
+
+
+def _admin(url: str, statement: str) -> None:
+    conn = psycopg2.connect(url)
+    conn.autocommit = True
+    try:
+        with conn.cursor() as cursor:
+            cursor.execute(statement)
+    finally:
+        conn.close()
+
+
+@pytest.fixture(scope="session")
+def bus_url(make_database: Callable[[], str]) -> str:
+    """A database with every migration applied, shared by the session's tests."""
+    url = make_database()
+    migrate(url)
+    return url
+
+
+@pytest.fixture()
+def clean_bus(bus_url: str) -> str:
+    """``bus_url`` with the bus tables emptied first (the event_log's guard set aside)."""
+    conn = psycopg2.connect(bus_url)
+    try:
+        with conn, conn.cursor() as cursor:
+            cursor.execute("set local session_replication_role = replica")
+            cursor.execute(f"truncate {', '.join(_TABLES_CLEANED_PER_TEST)}")
+    finally:
+        conn.close()
+    return bus_url
+
+
+@pytest.fixture()
+def conn(clean_bus: str) -> Iterator[psycopg2.extensions.connection]:
+    """A superuser connection to a clean bus database (autocommit off)."""
+    connection = psycopg2.connect(clean_bus)
+    yield connection
+    connection.close()
+
+
+@pytest.fixture()
+def database(clean_bus: str) -> Iterator[Database]:
+    """The library's connection pool on a clean bus database."""
+    pool = Database(clean_bus, max_size=30)
+    yield pool
+    pool.close()
+
+
+@pytest.fixture(scope="session")
+def vectors_path() -> Path:
+    return Path(__file__).parent / "vectors" / "signing.json"

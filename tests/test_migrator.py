@@ -1,0 +1,114 @@
+"""The migration runner and the embedded PostgreSQL default, on real servers."""
+
+from __future__ import annotations
+
+import os
+import stat
+
+import psycopg2
+import pytest
+
+from ipai_bus_lib import migrator
+from ipai_bus_lib.embedded import EmbeddedPostgres
+from ipai_bus_lib.errors import DatabaseUnavailable, MigrationError
+
+
+def applied_versions(url: str) -> list[str]:
+    conn = psycopg2.connect(url)
+    try:
+        with conn.cursor() as cursor:
+            cursor.execute("select version from integration.schema_migrations order by version")
+            return [version for (version,) in cursor.fetchall()]
+    finally:
+        conn.close()
+
+
+def test_migrate_applies_every_file_then_is_a_no_op(make_database):
+    url = make_database()
+    everything = [migration.version for migration in migrator.available_migrations()]
+    assert migrator.migrate(url) == everything
+    assert migrator.migrate(url) == [], "a second run must apply nothing"
+    assert applied_versions(url) == everything
+
+
+def test_migrate_creates_the_supabase_roles(make_database):
+    url = make_database()
+    migrator.migrate(url)
+    conn = psycopg2.connect(url)
+    with conn.cursor() as cursor:
+        cursor.execute("select rolname from pg_roles where rolname in"
+                       " ('anon', 'authenticated', 'service_role') order by 1")
+        assert [name for (name,) in cursor.fetchall()] == ["anon", "authenticated", "service_role"]
+    conn.close()
+
+
+def test_migration_edited_after_it_was_applied_is_refused(make_database):
+    url = make_database()
+    migrator.migrate(url)
+    conn = psycopg2.connect(url)
+    with conn, conn.cursor() as cursor:
+        cursor.execute("update integration.schema_migrations set checksum = 'edited'")
+    conn.close()
+    with pytest.raises(MigrationError, match="was edited after it was applied"):
+        migrator.migrate(url)
+
+
+def test_migration_recorded_by_the_supabase_cli_is_not_applied_again(make_database):
+    url = make_database()
+    conn = psycopg2.connect(url)
+    with conn, conn.cursor() as cursor:
+        cursor.execute("create schema supabase_migrations; create table"
+                       " supabase_migrations.schema_migrations (version text primary key)")
+        for migration in migrator.available_migrations():
+            cursor.execute("insert into supabase_migrations.schema_migrations values (%s)",
+                           (migration.version,))
+    conn.close()
+    assert migrator.migrate(url) == []
+
+
+def test_failing_migration_leaves_nothing_half_applied(make_database):
+    url = make_database()
+    conn = psycopg2.connect(url)
+    with conn, conn.cursor() as cursor:  # a clash the migration cannot get past
+        cursor.execute("create schema integration; create table integration.outbox (id int)")
+    conn.close()
+    with pytest.raises(MigrationError, match="20260122000100_integration_bus.sql failed"):
+        migrator.migrate(url)
+    conn = psycopg2.connect(url)
+    with conn.cursor() as cursor:
+        cursor.execute("select to_regclass('integration.event_log'), count(*)"
+                       " from integration.schema_migrations")
+        assert cursor.fetchone() == (None, 0)
+    conn.close()
+
+
+def test_migrate_reports_an_unreachable_database():
+    with pytest.raises(DatabaseUnavailable, match="database unreachable"):
+        migrator.migrate("postgresql://postgres@127.0.0.1:1/postgres")
+
+
+def test_embedded_cluster_starts_restarts_and_keeps_its_data(tmp_path):
+    cluster = EmbeddedPostgres(tmp_path / "home", settings={"fsync": "off"})
+    url = cluster.ensure_running()
+    try:
+        assert cluster.ensure_running() == url, "a running cluster is reused, not restarted"
+        assert stat.S_IMODE(os.stat(cluster.password_file).st_mode) == 0o600
+        migrator.migrate(url)
+        cluster.stop()
+        assert not cluster.is_running()
+        with pytest.raises(DatabaseUnavailable):
+            migrator.migrate(url)
+        assert cluster.ensure_running() == url
+        assert migrator.migrate(url) == [], "the data survived the restart"
+    finally:
+        cluster.stop()
+
+
+def test_embedded_cluster_refuses_a_wrong_password(tmp_path):
+    cluster = EmbeddedPostgres(tmp_path / "home", settings={"fsync": "off"})
+    url = cluster.ensure_running()
+    try:
+        with pytest.raises(psycopg2.OperationalError, match="password authentication failed"):
+            psycopg2.connect(url.replace(url.split(":")[2].split("@")[0], "wrong"))
+    finally:
+        cluster.stop()
