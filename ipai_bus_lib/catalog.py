@@ -22,6 +22,7 @@ ISO_DATETIME_PATTERN = re.compile(
     r"^(\d{4})-(\d{2})-(\d{2})T(\d{2}):(\d{2}):(\d{2})(\.\d{1,9})?(Z|[+-]\d{2}:\d{2})$"
 )
 MAX_TEXT_FIELD_LENGTH = 255
+MAX_PAYLOAD_DEPTH = 32
 DEFAULT_SOURCE = "odoo"
 
 
@@ -188,6 +189,12 @@ def parse_envelope(document: Any) -> Envelope:
         raise EnvelopeError("missing field: payload", field="payload")
     if not isinstance(payload, dict):
         raise EnvelopeError("payload must be a JSON object", field="payload")
+    if not is_storable(payload):
+        raise EnvelopeError(
+            f"payload must nest at most {MAX_PAYLOAD_DEPTH} levels and hold no NUL character"
+            " or lone surrogate",
+            field="payload",
+        )
     source = document.get("source", DEFAULT_SOURCE)
     if not isinstance(source, str) or not SOURCE_PATTERN.fullmatch(source):
         raise EnvelopeError("source must be 1-64 characters of [A-Za-z0-9_.-]", field="source")
@@ -205,9 +212,31 @@ def _required_text(document: Mapping[str, Any], name: str) -> str:
     if name not in document or document[name] is None:
         raise EnvelopeError(f"missing field: {name}", field=name)
     value = document[name]
-    if not isinstance(value, str) or not 1 <= len(value) <= MAX_TEXT_FIELD_LENGTH:
-        raise EnvelopeError(f"{name} must be text of 1-{MAX_TEXT_FIELD_LENGTH} characters", field=name)
+    if (not isinstance(value, str) or not 1 <= len(value) <= MAX_TEXT_FIELD_LENGTH
+            or _UNSTORABLE_TEXT.search(value)):
+        raise EnvelopeError(
+            f"{name} must be text of 1-{MAX_TEXT_FIELD_LENGTH} characters, no control characters",
+            field=name,
+        )
     return value
+
+
+_UNSTORABLE_TEXT = re.compile(r"[\x00-\x1f\x7f\ud800-\udfff]")
+_UNSTORABLE_IN_JSON = re.compile(r"[\x00\ud800-\udfff]")
+
+
+def is_storable(value: Any, depth: int = 0) -> bool:
+    """True when a decoded JSON value can be stored as jsonb: no NUL, no lone surrogate, and
+    nested at most MAX_PAYLOAD_DEPTH deep."""
+    if isinstance(value, str):
+        return not _UNSTORABLE_IN_JSON.search(value)
+    if depth >= MAX_PAYLOAD_DEPTH and isinstance(value, (dict, list)):
+        return False
+    if isinstance(value, dict):
+        return all(is_storable(key) and is_storable(item, depth + 1) for key, item in value.items())
+    if isinstance(value, list):
+        return all(is_storable(item, depth + 1) for item in value)
+    return True
 
 
 def _aggregate_id(document: Mapping[str, Any]) -> str:

@@ -42,6 +42,22 @@ def cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:
     return EXIT_OK
 
 
+def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
+    from .server import ServerConfig, serve
+
+    if not settings.webhook_secrets:
+        raise ConfigurationError(
+            "no webhook secret: set IPAI_WEBHOOK_SECRET (or IPAI_WEBHOOK_SECRET_FILE);"
+            " `ipai-bus secret new` makes one", setting="IPAI_WEBHOOK_SECRET")
+    url = database_url(settings)
+    config = ServerConfig(
+        host=args.host or settings.receiver_host, port=args.port or settings.receiver_port,
+        workers=args.workers or settings.receiver_workers,
+        threads=args.threads or settings.receiver_threads)
+    serve(config, database_url=url, secrets=settings.webhook_secrets)
+    return EXIT_OK
+
+
 def cmd_db(args: argparse.Namespace, settings: Settings) -> int:
     if settings.database_url and args.action != "url":
         raise ConfigurationError(
@@ -74,6 +90,23 @@ def _write_private(path: Path, text: str) -> None:
         handle.write(text)
 
 
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"want a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"want at least 1, got {value}")
+    return value
+
+
+def _port(text: str) -> int:
+    value = _positive(text)
+    if value > 65535:
+        raise argparse.ArgumentTypeError(f"a port is at most 65535, got {value}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ipai-bus",
@@ -84,6 +117,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     migrate = commands.add_parser("migrate", help="apply the database migrations (idempotent)")
     migrate.set_defaults(handler=cmd_migrate)
+
+    serve = commands.add_parser("serve", help="run the receiver (the webhook endpoint)")
+    serve.add_argument("--host", help="address to listen on (default IPAI_RECEIVER_HOST or 127.0.0.1)")
+    serve.add_argument("--port", type=_port, help="port (default IPAI_RECEIVER_PORT or 8787)")
+    serve.add_argument("--workers", type=_positive, help="worker processes (default 2)")
+    serve.add_argument("--threads", type=_positive, help="threads per worker (default 8)")
+    serve.set_defaults(handler=cmd_serve)
 
     db = commands.add_parser("db", help="the embedded PostgreSQL: start, stop, print its URL")
     db.add_argument("action", choices=["start", "stop", "url"])

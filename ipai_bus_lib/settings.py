@@ -29,6 +29,23 @@ def parse_secrets(raw: str | None, *, setting: str = "IPAI_WEBHOOK_SECRET") -> t
     return found
 
 
+def _webhook_secrets(env: Mapping[str, str]) -> tuple[str, ...]:
+    """IPAI_WEBHOOK_SECRET, else the secrets in the file IPAI_WEBHOOK_SECRET_FILE names."""
+    if env.get("IPAI_WEBHOOK_SECRET"):
+        return parse_secrets(env["IPAI_WEBHOOK_SECRET"])
+    path = env.get("IPAI_WEBHOOK_SECRET_FILE")
+    if not path:
+        return ()
+    try:
+        text = Path(path).expanduser().read_text()
+    except OSError as exc:
+        raise ConfigurationError(
+            f"IPAI_WEBHOOK_SECRET_FILE: cannot read {path}: {exc.strerror}",
+            setting="IPAI_WEBHOOK_SECRET_FILE",
+        ) from None
+    return parse_secrets(text.replace("\n", ","), setting="IPAI_WEBHOOK_SECRET_FILE")
+
+
 def _int(env: Mapping[str, str], name: str, default: int, *, minimum: int = 0) -> int:
     raw = env.get(name)
     if raw is None or raw.strip() == "":
@@ -77,6 +94,10 @@ class Settings:
     database_url: str | None = None
     home: Path | None = None
     webhook_secrets: tuple[str, ...] = ()
+    receiver_host: str = "127.0.0.1"
+    receiver_port: int = 8787
+    receiver_workers: int = 2
+    receiver_threads: int = 8
     odoo_base_url: str | None = None
     max_attempts: int = 4
     retry_delays: tuple[int, ...] = DEFAULT_RETRY_DELAYS_SECONDS
@@ -90,7 +111,11 @@ class Settings:
         return cls(
             database_url=env.get("DATABASE_URL") or None,
             home=Path(home).expanduser() if home else None,
-            webhook_secrets=parse_secrets(env.get("IPAI_WEBHOOK_SECRET")),
+            webhook_secrets=_webhook_secrets(env),
+            receiver_host=env.get("IPAI_RECEIVER_HOST") or "127.0.0.1",
+            receiver_port=_int(env, "IPAI_RECEIVER_PORT", 8787, minimum=1),
+            receiver_workers=_int(env, "IPAI_RECEIVER_WORKERS", 2, minimum=1),
+            receiver_threads=_int(env, "IPAI_RECEIVER_THREADS", 8, minimum=1),
             odoo_base_url=(env.get("ODOO_BASE_URL") or "").rstrip("/") or None,
             max_attempts=_int(env, "IPAI_MAX_ATTEMPTS", 4, minimum=1),
             retry_delays=_delays(env, "IPAI_RETRY_DELAYS", DEFAULT_RETRY_DELAYS_SECONDS),

@@ -1,0 +1,89 @@
+"""Serving the receiver with gunicorn: worker processes with threads, one connection pool each."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import sys
+import tempfile
+from dataclasses import dataclass
+from typing import Any
+
+from gunicorn.app.base import BaseApplication
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """Where and how wide the receiver listens."""
+
+    host: str = "127.0.0.1"
+    port: int = 8787
+    workers: int = 2
+    threads: int = 8
+    keepalive_seconds: int = 30
+
+
+def configure_request_log() -> None:
+    """One JSON line per request on stderr (the receiver writes the JSON itself)."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    logger = logging.getLogger("ipai_bus")
+    logger.handlers[:] = [handler]
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+
+
+class _ReceiverApplication(BaseApplication):  # type: ignore[misc]
+    def __init__(self, config: ServerConfig, database_url: str, secrets: tuple[str, ...],
+                 metrics_dir: str) -> None:
+        self._config = config
+        self._database_url = database_url
+        self._secrets = secrets
+        self._metrics_dir = metrics_dir
+        super().__init__()
+
+    def load_config(self) -> None:
+        config = self._config
+        for name, value in {
+            "bind": f"{config.host}:{config.port}",
+            "workers": config.workers,
+            "threads": config.threads,
+            "worker_class": "gthread",
+            "keepalive": config.keepalive_seconds,
+            "timeout": 60,
+            "graceful_timeout": 20,
+            "accesslog": None,
+            "proc_name": "ipai-bus-receiver",
+            "child_exit": _forget_worker_metrics,
+        }.items():
+            self.cfg.set(name, value)
+        if "control_socket_disable" in self.cfg.settings:  # gunicorn >= 26: no control socket
+            self.cfg.set("control_socket_disable", True)
+
+    def load(self) -> Any:
+        # Runs in each worker after the fork: each gets its own pool.
+        from .db import Database
+        from .receiver import Receiver, ReceiverConfig
+
+        configure_request_log()
+        database = Database(self._database_url, max_size=self._config.threads,
+                            connect_timeout=3, application_name="ipai-bus receiver")
+        return Receiver(ReceiverConfig(secrets=self._secrets), database)
+
+
+def _forget_worker_metrics(server: Any, worker: Any) -> None:
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid)
+
+
+def serve(config: ServerConfig, *, database_url: str, secrets: tuple[str, ...]) -> None:
+    """Run the receiver until SIGTERM/SIGINT (gunicorn finishes in-flight requests first)."""
+    metrics_dir = tempfile.mkdtemp(prefix="ipai-bus-metrics-")
+    # prometheus_client reads this when first imported, which must happen after it is set.
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
+    try:
+        _ReceiverApplication(config, database_url, secrets, metrics_dir).run()
+    finally:
+        shutil.rmtree(metrics_dir, ignore_errors=True)

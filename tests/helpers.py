@@ -1,0 +1,126 @@
+"""Helpers shared by the tests: real processes on loopback, signed requests, stored-row snapshots."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg2
+import requests
+
+from ipai_bus_lib import signing
+
+PRIMARY_SECRET = "receiver-test-secret-primary"
+OLD_SECRET = "receiver-test-secret-being-retired"
+RETIRED_SECRET = "receiver-test-secret-no-longer-active"
+WEBHOOK_PATH = "/functions/v1/odoo-webhook"
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def wait_until(predicate, *, timeout: float = 20.0, interval: float = 0.05, what: str = "it"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        result = predicate()
+        if result:
+            return result
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+@dataclass
+class RunningProcess:
+    process: subprocess.Popen
+    base_url: str
+    log_path: str
+
+    def log(self) -> str:
+        with open(self.log_path, encoding="utf-8", errors="replace") as handle:
+            return handle.read()
+
+
+def _healthy(url: str) -> bool:
+    try:
+        return requests.get(url, timeout=1).status_code in (200, 503)
+    except requests.ConnectionError:
+        return False
+
+
+@contextlib.contextmanager
+def receiver_process(database_url: str, tmp_path, *, secrets: str = f"{PRIMARY_SECRET},{OLD_SECRET}",
+                     workers: int = 1, threads: int = 8) -> Iterator[RunningProcess]:
+    """`ipai-bus serve` as a real subprocess on a free loopback port."""
+    port = free_port()
+    env = {**os.environ, "DATABASE_URL": database_url, "IPAI_WEBHOOK_SECRET": secrets}
+    log_path = str(tmp_path / f"receiver-{port}.log")
+    with open(log_path, "w") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "ipai_bus_lib.cli", "serve", "--port", str(port),
+             "--workers", str(workers), "--threads", str(threads)],
+            env=env, stdout=log, stderr=subprocess.STDOUT)
+    running = RunningProcess(process, f"http://127.0.0.1:{port}", log_path)
+    try:
+        wait_until(lambda: process.poll() is not None or _healthy(running.base_url + "/healthz"),
+                   what="the receiver to listen")
+        assert process.poll() is None, f"receiver exited early:\n{running.log()}"
+        yield running
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def event_body(key_suffix: str = "1", **changes: Any) -> bytes:
+    document = {"event_type": "expense.submitted", "aggregate_type": "hr.expense",
+                "aggregate_id": key_suffix,
+                "payload": {"expense_id": 42, "employee_name": "Maria Santos", "amount": 1250.5,
+                            "currency": "PHP"},
+                "occurred_at": "2026-01-22T07:26:26Z", "source": "odoo"}
+    document.update(changes)
+    return json.dumps(document).encode()
+
+
+def signed(body: bytes, *, key: str, secret: str = PRIMARY_SECRET,
+           timestamp_ms: int | None = None) -> dict[str, str]:
+    return signing.signature_headers(secret, body, idempotency_key=key, timestamp_ms=timestamp_ms)
+
+
+def snapshot(database_url: str) -> dict[str, Any]:
+    """Every stored row of both tables, to compare before and after a refused request."""
+    conn = psycopg2.connect(database_url)
+    try:
+        with conn.cursor() as cursor:
+            cursor.execute("select id, status, attempts, idempotency_key, payload"
+                           " from integration.outbox order by id")
+            outbox_rows = cursor.fetchall()
+            cursor.execute("select event_id, idempotency_key, payload from integration.event_log"
+                           " order by event_id")
+            log_rows = cursor.fetchall()
+        return {"outbox": outbox_rows, "event_log": log_rows}
+    finally:
+        conn.close()
+
+
+def counts(database_url: str) -> tuple[int, int]:
+    stored = snapshot(database_url)
+    return len(stored["outbox"]), len(stored["event_log"])
+
+
+def post(base_url: str, body: bytes, headers: Mapping[str, str], **kwargs) -> requests.Response:
+    return requests.post(base_url + WEBHOOK_PATH, data=body, headers=dict(headers), timeout=15,
+                         **kwargs)
