@@ -124,6 +124,18 @@ class Database:
                 _rollback_quietly(conn)
                 raise
 
+    @contextmanager
+    def autocommit(self) -> Iterator[Any]:
+        """A cursor whose every statement is its own transaction: one round trip, no BEGIN."""
+        with self.connection() as conn:
+            conn.autocommit = True
+            try:
+                with conn.cursor() as cursor:
+                    yield cursor
+            finally:
+                if not conn.closed:
+                    conn.autocommit = False
+
     def _take_idle(self) -> Any:
         with self._lock:
             while self._idle:

@@ -57,30 +57,43 @@ class OutboxEvent:
         return cls(**{key: value for key, value in row.items() if key in names})
 
 
+_INSERT_ARGUMENTS = (
+    " p_event_type => %(event_type)s, p_aggregate_type => %(aggregate_type)s,"
+    " p_aggregate_id => %(aggregate_id)s, p_payload => %(payload)s,"
+    " p_idempotency_key => %(idempotency_key)s, p_source => %(source)s,"
+    " p_occurred_at => %(occurred_at)s, p_signature_digest => %(signature_digest)s,"
+    " p_max_attempts => %(max_attempts)s"
+)
+
+
+def _insert_parameters(
+    envelope: Envelope, idempotency_key: str, signature_digest: str | None, max_attempts: int
+) -> dict[str, Any]:
+    return {
+        "event_type": envelope.event_type,
+        "aggregate_type": envelope.aggregate_type,
+        "aggregate_id": envelope.aggregate_id,
+        "payload": Json(dict(envelope.payload)),
+        "idempotency_key": idempotency_key,
+        "source": envelope.source,
+        "occurred_at": envelope.occurred_at,
+        "signature_digest": signature_digest,
+        "max_attempts": max_attempts,
+    }
+
+
 def insert_event(
     cursor: Any, envelope: Envelope, *, idempotency_key: str,
     signature_digest: str | None = None, max_attempts: int = DEFAULT_MAX_ATTEMPTS,
 ) -> InsertResult:
-    """Store one event (idempotent on source + key). Raises ReplayedSignature via the caller's
-    error translation when the digest was already accepted under another key."""
+    """Store one event (idempotent on source + key); a duplicate writes nothing.
+
+    A signature digest already accepted under another key raises (SQLSTATE IB001), which the
+    database module translates to ReplayedSignature.
+    """
     cursor.execute(
-        "select event_id, duplicate from integration.insert_outbox_event("
-        " p_event_type => %(event_type)s, p_aggregate_type => %(aggregate_type)s,"
-        " p_aggregate_id => %(aggregate_id)s, p_payload => %(payload)s,"
-        " p_idempotency_key => %(idempotency_key)s, p_source => %(source)s,"
-        " p_occurred_at => %(occurred_at)s, p_signature_digest => %(signature_digest)s,"
-        " p_max_attempts => %(max_attempts)s)",
-        {
-            "event_type": envelope.event_type,
-            "aggregate_type": envelope.aggregate_type,
-            "aggregate_id": envelope.aggregate_id,
-            "payload": Json(dict(envelope.payload)),
-            "idempotency_key": idempotency_key,
-            "source": envelope.source,
-            "occurred_at": envelope.occurred_at,
-            "signature_digest": signature_digest,
-            "max_attempts": max_attempts,
-        },
+        f"select event_id, duplicate from integration.insert_outbox_event({_INSERT_ARGUMENTS})",
+        _insert_parameters(envelope, idempotency_key, signature_digest, max_attempts),
     )
     event_id, duplicate = cursor.fetchone()
     return InsertResult(event_id=event_id, duplicate=duplicate)
@@ -96,14 +109,21 @@ def insert_event_log(cursor: Any, event_id: uuid.UUID) -> int:
 
 def record_event(
     cursor: Any, envelope: Envelope, *, idempotency_key: str, signature_digest: str | None = None,
+    max_attempts: int = DEFAULT_MAX_ATTEMPTS,
 ) -> InsertResult:
-    """Store a new event and its audit copy (what an ingress does); a duplicate writes nothing."""
-    result = insert_event(
-        cursor, envelope, idempotency_key=idempotency_key, signature_digest=signature_digest
+    """Store a new event and its audit copy (what an ingress does); a duplicate writes nothing.
+
+    One statement does both, so on an autocommit connection it is one round trip and still one
+    transaction.
+    """
+    cursor.execute(
+        "select stored.event_id, stored.duplicate,"
+        " case when not stored.duplicate then integration.insert_event_log(stored.event_id) end"
+        f" from integration.insert_outbox_event({_INSERT_ARGUMENTS}) as stored",
+        _insert_parameters(envelope, idempotency_key, signature_digest, max_attempts),
     )
-    if not result.duplicate:
-        insert_event_log(cursor, result.event_id)
-    return result
+    event_id, duplicate, _log_id = cursor.fetchone()
+    return InsertResult(event_id=event_id, duplicate=duplicate)
 
 
 def claim(

@@ -126,7 +126,7 @@ class Receiver:
         # worst the second try answers "duplicate" for the row the first one committed.
         for attempt in (1, 2):
             try:
-                with self.database.transaction() as cursor:
+                with self.database.autocommit() as cursor:
                     result = outbox.record_event(cursor, envelope, idempotency_key=key,
                                                  signature_digest=fingerprint)
                 return Accepted(str(result.event_id), envelope.event_type, result.duplicate)
@@ -150,7 +150,7 @@ class Receiver:
 
     def _healthz(self, start_response: StartResponse) -> Iterable[bytes]:
         try:
-            with self.database.transaction() as cursor:
+            with self.database.autocommit() as cursor:
                 cursor.execute("select 1")
         except DatabaseUnavailable:
             return _json(start_response, 503, {"ok": False, "error": "database unavailable"})

@@ -1,0 +1,172 @@
+"""Receiver benchmark: verified events/s and latency over HTTP vs. direct inserts, same run.
+
+Starts a durable embedded PostgreSQL of its own (fsync on) and `ipai-bus serve` on loopback, then:
+  1. direct: N threads, each with its own psycopg2 connection, calling insert_outbox_event;
+  2. receiver: N concurrent keep-alive HTTP clients (asyncio, one process) posting signed events.
+Prints both rates, p50/p99 latency, and the ratio receiver/direct.
+
+    python bench/receiver_bench.py --events 4000 --clients 16
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import psycopg2
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from ipai_bus_lib import signing  # noqa: E402
+from ipai_bus_lib.embedded import EmbeddedPostgres  # noqa: E402
+from ipai_bus_lib.migrator import migrate  # noqa: E402
+from tests.helpers import free_port, wait_until  # noqa: E402
+
+SECRET = "benchmark-secret-not-for-production"
+INSERT = ("select * from integration.insert_outbox_event(p_event_type => %s, p_aggregate_type => %s,"
+          " p_aggregate_id => %s, p_payload => %s::jsonb, p_idempotency_key => %s)")
+
+
+def payload_of(number: int) -> dict:
+    return {"expense_id": number, "employee_name": "Maria Santos", "amount": 1250.5,
+            "currency": "PHP", "description": "Taxi to client", "state": "submitted"}
+
+
+def body_of(number: int, run: str) -> bytes:
+    return json.dumps({
+        "event_type": "expense.submitted", "aggregate_type": "hr.expense",
+        "aggregate_id": str(number), "payload": payload_of(number),
+        "occurred_at": "2026-01-22T07:26:26Z", "source": run,
+    }).encode()
+
+
+def percentile(samples: list[float], fraction: float) -> float:
+    ordered = sorted(samples)
+    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
+
+
+def run_direct(url: str, events: int, clients: int) -> tuple[float, list[float]]:
+    latencies: list[float] = []
+    lock = threading.Lock()
+    share = events // clients
+
+    def worker(index: int) -> None:
+        conn = psycopg2.connect(url)
+        conn.autocommit = True  # the fastest direct call: one round trip per event
+        mine = []
+        for number in range(index * share, (index + 1) * share):
+            payload = json.dumps(payload_of(number))
+            started = time.perf_counter()
+            with conn.cursor() as cursor:
+                cursor.execute(INSERT, ("expense.submitted", "hr.expense", str(number), payload,
+                                        f"direct-{number}"))
+                cursor.fetchone()
+            mine.append(time.perf_counter() - started)
+        conn.close()
+        with lock:
+            latencies.extend(mine)
+
+    threads = [threading.Thread(target=worker, args=(index,)) for index in range(clients)]
+    started = time.perf_counter()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return share * clients / (time.perf_counter() - started), latencies
+
+
+def signed_requests(events: int, port: int) -> list[bytes]:
+    requests = []
+    for number in range(events):
+        body = body_of(number, "http")
+        headers = signing.signature_headers(SECRET, body, idempotency_key=f"http-{number}")
+        head = "".join(f"{name}: {value}\r\n" for name, value in headers.items())
+        requests.append((f"POST /functions/v1/odoo-webhook HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+                         f"{head}Content-Length: {len(body)}\r\n\r\n").encode() + body)
+    return requests
+
+
+async def run_http(port: int, requests: list[bytes], clients: int) -> tuple[float, list[float]]:
+    latencies: list[float] = []
+    queue = list(reversed(requests))
+
+    async def client() -> None:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        while queue:
+            request = queue.pop()
+            started = time.perf_counter()
+            writer.write(request)
+            head = await reader.readuntil(b"\r\n\r\n")
+            length = int(next(line.split(b":")[1] for line in head.split(b"\r\n")
+                              if line.lower().startswith(b"content-length")))
+            answer = await reader.readexactly(length)
+            latencies.append(time.perf_counter() - started)
+            if not head.startswith(b"HTTP/1.1 200"):
+                raise RuntimeError(f"unexpected answer: {head!r} {answer!r}")
+        writer.close()
+
+    started = time.perf_counter()
+    await asyncio.gather(*(client() for _ in range(clients)))
+    return len(requests) / (time.perf_counter() - started), latencies
+
+
+def report(name: str, rate: float, latencies: list[float]) -> None:
+    print(f"{name:<34} {rate:>9.0f} events/s   p50 {percentile(latencies, 0.5) * 1000:6.2f} ms"
+          f"   p99 {percentile(latencies, 0.99) * 1000:6.2f} ms   (n={len(latencies)})")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--events", type=int, default=4000)
+    parser.add_argument("--clients", type=int, default=16)
+    parser.add_argument("--workers", type=int, default=2, help="receiver worker processes")
+    parser.add_argument("--threads", type=int, default=8, help="threads per receiver worker")
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory(prefix="ipai-bench-") as home:
+        cluster = EmbeddedPostgres(Path(home))  # durable defaults: fsync and synchronous commit on
+        url = cluster.ensure_running()
+        migrate(url)
+        port = free_port()
+        env = {**os.environ, "DATABASE_URL": url, "IPAI_WEBHOOK_SECRET": SECRET}
+        server = subprocess.Popen(
+            [sys.executable, "-m", "ipai_bus_lib.cli", "serve", "--port", str(port),
+             "--workers", str(args.workers), "--threads", str(args.threads)],
+            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            import requests
+
+            wait_until(lambda: _up(requests, port), what="the receiver")
+            print(f"machine: {os.cpu_count()} cores; {args.events} events; {args.clients} "
+                  f"concurrent clients; receiver {args.workers} workers x {args.threads} threads;"
+                  " PostgreSQL durable (fsync on)")
+            direct_rate, direct_latencies = run_direct(url, args.events, args.clients)
+            report("direct insert_outbox_event", direct_rate, direct_latencies)
+            prepared = signed_requests(args.events, port)
+            http_rate, http_latencies = asyncio.run(run_http(port, prepared, args.clients))
+            report("receiver (verify+outbox+log)", http_rate, http_latencies)
+            print(f"ratio receiver/direct: {http_rate / direct_rate:.2f}")
+        finally:
+            server.terminate()
+            server.wait(timeout=20)
+            cluster.stop()
+
+
+def _up(requests, port: int) -> bool:
+    try:
+        return requests.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200
+    except requests.ConnectionError:
+        return False
+
+
+if __name__ == "__main__":
+    main()
