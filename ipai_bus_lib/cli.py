@@ -58,6 +58,47 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     return EXIT_OK
 
 
+def make_router(settings: Settings, url: str, *, worker: str | None = None):  # -> Router
+    """A router wired from the settings: routes file (or the default), destinations, limits."""
+    from .db import Database
+    from .destinations import TokenBucket, build_destination
+    from .routes import load_routing
+    from .router import Router, RouterConfig
+
+    routing = load_routing(settings.routes_file, settings.environment)
+    destinations = {name: build_destination(spec, settings.environment,
+                                            timeout=settings.delivery_timeout_seconds,
+                                            pool_size=settings.router_concurrency)
+                    for name, spec in routing.destinations.items()}
+    limits = {name: TokenBucket(spec.rate_per_second, spec.burst)
+              for name, spec in routing.destinations.items() if spec.rate_per_second}
+    config = RouterConfig(
+        batch_size=settings.router_batch_size, lease_seconds=settings.router_lease_seconds,
+        poll_seconds=settings.router_poll_seconds, concurrency=settings.router_concurrency,
+        listen=settings.router_listen, retry_delays=settings.retry_delays,
+        breaker_threshold=settings.breaker_threshold,
+        breaker_cooldown_seconds=settings.breaker_cooldown_seconds,
+        odoo_base_url=settings.odoo_base_url,
+        **({"worker": worker} if worker else {}))
+    database = Database(url, max_size=4, application_name="ipai-bus router")
+    return Router(config, database, routing, destinations, limits)
+
+
+def cmd_route(args: argparse.Namespace, settings: Settings) -> int:
+    import logging
+    import signal
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    router = make_router(settings, database_url(settings), worker=args.worker)
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: router.stop())
+    print(f"router {router.config.worker}: batch {router.config.batch_size}, "
+          f"{'LISTEN + ' if router.config.listen else ''}poll every "
+          f"{router.config.poll_seconds:g} s", file=sys.stderr, flush=True)
+    router.run()
+    return EXIT_OK
+
+
 def cmd_db(args: argparse.Namespace, settings: Settings) -> int:
     if settings.database_url and args.action != "url":
         raise ConfigurationError(
@@ -124,6 +165,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--workers", type=_positive, help="worker processes (default 2)")
     serve.add_argument("--threads", type=_positive, help="threads per worker (default 8)")
     serve.set_defaults(handler=cmd_serve)
+
+    route = commands.add_parser("route", help="run a router worker (run several to scale out)")
+    route.add_argument("--worker", help="this worker's name (default host:pid:random)")
+    route.set_defaults(handler=cmd_route)
 
     db = commands.add_parser("db", help="the embedded PostgreSQL: start, stop, print its URL")
     db.add_argument("action", choices=["start", "stop", "url"])

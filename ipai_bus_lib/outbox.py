@@ -168,10 +168,13 @@ def fail(
     return str(status) if status is not None else None
 
 
-def release(cursor: Any, event_ids: Sequence[uuid.UUID], *, worker: str) -> int:
-    """Hand claimed, unstarted events back at once with their attempt given back."""
+def release(cursor: Any, event_ids: Sequence[uuid.UUID], *, worker: str,
+            available_at: datetime | None = None) -> int:
+    """Hand claimed, unstarted events back with their attempt given back: due at once, or at
+    ``available_at`` (a paused destination's reopening)."""
     cursor.execute(
-        "select integration.release_outbox(p_ids => %(ids)s::uuid[], p_worker => %(worker)s)",
-        {"ids": list(event_ids), "worker": worker},
+        "select integration.release_outbox(p_ids => %(ids)s::uuid[], p_worker => %(worker)s,"
+        " p_available_at => %(available_at)s)",
+        {"ids": list(event_ids), "worker": worker, "available_at": available_at},
     )
     return int(cursor.fetchone()[0])

@@ -72,6 +72,18 @@ def _float(env: Mapping[str, str], name: str, default: float) -> float:
     return value
 
 
+def _flag(env: Mapping[str, str], name: str, default: bool) -> bool:
+    raw = (env.get(name) or "").strip().lower()
+    if not raw:
+        return default
+    if raw in ("1", "true", "yes", "on"):
+        return True
+    if raw in ("0", "false", "no", "off"):
+        return False
+    raise ConfigurationError(f"{name} must be 1/0, true/false, yes/no or on/off; got {raw!r}",
+                             setting=name)
+
+
 def _delays(env: Mapping[str, str], name: str, default: tuple[int, ...]) -> tuple[int, ...]:
     raw = env.get(name)
     if raw is None or raw.strip() == "":
@@ -101,7 +113,17 @@ class Settings:
     odoo_base_url: str | None = None
     max_attempts: int = 4
     retry_delays: tuple[int, ...] = DEFAULT_RETRY_DELAYS_SECONDS
-    extra: Mapping[str, str] = field(default_factory=dict)
+    routes_file: Path | None = None
+    router_batch_size: int = 25
+    router_lease_seconds: int = 60
+    router_poll_seconds: float = 5.0
+    router_concurrency: int = 16
+    router_listen: bool = True
+    delivery_timeout_seconds: float = 10.0
+    breaker_threshold: int = 5
+    breaker_cooldown_seconds: float = 30.0
+    # The environment as read, for destinations that name their secrets' variables.
+    environment: Mapping[str, str] = field(default_factory=dict, repr=False)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -119,4 +141,14 @@ class Settings:
             odoo_base_url=(env.get("ODOO_BASE_URL") or "").rstrip("/") or None,
             max_attempts=_int(env, "IPAI_MAX_ATTEMPTS", 4, minimum=1),
             retry_delays=_delays(env, "IPAI_RETRY_DELAYS", DEFAULT_RETRY_DELAYS_SECONDS),
+            routes_file=Path(env["IPAI_ROUTES_FILE"]) if env.get("IPAI_ROUTES_FILE") else None,
+            router_batch_size=_int(env, "IPAI_ROUTER_BATCH_SIZE", 25, minimum=1),
+            router_lease_seconds=_int(env, "IPAI_ROUTER_LEASE_SECONDS", 60, minimum=1),
+            router_poll_seconds=_float(env, "IPAI_ROUTER_POLL_SECONDS", 5.0),
+            router_concurrency=_int(env, "IPAI_ROUTER_CONCURRENCY", 16, minimum=1),
+            router_listen=_flag(env, "IPAI_ROUTER_LISTEN", True),
+            delivery_timeout_seconds=_float(env, "IPAI_DELIVERY_TIMEOUT_SECONDS", 10.0),
+            breaker_threshold=_int(env, "IPAI_BREAKER_THRESHOLD", 5, minimum=1),
+            breaker_cooldown_seconds=_float(env, "IPAI_BREAKER_COOLDOWN_SECONDS", 30.0),
+            environment=dict(env),
         )

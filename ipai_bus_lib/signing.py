@@ -6,6 +6,8 @@ it; the Edge Function's implementation is checked against the same vectors under
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 import hmac
 import time
@@ -143,3 +145,31 @@ def any_digest_matches(secrets: Sequence[Secret], message: bytes, digests: Seque
             # Every pair is compared, so the time taken does not tell which one matched.
             matched |= hmac.compare_digest(expected, digest.encode("ascii", "replace"))
     return matched
+
+
+# --- outgoing: the Standard Webhooks rule, for the router's HTTP forward destination --------------
+
+STANDARD_WEBHOOKS_SECRET_PREFIX = "whsec_"
+
+
+def standard_webhooks_headers(secret: str, *, message_id: str, body: bytes,
+                              timestamp_s: int | None = None) -> dict[str, str]:
+    """webhook-id, webhook-timestamp and webhook-signature per the Standard Webhooks spec.
+
+    ``secret`` is ``whsec_`` followed by base64 key bytes (the form the spec's libraries take);
+    the signature is ``v1,`` + base64 HMAC-SHA256 over ``"{id}.{timestamp}.{body}"``.
+    Raises ValueError for a secret that is not of that form.
+    """
+    encoded = secret[len(STANDARD_WEBHOOKS_SECRET_PREFIX):] if secret.startswith(
+        STANDARD_WEBHOOKS_SECRET_PREFIX) else secret
+    try:
+        key = base64.b64decode(encoded, validate=True)
+    except binascii.Error:
+        raise ValueError("a Standard Webhooks secret is whsec_ followed by base64") from None
+    if not key:
+        raise ValueError("the Standard Webhooks secret must not be empty")
+    stamp = int(time.time()) if timestamp_s is None else timestamp_s
+    signed = f"{message_id}.{stamp}.".encode() + body
+    digest = base64.b64encode(hmac.new(key, signed, hashlib.sha256).digest()).decode()
+    return {"webhook-id": message_id, "webhook-timestamp": str(stamp),
+            "webhook-signature": f"v1,{digest}"}

@@ -1,0 +1,373 @@
+"""Destinations: where the router delivers — Mattermost, e-mail, a signed HTTP forward, the console.
+
+Each delivers one event and either returns (delivered; the HTTP status if there was one) or raises
+DeliveryFailed saying whether a retry can help. Rate limits and circuit breakers wrap any of them.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import json
+import smtplib
+import ssl
+import sys
+import threading
+import time
+from collections.abc import Callable, Mapping
+from datetime import datetime, timezone
+from email.message import EmailMessage
+from typing import Any, Protocol
+
+import requests
+from requests.adapters import HTTPAdapter
+
+from .errors import ConfigurationError, IpaiBusError
+from .formatters import Message
+from .outbox import OutboxEvent
+from .routes import DestinationSpec
+from .signing import standard_webhooks_headers
+
+DEFAULT_TIMEOUT_SECONDS = 10.0
+# 4xx answers a retry cannot fix go straight to dead; these few are worth retrying.
+RETRYABLE_CLIENT_ERRORS = frozenset({408, 409, 425, 429})
+_ERROR_BODY_CHARS = 300
+
+
+class DeliveryFailed(IpaiBusError):
+    """A delivery did not succeed; ``retryable`` says whether trying again can help."""
+
+    def __init__(self, message: str, *, retryable: bool = True, http_status: int | None = None,
+                 retry_after_seconds: float | None = None) -> None:
+        super().__init__(message)
+        self.retryable = retryable
+        self.http_status = http_status
+        self.retry_after_seconds = retry_after_seconds
+
+
+class Destination(Protocol):
+    """What the router needs of a destination."""
+
+    name: str
+    needs_message: bool
+    waits_on_network: bool
+
+    def deliver(self, event: OutboxEvent, message: Message | None) -> int | None:
+        """Deliver one event; returns the HTTP status (or None); raises DeliveryFailed."""
+
+    def close(self) -> None:
+        """Release connections."""
+
+
+# --- HTTP helpers -----------------------------------------------------------------------------
+
+def http_session(pool_size: int) -> requests.Session:
+    """A keep-alive session whose pool fits the router's concurrency."""
+    session = requests.Session()
+    adapter = HTTPAdapter(pool_connections=4, pool_maxsize=max(pool_size, 4))
+    session.mount("http://", adapter)
+    session.mount("https://", adapter)
+    return session
+
+
+def post_json(session: requests.Session, url: str, body: bytes, headers: Mapping[str, str],
+              timeout: float) -> int:
+    """POST and classify the answer; returns the 2xx status, raises DeliveryFailed otherwise."""
+    try:
+        response = session.post(url, data=body, headers={"Content-Type": "application/json",
+                                                         **headers}, timeout=timeout)
+    except requests.Timeout:
+        raise DeliveryFailed(f"no answer within {timeout:g} s") from None
+    except requests.RequestException as exc:
+        raise DeliveryFailed(f"connection failed: {type(exc).__name__}") from None
+    status = response.status_code
+    if 200 <= status < 300:
+        return status
+    detail = f"HTTP {status}: {response.text[:_ERROR_BODY_CHARS].strip()}"
+    if status == 429:
+        raise DeliveryFailed(detail, http_status=status,
+                             retry_after_seconds=retry_after(response.headers.get("Retry-After")))
+    retryable = status >= 500 or status in RETRYABLE_CLIENT_ERRORS
+    raise DeliveryFailed(detail, retryable=retryable, http_status=status)
+
+
+def retry_after(header: str | None) -> float | None:
+    """Seconds to wait from a Retry-After header (seconds or an HTTP date); None if unusable."""
+    if not header:
+        return None
+    if header.strip().isdigit():
+        return float(header.strip())
+    try:
+        moment = email.utils.parsedate_to_datetime(header)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, (moment - datetime.now(timezone.utc)).total_seconds())
+
+
+# --- the destinations ---------------------------------------------------------------------------
+
+class MattermostDestination:
+    """A Mattermost incoming webhook: ``text``, ``username``, ``icon_url``, optional ``channel``."""
+
+    needs_message = True
+    waits_on_network = True
+
+    def __init__(self, name: str, url: str, *, channel: str | None = None,
+                 username: str = "IPAI Bus", icon_url: str | None = None,
+                 timeout: float = DEFAULT_TIMEOUT_SECONDS, pool_size: int = 16) -> None:
+        self.name, self.url, self.timeout = name, url, timeout
+        self.fields = {key: value for key, value in
+                       {"username": username, "icon_url": icon_url, "channel": channel}.items()
+                       if value}
+        self.session = http_session(pool_size)
+
+    def deliver(self, event: OutboxEvent, message: Message | None) -> int | None:
+        assert message is not None
+        body = json.dumps({"text": message.markdown, **self.fields}).encode()
+        return post_json(self.session, self.url, body, {}, self.timeout)
+
+    def close(self) -> None:
+        self.session.close()
+
+
+class HttpForwardDestination:
+    """Any HTTP endpoint (n8n, a service): the event as JSON, signed per Standard Webhooks."""
+
+    needs_message = False
+    waits_on_network = True
+
+    def __init__(self, name: str, url: str, secret: str, *,
+                 timeout: float = DEFAULT_TIMEOUT_SECONDS, pool_size: int = 16) -> None:
+        standard_webhooks_headers(secret, message_id="check", body=b"")  # fail fast on a bad one
+        self.name, self.url, self.secret, self.timeout = name, url, secret, timeout
+        self.session = http_session(pool_size)
+
+    def deliver(self, event: OutboxEvent, message: Message | None) -> int | None:
+        body = json.dumps(forward_document(event), separators=(",", ":")).encode()
+        headers = standard_webhooks_headers(self.secret, message_id=str(event.id), body=body)
+        return post_json(self.session, self.url, body, headers, self.timeout)
+
+    def close(self) -> None:
+        self.session.close()
+
+
+def forward_document(event: OutboxEvent) -> dict[str, Any]:
+    """The JSON an HTTP forward sends: Standard Webhooks' type/timestamp/data shape."""
+    return {
+        "type": event.event_type,
+        "timestamp": event.created_at.isoformat(),
+        "data": {
+            "event_id": str(event.id), "source": event.source,
+            "aggregate_type": event.aggregate_type, "aggregate_id": event.aggregate_id,
+            "occurred_at": event.occurred_at.isoformat() if event.occurred_at else None,
+            "payload": event.payload,
+        },
+    }
+
+
+class EmailDestination:
+    """One e-mail per event over SMTP (STARTTLS, TLS or plain), plain text plus HTML."""
+
+    needs_message = True
+    waits_on_network = True
+
+    def __init__(self, name: str, *, host: str, port: int, sender: str, recipients: list[str],
+                 security: str = "starttls", username: str | None = None,
+                 password: str | None = None, timeout: float = DEFAULT_TIMEOUT_SECONDS,
+                 tls_context: ssl.SSLContext | None = None) -> None:
+        if security not in ("starttls", "tls", "none"):
+            raise ConfigurationError(f"destination {name}: security must be starttls, tls or none")
+        if not recipients:
+            raise ConfigurationError(f"destination {name}: needs at least one recipient in `to`")
+        self.name, self.host, self.port, self.sender = name, host, port, sender
+        self.recipients, self.security, self.timeout = recipients, security, timeout
+        self.username, self.password = username, password
+        self.tls_context = tls_context or ssl.create_default_context()
+
+    def deliver(self, event: OutboxEvent, message: Message | None) -> int | None:
+        assert message is not None
+        mail = EmailMessage()
+        mail["Subject"] = f"{message.emoji} {message.title}"
+        mail["From"] = self.sender
+        mail["To"] = ", ".join(self.recipients)
+        mail["Message-ID"] = f"<{event.id}@ipai-bus>"  # the same on every retry
+        mail.set_content(message.plain_text)
+        mail.add_alternative(message.html, subtype="html")
+        try:
+            with self._connect() as smtp:
+                if self.username:
+                    smtp.login(self.username, self.password or "")
+                smtp.send_message(mail)
+        except smtplib.SMTPResponseException as exc:
+            permanent = 500 <= exc.smtp_code < 600 and not isinstance(
+                exc, smtplib.SMTPAuthenticationError)
+            raise DeliveryFailed(f"SMTP {exc.smtp_code}: {exc.smtp_error!r}"[:_ERROR_BODY_CHARS],
+                                 retryable=not permanent) from None
+        except smtplib.SMTPRecipientsRefused as exc:
+            raise DeliveryFailed(f"recipients refused: {sorted(exc.recipients)}",
+                                 retryable=False) from None
+        except (OSError, smtplib.SMTPException) as exc:
+            raise DeliveryFailed(f"SMTP connection failed: {type(exc).__name__}: {exc}") from None
+        return None
+
+    def _connect(self) -> smtplib.SMTP:
+        if self.security == "tls":
+            return smtplib.SMTP_SSL(self.host, self.port, timeout=self.timeout,
+                                    context=self.tls_context)
+        smtp = smtplib.SMTP(self.host, self.port, timeout=self.timeout)
+        if self.security == "starttls":
+            smtp.starttls(context=self.tls_context)
+        return smtp
+
+    def close(self) -> None:
+        pass
+
+
+class ConsoleDestination:
+    """Prints each formatted message (the embedded default, and what `ipai-bus demo` shows)."""
+
+    needs_message = True
+    waits_on_network = False
+    _lock = threading.Lock()
+
+    def __init__(self, name: str = "console", stream: Any = None) -> None:
+        self.name = name
+        self.stream = stream or sys.stdout
+
+    def deliver(self, event: OutboxEvent, message: Message | None) -> int | None:
+        assert message is not None
+        with self._lock:
+            print(f"--- {event.event_type} {event.id}\n{message.markdown}", file=self.stream,
+                  flush=True)
+        return None
+
+    def close(self) -> None:
+        pass
+
+
+class NoopDestination:
+    """Accepts everything and does nothing: measures the claim → ack path alone."""
+
+    needs_message = False
+    waits_on_network = False
+
+    def __init__(self, name: str = "noop") -> None:
+        self.name = name
+
+    def deliver(self, event: OutboxEvent, message: Message | None) -> int | None:
+        return None
+
+    def close(self) -> None:
+        pass
+
+
+# --- rate limits and circuit breakers -----------------------------------------------------------
+
+class TokenBucket:
+    """At most ``rate`` deliveries a second on average, bursts up to ``burst``; thread-safe."""
+
+    def __init__(self, rate: float, burst: int, clock: Callable[[], float] = time.monotonic):
+        self.rate, self.capacity, self.clock = rate, float(burst), clock
+        self.tokens = float(burst)
+        self.updated = clock()
+        self.lock = threading.Lock()
+
+    def wait_time(self) -> float:
+        """Take a token if one is there (returns 0), else how long until one will be."""
+        with self.lock:
+            now = self.clock()
+            self.tokens = min(self.capacity, self.tokens + (now - self.updated) * self.rate)
+            self.updated = now
+            if self.tokens >= 1:
+                self.tokens -= 1
+                return 0.0
+            return (1 - self.tokens) / self.rate
+
+    def acquire(self) -> None:
+        while (delay := self.wait_time()) > 0:
+            time.sleep(delay)
+
+
+class CircuitBreaker:
+    """Pauses a destination that keeps failing, so its events wait instead of spending attempts.
+
+    Closed: deliveries go through. After ``threshold`` retryable failures in a row it opens for
+    ``cooldown`` seconds; then one trial delivery is let through (half-open): success closes it,
+    failure opens it again. ``on_change(state, open_until, error)`` is told of every transition.
+    """
+
+    def __init__(self, threshold: int = 5, cooldown: float = 30.0,
+                 on_change: Callable[[str, float | None, str | None], None] | None = None,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.threshold, self.cooldown, self.clock = threshold, cooldown, clock
+        self.on_change = on_change or (lambda state, until, error: None)
+        self.failures = 0
+        self.open_until: float | None = None
+        self.trial_running = False
+        self.lock = threading.Lock()
+
+    def paused_until(self) -> float | None:
+        """None when a delivery may go now; else the time the destination reopens."""
+        with self.lock:
+            if self.open_until is None:
+                return None
+            if self.clock() < self.open_until or self.trial_running:
+                return max(self.open_until, self.clock() + 1.0)
+            self.trial_running = True  # half-open: this caller makes the trial delivery
+            return None
+
+    def record_success(self) -> None:
+        with self.lock:
+            was_open = self.open_until is not None
+            self.failures, self.open_until, self.trial_running = 0, None, False
+        if was_open:
+            self.on_change("closed", None, None)
+
+    def record_failure(self, error: str) -> None:
+        with self.lock:
+            self.failures += 1
+            self.trial_running = False
+            if self.failures < self.threshold and self.open_until is None:
+                return
+            self.open_until = self.clock() + self.cooldown
+            until = self.open_until
+        self.on_change("open", until, error)
+
+
+# --- building destinations from the routes file ---------------------------------------------------
+
+def build_destination(spec: DestinationSpec, env: Mapping[str, str], *,
+                      timeout: float = DEFAULT_TIMEOUT_SECONDS, pool_size: int = 16) -> Destination:
+    """A destination from its routes-file spec; secrets are read from the variables it names."""
+    options = dict(spec.options)
+
+    def from_env(key: str, default: str | None = None) -> str | None:
+        variable = options.get(f"{key}_env")
+        return env.get(str(variable)) if variable else options.get(key, default)
+
+    if spec.type == "mattermost":
+        url = from_env("url")
+        if not url:
+            raise ConfigurationError(f"destination {spec.name}: set url_env (e.g. "
+                                     "MATTERMOST_WEBHOOK_URL)", setting="MATTERMOST_WEBHOOK_URL")
+        return MattermostDestination(spec.name, url, channel=options.get("channel"),
+                                     username=options.get("username", "IPAI Bus"),
+                                     icon_url=options.get("icon_url"), timeout=timeout,
+                                     pool_size=pool_size)
+    if spec.type == "http":
+        url, secret = from_env("url"), from_env("secret")
+        if not url or not secret:
+            raise ConfigurationError(f"destination {spec.name}: needs url (or url_env) and "
+                                     "secret_env (a whsec_… Standard Webhooks secret)")
+        return HttpForwardDestination(spec.name, url, secret, timeout=timeout, pool_size=pool_size)
+    if spec.type == "email":
+        return EmailDestination(
+            spec.name, host=from_env("host", env.get("SMTP_HOST", "localhost")) or "localhost",
+            port=int(from_env("port", env.get("SMTP_PORT", "587")) or 587),
+            sender=options.get("from", env.get("SMTP_FROM", "ipai-bus@localhost")),
+            recipients=list(options.get("to", [])),
+            security=options.get("security", env.get("SMTP_SECURITY", "starttls")),
+            username=from_env("username", env.get("SMTP_USERNAME")),
+            password=from_env("password", env.get("SMTP_PASSWORD")), timeout=timeout)
+    if spec.type == "noop":
+        return NoopDestination(spec.name)
+    return ConsoleDestination(spec.name)

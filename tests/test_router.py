@@ -1,0 +1,408 @@
+"""The router on a real PostgreSQL delivering to real servers on loopback (HTTP sink, aiosmtpd)."""
+
+from __future__ import annotations
+
+import io
+import json
+import time
+import uuid
+from email import message_from_bytes
+from email.header import decode_header, make_header
+
+import pytest
+from aiosmtpd.controller import Controller
+from standardwebhooks.webhooks import Webhook
+
+from ipai_bus_lib import outbox
+from ipai_bus_lib.catalog import Envelope
+from ipai_bus_lib.destinations import (
+    ConsoleDestination,
+    EmailDestination,
+    HttpForwardDestination,
+    MattermostDestination,
+)
+from ipai_bus_lib.router import Router, RouterConfig
+from ipai_bus_lib.routes import DestinationSpec, Route, RoutingTable
+
+from .helpers import free_port
+from .sinks import HttpSink, Reply
+
+FORWARD_SECRET = "whsec_dGVzdC1zdGFuZGFyZC13ZWJob29rcy1rZXk="  # base64 of a test-only key
+
+
+def routing_to(*names: str, pattern: str = "*") -> RoutingTable:
+    return RoutingTable((Route(pattern, names),),
+                        {name: DestinationSpec(name, "console") for name in names})
+
+
+def make_router(database, destinations: dict, *, routing: RoutingTable | None = None,
+                **config) -> Router:
+    settings = {"worker": "test-router", "retry_delays": (2, 4, 6), "listen": False,
+                "poll_seconds": 0.2, **config}
+    return Router(RouterConfig(**settings), database, routing or routing_to(*destinations),
+                  destinations)
+
+
+def add_events(database, count: int = 1, *, event_type: str = "expense.submitted",
+               aggregate: str | None = None, max_attempts: int = 4) -> list[uuid.UUID]:
+    ids = []
+    with database.transaction() as cursor:
+        for number in range(count):
+            envelope = Envelope(event_type, "hr.expense", aggregate or str(number),
+                                {"expense_id": number, "employee_name": "Maria Santos",
+                                 "amount": 100 + number, "currency": "PHP"})
+            ids.append(outbox.insert_event(cursor, envelope, idempotency_key=str(uuid.uuid4()),
+                                           max_attempts=max_attempts).event_id)
+    return ids
+
+
+def state(database, event_id) -> dict:
+    with database.transaction() as cursor:
+        cursor.execute("select status, attempts, last_error,"
+                       " extract(epoch from available_at - now()) as due_in"
+                       " from integration.outbox where id = %s", (event_id,))
+        names = [column.name for column in cursor.description]
+        return dict(zip(names, cursor.fetchone()))
+
+
+def attempts_of(database, event_id) -> list[tuple]:
+    with database.transaction() as cursor:
+        cursor.execute("select destination, outcome, http_status, error from"
+                       " integration.delivery_attempts where event_id = %s order by id", (event_id,))
+        return cursor.fetchall()
+
+
+def make_due(database) -> None:
+    with database.transaction() as cursor:
+        cursor.execute("update integration.outbox set available_at = now()"
+                       " where status in ('pending', 'failed')")
+
+
+# --- Mattermost ---------------------------------------------------------------------------------
+
+def test_mattermost_receives_the_formatted_message(database):
+    with HttpSink() as sink:
+        destination = MattermostDestination("mm", sink.url, channel="finance-ops")
+        router = make_router(database, {"mm": destination}, odoo_base_url="https://erp.example.ph")
+        [event_id] = add_events(database)
+        assert router.run_once() == 1
+    posted = sink.received[0].json()
+    assert posted["channel"] == "finance-ops" and posted["username"] == "IPAI Bus"
+    assert posted["text"].startswith("📝 **Expense submitted**")
+    assert "https://erp.example.ph/odoo/hr.expense/0" in posted["text"]
+    assert state(database, event_id)["status"] == "completed"
+    assert attempts_of(database, event_id) == [("mm", "delivered", 200, None)]
+
+
+def test_server_error_is_retried_on_the_schedule_then_dead(database):
+    with HttpSink(lambda request: Reply(502, b"bad gateway")) as sink:
+        router = make_router(database, {"mm": MattermostDestination("mm", sink.url)})
+        [event_id] = add_events(database)
+        for expected_delay in (2, 4, 6):
+            router.run_once()
+            now = state(database, event_id)
+            assert now["status"] == "failed"
+            assert now["due_in"] == pytest.approx(expected_delay, abs=1.0), "back-off schedule"
+            make_due(database)
+        router.run_once()
+    final = state(database, event_id)
+    assert (final["status"], final["attempts"]) == ("dead", 4)
+    assert "HTTP 502: bad gateway" in final["last_error"]
+    assert [row[1] for row in attempts_of(database, event_id)] == ["failed"] * 4
+    assert sink.count() == 4
+
+
+def test_too_many_requests_honours_retry_after(database):
+    with HttpSink(lambda request: Reply(429, b"slow down", {"Retry-After": "40"})) as sink:
+        router = make_router(database, {"mm": MattermostDestination("mm", sink.url)})
+        [event_id] = add_events(database)
+        router.run_once()
+    now = state(database, event_id)
+    assert now["status"] == "failed" and now["due_in"] == pytest.approx(40, abs=2)
+
+
+def test_client_error_that_retrying_cannot_fix_is_dead_at_once(database):
+    with HttpSink(lambda request: Reply(400, b'{"message":"Unable to parse the incoming data"}')) as sink:
+        router = make_router(database, {"mm": MattermostDestination("mm", sink.url)})
+        [event_id] = add_events(database)
+        router.run_once()
+    final = state(database, event_id)
+    assert (final["status"], final["attempts"]) == ("dead", 1)
+    assert "HTTP 400" in final["last_error"] and "Unable to parse" in final["last_error"]
+
+
+def test_timeout_is_retried(database):
+    with HttpSink(lambda request: Reply(200, delay=2.0)) as sink:
+        router = make_router(database, {"mm": MattermostDestination("mm", sink.url, timeout=0.3)})
+        [event_id] = add_events(database)
+        router.run_once()
+    now = state(database, event_id)
+    assert now["status"] == "failed" and "no answer within 0.3 s" in now["last_error"]
+
+
+def test_connection_refused_is_retried(database):
+    router = make_router(database, {"mm": MattermostDestination("mm", "http://127.0.0.1:1/hook")})
+    [event_id] = add_events(database)
+    router.run_once()
+    assert state(database, event_id)["status"] == "failed"
+
+
+# --- HTTP forward (Standard Webhooks) -------------------------------------------------------------
+
+def test_http_forward_is_verifiable_with_the_standardwebhooks_library(database):
+    with HttpSink() as sink:
+        router = make_router(database, {"n8n": HttpForwardDestination("n8n", sink.url, FORWARD_SECRET)})
+        [event_id] = add_events(database)
+        router.run_once()
+    request = sink.received[0]
+    verified = Webhook(FORWARD_SECRET).verify(request.body, request.headers)
+    assert verified["type"] == "expense.submitted"
+    assert verified["data"]["event_id"] == str(event_id) == request.headers["webhook-id"]
+    assert verified["data"]["payload"]["employee_name"] == "Maria Santos"
+    tampered = request.body.replace(b"Maria", b"Mario")
+    with pytest.raises(Exception, match="(?i)signature"):
+        Webhook(FORWARD_SECRET).verify(tampered, request.headers)
+
+
+def test_http_forward_client_error_is_dead_and_server_error_retried(database):
+    replies = iter([Reply(404, b"no such hook"), Reply(503, b"busy")])
+    with HttpSink(lambda request: next(replies)) as sink:
+        router = make_router(database, {"n8n": HttpForwardDestination("n8n", sink.url, FORWARD_SECRET)},
+                             concurrency=1)
+        [first] = add_events(database, aggregate="a")
+        router.run_once()
+        [second] = add_events(database, aggregate="b")
+        router.run_once()
+    assert state(database, first)["status"] == "dead"
+    assert state(database, second)["status"] == "failed"
+
+
+# --- e-mail (aiosmtpd) ----------------------------------------------------------------------------
+
+class SmtpRecorder:
+    def __init__(self, reply: str | None = None) -> None:
+        self.messages: list[tuple[list[str], bytes]] = []
+        self.reply = reply
+
+    async def handle_DATA(self, server, session, envelope):  # noqa: N802 - aiosmtpd's naming
+        if self.reply:
+            return self.reply
+        self.messages.append((envelope.rcpt_tos, envelope.content))
+        return "250 OK"
+
+
+@pytest.fixture()
+def smtp_server():
+    def start(reply: str | None = None):
+        recorder = SmtpRecorder(reply)
+        port = free_port()
+        controller = Controller(recorder, hostname="127.0.0.1", port=port)
+        controller.start()
+        started.append(controller)
+        return recorder, port
+
+    started = []
+    yield start
+    for controller in started:
+        controller.stop()
+
+
+def test_email_sends_one_message_with_text_and_html(database, smtp_server):
+    recorder, port = smtp_server()
+    destination = EmailDestination("ap", host="127.0.0.1", port=port, security="none",
+                                   sender="bus@example.ph", recipients=["ap@example.ph"])
+    router = make_router(database, {"ap": destination})
+    [event_id] = add_events(database)
+    router.run_once()
+    assert state(database, event_id)["status"] == "completed"
+    [(recipients, raw)] = recorder.messages
+    mail = message_from_bytes(raw)
+    assert recipients == ["ap@example.ph"]
+    assert str(make_header(decode_header(mail["Subject"]))) == "📝 Expense submitted"
+    parts = {part.get_content_type(): part.get_payload(decode=True).decode()
+             for part in mail.walk() if not part.is_multipart()}
+    assert "Maria Santos" in parts["text/plain"] and "**" not in parts["text/plain"]
+    assert "<strong>Employee:</strong>" in parts["text/html"]
+
+
+def test_email_permanent_refusal_is_dead(database, smtp_server):
+    _, port = smtp_server("550 mailbox unavailable")
+    destination = EmailDestination("ap", host="127.0.0.1", port=port, security="none",
+                                   sender="bus@example.ph", recipients=["ap@example.ph"])
+    router = make_router(database, {"ap": destination})
+    [event_id] = add_events(database)
+    router.run_once()
+    assert state(database, event_id)["status"] == "dead"
+    assert "SMTP 550" in state(database, event_id)["last_error"]
+
+
+def test_email_transient_refusal_is_retried(database, smtp_server):
+    _, port = smtp_server("451 try again later")
+    destination = EmailDestination("ap", host="127.0.0.1", port=port, security="none",
+                                   sender="bus@example.ph", recipients=["ap@example.ph"])
+    router = make_router(database, {"ap": destination})
+    [event_id] = add_events(database)
+    router.run_once()
+    assert state(database, event_id)["status"] == "failed"
+
+
+def test_email_starttls_refused_by_a_plain_server_is_retried_not_crashed(database, smtp_server):
+    _, port = smtp_server()
+    destination = EmailDestination("ap", host="127.0.0.1", port=port, security="starttls",
+                                   sender="bus@example.ph", recipients=["ap@example.ph"])
+    router = make_router(database, {"ap": destination})
+    [event_id] = add_events(database)
+    router.run_once()
+    assert state(database, event_id)["status"] == "failed"
+    assert "SMTP" in state(database, event_id)["last_error"]
+
+
+# --- console, routing, ordering, breakers ---------------------------------------------------------
+
+def test_console_prints_the_message(database):
+    stream = io.StringIO()
+    router = make_router(database, {"console": ConsoleDestination("console", stream)})
+    add_events(database)
+    router.run_once()
+    assert "📝 **Expense submitted**" in stream.getvalue()
+
+
+def test_unrouted_event_is_dead_with_the_reason_not_dropped(database):
+    stream = io.StringIO()
+    router = make_router(database, {"console": ConsoleDestination("console", stream)},
+                         routing=routing_to("console", pattern="asset.*"))
+    [event_id] = add_events(database)
+    router.run_once()
+    final = state(database, event_id)
+    assert final["status"] == "dead" and "no route matches event type expense.submitted" in final["last_error"]
+    assert attempts_of(database, event_id)[0][1] == "unrouted"
+
+
+def test_aggregate_order_holds_when_the_first_event_fails_twice(database):
+    failures = {"left": 2}
+
+    def respond(request):
+        if request.json()["data"]["payload"]["amount"] == 100 and failures["left"]:
+            failures["left"] -= 1
+            return Reply(500, b"down")
+        return Reply(200)
+
+    with HttpSink(respond) as sink:
+        router = make_router(database, {"n8n": HttpForwardDestination("n8n", sink.url, FORWARD_SECRET)})
+        first = add_events(database, aggregate="sheet-9")[0]
+        with database.transaction() as cursor:
+            second = outbox.insert_event(cursor, Envelope("expense.approved", "hr.expense", "sheet-9",
+                                                          {"amount": 200}), idempotency_key="second").event_id
+        for _ in range(6):
+            router.run_once()
+            make_due(database)
+    delivered = [request.json()["data"]["event_id"] for request in sink.received
+                 if request.json()["data"]["payload"]["amount"] in (100, 200)]
+    assert delivered == [str(first)] * 3 + [str(second)], "the second event waited for the first"
+    assert state(database, second)["status"] == "completed"
+
+
+def test_dead_event_stops_blocking_its_aggregate(database):
+    with HttpSink(lambda request: Reply(410, b"gone") if request.json()["data"]["payload"]["amount"] == 100 else Reply(200)) as sink:
+        router = make_router(database, {"n8n": HttpForwardDestination("n8n", sink.url, FORWARD_SECRET)})
+        first = add_events(database, aggregate="sheet-1")[0]
+        with database.transaction() as cursor:
+            second = outbox.insert_event(cursor, Envelope("expense.paid", "hr.expense", "sheet-1",
+                                                          {"amount": 200}), idempotency_key="2nd").event_id
+        router.run_once()
+        router.run_once()
+    assert state(database, first)["status"] == "dead"
+    assert state(database, second)["status"] == "completed"
+
+
+def test_partial_delivery_is_not_repeated_on_retry(database):
+    good_stream = io.StringIO()
+    with HttpSink(lambda request: Reply(503)) as sink:
+        destinations = {"console": ConsoleDestination("console", good_stream),
+                        "mm": MattermostDestination("mm", sink.url)}
+        router = make_router(database, destinations, routing=routing_to("console", "mm"))
+        [event_id] = add_events(database)
+        router.run_once()
+        make_due(database)
+        router.run_once()
+    assert good_stream.getvalue().count("Expense submitted") == 1, "console got it exactly once"
+    assert [row[:2] for row in attempts_of(database, event_id)] == [
+        ("console", "delivered"), ("mm", "failed"), ("mm", "failed")]
+
+
+def test_circuit_breaker_pauses_a_failing_destination_without_spending_attempts(database):
+    with HttpSink(lambda request: Reply(503)) as sink:
+        router = make_router(database, {"mm": MattermostDestination("mm", sink.url)},
+                             breaker_threshold=2, breaker_cooldown_seconds=60, concurrency=1,
+                             batch_size=1)
+        ids = add_events(database, 4)
+        for _ in range(4):
+            router.run_once()
+    assert sink.count() == 2, "after two failures the destination is paused"
+    waiting = [state(database, event_id) for event_id in ids[2:]]
+    assert all(row["attempts"] == 0 and row["due_in"] > 50 for row in waiting), waiting
+    with database.transaction() as cursor:
+        cursor.execute("select state, failures, last_error from integration.destination_state")
+        assert cursor.fetchone()[:2] == ("open", 2)
+
+
+def test_circuit_closes_after_a_successful_trial(database):
+    replies = iter([Reply(503), Reply(200), Reply(200)])
+    with HttpSink(lambda request: next(replies)) as sink:
+        router = make_router(database, {"mm": MattermostDestination("mm", sink.url)},
+                             breaker_threshold=1, breaker_cooldown_seconds=0.5, concurrency=1,
+                             batch_size=1)
+        add_events(database, 2)
+        router.run_once()
+        time.sleep(0.6)
+        make_due(database)
+        router.run_once()
+        router.run_once()
+    with database.transaction() as cursor:
+        cursor.execute("select state from integration.destination_state")
+        assert cursor.fetchone() == ("closed",)
+    assert sink.count() == 3
+
+
+def test_rate_limit_spaces_deliveries(database):
+    from ipai_bus_lib.destinations import TokenBucket
+
+    with HttpSink() as sink:
+        destinations = {"mm": MattermostDestination("mm", sink.url)}
+        router = Router(RouterConfig(worker="w", listen=False, batch_size=10), database,
+                        routing_to("mm"), destinations, {"mm": TokenBucket(20, 1)})
+        add_events(database, 6)
+        router.run_once()
+    times = sorted(request.at for request in sink.received)
+    assert times[-1] - times[0] >= 5 / 20 * 0.9, "6 deliveries at 20/s with burst 1 take >= 0.25 s"
+
+
+def test_notify_wakes_a_waiting_router_at_once(database):
+    import threading
+
+    with HttpSink() as sink:
+        router = make_router(database, {"mm": MattermostDestination("mm", sink.url)},
+                             listen=True, poll_seconds=30)
+        thread = threading.Thread(target=router.run)
+        thread.start()
+        try:
+            time.sleep(0.5)  # the router is now waiting on LISTEN, its poll 30 s away
+            started = time.monotonic()
+            add_events(database)
+            while sink.count() == 0 and time.monotonic() - started < 10:
+                time.sleep(0.01)
+            assert sink.count() == 1
+            assert time.monotonic() - started < 2, "NOTIFY, not the 30 s poll, woke the router"
+        finally:
+            router.stop()
+            thread.join(timeout=10)
+    assert not thread.is_alive()
+
+
+def test_forward_document_is_json(database):
+    from ipai_bus_lib.destinations import forward_document
+
+    add_events(database)
+    with database.transaction() as cursor:
+        [event] = outbox.claim(cursor, worker="w")
+    assert json.loads(json.dumps(forward_document(event)))["type"] == "expense.submitted"
