@@ -63,12 +63,11 @@ def make_router(settings: Settings, url: str, *, worker: str | None = None):  # 
     from .db import Database
     from .destinations import TokenBucket, build_destination
     from .routes import load_routing
-    from .router import Router, RouterConfig
+    from .router import ROUTER_SESSION_SETTINGS, Router, RouterConfig
 
     routing = load_routing(settings.routes_file, settings.environment)
     destinations = {name: build_destination(spec, settings.environment,
-                                            timeout=settings.delivery_timeout_seconds,
-                                            pool_size=settings.router_concurrency)
+                                            timeout=settings.delivery_timeout_seconds)
                     for name, spec in routing.destinations.items()}
     limits = {name: TokenBucket(spec.rate_per_second, spec.burst)
               for name, spec in routing.destinations.items() if spec.rate_per_second}
@@ -80,7 +79,8 @@ def make_router(settings: Settings, url: str, *, worker: str | None = None):  # 
         breaker_cooldown_seconds=settings.breaker_cooldown_seconds,
         odoo_base_url=settings.odoo_base_url,
         **({"worker": worker} if worker else {}))
-    database = Database(url, max_size=4, application_name="ipai-bus router")
+    database = Database(url, max_size=4, application_name="ipai-bus router",
+                        settings=ROUTER_SESSION_SETTINGS)
     return Router(config, database, routing, destinations, limits)
 
 

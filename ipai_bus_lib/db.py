@@ -6,7 +6,7 @@ Driver exceptions are turned into the library's own here and nowhere else.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
@@ -56,8 +56,13 @@ def _first_line(exc: Exception) -> str:
     return text.splitlines()[0]
 
 
-def connect(dsn: str, *, connect_timeout: int = 5, application_name: str = "ipai-bus") -> Any:
-    """One new connection (autocommit off); raises DatabaseUnavailable when it cannot be made."""
+def connect(dsn: str, *, connect_timeout: int = 5, application_name: str = "ipai-bus",
+            settings: Mapping[str, str] | None = None) -> Any:
+    """One new connection (autocommit off); raises DatabaseUnavailable when it cannot be made.
+
+    ``settings`` are session parameters (``{"synchronous_commit": "off"}``).
+    """
+    options = " ".join(f"-c {name}={value}" for name, value in (settings or {}).items())
     try:
         return psycopg2.connect(
             dsn,
@@ -65,6 +70,7 @@ def connect(dsn: str, *, connect_timeout: int = 5, application_name: str = "ipai
             application_name=application_name,
             keepalives=1,
             keepalives_idle=30,
+            **({"options": options} if options else {}),
         )
     except psycopg2.Error as exc:
         raise translate_error(exc) from exc
@@ -80,8 +86,10 @@ class Database:
     def __init__(
         self, dsn: str, *, max_size: int = 10, connect_timeout: int = 5,
         acquire_timeout: float = 10.0, application_name: str = "ipai-bus",
+        settings: Mapping[str, str] | None = None,
     ) -> None:
         self.dsn = dsn
+        self._settings = dict(settings or {})
         self._connect_timeout = connect_timeout
         self._acquire_timeout = acquire_timeout
         self._application_name = application_name
@@ -103,7 +111,7 @@ class Database:
         try:
             conn = self._take_idle() or connect(
                 self.dsn, connect_timeout=self._connect_timeout,
-                application_name=self._application_name,
+                application_name=self._application_name, settings=self._settings,
             )
             yield conn
         except psycopg2.Error as exc:

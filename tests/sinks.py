@@ -33,7 +33,8 @@ class Reply:
 class HttpSink:
     """A threaded HTTP server that records every request and answers what ``respond`` says."""
 
-    def __init__(self, respond: Callable[[Received], Reply] | None = None) -> None:
+    def __init__(self, respond: Callable[[Received], Reply] | None = None, *,
+                 idle_timeout: float | None = None) -> None:
         self.received: list[Received] = []
         self.respond = respond or (lambda request: Reply())
         self.lock = threading.Lock()
@@ -41,6 +42,7 @@ class HttpSink:
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+            timeout = idle_timeout  # closes a keep-alive connection idle that long
 
             def do_POST(self) -> None:  # noqa: N802 - http.server's naming
                 body = self.rfile.read(int(self.headers.get("Content-Length", 0)))

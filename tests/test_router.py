@@ -140,6 +140,19 @@ def test_timeout_is_retried(database):
     assert now["status"] == "failed" and "no answer within 0.3 s" in now["last_error"]
 
 
+def test_connection_closed_by_the_server_while_idle_is_reopened(database):
+    with HttpSink(idle_timeout=0.2) as sink:
+        router = make_router(database, {"mm": MattermostDestination("mm", sink.url)})
+        first = add_events(database, aggregate="a")[0]
+        router.run_once()
+        time.sleep(0.6)  # the sink has closed the kept-alive connection by now
+        second = add_events(database, aggregate="b")[0]
+        router.run_once()
+    assert [state(database, event_id)["status"] for event_id in (first, second)] == [
+        "completed", "completed"]
+    assert state(database, second)["attempts"] == 1 and sink.count() == 2
+
+
 def test_connection_refused_is_retried(database):
     router = make_router(database, {"mm": MattermostDestination("mm", "http://127.0.0.1:1/hook")})
     [event_id] = add_events(database)

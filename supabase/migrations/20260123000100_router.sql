@@ -7,6 +7,17 @@
 
 alter table integration.outbox add column seq bigint generated always as identity;
 
+-- The due index in claim order, so a claim reads it in order and stops after its batch.
+drop index integration.outbox_due_idx;
+create index outbox_due_idx on integration.outbox (available_at, seq)
+    where status in ('pending', 'failed');
+
+-- A queue table churns: every event is updated three times and then sits completed. Vacuum it
+-- often, so index entries of rows that left the queue are cleaned up in seconds, not hours.
+alter table integration.outbox set (
+    autovacuum_vacuum_scale_factor = 0.02, autovacuum_vacuum_threshold = 1000,
+    autovacuum_analyze_scale_factor = 0.02, autovacuum_analyze_threshold = 1000);
+
 -- The events that still block later ones of their aggregate: not yet completed or dead.
 create index outbox_aggregate_active_idx
     on integration.outbox (aggregate_type, aggregate_id, seq)
@@ -62,12 +73,18 @@ comment on table integration.destination_state is
 -- block. Same signature as before, so callers do not change.
 -- ---------------------------------------------------------------------------------------------
 
+-- Planned afresh on every call (force_custom_plan; every statement takes a parameter): a queue
+-- table swings from empty to large within seconds, and a plan cached while it was empty (nested
+-- sequential scans) made each later claim read the table once per row. Bitmap scans are off: they cannot stop early and never mark the index entries of rows
+-- that left the queue as dead, so between two vacuums every claim would re-read all of them.
 create or replace function integration.claim_outbox(
     p_worker        text,
     p_limit         integer default 25,
     p_lease_seconds integer default 60
 ) returns setof integration.outbox
     language plpgsql
+    set plan_cache_mode = force_custom_plan
+    set enable_bitmapscan = off
 as $$
 begin
     perform integration.require(length(btrim(p_worker)) between 1 and 200,
@@ -86,6 +103,8 @@ begin
      where o.id in (select e.id from integration.outbox e
                      where e.status = 'processing' and e.lease_expires_at <= now()
                        and e.attempts >= e.max_attempts
+                     order by e.lease_expires_at
+                     limit p_limit  -- also makes the statement parameterised: planned per call
                      for update skip locked);
 
     return query
@@ -125,6 +144,15 @@ begin
 end;
 $$;
 
+-- The same for the functions of the first migration: their plans must follow the table's size.
+alter function integration.insert_outbox_event(text, text, text, jsonb, text, text, timestamptz,
+                                               text, integer)
+    set plan_cache_mode = force_custom_plan;
+alter function integration.insert_event_log(uuid) set plan_cache_mode = force_custom_plan;
+alter function integration.ack_outbox(uuid[], text) set plan_cache_mode = force_custom_plan;
+alter function integration.fail_outbox(uuid, text, text, integer[], timestamptz, boolean)
+    set plan_cache_mode = force_custom_plan;
+
 -- ---------------------------------------------------------------------------------------------
 -- release_outbox gains the time the events come due again (a paused destination's reopening);
 -- the attempt the claim counted is still given back.
@@ -137,6 +165,7 @@ create function integration.release_outbox(
     p_ids uuid[], p_worker text, p_available_at timestamptz default null
 ) returns integer
     language plpgsql
+    set plan_cache_mode = force_custom_plan
 as $$
 declare
     v_count integer;
