@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import secrets as secrets_module
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from . import __version__
 from .errors import ConfigurationError, DatabaseUnavailable, IpaiBusError
+from .operator_cli import add_operator_commands
 from .settings import Settings
 
 EXIT_OK = 0
@@ -25,6 +25,18 @@ def database_url(settings: Settings) -> str:
     if settings.database_url:
         return settings.database_url
     return embedded_cluster(settings).ensure_running()
+
+
+def running_database_url(settings: Settings) -> str:
+    """As database_url, but never starts anything: operator commands only look."""
+    if settings.database_url:
+        return settings.database_url
+    cluster = embedded_cluster(settings)
+    if not cluster.is_running():
+        raise DatabaseUnavailable(
+            f"the embedded PostgreSQL ({cluster.data_dir}) is not running; start the bus with "
+            "`ipai-bus up` (or `ipai-bus db start`), or set DATABASE_URL")
+    return cluster.url()
 
 
 def embedded_cluster(settings: Settings):  # -> EmbeddedPostgres, imported lazily (server extra)
@@ -113,22 +125,70 @@ def cmd_db(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_secret_new(args: argparse.Namespace, settings: Settings) -> int:
-    secret = secrets_module.token_hex(32)
+    from .secret_files import new_webhook_secret, write_private_file
+
+    secret = new_webhook_secret()
     if args.output:
-        _write_private(Path(args.output), secret + "\n")
+        try:
+            write_private_file(Path(args.output), secret + "\n", exclusive=not args.force)
+        except FileExistsError:
+            raise ConfigurationError(f"{args.output} exists; pass --force to replace it") from None
         print(f"new secret written to {args.output} (mode 0600)")
     else:
         print(secret)
     return EXIT_OK
 
 
-def _write_private(path: Path, text: str) -> None:
-    import os
+def cmd_up(args: argparse.Namespace, settings: Settings) -> int:
+    import signal
+    import threading
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(descriptor, "w") as handle:
-        handle.write(text)
+    from .stack import Stack, require_free_port
+
+    require_free_port(settings)
+    stopping = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stopping.set())
+    print("ipai-bus: starting…", file=sys.stderr, flush=True)
+    with Stack(settings) as stack:
+        print(describe_stack(stack), flush=True)
+        while not stopping.wait(0.5):
+            assert stack.supervisor is not None
+            stack.supervisor.check()
+        print("ipai-bus: stopping…", file=sys.stderr, flush=True)
+    print("ipai-bus: stopped", file=sys.stderr)
+    return EXIT_OK
+
+
+def describe_stack(stack) -> str:  # stack: Stack
+    from .secret_files import masked
+
+    settings = stack.settings
+    where = (f"from {stack.secret_file} (mode 0600)" if stack.secret_file
+             else "from IPAI_WEBHOOK_SECRET")
+    database = ("DATABASE_URL" if settings.database_url
+                else f"embedded PostgreSQL in {embedded_cluster(settings).data_dir}")
+    routes = settings.routes_file or ("default routes → Mattermost"
+                                      if settings.environment.get("MATTERMOST_WEBHOOK_URL")
+                                      else "default routes → console")
+    return (f"ipai-bus is up (Ctrl-C stops it)\n"
+            f"  webhook URL  {stack.webhook_url}\n"
+            f"  secret       {masked(stack.secret())} {where}\n"
+            f"  database     {database}\n"
+            f"  routing      {routes}\n"
+            f"  status       ipai-bus status")
+
+
+def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
+    from .demo import run_demo
+
+    return run_demo(settings, timeout=args.timeout)
+
+
+def cmd_send(args: argparse.Namespace, settings: Settings) -> int:
+    from .sender import send_from_arguments
+
+    return send_from_arguments(args, settings)
 
 
 def _positive(text: str) -> int:
@@ -170,6 +230,30 @@ def build_parser() -> argparse.ArgumentParser:
     route.add_argument("--worker", help="this worker's name (default host:pid:random)")
     route.set_defaults(handler=cmd_route)
 
+    up = commands.add_parser("up", help="run the whole bus (database, receiver, router) until "
+                                        "Ctrl-C")
+    up.set_defaults(handler=cmd_up)
+
+    demo = commands.add_parser("demo", help="send one signed sample of each of the 14 event "
+                                            "types through the bus and show their delivery")
+    demo.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for delivery")
+    demo.set_defaults(handler=cmd_demo)
+
+    send = commands.add_parser("send", help="sign and send one event to a receiver")
+    what = send.add_mutually_exclusive_group(required=True)
+    what.add_argument("--type", dest="event_type", help="event type, e.g. expense.submitted")
+    what.add_argument("--file", help="a JSON file holding the whole event envelope")
+    send.add_argument("--aggregate-id", help="the record's id (with --type)")
+    send.add_argument("--aggregate-type", help="default: the catalog's for --type")
+    send.add_argument("--payload", help="the payload as a JSON object (with --type)")
+    send.add_argument("--sample", action="store_true",
+                      help="with --type: a realistic sample payload")
+    send.add_argument("--key", help="idempotency key (default: a new one)")
+    send.add_argument("--url", help="receiver URL (default: this machine's receiver)")
+    send.set_defaults(handler=cmd_send)
+
+    add_operator_commands(commands, running_database_url)
+
     db = commands.add_parser("db", help="the embedded PostgreSQL: start, stop, print its URL")
     db.add_argument("action", choices=["start", "stop", "url"])
     db.set_defaults(handler=cmd_db)
@@ -179,6 +263,7 @@ def build_parser() -> argparse.ArgumentParser:
     secret_new = secret_commands.add_parser("new", help="make a new random webhook secret")
     secret_new.add_argument("--output", "-o", metavar="FILE",
                             help="write it to FILE (mode 0600) instead of printing it")
+    secret_new.add_argument("--force", action="store_true", help="replace FILE if it exists")
     secret_new.set_defaults(handler=cmd_secret_new)
     return parser
 

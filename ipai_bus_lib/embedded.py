@@ -23,6 +23,7 @@ from pathlib import Path
 from urllib.parse import quote
 
 from .errors import EmbeddedPostgresError
+from .secret_files import write_private_file
 
 SUPERUSER = "postgres"
 SYSTEM_USER_WHEN_ROOT = "embedded_postgres"
@@ -134,7 +135,7 @@ class EmbeddedPostgres:
     def _initdb(self) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         password = secrets.token_urlsafe(24)
-        _write_private(self.password_file, password + "\n")
+        write_private_file(self.password_file, password + "\n")
         owner = _service_user()
         if owner is not None:
             _allow_traversal(self.home)
@@ -206,12 +207,6 @@ def _allow_traversal(path: Path) -> None:
         mode = parent.stat().st_mode
         if not mode & 0o001:
             parent.chmod(mode | 0o001)
-
-
-def _write_private(path: Path, text: str) -> None:
-    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(descriptor, "w") as handle:
-        handle.write(text)
 
 
 def _free_port() -> int:

@@ -1,0 +1,48 @@
+"""Where the bus keeps secrets on disk: private files (mode 0600) under the user's directories."""
+
+from __future__ import annotations
+
+import os
+import secrets
+from pathlib import Path
+
+
+def write_private_file(path: Path, text: str, *, exclusive: bool = False) -> None:
+    """Write ``text`` to ``path`` readable by its owner only (created 0600, never wider).
+
+    With ``exclusive`` an existing file is an error (FileExistsError) rather than replaced.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    flags = os.O_WRONLY | os.O_CREAT | (os.O_EXCL if exclusive else os.O_TRUNC)
+    descriptor = os.open(path, flags, 0o600)
+    with os.fdopen(descriptor, "w") as handle:
+        handle.write(text)
+
+
+def new_webhook_secret() -> str:
+    """64 hex characters from the operating system's random source."""
+    return secrets.token_hex(32)
+
+
+def config_dir() -> Path:
+    """$IPAI_BUS_CONFIG_DIR, else the user's config directory for ipai-bus."""
+    configured = os.environ.get("IPAI_BUS_CONFIG_DIR")
+    if configured:
+        return Path(configured).expanduser()
+    import platformdirs
+
+    return Path(platformdirs.user_config_dir("ipai-bus"))
+
+
+def ensure_secret_file(path: Path) -> bool:
+    """Create a webhook secret at ``path`` unless one is there; True if it was created."""
+    try:
+        write_private_file(path, new_webhook_secret() + "\n", exclusive=True)
+    except FileExistsError:
+        return False
+    return True
+
+
+def masked(secret: str) -> str:
+    """Enough of a secret to tell two apart, never enough to use: ``a1b2…``."""
+    return secret[:4] + "…"

@@ -1,0 +1,250 @@
+"""The ``ipai-bus`` command line as a user runs it: real processes, a real database."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import stat
+import subprocess
+import sys
+import time
+import uuid
+
+import psutil
+import psycopg2
+import pytest
+
+from ipai_bus_lib import outbox
+from ipai_bus_lib.catalog import Envelope
+
+from .helpers import free_port, snapshot, wait_until
+
+
+def cli(*args: str, env: dict[str, str] | None = None, timeout: float = 90
+        ) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "ipai_bus_lib.cli", *args],
+                          env={**os.environ, **(env or {})}, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+@pytest.fixture()
+def bus_env(clean_bus) -> dict[str, str]:
+    return {"DATABASE_URL": clean_bus}
+
+
+def seed_states(url: str) -> dict[str, uuid.UUID]:
+    """One pending, one failed, two dead (an expense and an asset) and one completed event."""
+    conn = psycopg2.connect(url)
+    ids = {}
+    with conn, conn.cursor() as cursor:
+        for name, event_type in [("pending", "expense.submitted"), ("failed", "expense.paid"),
+                                 ("dead", "expense.approved"), ("dead_asset", "asset.overdue"),
+                                 ("completed", "asset.reserved")]:
+            envelope = Envelope(event_type, "x", name, {"amount": 1})
+            ids[name] = outbox.insert_event(cursor, envelope, idempotency_key=name).event_id
+        for name in ("failed", "dead", "dead_asset", "completed"):
+            cursor.execute("select integration.insert_event_log(%s)", (ids[name],))
+        cursor.execute("update integration.outbox set status = 'failed', attempts = 1,"
+                       " last_error = 'HTTP 502: bad gateway', available_at = now() + interval '30 s'"
+                       " where id = %s", (ids["failed"],))
+        cursor.execute("update integration.outbox set status = 'dead', attempts = 4,"
+                       " last_error = 'HTTP 404: no such channel' where id = any(%s)",
+                       ([ids["dead"], ids["dead_asset"]],))
+        cursor.execute("update integration.outbox set status = 'completed', attempts = 1,"
+                       " completed_at = now() - interval '40 days' where id = %s", (ids["completed"],))
+    conn.close()
+    return ids
+
+
+def status_of(url: str, event_id) -> tuple[str, int]:
+    conn = psycopg2.connect(url)
+    with conn.cursor() as cursor:
+        cursor.execute("select status, attempts from integration.outbox where id = %s", (event_id,))
+        found = cursor.fetchone()
+    conn.close()
+    return found
+
+
+# --- status, events -----------------------------------------------------------------------------
+
+def test_status_shows_what_is_pending_failed_and_dead(bus_env, clean_bus):
+    ids = seed_states(clean_bus)
+    result = cli("status", env=bus_env)
+    assert result.returncode == 0, result.stderr
+    assert "pending 1  processing 0  completed 1  failed 1  dead 2" in result.stdout
+    assert str(ids["dead"]) in result.stdout and "HTTP 404: no such channel" in result.stdout
+    document = json.loads(cli("status", "--json", env=bus_env).stdout)
+    assert document["by_status"]["dead"] == 2 and document["oldest_pending_seconds"] >= 0
+    assert document["event_log_last_hour"]["total"] == 4
+
+
+def test_events_show_and_tail(bus_env, clean_bus):
+    ids = seed_states(clean_bus)
+    shown = cli("events", "show", str(ids["dead"]), env=bus_env)
+    assert shown.returncode == 0 and "status dead   attempts 4/4" in shown.stdout
+    assert "HTTP 404: no such channel" in shown.stdout
+    tail = cli("events", "tail", "-n", "10", env=bus_env)
+    assert tail.returncode == 0 and tail.stdout.count("\n") == 4
+
+
+def test_events_show_of_an_unknown_or_malformed_id(bus_env, clean_bus):
+    unknown = cli("events", "show", str(uuid.uuid4()), env=bus_env)
+    assert unknown.returncode == 1 and "no event" in unknown.stderr
+    malformed = cli("events", "show", "not-a-uuid", env=bus_env)
+    assert malformed.returncode == 1 and "is not an event id" in malformed.stderr
+
+
+# --- retry, purge ---------------------------------------------------------------------------------
+
+def test_retry_by_id_resets_attempts_and_is_audited(bus_env, clean_bus):
+    ids = seed_states(clean_bus)
+    result = cli("retry", str(ids["dead"]), "--reason", "channel recreated", "--by", "ops@test",
+                 env=bus_env)
+    assert result.returncode == 0, result.stderr
+    assert "1 event(s) back to pending" in result.stdout
+    assert status_of(clean_bus, ids["dead"]) == ("pending", 0)
+    shown = cli("events", "show", str(ids["dead"]), env=bus_env).stdout
+    assert "retry by ops@test: channel recreated" in shown
+
+
+def test_retry_dead_by_type_leaves_others_alone(bus_env, clean_bus):
+    ids = seed_states(clean_bus)
+    result = cli("retry", "--dead", "--type", "asset.*", env=bus_env)
+    assert result.returncode == 0 and "1 event(s) back to pending" in result.stdout
+    assert status_of(clean_bus, ids["dead_asset"]) == ("pending", 0)
+    assert status_of(clean_bus, ids["dead"]) == ("dead", 4)
+
+
+def test_retry_of_a_pending_event_changes_nothing(bus_env, clean_bus):
+    ids = seed_states(clean_bus)
+    result = cli("retry", str(ids["pending"]), env=bus_env)
+    assert result.returncode == 0 and "left alone: not failed or dead" in result.stdout
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (("retry",), "name event ids, or use --dead"),
+    (("retry", "--type", "x.*", "00000000-0000-0000-0000-000000000000"), "go with --dead"),
+    (("retry", "--dead", "--since", "yesterday"), "is not a duration"),
+    (("purge", "--completed-older-than", "soon"), "is not a duration"),
+])
+def test_wrong_arguments_give_one_clear_line_and_change_nothing(bus_env, clean_bus, args, message):
+    seed_states(clean_bus)
+    before = snapshot(clean_bus)
+    result = cli(*args, env=bus_env)
+    assert result.returncode == 2, result.stderr
+    assert message in result.stderr and result.stderr.count("\n") == 1
+    assert snapshot(clean_bus) == before
+
+
+def test_retry_of_an_unknown_id_changes_nothing(bus_env, clean_bus):
+    ids = seed_states(clean_bus)
+    before = snapshot(clean_bus)
+    result = cli("retry", str(ids["dead"]), str(uuid.uuid4()), env=bus_env)
+    assert result.returncode == 1 and "no such event" in result.stderr
+    assert snapshot(clean_bus) == before
+
+
+def test_purge_removes_old_completed_rows_but_keeps_the_log(bus_env, clean_bus):
+    ids = seed_states(clean_bus)
+    result = cli("purge", "--completed-older-than", "30d", env=bus_env)
+    assert result.returncode == 0 and "1 completed event(s) purged" in result.stdout
+    assert status_of(clean_bus, ids["completed"]) is None
+    shown = cli("events", "show", str(ids["completed"]), env=bus_env)
+    assert shown.returncode == 0 and "outbox row purged; the audit copy remains" in shown.stdout
+    assert cli("purge", "--completed-older-than", "10m", env=bus_env).returncode == 1
+
+
+def test_unreachable_database_is_reported_with_exit_code_3():
+    env = {"DATABASE_URL": "postgresql://postgres@127.0.0.1:1/none"}
+    for args in (("status",), ("retry", "--dead"), ("purge", "--completed-older-than", "30d"),
+                 ("migrate",), ("events", "tail")):
+        result = cli(*args, env=env)
+        assert result.returncode == 3, (args, result.stderr)
+        assert "database unreachable" in result.stderr and result.stderr.count("\n") == 1
+
+
+def test_unknown_subcommand_is_a_usage_error():
+    result = cli("frobnicate")
+    assert result.returncode == 2 and "invalid choice" in result.stderr
+
+
+# --- secrets, send -----------------------------------------------------------------------------
+
+def test_secret_new_writes_a_private_file_and_never_overwrites(tmp_path):
+    target = tmp_path / "secret"
+    assert cli("secret", "new", "-o", str(target)).returncode == 0
+    assert stat.S_IMODE(target.stat().st_mode) == 0o600 and len(target.read_text().strip()) == 64
+    first = target.read_text()
+    again = cli("secret", "new", "-o", str(target))
+    assert again.returncode == 2 and "pass --force" in again.stderr and target.read_text() == first
+
+
+def test_send_refuses_bad_json_and_reports_a_missing_receiver(tmp_path):
+    env = {"IPAI_WEBHOOK_SECRET": "a-secret-of-sixteen-chars", "IPAI_RECEIVER_PORT": "1"}
+    bad = cli("send", "--type", "expense.paid", "--aggregate-id", "1", "--payload", "{oops",
+              env=env)
+    assert bad.returncode == 2 and "not valid JSON" in bad.stderr
+    missing = cli("send", "--type", "expense.paid", "--sample", env=env)
+    assert missing.returncode == 1 and "no receiver at" in missing.stderr
+
+
+# --- up and demo --------------------------------------------------------------------------------
+
+@pytest.fixture()
+def fresh_home(tmp_path) -> dict[str, str]:
+    """An empty data and config directory and a free receiver port: a new machine."""
+    return {"IPAI_BUS_HOME": str(tmp_path / "data"), "IPAI_BUS_CONFIG_DIR": str(tmp_path / "config"),
+            "IPAI_RECEIVER_PORT": str(free_port()), "DATABASE_URL": "",
+            "IPAI_WEBHOOK_SECRET": ""}
+
+
+def processes_mentioning(text: str) -> list[psutil.Process]:
+    found = []
+    for process in psutil.process_iter(["cmdline"]):
+        try:
+            if text in " ".join(process.info["cmdline"] or []):
+                found.append(process)
+        except psutil.Error:
+            pass
+    return found
+
+
+@pytest.mark.slow
+def test_up_from_an_empty_machine_delivers_and_stops_cleanly(fresh_home, tmp_path):
+    log = open(tmp_path / "up.log", "w")
+    up = subprocess.Popen([sys.executable, "-m", "ipai_bus_lib.cli", "up"],
+                          env={**os.environ, **fresh_home}, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        wait_until(lambda: "ipai-bus is up" in (tmp_path / "up.log").read_text(), timeout=60,
+                   what="ipai-bus up to report it is up")
+        text = (tmp_path / "up.log").read_text()
+        assert f"127.0.0.1:{fresh_home['IPAI_RECEIVER_PORT']}/functions/v1/odoo-webhook" in text
+        secret = (tmp_path / "config" / "webhook-secret").read_text().strip()
+        assert secret not in text, "the secret must never be printed in full"
+        assert stat.S_IMODE((tmp_path / "config" / "webhook-secret").stat().st_mode) == 0o600
+        sent = cli("send", "--type", "expense.submitted", "--sample", env=fresh_home)
+        assert sent.returncode == 0, sent.stderr
+        wait_until(lambda: "📝 **Expense submitted**" in (tmp_path / "up.log").read_text(),
+                   timeout=20, what="the console destination to print the event")
+        assert processes_mentioning(str(tmp_path / "data")), "the embedded PostgreSQL runs"
+        children = psutil.Process(up.pid).children(recursive=True)
+        assert len(children) >= 2, "a receiver and a router run under up"
+    finally:
+        up.send_signal(signal.SIGTERM)
+        code = up.wait(timeout=60)
+        log.close()
+    assert code == 0
+    time.sleep(0.5)
+    assert processes_mentioning(str(tmp_path / "data")) == [], "PostgreSQL left running"
+    assert not [child for child in children if child.is_running()
+                and child.status() != psutil.STATUS_ZOMBIE], "a receiver or router left running"
+
+
+@pytest.mark.slow
+def test_demo_delivers_all_fourteen_and_leaves_nothing_running(fresh_home, tmp_path):
+    result = cli("demo", env=fresh_home, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "demo: sent 14, stored 14, delivered 14" in result.stdout
+    assert result.stdout.count("[completed]") == 14
+    assert processes_mentioning(str(tmp_path / "data")) == []
