@@ -1,0 +1,22 @@
+{
+    "name": "IPAI Enterprise Bridge",
+    "summary": "Signed business events from expenses and equipment bookings to the IPAI bus",
+    "version": "18.0.1.0.0",
+    "category": "Productivity",
+    "license": "LGPL-3",
+    "author": "IPAI",
+    "depends": ["hr_expense", "maintenance"],
+    "external_dependencies": {"python": ["ipai_bus_lib"]},
+    "data": [
+        "security/ipai_security.xml",
+        "security/ir.model.access.csv",
+        "views/ipai_event_outbox_views.xml",
+        "views/ipai_equipment_booking_views.xml",
+        "views/maintenance_equipment_views.xml",
+        "views/res_config_settings_views.xml",
+        "views/menus.xml",
+        "data/ir_cron.xml",
+    ],
+    "installable": True,
+    "application": False,
+}

@@ -1,0 +1,95 @@
+from odoo import api, models
+
+from ..utils.ipai_webhook import send_ipai_event
+
+PAID_PRECOMMIT_KEY = "ipai_enterprise_bridge.paid_sheet_ids"
+
+
+class HrExpenseSheet(models.Model):
+    _inherit = "hr.expense.sheet"
+
+    # --- Odoo 18's funnel points: one event per expense line, only on a real transition --------
+
+    def _do_submit(self):
+        before = {sheet.id: sheet.approval_state for sheet in self}
+        result = super()._do_submit()
+        self._ipai_emit_transition("expense.submitted", "submit", before)
+        return result
+
+    def _do_approve(self):
+        before = {sheet.id: sheet.approval_state for sheet in self}
+        result = super()._do_approve()
+        self._ipai_emit_transition("expense.approved", "approve", before)
+        return result
+
+    def _do_refuse(self, reason):
+        before = {sheet.id: sheet.approval_state for sheet in self}
+        result = super()._do_refuse(reason)
+        self._ipai_emit_transition("expense.rejected", "cancel", before)
+        return result
+
+    def _ipai_emit_transition(self, event_type, approval_state, before):
+        changed = self.filtered(lambda sheet: sheet.approval_state == approval_state
+                                and before.get(sheet.id) != approval_state)
+        changed._ipai_emit(event_type)
+
+    def _ipai_emit(self, event_type):
+        for sheet in self:
+            for expense in sheet.expense_line_ids:
+                send_ipai_event(self.env, event_type, expense, expense._ipai_payload(),
+                                key_record=sheet)
+
+    # --- paid: payment_state is computed, so the change is seen here and emitted at commit ------
+
+    def _compute_from_account_move_ids(self):
+        stored = self._ipai_stored_payment_states()
+        super()._compute_from_account_move_ids()
+        newly_paid = {sheet.id for sheet in self
+                      if sheet.id and sheet.payment_state == "paid"
+                      and stored.get(sheet.id) != "paid"}
+        if newly_paid:
+            pending = self.env.cr.precommit.data.setdefault(PAID_PRECOMMIT_KEY, set())
+            if not pending:
+                self.env.cr.precommit.add(self._ipai_emit_paid_at_commit)
+            pending.update(newly_paid)
+
+    def _ipai_stored_payment_states(self):
+        ids = [sheet_id for sheet_id in self.ids if isinstance(sheet_id, int)]
+        if not ids:
+            return {}
+        self.env.cr.execute("SELECT id, payment_state FROM hr_expense_sheet WHERE id = ANY(%s)",
+                            (ids,))
+        return dict(self.env.cr.fetchall())
+
+    def _ipai_emit_paid_at_commit(self):
+        ids = self.env.cr.precommit.data.pop(PAID_PRECOMMIT_KEY, set())
+        sheets = self.env["hr.expense.sheet"].sudo().browse(sorted(ids)).exists()
+        sheets.filtered(lambda sheet: sheet.payment_state == "paid")._ipai_emit_paid()
+
+    def _ipai_emit_paid(self):
+        """expense.paid once per expense line, ever: the cron and the compute share this."""
+        outbox = self.env["ipai.event.outbox"].sudo()
+        for sheet in self:
+            lines = sheet.expense_line_ids
+            already = set(outbox.search([("event_type", "=", "expense.paid"),
+                                         ("res_model", "=", "hr.expense"),
+                                         ("res_id", "in", lines.ids)]).mapped("res_id"))
+            for expense in lines.filtered(lambda line: line.id not in already):
+                send_ipai_event(self.env, "expense.paid", expense, expense._ipai_payload(),
+                                key_record=sheet)
+
+    @api.model
+    def _cron_detect_paid_expenses(self, limit=500):
+        """Safety net: paid sheets whose lines have no expense.paid event yet get one."""
+        self.env.flush_all()  # the query below reads the tables, not the ORM cache
+        self.env.cr.execute("""
+            SELECT DISTINCT sheet.id FROM hr_expense_sheet sheet
+              JOIN hr_expense line ON line.sheet_id = sheet.id
+             WHERE sheet.payment_state = 'paid'
+               AND NOT EXISTS (SELECT 1 FROM ipai_event_outbox event
+                                WHERE event.event_type = 'expense.paid'
+                                  AND event.res_model = 'hr.expense' AND event.res_id = line.id)
+             ORDER BY sheet.id LIMIT %s""", (limit,))
+        sheets = self.sudo().browse([row[0] for row in self.env.cr.fetchall()])
+        sheets._ipai_emit_paid()
+        return len(sheets)

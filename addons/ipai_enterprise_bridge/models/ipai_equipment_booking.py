@@ -1,0 +1,127 @@
+from datetime import datetime, time
+
+from odoo import _, api, fields, models
+from odoo.exceptions import UserError, ValidationError
+
+from ..utils.ipai_webhook import send_ipai_event
+
+ACTIVE_STATES = ("reserved", "checked_out")
+# state before → (action, state after, event)
+TRANSITIONS = {
+    "reserve": ("draft", "reserved", "asset.reserved"),
+    "checkout": ("reserved", "checked_out", "asset.checked_out"),
+    "checkin": ("checked_out", "checked_in", "asset.checked_in"),
+}
+
+
+class IpaiEquipmentBooking(models.Model):
+    """Who has which piece of equipment, from when to when."""
+
+    _name = "ipai.equipment.booking"
+    _description = "Equipment booking"
+    _order = "date_from desc, id desc"
+
+    name = fields.Char(compute="_compute_name", store=True)
+    equipment_id = fields.Many2one("maintenance.equipment", required=True, index=True,
+                                   ondelete="restrict")
+    user_id = fields.Many2one("res.users", string="Booked by", required=True,
+                              default=lambda self: self.env.user)
+    date_from = fields.Datetime(string="From", required=True)
+    date_to = fields.Datetime(string="To", required=True)
+    state = fields.Selection(
+        [("draft", "Draft"), ("reserved", "Reserved"), ("checked_out", "Checked out"),
+         ("checked_in", "Checked in"), ("cancelled", "Cancelled")],
+        default="draft", required=True, readonly=True, index=True, copy=False)
+    overdue_notified_on = fields.Date(readonly=True, copy=False,
+                                      help="Last day an asset.overdue event was emitted")
+
+    @api.depends("equipment_id", "date_from")
+    def _compute_name(self):
+        for booking in self:
+            start = fields.Datetime.to_string(booking.date_from) if booking.date_from else ""
+            booking.name = f"{booking.equipment_id.name or ''} {start[:16]}".strip()
+
+    @api.constrains("date_from", "date_to")
+    def _check_dates(self):
+        for booking in self:
+            if booking.date_to <= booking.date_from:
+                raise ValidationError(_("A booking must end after it starts (%s).", booking.name))
+
+    @api.constrains("equipment_id", "date_from", "date_to", "state")
+    def _check_overlap(self):
+        for booking in self.filtered(lambda b: b.state in ACTIVE_STATES):
+            clash = self.search([
+                ("id", "!=", booking.id), ("equipment_id", "=", booking.equipment_id.id),
+                ("state", "in", ACTIVE_STATES),
+                ("date_from", "<", booking.date_to), ("date_to", ">", booking.date_from),
+            ], limit=1)
+            if clash:
+                raise ValidationError(_(
+                    "%(equipment)s is already booked by %(user)s from %(start)s to %(end)s. "
+                    "Choose another time or another piece of equipment.",
+                    equipment=booking.equipment_id.name, user=clash.user_id.name,
+                    start=clash.date_from, end=clash.date_to))
+
+    # --- the seed's actions ----------------------------------------------------------------------
+
+    def action_reserve_asset(self):
+        return self._ipai_move("reserve")
+
+    def action_checkout_asset(self):
+        return self._ipai_move("checkout")
+
+    def action_checkin_asset(self):
+        return self._ipai_move("checkin")
+
+    def action_cancel(self):
+        for booking in self:
+            if booking.state not in ("draft", "reserved"):
+                raise UserError(_("Only a draft or reserved booking can be cancelled; %s is %s.",
+                                  booking.name, booking.state))
+        self.write({"state": "cancelled"})
+
+    def _ipai_move(self, action):
+        expected, target, event_type = TRANSITIONS[action]
+        for booking in self:
+            if booking.state == target:
+                continue  # a double click: the transition already happened, emit nothing
+            if booking.state != expected:
+                raise UserError(_(
+                    "%(booking)s is %(state)s; it must be %(expected)s to do that.",
+                    booking=booking.name,
+                    state=dict(self._fields["state"].selection)[booking.state],
+                    expected=dict(self._fields["state"].selection)[expected]))
+            booking.state = target
+            booking._ipai_emit(event_type)
+        return True
+
+    def _ipai_emit(self, event_type):
+        self.ensure_one()
+        send_ipai_event(self.env, event_type, self, self._ipai_payload(),
+                        aggregate_id=self.equipment_id.id)
+
+    def _ipai_payload(self):
+        self.ensure_one()
+        return {
+            "booking_id": self.id, "asset_id": self.equipment_id.id,
+            "asset_name": self.equipment_id.name,
+            "asset_category": self.equipment_id.category_id.name or None,
+            "reserved_by": self.user_id.id, "reserved_by_name": self.user_id.name,
+            "reserved_from": self.date_from, "reserved_to": self.date_to,
+            "booking_state": self.state,
+        }
+
+    @api.model
+    def _cron_detect_overdue_bookings(self, now=None):
+        """asset.overdue for bookings still checked out past their end: once per booking per day."""
+        now = now or fields.Datetime.now()
+        today = fields.Date.to_date(now)
+        overdue = self.search([("state", "=", "checked_out"), ("date_to", "<", now), "|",
+                               ("overdue_notified_on", "=", False),
+                               ("overdue_notified_on", "<", today)])
+        day = datetime.combine(today, time.min)
+        for booking in overdue:
+            booking.overdue_notified_on = today
+            send_ipai_event(self.env, "asset.overdue", booking, booking._ipai_payload(),
+                            aggregate_id=booking.equipment_id.id, stamp=day)
+        return len(overdue)

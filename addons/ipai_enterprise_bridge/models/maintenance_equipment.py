@@ -1,0 +1,41 @@
+from odoo import _, api, fields, models
+from odoo.exceptions import UserError
+
+
+class MaintenanceEquipment(models.Model):
+    _inherit = "maintenance.equipment"
+
+    ipai_booking_ids = fields.One2many("ipai.equipment.booking", "equipment_id",
+                                       string="Bookings")
+    ipai_current_booking_id = fields.Many2one(
+        "ipai.equipment.booking", string="Current booking",
+        compute="_compute_ipai_current_booking_id")
+
+    @api.depends("ipai_booking_ids.state", "ipai_booking_ids.date_from")
+    def _compute_ipai_current_booking_id(self):
+        for equipment in self:
+            active = equipment.ipai_booking_ids.filtered(
+                lambda booking: booking.state in ("reserved", "checked_out"))
+            equipment.ipai_current_booking_id = active.sorted("date_from")[:1]
+
+    def action_reserve_asset(self):
+        """Open a new booking of this equipment; it is reserved from the booking's form."""
+        self.ensure_one()
+        return {
+            "type": "ir.actions.act_window", "res_model": "ipai.equipment.booking",
+            "view_mode": "form", "target": "new", "name": _("Reserve %s", self.name),
+            "context": {"default_equipment_id": self.id},
+        }
+
+    def action_checkout_asset(self):
+        return self._ipai_current_booking().action_checkout_asset()
+
+    def action_checkin_asset(self):
+        return self._ipai_current_booking().action_checkin_asset()
+
+    def _ipai_current_booking(self):
+        self.ensure_one()
+        if not self.ipai_current_booking_id:
+            raise UserError(_("%s has no reserved or checked-out booking. Reserve it first.",
+                              self.name))
+        return self.ipai_current_booking_id

@@ -1,0 +1,47 @@
+from odoo import _, fields, models
+from odoo.exceptions import UserError
+
+from ipai_bus_lib.catalog import Envelope
+
+from ..utils.ipai_webhook import DeliveryError, post_event
+
+
+class ResConfigSettings(models.TransientModel):
+    _inherit = "res.config.settings"
+
+    ipai_webhook_url = fields.Char(string="IPAI webhook URL", config_parameter="ipai.webhook.url")
+    ipai_webhook_secret = fields.Char(string="IPAI webhook secret",
+                                      config_parameter="ipai.webhook.secret",
+                                      groups="base.group_system")
+
+    def set_values(self):
+        for settings in self:
+            url = (settings.ipai_webhook_url or "").strip()
+            if url and not url.startswith(("http://", "https://")):
+                raise UserError(_("The IPAI webhook URL must start with http:// or https://, "
+                                  "e.g. https://bus.example.ph/functions/v1/odoo-webhook."))
+            secret = settings.sudo().ipai_webhook_secret or ""
+            if secret and (len(secret) < 16 or "," in secret or secret != secret.strip()):
+                raise UserError(_("The IPAI webhook secret must be at least 16 characters, "
+                                  "without commas or surrounding spaces."))
+        return super().set_values()
+
+    def action_ipai_send_test_event(self):
+        """Post one signed test event now and report the receiver's answer."""
+        self.ensure_one()
+        self.execute()  # save what is on the screen first
+        params = self.env["ir.config_parameter"].sudo()
+        envelope = Envelope(event_type="test", aggregate_type="res.config.settings",
+                            aggregate_id=str(self.env.uid),
+                            payload={"message": "Test event from Odoo settings",
+                                     "database": self.env.cr.dbname},
+                            occurred_at=fields.Datetime.now().strftime("%Y-%m-%dT%H:%M:%SZ"))
+        key = f"test:{self.env.uid}:{fields.Datetime.now().timestamp()}"
+        try:
+            answer = post_event(params.get_param("ipai.webhook.url"),
+                                params.get_param("ipai.webhook.secret"), envelope, key)
+        except DeliveryError as error:
+            raise UserError(_("The test event was not delivered: %s", error)) from None
+        return {"type": "ir.actions.client", "tag": "display_notification", "params": {
+            "type": "success", "title": _("IPAI bus"),
+            "message": _("The receiver stored the test event %s.", answer.get("event_id"))}}

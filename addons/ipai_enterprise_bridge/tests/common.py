@@ -1,0 +1,51 @@
+"""Shared set-up: the catalog's fields, the outbox, and the live receiver the harness provides.
+
+The project's test harness (tests/test_odoo_addons.py) starts a real receiver from the bus
+library on loopback and passes its URL, secret and database through the environment. Tests that
+need the far side skip, saying so, when those are absent (e.g. a bare odoo-bin run).
+"""
+
+import json
+import os
+import socket
+
+from odoo.tests import TransactionCase
+
+from ipai_bus_lib.catalog import CATALOG
+
+RECEIVER_URL = os.environ.get("IPAI_TEST_RECEIVER_URL")
+RECEIVER_SECRET = os.environ.get("IPAI_TEST_WEBHOOK_SECRET")
+BUS_DATABASE_URL = os.environ.get("IPAI_TEST_BUS_DATABASE_URL")
+LIVE_RECEIVER_REASON = ("no live receiver: run through the project's harness, which sets "
+                        "IPAI_TEST_RECEIVER_URL, IPAI_TEST_WEBHOOK_SECRET, IPAI_TEST_BUS_DATABASE_URL")
+
+
+def closed_port_url():
+    """A loopback URL where nothing listens (the receiver is down)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    return f"http://127.0.0.1:{port}/functions/v1/odoo-webhook"
+
+
+class OutboxAssertions:
+    """Helpers for any TransactionCase of this addon."""
+
+    def outbox(self, event_type=None):
+        domain = [("event_type", "=", event_type)] if event_type else []
+        return self.env["ipai.event.outbox"].sudo().search(domain, order="id")
+
+    def assertCatalogPayload(self, event, msg=None):
+        payload = json.loads(event.payload)
+        self.assertEqual(list(payload), list(CATALOG[event.event_type].payload_fields),
+                         msg or f"{event.event_type} payload must have exactly the catalog fields")
+        return payload
+
+    def configure_receiver(self, url, secret):
+        params = self.env["ir.config_parameter"].sudo()
+        params.set_param("ipai.webhook.url", url)
+        params.set_param("ipai.webhook.secret", secret)
+
+
+class BridgeCase(TransactionCase, OutboxAssertions):
+    """A TransactionCase with the outbox helpers."""

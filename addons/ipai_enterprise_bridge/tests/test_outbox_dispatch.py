@@ -1,0 +1,117 @@
+import json
+import unittest
+from datetime import datetime, timedelta
+
+import psycopg2
+
+from odoo import fields
+from odoo.exceptions import UserError
+from odoo.tests import tagged
+
+from .common import (BUS_DATABASE_URL, LIVE_RECEIVER_REASON, RECEIVER_SECRET, RECEIVER_URL,
+                     BridgeCase, closed_port_url)
+
+
+def bus_rows(idempotency_keys):
+    """The bus's stored outbox rows and audit copies for these keys."""
+    conn = psycopg2.connect(BUS_DATABASE_URL)
+    try:
+        with conn.cursor() as cursor:
+            cursor.execute("select o.id::text, o.event_type, o.payload, o.signature_digest,"
+                           " (select count(*) from integration.event_log l where l.event_id = o.id)"
+                           " from integration.outbox o where o.idempotency_key = any(%s)",
+                           (list(idempotency_keys),))
+            return cursor.fetchall()
+    finally:
+        conn.close()
+
+
+@tagged("post_install", "-at_install")
+class TestOutboxDispatch(BridgeCase):
+
+    @classmethod
+    def setUpClass(cls):
+        super().setUpClass()
+        equipment = cls.env["maintenance.equipment"].create({"name": "Dispatch test drill"})
+        cls.booking = cls.env["ipai.equipment.booking"].create({
+            "equipment_id": equipment.id, "user_id": cls.env.user.id,
+            "date_from": datetime(2026, 3, 2, 1), "date_to": datetime(2026, 3, 2, 9)})
+
+    def reserve(self):
+        self.booking.action_reserve_asset()
+        return self.outbox("asset.reserved")
+
+    @unittest.skipUnless(RECEIVER_URL, LIVE_RECEIVER_REASON)
+    def test_event_is_signed_posted_and_stored_by_the_receiver(self):
+        """The dispatch cron posts the event; the receiver verifies and stores it."""
+        self.configure_receiver(RECEIVER_URL, RECEIVER_SECRET)
+        event = self.reserve()
+        self.assertEqual(event.state, "pending", "nothing is posted on the user's request path")
+        self.assertEqual(self.env["ipai.event.outbox"]._cron_dispatch_events(), 1)
+        self.assertEqual(event.state, "sent", event.last_error)
+        [(bus_id, event_type, payload, digest, logged)] = bus_rows([event.idempotency_key])
+        self.assertEqual((bus_id, event_type), (event.bus_event_id, "asset.reserved"))
+        self.assertEqual(payload, json.loads(event.payload))
+        self.assertTrue(digest, "the receiver kept the accepted signature's fingerprint")
+        self.assertEqual(logged, 1, "and an audit copy in event_log")
+
+    @unittest.skipUnless(RECEIVER_URL, LIVE_RECEIVER_REASON)
+    def test_receiver_down_then_back_delivers_once(self):
+        """With the receiver down the event waits, failing; once it is back it arrives once."""
+        self.configure_receiver(closed_port_url(), RECEIVER_SECRET)
+        event = self.reserve()
+        self.env["ipai.event.outbox"]._cron_dispatch_events()
+        self.assertEqual((event.state, event.attempts), ("failed", 1))
+        self.assertIn("unreachable", event.last_error)
+        self.assertNotIn(RECEIVER_SECRET, event.last_error)
+        self.assertGreater(event.next_attempt_at, fields.Datetime.now(), "retried with back-off")
+        self.assertEqual(self.env["ipai.event.outbox"]._cron_dispatch_events(), 0, "not yet due")
+
+        self.configure_receiver(RECEIVER_URL, RECEIVER_SECRET)
+        event.next_attempt_at = fields.Datetime.now() - timedelta(seconds=1)  # time passes
+        self.env["ipai.event.outbox"]._cron_dispatch_events()
+        self.assertEqual((event.state, event.attempts), ("sent", 2))
+        self.env["ipai.event.outbox"]._cron_dispatch_events()
+        self.assertEqual(len(bus_rows([event.idempotency_key])), 1, "delivered exactly once")
+
+    @unittest.skipUnless(RECEIVER_URL, LIVE_RECEIVER_REASON)
+    def test_a_resend_of_a_delivered_event_is_a_duplicate_at_the_bus(self):
+        """Redelivery (a crash after posting, before committing 'sent') stores nothing new."""
+        self.configure_receiver(RECEIVER_URL, RECEIVER_SECRET)
+        event = self.reserve()
+        self.env["ipai.event.outbox"]._cron_dispatch_events()
+        first = event.bus_event_id
+        event.write({"state": "pending", "next_attempt_at": fields.Datetime.now()})
+        self.env["ipai.event.outbox"]._cron_dispatch_events()
+        self.assertEqual(event.bus_event_id, first, "the bus answered with the first event's id")
+        self.assertEqual(len(bus_rows([event.idempotency_key])), 1)
+
+    def test_wrong_secret_is_refused_by_the_receiver_and_kept_for_retry(self):
+        """A receiver refusal is shown to the administrator, the event is kept."""
+        if not RECEIVER_URL:
+            self.skipTest(LIVE_RECEIVER_REASON)
+        self.configure_receiver(RECEIVER_URL, "a-secret-the-receiver-does-not-have")
+        event = self.reserve()
+        self.env["ipai.event.outbox"]._cron_dispatch_events()
+        self.assertEqual(event.state, "failed")
+        self.assertIn("HTTP 401: invalid signature", event.last_error)
+
+    def test_malformed_url_fails_the_event_with_a_clear_error(self):
+        self.configure_receiver("bus.example.ph/hook", "a-secret-of-sixteen-chars")
+        event = self.reserve()
+        self.env["ipai.event.outbox"]._cron_dispatch_events()
+        self.assertEqual(event.state, "failed")
+        self.assertIn("must start with http:// or https://", event.last_error)
+
+    def test_retry_button(self):
+        """Retry makes an undelivered event due now; a delivered one cannot be retried."""
+        self.configure_receiver(closed_port_url(), "a-secret-of-sixteen-chars")
+        event = self.reserve()
+        self.env["ipai.event.outbox"]._cron_dispatch_events()
+        event.action_retry()
+        self.assertEqual(event.state, "pending")
+        self.assertLessEqual(event.next_attempt_at, fields.Datetime.now())
+        event.write({"state": "sent"})
+        with self.assertRaises(UserError) as caught:
+            event.action_retry()
+        self.assertIn("already delivered", str(caught.exception))

@@ -1,0 +1,80 @@
+"""Odoo's side of the wire contract: build, sign and post events with the bus library.
+
+No second implementation of the signing rule or the event catalog lives here: both come from
+ipai_bus_lib. ``send_ipai_event`` (the seed's entry point) only queues the event in Odoo's own
+outbox, in the caller's transaction; the dispatch cron posts it after commit.
+"""
+
+import logging
+
+
+import requests
+
+from odoo import fields
+
+from ipai_bus_lib.catalog import Envelope, build_payload, idempotency_key, lookup
+from ipai_bus_lib.signing import signature_headers
+
+_logger = logging.getLogger(__name__)
+
+URL_PARAMETER = "ipai.webhook.url"
+SECRET_PARAMETER = "ipai.webhook.secret"
+POST_TIMEOUT_SECONDS = 10
+
+
+def send_ipai_event(env, event_type, record, values, *, aggregate_id=None, key_record=None,
+                    stamp=None):
+    """Queue one catalogued event about ``record`` in Odoo's outbox (same transaction).
+
+    ``values`` are the payload fields (catalog order is applied); the idempotency key is
+    ``{event_type}:{record.id}:{write_date.timestamp()}`` with the write_date of ``key_record``
+    (default ``record``), or ``stamp`` when given (a daily event passes its day, so the key
+    itself allows one a day). Returns the outbox row (the existing one when this transition was
+    already queued).
+    """
+    spec = lookup(event_type)
+    if spec is None:
+        raise ValueError(f"{event_type} is not in the IPAI event catalog")
+    stamp_source = key_record or record
+    write_date = stamp or stamp_source.write_date or fields.Datetime.now()
+    return env["ipai.event.outbox"].sudo()._enqueue(
+        event_type=event_type,
+        aggregate_type=spec.domain.aggregate_type,
+        aggregate_id=str(aggregate_id if aggregate_id is not None else record.id),
+        payload=build_payload(event_type, values),
+        key=idempotency_key(event_type, record.id, write_date),
+        record=record,
+    )
+
+
+class DeliveryError(Exception):
+    """The receiver could not be reached or did not accept the event; ``message`` says why."""
+
+
+def post_event(url, secret, envelope: Envelope, key, *, timeout=POST_TIMEOUT_SECONDS):
+    """Sign and POST one envelope. Returns the receiver's JSON answer on 200.
+
+    Raises DeliveryError with a message fit for an administrator (never the secret).
+    """
+    if not url or not url.startswith(("http://", "https://")):
+        raise DeliveryError("the webhook URL must start with http:// or https://")
+    if not secret:
+        raise DeliveryError("no webhook secret is configured")
+    body = envelope.to_bytes()
+    try:
+        response = requests.post(url, data=body, timeout=timeout,
+                                 headers=signature_headers(secret, body, idempotency_key=key))
+    except requests.exceptions.InvalidURL:
+        raise DeliveryError("the webhook URL is malformed") from None
+    except requests.exceptions.Timeout:
+        raise DeliveryError(f"the receiver did not answer within {timeout} s") from None
+    except requests.exceptions.RequestException as exc:
+        raise DeliveryError(f"the receiver at {url} is unreachable ({type(exc).__name__})") from None
+    try:
+        answer = response.json()
+    except ValueError:
+        answer = {}
+    if response.status_code != 200 or not answer.get("ok"):
+        error = answer.get("error") or response.text[:200]
+        raise DeliveryError(f"the receiver answered HTTP {response.status_code}: {error}")
+    return answer

@@ -1,0 +1,104 @@
+"""The Odoo addons' own tests, run by real Odoo 18 against the test PostgreSQL, with a real
+receiver from the library on loopback for the far side.
+
+Odoo is found through ODOO_PATH (default ~/odoo18: a tree with odoo-bin and a virtual environment
+at .venv holding its requirements). Without it these tests are skipped, saying so on one line.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import uuid
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import psycopg2
+import pytest
+
+from .helpers import PRIMARY_SECRET, receiver_process
+
+REPO = Path(__file__).resolve().parent.parent
+ODOO_PATH = Path(os.environ.get("ODOO_PATH", "~/odoo18")).expanduser()
+ODOO_PYTHON = ODOO_PATH / ".venv" / "bin" / "python"
+ADDONS = ("ipai_enterprise_bridge",)
+ODOO_ROLE, ODOO_ROLE_PASSWORD = "ipai_odoo_test", "ipai-odoo-test-password"
+SUMMARY = re.compile(r"(\d+) failed, (\d+) error\(s\) of (\d+) tests")
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(not (ODOO_PATH / "odoo-bin").exists() or not ODOO_PYTHON.exists(),
+                       reason=f"Odoo 18 not found at {ODOO_PATH} (odoo-bin and .venv): addon "
+                              "tests skipped; set ODOO_PATH"),
+]
+
+
+@pytest.fixture(scope="module")
+def odoo_ready():
+    """The Odoo environment imports this checkout of the library (reinstalled each run)."""
+    result = subprocess.run([str(ODOO_PYTHON), "-m", "pip", "install", "--quiet", "--no-deps",
+                             "-e", str(REPO)], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+
+
+@pytest.fixture(scope="module")
+def odoo_database(server_url):
+    """Connection options for a fresh Odoo database, owned by a role that is not 'postgres'."""
+    conn = psycopg2.connect(server_url)
+    conn.autocommit = True
+    with conn.cursor() as cursor:
+        cursor.execute("select 1 from pg_roles where rolname = %s", (ODOO_ROLE,))
+        if cursor.fetchone() is None:
+            cursor.execute(f"create role {ODOO_ROLE} login createdb password %s",
+                           (ODOO_ROLE_PASSWORD,))
+    conn.close()
+    parts = urlsplit(server_url)
+    name = f"ipai_odoo_{uuid.uuid4().hex[:8]}"
+    yield {"name": name, "host": parts.hostname or "127.0.0.1", "port": str(parts.port or 5432)}
+    conn = psycopg2.connect(server_url)
+    conn.autocommit = True
+    with conn.cursor() as cursor:
+        cursor.execute(f'drop database if exists "{name}" with (force)')
+    conn.close()
+
+
+def odoo_bin(database: dict, *args: str, env: dict | None = None, stdin: str | None = None,
+             timeout: int = 1800) -> subprocess.CompletedProcess:
+    command = [str(ODOO_PYTHON), str(ODOO_PATH / "odoo-bin"), *args[:1],
+               f"--addons-path={ODOO_PATH / 'addons'},{REPO / 'addons'}",
+               "-d", database["name"], "--db_host", database["host"], "--db_port", database["port"],
+               "--db_user", ODOO_ROLE, "--db_password", ODOO_ROLE_PASSWORD, *args[1:]]
+    return subprocess.run(command, input=stdin, capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, **(env or {})}, cwd=ODOO_PATH)
+
+
+def test_addon_tests_pass_on_odoo_18(odoo_ready, odoo_database, bus_url, tmp_path):
+    with receiver_process(bus_url, tmp_path, secrets=PRIMARY_SECRET) as receiver:
+        env = {"IPAI_TEST_RECEIVER_URL": receiver.base_url + "/functions/v1/odoo-webhook",
+               "IPAI_TEST_WEBHOOK_SECRET": PRIMARY_SECRET, "IPAI_TEST_BUS_DATABASE_URL": bus_url}
+        result = odoo_bin(odoo_database, "server", "-i", ",".join(ADDONS),
+                          "--without-demo=all", "--test-enable",
+                          "--test-tags", ",".join(f"/{addon}" for addon in ADDONS),
+                          "--stop-after-init", "--log-level=test", "--max-cron-threads=0",
+                          env=env)
+    output = result.stdout + result.stderr
+    (tmp_path / "odoo.log").write_text(output)
+    summaries = SUMMARY.findall(output)
+    assert summaries, f"Odoo ran no test (exit {result.returncode}):\n{output[-5000:]}"
+    failed, errors, run = (int(value) for value in summaries[-1])
+    print(f"\nOdoo 18 at {ODOO_PATH}: {failed} failed, {errors} error(s) of {run} tests")
+    assert (failed, errors) == (0, 0), "\n".join(
+        line for line in output.splitlines() if " ERROR " in line or "FAIL" in line)[-8000:]
+    assert run >= 20 and result.returncode == 0
+    assert "no live receiver" not in output, "the tests that need the receiver were skipped"
+
+
+def test_addons_uninstall_cleanly(odoo_ready, odoo_database):
+    script = ("modules = env['ir.module.module'].search([('name', 'in', %r)])\n"
+              "modules.button_immediate_uninstall()\n"
+              "env.cr.execute(\"select to_regclass('ipai_event_outbox'),"
+              " to_regclass('ipai_equipment_booking')\")\n"
+              "print('LEFT', env.cr.fetchone())\n" % (list(ADDONS),))
+    result = odoo_bin(odoo_database, "shell", "--no-http", stdin=script)
+    assert "LEFT (None, None)" in result.stdout, (result.stdout + result.stderr)[-5000:]
