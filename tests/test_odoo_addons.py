@@ -94,6 +94,27 @@ def test_addon_tests_pass_on_odoo_18(odoo_ready, odoo_database, bus_url, tmp_pat
     assert "no live receiver" not in output, "the tests that need the receiver were skipped"
 
 
+def test_configure_script_sets_the_parameters_odoo_reads(odoo_ready, odoo_database, tmp_path):
+    """scripts/integration/configure-odoo-params.sh against the installed addon's database."""
+    secret_file = tmp_path / "secret"
+    secret_file.write_text("an-odoo-webhook-secret-for-tests\n")
+    url = (f"postgresql://{ODOO_ROLE}:{ODOO_ROLE_PASSWORD}@{odoo_database['host']}:"
+           f"{odoo_database['port']}/{odoo_database['name']}")
+    script = REPO / "scripts" / "integration" / "configure-odoo-params.sh"
+    result = subprocess.run([str(script), "--database", url, "--url",
+                             "https://bus.example.ph/functions/v1/odoo-webhook",
+                             "--secret-file", str(secret_file)], capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 0, result.stderr
+    check = ("params = env['ir.config_parameter'].sudo()\n"
+             "print('URL', params.get_param('ipai.webhook.url'))\n"
+             "print('SECRET-OK', params.get_param('ipai.webhook.secret') == "
+             "'an-odoo-webhook-secret-for-tests')\n")
+    shown = odoo_bin(odoo_database, "shell", "--no-http", stdin=check)
+    assert "URL https://bus.example.ph/functions/v1/odoo-webhook" in shown.stdout, shown.stderr
+    assert "SECRET-OK True" in shown.stdout
+
+
 def test_addons_uninstall_cleanly(odoo_ready, odoo_database):
     script = ("modules = env['ir.module.module'].search([('name', 'in', %r)])\n"
               "modules.button_immediate_uninstall()\n"

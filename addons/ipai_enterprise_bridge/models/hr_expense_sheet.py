@@ -1,6 +1,6 @@
 from odoo import api, models
 
-from ..utils.ipai_webhook import send_ipai_event
+from ..utils.ipai_webhook import ipai_event, send_ipai_events
 
 PAID_PRECOMMIT_KEY = "ipai_enterprise_bridge.paid_sheet_ids"
 
@@ -33,11 +33,11 @@ class HrExpenseSheet(models.Model):
                                 and before.get(sheet.id) != approval_state)
         changed._ipai_emit(event_type)
 
-    def _ipai_emit(self, event_type):
-        for sheet in self:
-            for expense in sheet.expense_line_ids:
-                send_ipai_event(self.env, event_type, expense, expense._ipai_payload(),
-                                key_record=sheet)
+    def _ipai_emit(self, event_type, lines_of=None):
+        send_ipai_events(self.env, [
+            ipai_event(event_type, expense, expense._ipai_payload(), key_record=sheet)
+            for sheet in self for expense in (lines_of or {}).get(sheet.id,
+                                                                  sheet.expense_line_ids)])
 
     # --- paid: payment_state is computed, so the change is seen here and emitted at commit ------
 
@@ -68,15 +68,13 @@ class HrExpenseSheet(models.Model):
 
     def _ipai_emit_paid(self):
         """expense.paid once per expense line, ever: the cron and the compute share this."""
-        outbox = self.env["ipai.event.outbox"].sudo()
-        for sheet in self:
-            lines = sheet.expense_line_ids
-            already = set(outbox.search([("event_type", "=", "expense.paid"),
-                                         ("res_model", "=", "hr.expense"),
-                                         ("res_id", "in", lines.ids)]).mapped("res_id"))
-            for expense in lines.filtered(lambda line: line.id not in already):
-                send_ipai_event(self.env, "expense.paid", expense, expense._ipai_payload(),
-                                key_record=sheet)
+        lines = self.expense_line_ids
+        already = set(self.env["ipai.event.outbox"].sudo().search([
+            ("event_type", "=", "expense.paid"), ("res_model", "=", "hr.expense"),
+            ("res_id", "in", lines.ids)]).mapped("res_id"))
+        self._ipai_emit("expense.paid", lines_of={
+            sheet.id: sheet.expense_line_ids.filtered(lambda line: line.id not in already)
+            for sheet in self})
 
     @api.model
     def _cron_detect_paid_expenses(self, limit=500):

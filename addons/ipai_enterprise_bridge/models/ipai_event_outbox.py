@@ -49,20 +49,42 @@ class IpaiEventOutbox(models.Model):
     ]
 
     @api.model
-    def _enqueue(self, *, event_type, aggregate_type, aggregate_id, payload, key, record):
-        """Queue an event unless this key is queued already; wakes the dispatch cron."""
-        existing = self.search([("idempotency_key", "=", key)], limit=1)
-        if existing:
-            return existing
-        row = self.create({
-            "event_type": event_type, "aggregate_type": aggregate_type,
-            "aggregate_id": aggregate_id, "payload": json.dumps(payload),
-            "idempotency_key": key, "res_model": record._name, "res_id": record.id,
-        })
-        # The cron runs after this transaction commits, in a cron worker: the user's request
-        # never waits on the bus, and a rolled-back transaction takes its events with it.
-        self.env.ref("ipai_enterprise_bridge.ir_cron_dispatch_events")._trigger()
-        return row
+    def _enqueue_many(self, events):
+        """Queue events in one statement; a key queued already is skipped (idempotent).
+
+        ``events`` are dicts with event_type, aggregate_type, aggregate_id, payload, key and
+        record. Returns the rows inserted now. Raw SQL on purpose: this runs inside the user's
+        transaction on every business action, and one multi-row INSERT is the cheapest write.
+        """
+        if not events:
+            return self.browse()
+        now = fields.Datetime.now()
+        uid = self.env.uid
+        rows = [(event["event_type"], event["aggregate_type"], event["aggregate_id"],
+                 event["record"]._name, event["record"].id, json.dumps(event["payload"]),
+                 event["key"], now, "pending", 0, now, uid, now, uid, now) for event in events]
+        self.env.cr.execute(
+            "INSERT INTO ipai_event_outbox (event_type, aggregate_type, aggregate_id, res_model,"
+            " res_id, payload, idempotency_key, occurred_at, state, attempts, next_attempt_at,"
+            " create_uid, create_date, write_uid, write_date) VALUES %s"
+            " ON CONFLICT (idempotency_key) DO NOTHING RETURNING id"
+            % ", ".join(["%s"] * len(rows)), rows)
+        inserted = self.browse([row[0] for row in self.env.cr.fetchall()])
+        if inserted:
+            self._wake_dispatcher_at_commit()
+        return inserted
+
+    def _wake_dispatcher_at_commit(self):
+        """Once per transaction, at commit: the cron posts after this transaction is durable, in
+        a cron worker, so the user's request never waits on the bus."""
+        data = self.env.cr.precommit.data
+        if not data.get("ipai_enterprise_bridge.wake_dispatcher"):
+            data["ipai_enterprise_bridge.wake_dispatcher"] = True
+            self.env.cr.precommit.add(self._trigger_dispatch)
+
+    def _trigger_dispatch(self):
+        self.env.cr.precommit.data.pop("ipai_enterprise_bridge.wake_dispatcher", None)
+        self.env.ref("ipai_enterprise_bridge.ir_cron_dispatch_events").sudo()._trigger()
 
     def _envelope(self):
         self.ensure_one()
@@ -109,4 +131,4 @@ class IpaiEventOutbox(models.Model):
         if not undelivered:
             raise UserError(_("These events were already delivered; there is nothing to retry."))
         undelivered.write({"state": "pending", "next_attempt_at": fields.Datetime.now()})
-        self.env.ref("ipai_enterprise_bridge.ir_cron_dispatch_events")._trigger()
+        self._wake_dispatcher_at_commit()

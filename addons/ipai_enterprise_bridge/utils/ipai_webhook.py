@@ -29,22 +29,31 @@ def send_ipai_event(env, event_type, record, values, *, aggregate_id=None, key_r
     ``values`` are the payload fields (catalog order is applied); the idempotency key is
     ``{event_type}:{record.id}:{write_date.timestamp()}`` with the write_date of ``key_record``
     (default ``record``), or ``stamp`` when given (a daily event passes its day, so the key
-    itself allows one a day). Returns the outbox row (the existing one when this transition was
-    already queued).
+    itself allows one a day). A transition queued already is skipped. Returns the rows queued.
     """
+    return send_ipai_events(env, [ipai_event(event_type, record, values, aggregate_id=aggregate_id,
+                                             key_record=key_record, stamp=stamp)])
+
+
+def ipai_event(event_type, record, values, *, aggregate_id=None, key_record=None, stamp=None):
+    """One event to queue, as send_ipai_events takes them (see send_ipai_event)."""
     spec = lookup(event_type)
     if spec is None:
         raise ValueError(f"{event_type} is not in the IPAI event catalog")
-    stamp_source = key_record or record
-    write_date = stamp or stamp_source.write_date or fields.Datetime.now()
-    return env["ipai.event.outbox"].sudo()._enqueue(
-        event_type=event_type,
-        aggregate_type=spec.domain.aggregate_type,
-        aggregate_id=str(aggregate_id if aggregate_id is not None else record.id),
-        payload=build_payload(event_type, values),
-        key=idempotency_key(event_type, record.id, write_date),
-        record=record,
-    )
+    write_date = stamp or (key_record or record).write_date or fields.Datetime.now()
+    return {
+        "event_type": event_type,
+        "aggregate_type": spec.domain.aggregate_type,
+        "aggregate_id": str(aggregate_id if aggregate_id is not None else record.id),
+        "payload": build_payload(event_type, values),
+        "key": idempotency_key(event_type, record.id, write_date),
+        "record": record,
+    }
+
+
+def send_ipai_events(env, events):
+    """Queue several events in one write (e.g. one per line of an expense report)."""
+    return env["ipai.event.outbox"].sudo()._enqueue_many(events)
 
 
 class DeliveryError(Exception):
