@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import date, datetime, timezone
 from types import MappingProxyType
-from typing import Any, Mapping
+from typing import Any
 
 from .errors import EnvelopeError
 

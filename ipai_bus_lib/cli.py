@@ -5,9 +5,12 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from . import __version__
+from .database_location import database_url, embedded_cluster, running_database_url
 from .errors import ConfigurationError, DatabaseUnavailable, IpaiBusError
 from .operator_cli import add_operator_commands
 from .settings import Settings
@@ -17,32 +20,11 @@ EXIT_FAILURE = 1
 EXIT_USAGE = 2
 EXIT_UNAVAILABLE = 3
 
+if TYPE_CHECKING:  # the server extra: imported when a command needs it
+    from .router import Router
+    from .stack import Stack
+
 Handler = Callable[[argparse.Namespace, Settings], int]
-
-
-def database_url(settings: Settings) -> str:
-    """DATABASE_URL when set, else the embedded cluster's URL (started if it is not running)."""
-    if settings.database_url:
-        return settings.database_url
-    return embedded_cluster(settings).ensure_running()
-
-
-def running_database_url(settings: Settings) -> str:
-    """As database_url, but never starts anything: operator commands only look."""
-    if settings.database_url:
-        return settings.database_url
-    cluster = embedded_cluster(settings)
-    if not cluster.is_running():
-        raise DatabaseUnavailable(
-            f"the embedded PostgreSQL ({cluster.data_dir}) is not running; start the bus with "
-            "`ipai-bus up` (or `ipai-bus db start`), or set DATABASE_URL")
-    return cluster.url()
-
-
-def embedded_cluster(settings: Settings):  # -> EmbeddedPostgres, imported lazily (server extra)
-    from .embedded import EmbeddedPostgres, default_home
-
-    return EmbeddedPostgres(settings.home or default_home())
 
 
 def cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:
@@ -70,12 +52,12 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     return EXIT_OK
 
 
-def make_router(settings: Settings, url: str, *, worker: str | None = None):  # -> Router
+def make_router(settings: Settings, url: str, *, worker: str | None = None) -> Router:
     """A router wired from the settings: routes file (or the default), destinations, limits."""
     from .db import Database
     from .destinations import TokenBucket, build_destination
-    from .routes import load_routing
     from .router import ROUTER_SESSION_SETTINGS, Router, RouterConfig
+    from .routes import load_routing
 
     routing = load_routing(settings.routes_file, settings.environment)
     destinations = {name: build_destination(spec, settings.environment,
@@ -89,8 +71,9 @@ def make_router(settings: Settings, url: str, *, worker: str | None = None):  # 
         listen=settings.router_listen, retry_delays=settings.retry_delays,
         breaker_threshold=settings.breaker_threshold,
         breaker_cooldown_seconds=settings.breaker_cooldown_seconds,
-        odoo_base_url=settings.odoo_base_url,
-        **({"worker": worker} if worker else {}))
+        odoo_base_url=settings.odoo_base_url)
+    if worker:
+        config = replace(config, worker=worker)
     database = Database(url, max_size=4, application_name="ipai-bus router",
                         settings=ROUTER_SESSION_SETTINGS)
     return Router(config, database, routing, destinations, limits)
@@ -160,7 +143,7 @@ def cmd_up(args: argparse.Namespace, settings: Settings) -> int:
     return EXIT_OK
 
 
-def describe_stack(stack) -> str:  # stack: Stack
+def describe_stack(stack: Stack) -> str:
     from .secret_files import masked
 
     settings = stack.settings

@@ -17,8 +17,8 @@ import psycopg2.extras
 from .errors import (
     DatabaseError,
     DatabaseUnavailable,
-    IpaiBusError,
     InvalidArgument,
+    IpaiBusError,
     ReplayedSignature,
 )
 

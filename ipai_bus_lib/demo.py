@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from .catalog import Envelope
+from .database_location import running_database_url
 from .db import connect
 from .formatters import format_event
 from .samples import all_samples
@@ -26,8 +27,6 @@ def run_demo(settings: Settings, *, timeout: float) -> int:
         health = receiver_url(settings).replace("/functions/v1/odoo-webhook", "/healthz")
         if receiver_healthy(health):
             print(f"demo: using the bus already running at {receiver_url(settings)}")
-            from .cli import running_database_url
-
             database_url = running_database_url(settings)
         else:
             log_path = Path(tempfile.mkdtemp(prefix="ipai-demo-")) / "bus.log"

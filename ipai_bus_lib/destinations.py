@@ -20,7 +20,6 @@ from email.message import EmailMessage
 from typing import Any, Protocol
 from urllib.parse import urlsplit
 
-
 from .errors import ConfigurationError, IpaiBusError
 from .formatters import Message
 from .outbox import OutboxEvent

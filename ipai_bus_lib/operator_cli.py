@@ -21,18 +21,13 @@ from .settings import Settings
 UrlResolver = Callable[[Settings], str]
 
 
-def _cursor_session(settings: Settings, resolve_url: UrlResolver) -> Any:
-    """An autocommit connection for one command (closed by the caller)."""
-    conn = connect(resolve_url(settings), application_name="ipai-bus cli")
-    conn.autocommit = True
-    return conn
-
-
 def _with_cursor(settings: Settings, resolve_url: UrlResolver,
                  work: Callable[[Any], int]) -> int:
+    """Run ``work`` with a cursor on an autocommit connection made for this one command."""
     import psycopg2
 
-    conn = _cursor_session(settings, resolve_url)
+    conn = connect(resolve_url(settings), application_name="ipai-bus cli")
+    conn.autocommit = True
     try:
         with conn.cursor() as cursor:
             return work(cursor)

@@ -15,10 +15,11 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from typing import Any
 
 from . import outbox
 from .db import Database, connect
@@ -124,7 +125,8 @@ class Router:
                 except DatabaseUnavailable as exc:
                     log.warning("router %s: %s; retrying in %.0f s", self.config.worker, exc,
                                 self.config.poll_seconds)
-                    listener = _close_quietly(listener)
+                    _close_quietly(listener)
+                    listener = None
                     self._stopping.wait(self.config.poll_seconds)
         finally:
             _close_quietly(listener)
@@ -134,14 +136,14 @@ class Router:
             for destination in self.destinations.values():
                 destination.close()
 
-    def _listen(self):  # -> psycopg2 connection
+    def _listen(self) -> Any:  # a psycopg2 connection in autocommit, LISTENing
         listener = connect(self.database.dsn, application_name="ipai-bus router listener")
         listener.autocommit = True
         with listener.cursor() as cursor:
             cursor.execute(f"listen {NOTIFY_CHANNEL}")
         return listener
 
-    def _wait_for_work(self, listener) -> None:
+    def _wait_for_work(self, listener: Any) -> None:
         timeout = self.config.poll_seconds
         if self.config.drain:  # wake for the next scheduled retry rather than the next poll
             timeout = min(timeout, self._seconds_until_next_due())
@@ -301,7 +303,7 @@ class Router:
                                available_at=_moment(available_at))
             record_attempts(cursor, self.config.worker, recorded, unrouted)
 
-    def _breaker_changed(self, name: str):
+    def _breaker_changed(self, name: str) -> Callable[[str, float | None, str | None], None]:
         def changed(state: str, open_until: float | None, error: str | None) -> None:
             log.warning("destination %s circuit %s%s", name, state,
                         f" until {_moment(open_until)}: {error}" if open_until else "")
@@ -348,7 +350,7 @@ def judge(events: list[OutboxEvent], attempts: list[Attempt]) -> Verdict:
     return verdict
 
 
-def record_attempts(cursor, worker: str, attempts: Iterable[Attempt],
+def record_attempts(cursor: Any, worker: str, attempts: Iterable[Attempt],
                     unrouted: Iterable[OutboxEvent]) -> None:
     """Write the batch's attempts in one call."""
     rows = [(a.event.id, a.event.attempts, a.destination, a.outcome, a.http_status, a.error,
@@ -382,10 +384,9 @@ def _moment(epoch_seconds: float | None) -> datetime | None:
     return None if epoch_seconds is None else datetime.fromtimestamp(epoch_seconds, timezone.utc)
 
 
-def _close_quietly(connection) -> None:
+def _close_quietly(connection: Any) -> None:
     if connection is not None:
         try:
             connection.close()
         except Exception:  # noqa: BLE001 - closing a dead connection
             pass
-    return None

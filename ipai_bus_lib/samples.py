@@ -38,7 +38,7 @@ def sample_envelope(event_type: str, *, occurred_at: datetime | None = None) -> 
     domain = CATALOG[event_type].domain.name
     if domain == "expense":
         payload = {**_EXPENSE, "state": _STATE[event_type]}
-        aggregate = _EXPENSE["expense_id"]
+        aggregate: object = _EXPENSE["expense_id"]
     elif domain == "asset":
         payload = {**_ASSET, "booking_state": _STATE[event_type]}
         aggregate = _ASSET["asset_id"]
@@ -46,7 +46,7 @@ def sample_envelope(event_type: str, *, occurred_at: datetime | None = None) -> 
         payload = {**_FINANCE_TASK, "status": _STATE[event_type],
                    "days_overdue": 3 if event_type.endswith(".overdue") else 0}
         aggregate = _FINANCE_TASK["task_id"]
-    return new_envelope(event_type, aggregate, payload,
+    return new_envelope(event_type, str(aggregate), payload,
                         occurred_at=occurred_at or datetime.now(timezone.utc))
 
 

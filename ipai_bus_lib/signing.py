@@ -11,8 +11,8 @@ import binascii
 import hashlib
 import hmac
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Mapping, Sequence
 
 from .errors import (
     FutureTimestamp,

@@ -76,7 +76,7 @@ class Supervisor:
 
     def stop(self) -> None:
         for child in self.children:
-            if child.alive():
+            if child.process is not None and child.alive():
                 child.process.send_signal(signal.SIGTERM)
         deadline = time.monotonic() + STOP_TIMEOUT_SECONDS
         for child in self.children:
@@ -98,7 +98,7 @@ class Stack:
         self.database_url = ""
         self.secret_file: Path | None = None
         self.supervisor: Supervisor | None = None
-        self._embedded = None
+        self._embedded: Any = None  # the EmbeddedPostgres this stack started, to stop it
 
     @property
     def webhook_url(self) -> str:

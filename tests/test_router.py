@@ -220,11 +220,14 @@ def smtp_server():
         controller.stop()
 
 
+def email_to(port: int, *, security: str = "none") -> EmailDestination:
+    return EmailDestination("ap", host="127.0.0.1", port=port, security=security,
+                            sender="bus@example.ph", recipients=["ap@example.ph"])
+
+
 def test_email_sends_one_message_with_text_and_html(database, smtp_server):
     recorder, port = smtp_server()
-    destination = EmailDestination("ap", host="127.0.0.1", port=port, security="none",
-                                   sender="bus@example.ph", recipients=["ap@example.ph"])
-    router = make_router(database, {"ap": destination})
+    router = make_router(database, {"ap": email_to(port)})
     [event_id] = add_events(database)
     router.run_once()
     assert state(database, event_id)["status"] == "completed"
@@ -240,9 +243,7 @@ def test_email_sends_one_message_with_text_and_html(database, smtp_server):
 
 def test_email_permanent_refusal_is_dead(database, smtp_server):
     _, port = smtp_server("550 mailbox unavailable")
-    destination = EmailDestination("ap", host="127.0.0.1", port=port, security="none",
-                                   sender="bus@example.ph", recipients=["ap@example.ph"])
-    router = make_router(database, {"ap": destination})
+    router = make_router(database, {"ap": email_to(port)})
     [event_id] = add_events(database)
     router.run_once()
     assert state(database, event_id)["status"] == "dead"
@@ -251,9 +252,7 @@ def test_email_permanent_refusal_is_dead(database, smtp_server):
 
 def test_email_transient_refusal_is_retried(database, smtp_server):
     _, port = smtp_server("451 try again later")
-    destination = EmailDestination("ap", host="127.0.0.1", port=port, security="none",
-                                   sender="bus@example.ph", recipients=["ap@example.ph"])
-    router = make_router(database, {"ap": destination})
+    router = make_router(database, {"ap": email_to(port)})
     [event_id] = add_events(database)
     router.run_once()
     assert state(database, event_id)["status"] == "failed"
@@ -261,9 +260,7 @@ def test_email_transient_refusal_is_retried(database, smtp_server):
 
 def test_email_starttls_refused_by_a_plain_server_is_retried_not_crashed(database, smtp_server):
     _, port = smtp_server()
-    destination = EmailDestination("ap", host="127.0.0.1", port=port, security="starttls",
-                                   sender="bus@example.ph", recipients=["ap@example.ph"])
-    router = make_router(database, {"ap": destination})
+    router = make_router(database, {"ap": email_to(port, security="starttls")})
     [event_id] = add_events(database)
     router.run_once()
     assert state(database, event_id)["status"] == "failed"
