@@ -22,7 +22,7 @@ from .helpers import PRIMARY_SECRET, receiver_process
 REPO = Path(__file__).resolve().parent.parent
 ODOO_PATH = Path(os.environ.get("ODOO_PATH", "~/odoo18")).expanduser()
 ODOO_PYTHON = ODOO_PATH / ".venv" / "bin" / "python"
-ADDONS = ("ipai_enterprise_bridge",)
+ADDONS = ("ipai_enterprise_bridge", "ipai_finance_ppm")
 ODOO_ROLE, ODOO_ROLE_PASSWORD = "ipai_odoo_test", "ipai-odoo-test-password"
 SUMMARY = re.compile(r"(\d+) failed, (\d+) error\(s\) of (\d+) tests")
 
@@ -119,7 +119,8 @@ def test_addons_uninstall_cleanly(odoo_ready, odoo_database):
     script = ("modules = env['ir.module.module'].search([('name', 'in', %r)])\n"
               "modules.button_immediate_uninstall()\n"
               "env.cr.execute(\"select to_regclass('ipai_event_outbox'),"
-              " to_regclass('ipai_equipment_booking')\")\n"
+              " to_regclass('ipai_equipment_booking'), to_regclass('ipai_bir_form'),"
+              " to_regclass('ipai_logframe')\")\n"
               "print('LEFT', env.cr.fetchone())\n" % (list(ADDONS),))
     result = odoo_bin(odoo_database, "shell", "--no-http", stdin=script)
-    assert "LEFT (None, None)" in result.stdout, (result.stdout + result.stderr)[-5000:]
+    assert "LEFT (None, None, None, None)" in result.stdout, (result.stdout + result.stderr)[-5000:]

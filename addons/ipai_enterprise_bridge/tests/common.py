@@ -29,10 +29,18 @@ def closed_port_url():
 
 
 class OutboxAssertions:
-    """Helpers for any TransactionCase of this addon."""
+    """Helpers for a TransactionCase; list it first among the bases so its setUp runs."""
+
+    def setUp(self):
+        super().setUp()
+        # Only the rows a test makes count, whatever the database held before.
+        self.env.cr.execute("SELECT coalesce(max(id), 0) FROM ipai_event_outbox")
+        self._outbox_floor = self.env.cr.fetchone()[0]
 
     def outbox(self, event_type=None):
-        domain = [("event_type", "=", event_type)] if event_type else []
+        domain = [("id", ">", self._outbox_floor)]
+        if event_type:
+            domain.append(("event_type", "=", event_type))
         return self.env["ipai.event.outbox"].sudo().search(domain, order="id")
 
     def assertCatalogPayload(self, event, msg=None):
@@ -47,5 +55,5 @@ class OutboxAssertions:
         params.set_param("ipai.webhook.secret", secret)
 
 
-class BridgeCase(TransactionCase, OutboxAssertions):
+class BridgeCase(OutboxAssertions, TransactionCase):
     """A TransactionCase with the outbox helpers."""

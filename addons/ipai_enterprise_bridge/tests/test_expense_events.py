@@ -7,7 +7,7 @@ from .common import OutboxAssertions
 
 
 @tagged("post_install", "-at_install")
-class TestExpenseEvents(TestExpenseCommon, OutboxAssertions):
+class TestExpenseEvents(OutboxAssertions, TestExpenseCommon):
 
     @classmethod
     def setUpClass(cls):

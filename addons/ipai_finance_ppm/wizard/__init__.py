@@ -1,0 +1,1 @@
+from . import ipai_filing_task_generator

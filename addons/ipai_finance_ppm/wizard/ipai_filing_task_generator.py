@@ -1,0 +1,46 @@
+from odoo import _, api, fields, models
+from odoo.exceptions import UserError
+
+from ..models.ipai_bir_form import period_label
+
+FREQUENCY_OF = {"month": "monthly", "quarter": "quarterly", "year": "annual"}
+
+
+class IpaiFilingTaskGenerator(models.TransientModel):
+    """Create a period's filing tasks for a project from the BIR calendar."""
+
+    _name = "ipai.filing.task.generator"
+    _description = "Generate BIR filing tasks"
+
+    project_id = fields.Many2one("project.project", required=True,
+                                 domain=[("ipai_is_finance_ppm", "=", True)])
+    period_type = fields.Selection([("month", "Month"), ("quarter", "Quarter"), ("year", "Year")],
+                                   required=True, default="month")
+    year = fields.Integer(required=True, default=lambda self: fields.Date.context_today(self).year)
+    month = fields.Selection([(str(n), str(n)) for n in range(1, 13)],
+                             default=lambda self: str(fields.Date.context_today(self).month))
+    quarter = fields.Selection([(str(n), f"Q{n}") for n in range(1, 5)], default="1")
+
+    @api.model
+    def _check_year(self, year):
+        if not 2000 <= year <= 2100:
+            raise UserError(_("Choose a year between 2000 and 2100."))
+
+    def period(self):
+        """The period these settings name: ``2026-01``, ``2026-Q1`` or ``2026``."""
+        self.ensure_one()
+        self._check_year(self.year)
+        number = {"month": self.month, "quarter": self.quarter}.get(self.period_type)
+        if self.period_type != "year" and not number:
+            raise UserError(_("Choose the %s.", self.period_type))
+        return period_label(FREQUENCY_OF[self.period_type], self.year, int(number or 0))
+
+    def action_generate(self):
+        self.ensure_one()
+        tasks = self.env["project.task"]._ipai_generate_filing_tasks(
+            self.project_id, FREQUENCY_OF[self.period_type], self.period())
+        return {
+            "type": "ir.actions.act_window", "res_model": "project.task",
+            "name": _("Filing tasks created for %s", self.period()),
+            "view_mode": "list,form", "domain": [("id", "in", tasks.ids)],
+        }
