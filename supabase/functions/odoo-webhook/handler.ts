@@ -1,0 +1,323 @@
+// The odoo-webhook receiver for Supabase Edge Functions: the same wire contract, checks in the same
+// order and the same answers as the Python receiver (ipai_bus_lib/receiver.py), writing through the
+// same public SQL functions of supabase/migrations/. tests/test_edge_parity.py proves them alike.
+//
+// Environment: IPAI_WEBHOOK_SECRET (several, comma-separated, while rotating) and SUPABASE_DB_URL.
+// Logs never hold the secret, the signature or the payload.
+import postgres from "npm:postgres@3.4.5";
+
+export const MAX_BODY_BYTES = 256 * 1024;
+export const TOLERANCE_MS = 300_000;
+const MAX_DIGESTS = 8;
+const MAX_TEXT = 255;
+const MAX_DEPTH = 32;
+const EVENT_TYPE = /^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)*$/;
+const SOURCE = /^[A-Za-z0-9_.-]{1,64}$/;
+const KEY = /^[\x20-\x7e]{1,255}$/;
+const ISO = /^(\d{4})-(\d{2})-(\d{2})T(\d{2}):(\d{2}):(\d{2})(\.\d{1,9})?(Z|[+-]\d{2}:\d{2})$/;
+// The u flag makes a surrogate pair one code point, so only lone surrogates match (as in Python).
+const UNSTORABLE_TEXT = /[\x00-\x1f\x7f\ud800-\udfff]/u;
+const UNSTORABLE_JSON = /[\x00\ud800-\udfff]/u;
+
+type Bytes = Uint8Array<ArrayBuffer>;
+type Json = null | boolean | number | string | Json[] | { [key: string]: Json };
+export interface Envelope {
+  event_type: string;
+  aggregate_type: string;
+  aggregate_id: string;
+  payload: Record<string, Json>;
+  occurred_at: string | null;
+  source: string;
+}
+
+class Refusal extends Error {
+  constructor(readonly status: number, message: string, readonly outcome: string) {
+    super(message);
+  }
+}
+
+const encoder = new TextEncoder();
+
+function hex(bytes: ArrayBuffer): string {
+  return Array.from(new Uint8Array(bytes), (b) => b.toString(16).padStart(2, "0")).join("");
+}
+
+function constantTimeEqual(a: string, b: string): boolean {
+  let diff = a.length ^ b.length;
+  for (let i = 0; i < Math.max(a.length, b.length); i++) {
+    diff |= (a.charCodeAt(i) || 0) ^ (b.charCodeAt(i) || 0);
+  }
+  return diff === 0;
+}
+
+export async function sign(secret: string, message: Bytes): Promise<string> {
+  const key = await crypto.subtle.importKey(
+    "raw", encoder.encode(secret), { name: "HMAC", hash: "SHA-256" }, false, ["sign"],
+  );
+  return hex(await crypto.subtle.sign("HMAC", key, message));
+}
+
+function signedMessage(timestamp: string, body: Bytes): Bytes {
+  const head = encoder.encode(`${timestamp}.`);
+  const message = new Uint8Array(head.length + body.length);
+  message.set(head);
+  message.set(body, head.length);
+  return message;
+}
+
+/** The signature checks, in the Python library's order; returns the signed message. */
+export async function verify(
+  secrets: string[], body: Bytes, headers: Headers, now = Date.now(),
+): Promise<Bytes> {
+  const rawTimestamp = headers.get("x-ipai-timestamp");
+  if (rawTimestamp === null || rawTimestamp.trim() === "") {
+    throw new Refusal(401, "missing x-ipai-timestamp header", "unauthorized");
+  }
+  const timestamp = rawTimestamp.trim();
+  if (!/^[0-9]{1,16}$/.test(timestamp)) {
+    throw new Refusal(401, "x-ipai-timestamp must be integer milliseconds since the Unix epoch",
+      "unauthorized");
+  }
+  const stamp = Number(timestamp);
+  if (stamp < now - TOLERANCE_MS) {
+    throw new Refusal(401, "timestamp outside the 5 minute window (too old)", "unauthorized");
+  }
+  if (stamp > now + TOLERANCE_MS) {
+    throw new Refusal(401, "timestamp outside the 5 minute window (in the future)", "unauthorized");
+  }
+  const header = headers.get("x-ipai-signature");
+  if (header === null || header.trim() === "") {
+    throw new Refusal(401, "missing x-ipai-signature header", "unauthorized");
+  }
+  const digests = header.split(",").map((d) => d.trim().toLowerCase()).filter((d) => d);
+  if (digests.length === 0 || digests.length > MAX_DIGESTS) {
+    throw new Refusal(401, "invalid signature", "unauthorized");
+  }
+  const message = signedMessage(timestamp, body);
+  let matched = false;
+  for (const secret of secrets) {
+    const expected = await sign(secret, message);
+    for (const digest of digests) matched = constantTimeEqual(expected, digest) || matched;
+  }
+  if (!matched) throw new Refusal(401, "invalid signature", "unauthorized");
+  return message;
+}
+
+function isStorable(value: Json, depth = 0): boolean {
+  if (typeof value === "string") return !UNSTORABLE_JSON.test(value);
+  if (typeof value === "number") return Number.isFinite(value);
+  if (value === null || typeof value === "boolean") return true;
+  if (depth >= MAX_DEPTH) return false;
+  if (Array.isArray(value)) return value.every((item) => isStorable(item, depth + 1));
+  return Object.entries(value).every(([k, v]) => isStorable(k) && isStorable(v, depth + 1));
+}
+
+function hasNonFiniteNumber(value: Json): boolean {
+  if (typeof value === "number") return !Number.isFinite(value);
+  if (value === null || typeof value !== "object") return false;
+  return Object.values(value).some(hasNonFiniteNumber);
+}
+
+function requiredText(doc: Record<string, Json>, name: string): string {
+  if (!(name in doc) || doc[name] === null) throw badRequest(`missing field: ${name}`);
+  const value = doc[name];
+  if (typeof value !== "string" || value.length < 1 || value.length > MAX_TEXT ||
+    UNSTORABLE_TEXT.test(value)) {
+    throw badRequest(`${name} must be text of 1-${MAX_TEXT} characters, no control characters`);
+  }
+  return value;
+}
+
+function isIsoDatetime(value: string): boolean {
+  const m = ISO.exec(value);
+  if (!m) return false;
+  const [year, month, day, hour, minute, second] = m.slice(1, 7).map(Number);
+  const probe = new Date(Date.UTC(year, month - 1, day, hour, minute, second));
+  return probe.getUTCFullYear() === year && probe.getUTCMonth() === month - 1 &&
+    probe.getUTCDate() === day && hour < 24 && minute < 60 && second < 60;
+}
+
+function badRequest(message: string): Refusal {
+  return new Refusal(400, message, "bad_request");
+}
+
+/** The envelope checks of ipai_bus_lib.catalog.parse_envelope, with the same messages. */
+export function parseEnvelope(doc: Json): Envelope {
+  if (doc === null || typeof doc !== "object" || Array.isArray(doc)) {
+    throw badRequest("body must be a JSON object");
+  }
+  const eventType = requiredText(doc, "event_type");
+  if (!EVENT_TYPE.test(eventType)) {
+    throw badRequest("event_type must be lowercase dotted words, e.g. expense.submitted");
+  }
+  const aggregateType = requiredText(doc, "aggregate_type");
+  const rawId = doc["aggregate_id"];
+  const aggregateId = typeof rawId === "number" && Number.isInteger(rawId)
+    ? String(rawId) : requiredText(doc, "aggregate_id");
+  if (!("payload" in doc)) throw badRequest("missing field: payload");
+  const payload = doc["payload"];
+  if (payload === null || typeof payload !== "object" || Array.isArray(payload)) {
+    throw badRequest("payload must be a JSON object");
+  }
+  if (!isStorable(payload)) {
+    throw badRequest(`payload must nest at most ${MAX_DEPTH} levels and hold no NUL character` +
+      " or lone surrogate");
+  }
+  const source = "source" in doc ? doc["source"] : "odoo";
+  if (typeof source !== "string" || !SOURCE.test(source)) {
+    throw badRequest("source must be 1-64 characters of [A-Za-z0-9_.-]");
+  }
+  const occurred = doc["occurred_at"] ?? null;
+  if (occurred !== null && (typeof occurred !== "string" || !isIsoDatetime(occurred))) {
+    throw badRequest("occurred_at must be an ISO 8601 date-time with a zone, e.g. " +
+      "2026-01-22T07:26:26Z");
+  }
+  return {
+    event_type: eventType, aggregate_type: aggregateType, aggregate_id: aggregateId,
+    payload: payload as Record<string, Json>, occurred_at: occurred as string | null, source,
+  };
+}
+
+async function readBody(req: Request): Promise<Bytes> {
+  const declared = req.headers.get("content-length");
+  if (declared !== null) {
+    if (!/^[0-9]+$/.test(declared)) throw badRequest("invalid Content-Length");
+    if (Number(declared) > MAX_BODY_BYTES) {
+      throw new Refusal(413, `body larger than ${MAX_BODY_BYTES} bytes`, "too_large");
+    }
+  }
+  const chunks: Uint8Array[] = [];
+  let size = 0;
+  const reader = req.body?.getReader();
+  while (reader) {
+    const { done, value } = await reader.read();
+    if (done) break;
+    size += value.length;
+    if (size > MAX_BODY_BYTES) {
+      await reader.cancel();
+      throw new Refusal(413, `body larger than ${MAX_BODY_BYTES} bytes`, "too_large");
+    }
+    chunks.push(value);
+  }
+  const body = new Uint8Array(size);
+  let offset = 0;
+  for (const chunk of chunks) {
+    body.set(chunk, offset);
+    offset += chunk.length;
+  }
+  return body;
+}
+
+function parseBody(body: Bytes): Envelope {
+  let doc: Json;
+  try {
+    doc = JSON.parse(new TextDecoder("utf-8", { fatal: true, ignoreBOM: true }).decode(body));
+  } catch {
+    throw badRequest("body is not valid UTF-8 JSON");
+  }
+  if (hasNonFiniteNumber(doc)) throw badRequest("body is not valid UTF-8 JSON");
+  return parseEnvelope(doc);
+}
+
+// deno-lint-ignore no-explicit-any
+type Sql = any;
+let database: Sql | null = null;
+
+/** Point the function at a database (SUPABASE_DB_URL by default); the tests switch it. */
+export async function useDatabase(url: string | undefined): Promise<void> {
+  await database?.end({ timeout: 1 });
+  database = url === undefined ? null : connectTo(url);
+}
+
+function connectTo(url: string): Sql {
+  return postgres(url, { max: 10, connect_timeout: 3, idle_timeout: 30, onnotice: () => {} });
+}
+
+function db(): Sql {
+  database ??= connectTo(Deno.env.get("SUPABASE_DB_URL") ?? "");
+  return database;
+}
+
+async function store(envelope: Envelope, key: string, fingerprint: string) {
+  // One statement: the outbox row and its event_log copy in one transaction, through the public
+  // wrappers (what PostgREST exposes), exactly as the Python receiver writes them.
+  const rows = await db()`
+    select stored.event_id::text as event_id, stored.duplicate,
+           case when not stored.duplicate then public.insert_event_log(stored.event_id) end
+    from public.insert_outbox_event(
+      p_event_type => ${envelope.event_type}, p_aggregate_type => ${envelope.aggregate_type},
+      p_aggregate_id => ${envelope.aggregate_id}, p_payload => ${db().json(envelope.payload)},
+      p_idempotency_key => ${key}, p_source => ${envelope.source},
+      p_occurred_at => ${envelope.occurred_at}, p_signature_digest => ${fingerprint}) as stored`;
+  return rows[0] as { event_id: string; duplicate: boolean };
+}
+
+function secrets(): string[] {
+  return (Deno.env.get("IPAI_WEBHOOK_SECRET") ?? "").split(",").map((s) => s.trim())
+    .filter((s) => s);
+}
+
+async function accept(req: Request) {
+  if (req.method !== "POST") throw new Refusal(405, "method not allowed: use POST", "method_not_allowed");
+  const mediaType = (req.headers.get("content-type") ?? "").split(";")[0].trim().toLowerCase();
+  if (mediaType !== "application/json") {
+    throw new Refusal(415, "content type must be application/json", "unsupported_media_type");
+  }
+  const body = await readBody(req);
+  const message = await verify(secrets(), body, req.headers);
+  const envelope = parseBody(body);
+  const key = req.headers.get("x-idempotency-key");
+  if (key === null || !KEY.test(key)) {
+    throw badRequest("x-idempotency-key header must be 1-255 printable ASCII characters");
+  }
+  const fingerprint = hex(await crypto.subtle.digest("SHA-256", message));
+  try {
+    return { ...(await store(envelope, key, fingerprint)), event_type: envelope.event_type };
+  } catch (error) {
+    const code = String((error as { code?: string }).code ?? "");
+    if (code === "IB001") throw new Refusal(401, "replayed signature", "replayed");
+    const sqlstate = /^[0-9A-Z]{5}$/.test(code);
+    if (!sqlstate || /^(08|57P|53)/.test(code)) {  // no server, or a server going away
+      throw new Refusal(503, "database unavailable, retry later", "unavailable");
+    }
+    throw error;  // a statement the server refused: a bug, answered 500 as in Python
+  }
+}
+
+function answer(status: number, document: Record<string, Json>, extra: HeadersInit = {}) {
+  return new Response(JSON.stringify(document), {
+    status, headers: { "content-type": "application/json", ...extra },
+  });
+}
+
+/** The function: POST …/odoo-webhook. */
+export async function handleRequest(req: Request): Promise<Response> {
+  const started = performance.now();
+  if (!new URL(req.url).pathname.endsWith("/odoo-webhook")) {
+    return answer(404, { ok: false, error: "not found" });
+  }
+  const log = (outcome: string, status: number, extra: Record<string, Json> = {}) =>
+    console.log(JSON.stringify({
+      outcome, status, latency_ms: Math.round((performance.now() - started) * 100) / 100, ...extra,
+    }));
+  if (secrets().length === 0) {
+    log("misconfigured", 503);
+    return answer(503, { ok: false, error: "no webhook secret is configured" });
+  }
+  try {
+    const stored = await accept(req);
+    log(stored.duplicate ? "duplicate" : "stored", 200,
+      { event_id: stored.event_id, event_type: stored.event_type });
+    return answer(200, { ok: true, event_id: stored.event_id, duplicate: stored.duplicate });
+  } catch (error) {
+    if (!(error instanceof Refusal)) {
+      log("error", 500);
+      return answer(500, { ok: false, error: "internal error" });
+    }
+    log(error.outcome, error.status);
+    return answer(error.status, { ok: false, error: error.message },
+      error.status === 405 ? { allow: "POST" } : {});
+  }
+}
+
+export default { fetch: handleRequest };

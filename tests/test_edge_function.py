@@ -1,0 +1,156 @@
+"""The Supabase Edge Function under real Deno (the PyPI `deno` package): its own Deno test suite,
+and a parity test that sends the same signed requests to it and to the Python receiver."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import psycopg2
+import pytest
+import requests
+
+from ipai_bus_lib import signing
+from ipai_bus_lib.migrator import migrate
+
+from .helpers import (
+    OLD_SECRET,
+    PRIMARY_SECRET,
+    RETIRED_SECRET,
+    WEBHOOK_PATH,
+    event_body,
+    free_port,
+    receiver_process,
+    signed,
+    wait_until,
+)
+
+FUNCTION_DIR = Path(__file__).resolve().parent.parent / "supabase" / "functions" / "odoo-webhook"
+DENO = Path(sys.executable).parent / "deno"
+SECRETS = f"{PRIMARY_SECRET},{OLD_SECRET}"
+
+pytestmark = pytest.mark.slow
+
+
+def deno_env(database_url: str) -> dict[str, str]:
+    return {**os.environ, "SUPABASE_DB_URL": database_url, "IPAI_WEBHOOK_SECRET": SECRETS,
+            "NO_COLOR": "1"}
+
+
+def test_deno_suite_passes(clean_bus):
+    result = subprocess.run([str(DENO), "test", "--allow-net", "--allow-env", "--allow-read",
+                             str(FUNCTION_DIR)], env=deno_env(clean_bus), capture_output=True,
+                            text=True, timeout=600)
+    output = result.stdout + result.stderr
+    summary = re.findall(r"^(ok|FAILED) \| (\d+) passed(?: \(\d+ steps?\))? \| (\d+) failed.*$",
+                         output, re.MULTILINE)
+    assert summary, output[-4000:]
+    print(f"\nDeno: {summary[-1][1]} passed, {summary[-1][2]} failed")
+    assert result.returncode == 0 and summary[-1][2] == "0", output[-4000:]
+    assert int(summary[-1][1]) >= 18, "the vectors and the outcome tests ran"
+
+
+@pytest.fixture()
+def edge_function(make_database, tmp_path):
+    url = make_database()
+    migrate(url)
+    port = free_port()
+    log = open(tmp_path / "deno.log", "w")
+    process = subprocess.Popen([str(DENO), "serve", "--port", str(port), "--host", "127.0.0.1",
+                                "--allow-net", "--allow-env", "--allow-read",
+                                str(FUNCTION_DIR / "handler.ts")],
+                               env=deno_env(url), stdout=log, stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}"
+
+    def listening():
+        try:
+            return requests.get(base + "/nothing", timeout=1).status_code == 404
+        except requests.ConnectionError:
+            return process.poll() is not None
+
+    try:
+        wait_until(listening, timeout=120, what="deno serve to listen")
+        assert process.poll() is None, (tmp_path / "deno.log").read_text()
+        yield base, url
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=5)
+        except subprocess.TimeoutExpired:  # deno serve waits on its idle database pool
+            process.kill()
+            process.wait()
+        log.close()
+
+
+def parity_cases() -> list[tuple[str, str, bytes, dict[str, str]]]:
+    """(name, method, body, headers): the same bytes go to both receivers."""
+    body = event_body("900")
+    valid = signed(body, key="parity-1")
+    rotated = signing.signature_headers(OLD_SECRET, event_body("901"), idempotency_key="parity-2")
+    stale = signed(body, key="parity-stale", timestamp_ms=signing.now_ms() - 301_000)
+    future = signed(body, key="parity-future", timestamp_ms=signing.now_ms() + 301_000)
+    malformed, shape = b"{not json", b'["an", "array"]'
+    large = event_body("902", payload={"blob": "x" * (300 * 1024)})
+    numeric = event_body("903", aggregate_id=903)
+    bad_type = event_body("904", event_type="Expense.Submitted")
+    return [
+        ("valid", "POST", body, valid),
+        ("duplicate", "POST", body, valid),
+        ("replayed under a new key", "POST", body, {**valid, "x-idempotency-key": "parity-1b"}),
+        ("tampered body", "POST", body.replace(b"1250.5", b"9250.5"), valid),
+        ("stale", "POST", body, stale),
+        ("future", "POST", body, future),
+        ("rotated (old) secret", "POST", event_body("901"), rotated),
+        ("retired secret", "POST", event_body("905"),
+         signed(event_body("905"), key="parity-5", secret=RETIRED_SECRET)),
+        ("malformed JSON", "POST", malformed, signed(malformed, key="parity-6")),
+        ("wrong shape", "POST", shape, signed(shape, key="parity-7")),
+        ("bad event type", "POST", bad_type, signed(bad_type, key="parity-8")),
+        ("numeric aggregate id", "POST", numeric, signed(numeric, key="parity-9")),
+        ("missing idempotency key", "POST", body,
+         {k: v for k, v in signed(body, key="x").items() if k != "x-idempotency-key"}),
+        ("oversized", "POST", large, signed(large, key="parity-10")),
+        ("wrong content type", "POST", body, {**valid, "Content-Type": "text/plain"}),
+        ("wrong method", "GET", b"", {}),
+    ]
+
+
+def stored_rows(url: str) -> list[tuple]:
+    conn = psycopg2.connect(url)
+    with conn.cursor() as cursor:
+        cursor.execute("select o.source, o.event_type, o.aggregate_type, o.aggregate_id,"
+                       " o.payload::text, o.idempotency_key, o.signature_digest, o.occurred_at,"
+                       " o.status, o.attempts, (l.event_id is not null) as logged"
+                       " from integration.outbox o left join integration.event_log l"
+                       " on l.event_id = o.id order by o.idempotency_key")
+        rows = cursor.fetchall()
+    conn.close()
+    return rows
+
+
+def test_edge_function_and_python_receiver_answer_alike(edge_function, make_database, tmp_path):
+    edge_base, edge_db = edge_function
+    python_db = make_database()
+    migrate(python_db)
+    table = [f"{'case':<28} {'python':>7} {'edge':>5}  same JSON keys  same error"]
+    mismatches = []
+    with receiver_process(python_db, tmp_path, secrets=SECRETS) as python:
+        for name, method, body, headers in parity_cases():
+            answers = [requests.request(method, base + WEBHOOK_PATH, data=body, headers=headers,
+                                        timeout=30) for base in (python.base_url, edge_base)]
+            documents = [answer.json() for answer in answers]
+            same_status = answers[0].status_code == answers[1].status_code
+            same_keys = set(documents[0]) == set(documents[1])
+            same_error = documents[0].get("error") == documents[1].get("error")
+            table.append(f"{name:<28} {answers[0].status_code:>7} {answers[1].status_code:>5}"
+                         f"  {'yes' if same_keys else 'NO':<14} {'yes' if same_error else 'NO'}")
+            if not (same_status and same_keys and same_error):
+                mismatches.append((name, documents))
+    print("\n" + "\n".join(table))
+    assert not mismatches, json.dumps(mismatches, indent=1)
+    assert stored_rows(python_db) == stored_rows(edge_db), "the stored rows differ"
+    assert len(stored_rows(python_db)) == 3, "valid, rotated secret, numeric id"
