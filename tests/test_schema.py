@@ -337,9 +337,8 @@ BAD_CALLS = {
 def test_bad_arguments_give_a_clear_error_and_write_nothing(conn, statement):
     existing = insert(conn, "existing")
     before = row(conn, existing.event_id)
-    with pytest.raises(psycopg2.Error) as caught:
-        with conn, conn.cursor() as cursor:
-            cursor.execute(statement)
+    with pytest.raises(psycopg2.Error) as caught, conn, conn.cursor() as cursor:
+        cursor.execute(statement)
     assert caught.value.pgcode == "22023", f"want invalid_parameter_value, got {caught.value}"
     function_named = caught.value.diag.message_primary.split(":")[0]
     assert function_named in statement, "the message should start with the function's name"
@@ -447,6 +446,5 @@ def test_pool_reports_an_unreachable_server_clearly():
     from ipai_bus_lib.errors import DatabaseUnavailable
 
     pool = Database("postgresql://nobody@127.0.0.1:1/none", connect_timeout=2)
-    with pytest.raises(DatabaseUnavailable, match="database unreachable"):
-        with pool.transaction():
-            pass
+    with pytest.raises(DatabaseUnavailable, match="database unreachable"), pool.transaction():
+        pass
