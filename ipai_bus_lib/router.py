@@ -209,11 +209,16 @@ class Router:
         return events, attempts, unrouted
 
     def _plan(self, events: list[OutboxEvent]) -> tuple[list[Attempt], list[OutboxEvent]]:
-        done = self._already_delivered([event.id for event in events if event.attempts > 1])
+        routes = {event.id: self.routing.route_for(event.event_type) for event in events}
+        # A retried event, or one with several destinations (handed back part-way by a stopping
+        # router, its attempt given back), may have reached some destinations already.
+        done = self._already_delivered([
+            event.id for event in events if routes[event.id] is not None
+            and (event.attempts > 1 or len(routes[event.id].destinations) > 1)])
         attempts: list[Attempt] = []
         unrouted: list[OutboxEvent] = []
         for event in events:
-            route = self.routing.route_for(event.event_type)
+            route = routes[event.id]
             if route is None:
                 unrouted.append(event)
                 continue

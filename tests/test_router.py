@@ -340,6 +340,34 @@ def test_partial_delivery_is_not_repeated_on_retry(database):
         ("console", "delivered"), ("mm", "failed"), ("mm", "failed")]
 
 
+def test_destination_reached_before_a_stop_is_not_sent_again(database):
+    """A router stopping part-way hands the event back (attempt given back); the next router
+    delivers only to the destinations not yet reached."""
+    stream = io.StringIO()
+
+    class StopsTheRouter(ConsoleDestination):
+        def deliver(self, event, message):
+            delivered = super().deliver(event, message)
+            first.stop()  # SIGTERM arrives right after this delivery
+            return delivered
+
+    with HttpSink() as sink:
+        routing = routing_to("console", "mm")
+        first = make_router(database, {"console": StopsTheRouter("console", stream),
+                                       "mm": MattermostDestination("mm", sink.url)},
+                            routing=routing, concurrency=1)
+        [event_id] = add_events(database)
+        first.run_once()
+        assert (state(database, event_id)["status"], state(database, event_id)["attempts"]) == (
+            "pending", 0), "handed back with its attempt given back"
+        second = make_router(database, {"console": ConsoleDestination("console", stream),
+                                        "mm": MattermostDestination("mm", sink.url)},
+                             routing=routing)
+        second.run_once()
+    assert stream.getvalue().count("Expense submitted") == 1, "the console got it once"
+    assert sink.count() == 1 and state(database, event_id)["status"] == "completed"
+
+
 def test_circuit_breaker_pauses_a_failing_destination_without_spending_attempts(database):
     with HttpSink(lambda request: Reply(503)) as sink:
         router = make_router(database, {"mm": MattermostDestination("mm", sink.url)},
