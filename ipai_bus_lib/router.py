@@ -213,8 +213,8 @@ class Router:
         # A retried event, or one with several destinations (handed back part-way by a stopping
         # router, its attempt given back), may have reached some destinations already.
         done = self._already_delivered([
-            event.id for event in events if routes[event.id] is not None
-            and (event.attempts > 1 or len(routes[event.id].destinations) > 1)])
+            event.id for event in events
+            if event.attempts > 1 or len(getattr(routes[event.id], "destinations", ())) > 1])
         attempts: list[Attempt] = []
         unrouted: list[OutboxEvent] = []
         for event in events:
