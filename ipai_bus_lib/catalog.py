@@ -33,14 +33,12 @@ class Domain:
 
     name: str
     aggregate_type: str
-    odoo_model: str
     payload_fields: tuple[str, ...]
 
 
 EXPENSE = Domain(
     name="expense",
     aggregate_type="hr.expense",
-    odoo_model="hr.expense",
     payload_fields=(
         "expense_id", "employee_id", "employee_name", "employee_code", "amount", "currency",
         "description", "date", "category", "state",
@@ -49,7 +47,6 @@ EXPENSE = Domain(
 ASSET = Domain(
     name="asset",
     aggregate_type="maintenance.equipment",
-    odoo_model="ipai.equipment.booking",
     payload_fields=(
         "booking_id", "asset_id", "asset_name", "asset_category", "reserved_by",
         "reserved_by_name", "reserved_from", "reserved_to", "booking_state",
@@ -58,7 +55,6 @@ ASSET = Domain(
 FINANCE_TASK = Domain(
     name="finance_task",
     aggregate_type="project.task",
-    odoo_model="project.task",
     payload_fields=(
         "task_id", "task_name", "task_code", "bir_form", "period_covered", "employee_code",
         "prep_deadline", "filing_deadline", "status", "assigned_to", "logframe_id",

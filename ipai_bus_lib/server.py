@@ -35,12 +35,10 @@ def configure_request_log() -> None:
 
 
 class _ReceiverApplication(BaseApplication):  # type: ignore[misc]
-    def __init__(self, config: ServerConfig, database_url: str, secrets: tuple[str, ...],
-                 metrics_dir: str) -> None:
+    def __init__(self, config: ServerConfig, database_url: str, secrets: tuple[str, ...]) -> None:
         self._config = config
         self._database_url = database_url
         self._secrets = secrets
-        self._metrics_dir = metrics_dir
         super().__init__()
 
     def load_config(self) -> None:
@@ -84,6 +82,6 @@ def serve(config: ServerConfig, *, database_url: str, secrets: tuple[str, ...]) 
     # prometheus_client reads this when first imported, which must happen after it is set.
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
     try:
-        _ReceiverApplication(config, database_url, secrets, metrics_dir).run()
+        _ReceiverApplication(config, database_url, secrets).run()
     finally:
         shutil.rmtree(metrics_dir, ignore_errors=True)
