@@ -34,27 +34,35 @@ class HrExpenseSheet(models.Model):
         changed._ipai_emit(event_type)
 
     def _ipai_emit(self, event_type, lines_of=None):
+        lines_of = {sheet.id: (lines_of or {}).get(sheet.id, sheet.expense_line_ids)
+                    for sheet in self}
+        payloads = self.env["hr.expense"].union(*lines_of.values())._ipai_payloads()
         send_ipai_events(self.env, [
-            ipai_event(event_type, expense, expense._ipai_payload(), key_record=sheet)
-            for sheet in self for expense in (lines_of or {}).get(sheet.id,
-                                                                  sheet.expense_line_ids)])
+            ipai_event(event_type, expense, payloads[expense.id], key_record=sheet)
+            for sheet in self for expense in lines_of[sheet.id]])
 
     # --- paid: payment_state is computed, so the change is seen here and emitted at commit ------
 
     def _compute_from_account_move_ids(self):
-        stored = self._ipai_stored_payment_states()
+        field = self._fields["payment_state"]
+        known_before = {sheet.id: self.env.cache.get(sheet, field, None) for sheet in self}
         super()._compute_from_account_move_ids()
-        newly_paid = {sheet.id for sheet in self
-                      if sheet.id and sheet.payment_state == "paid"
-                      and stored.get(sheet.id) != "paid"}
+        paid_now = [sheet.id for sheet in self if sheet.id and sheet.payment_state == "paid"]
+        if not paid_now:
+            return  # the common case (e.g. a submission) costs no query
+        stored = self._ipai_stored_payment_states(
+            [sheet_id for sheet_id in paid_now if known_before[sheet_id] is None])
+        newly_paid = {sheet_id for sheet_id in paid_now
+                      if (known_before[sheet_id] or stored.get(sheet_id)) != "paid"}
         if newly_paid:
             pending = self.env.cr.precommit.data.setdefault(PAID_PRECOMMIT_KEY, set())
             if not pending:
                 self.env.cr.precommit.add(self._ipai_emit_paid_at_commit)
             pending.update(newly_paid)
 
-    def _ipai_stored_payment_states(self):
-        ids = [sheet_id for sheet_id in self.ids if isinstance(sheet_id, int)]
+    def _ipai_stored_payment_states(self, ids):
+        """payment_state as last written to the table, for sheets the cache knew nothing of."""
+        ids = [sheet_id for sheet_id in ids if isinstance(sheet_id, int)]
         if not ids:
             return {}
         self.env.cr.execute("SELECT id, payment_state FROM hr_expense_sheet WHERE id = ANY(%s)",

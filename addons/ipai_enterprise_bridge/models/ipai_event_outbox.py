@@ -2,12 +2,15 @@ import json
 import logging
 import threading
 from datetime import timedelta
+from functools import partial
 
 from odoo import _, api, fields, models
 from odoo.exceptions import UserError
+from odoo.tools.sql import create_index
 
 from ipai_bus_lib.catalog import Envelope
 
+from ..utils.cron_waker import wake_cron_workers
 from ..utils.ipai_webhook import SECRET_PARAMETER, URL_PARAMETER, DeliveryError, post_event
 
 _logger = logging.getLogger(__name__)
@@ -16,6 +19,12 @@ _logger = logging.getLogger(__name__)
 # sees it failing (state, attempts, last error) and can press Retry.
 RETRY_MINUTES = (1, 2, 5, 10, 30, 60)
 DISPATCH_BATCH = 100
+DISPATCH_CRON = "ipai_enterprise_bridge.ir_cron_dispatch_events"
+WAKE_KEY = "ipai_enterprise_bridge.dispatcher_woken"
+# Appended to the queueing statement: the dispatch cron's trigger row, only if rows were queued.
+WAKE_CTE = (", woken AS (INSERT INTO ir_cron_trigger (cron_id, call_at, create_uid, create_date,"
+            " write_uid, write_date) SELECT %s, %s, %s, %s, %s, %s"
+            " WHERE EXISTS (SELECT FROM queued))")
 
 
 class IpaiEventOutbox(models.Model):
@@ -26,7 +35,7 @@ class IpaiEventOutbox(models.Model):
     _order = "id desc"
     _rec_name = "idempotency_key"
 
-    event_type = fields.Char(required=True, readonly=True, index=True)
+    event_type = fields.Char(required=True, readonly=True)
     aggregate_type = fields.Char(required=True, readonly=True)
     aggregate_id = fields.Char(required=True, readonly=True)
     res_model = fields.Char(string="Record model", readonly=True)
@@ -36,9 +45,9 @@ class IpaiEventOutbox(models.Model):
     occurred_at = fields.Datetime(required=True, readonly=True, default=fields.Datetime.now)
     state = fields.Selection(
         [("pending", "Pending"), ("sent", "Sent"), ("failed", "Failed, will retry")],
-        default="pending", required=True, readonly=True, index=True)
+        default="pending", required=True, readonly=True)
     attempts = fields.Integer(readonly=True, default=0)
-    next_attempt_at = fields.Datetime(readonly=True, default=fields.Datetime.now, index=True)
+    next_attempt_at = fields.Datetime(readonly=True, default=fields.Datetime.now)
     last_error = fields.Text(readonly=True)
     sent_at = fields.Datetime(readonly=True)
     bus_event_id = fields.Char(string="Bus event ID", readonly=True)
@@ -48,13 +57,22 @@ class IpaiEventOutbox(models.Model):
          "This event was already queued (same idempotency key)."),
     ]
 
+    def init(self):
+        # Partial indexes instead of one per column: every index is written on the user's
+        # request path, and these two cover what is searched (due rows; paid lines' events).
+        create_index(self.env.cr, "ipai_event_outbox_due_index", self._table,
+                     ["next_attempt_at"], where="state IN ('pending', 'failed')")
+        create_index(self.env.cr, "ipai_event_outbox_paid_line_index", self._table,
+                     ["res_id"], where="event_type = 'expense.paid' AND res_model = 'hr.expense'")
+
     @api.model
     def _enqueue_many(self, events):
         """Queue events in one statement; a key queued already is skipped (idempotent).
 
         ``events`` are dicts with event_type, aggregate_type, aggregate_id, payload, key and
         record. Returns the rows inserted now. Raw SQL on purpose: this runs inside the user's
-        transaction on every business action, and one multi-row INSERT is the cheapest write.
+        transaction on every business action, so the rows and the dispatcher's wake-up (see
+        ``_dispatch_cron_to_wake``) are written by one statement, one round trip.
         """
         if not events:
             return self.browse()
@@ -63,28 +81,34 @@ class IpaiEventOutbox(models.Model):
         rows = [(event["event_type"], event["aggregate_type"], event["aggregate_id"],
                  event["record"]._name, event["record"].id, json.dumps(event["payload"]),
                  event["key"], now, "pending", 0, now, uid, now, uid, now) for event in events]
+        cron_id = self._dispatch_cron_to_wake()
         self.env.cr.execute(
-            "INSERT INTO ipai_event_outbox (event_type, aggregate_type, aggregate_id, res_model,"
+            "WITH queued AS ("
+            " INSERT INTO ipai_event_outbox (event_type, aggregate_type, aggregate_id, res_model,"
             " res_id, payload, idempotency_key, occurred_at, state, attempts, next_attempt_at,"
             " create_uid, create_date, write_uid, write_date) VALUES %s"
-            " ON CONFLICT (idempotency_key) DO NOTHING RETURNING id"
-            % ", ".join(["%s"] * len(rows)), rows)
+            " ON CONFLICT (idempotency_key) DO NOTHING RETURNING id)%s"
+            " SELECT id FROM queued"
+            % (", ".join(["%s"] * len(rows)), cron_id and WAKE_CTE or ""),
+            rows + ([cron_id, now, uid, now, uid, now] if cron_id else []))
         inserted = self.browse([row[0] for row in self.env.cr.fetchall()])
-        if inserted:
-            self._wake_dispatcher_at_commit()
+        if inserted and cron_id:
+            self.env.cr.precommit.data[WAKE_KEY] = True
+            self.env.cr.postcommit.add(partial(wake_cron_workers, self.env.cr.dbname))
         return inserted
 
-    def _wake_dispatcher_at_commit(self):
-        """Once per transaction, at commit: the cron posts after this transaction is durable, in
-        a cron worker, so the user's request never waits on the bus."""
-        data = self.env.cr.precommit.data
-        if not data.get("ipai_enterprise_bridge.wake_dispatcher"):
-            data["ipai_enterprise_bridge.wake_dispatcher"] = True
-            self.env.cr.precommit.add(self._trigger_dispatch)
+    def _dispatch_cron_to_wake(self):
+        """The dispatch cron's id if this transaction has not woken it yet, else None.
 
-    def _trigger_dispatch(self):
-        self.env.cr.precommit.data.pop("ipai_enterprise_bridge.wake_dispatcher", None)
-        self.env.ref("ipai_enterprise_bridge.ir_cron_dispatch_events").sudo()._trigger()
+        Waking is what ``ir.cron._trigger()`` does, folded into the queueing statement
+        (WAKE_CTE): a trigger row committed with the events, then a notification of the cron
+        workers after commit (on a kept connection, see utils/cron_waker.py). The cron posts
+        once the events are durable, in a cron worker, so the user's request never waits on
+        the bus. The cron's own schedule is the fallback.
+        """
+        if self.env.cr.precommit.data.get(WAKE_KEY):  # cleared at commit and rollback
+            return None
+        return self.env["ir.model.data"]._xmlid_to_res_id(DISPATCH_CRON, raise_if_not_found=False)
 
     def _envelope(self):
         self.ensure_one()
@@ -131,4 +155,4 @@ class IpaiEventOutbox(models.Model):
         if not undelivered:
             raise UserError(_("These events were already delivered; there is nothing to retry."))
         undelivered.write({"state": "pending", "next_attempt_at": fields.Datetime.now()})
-        self._wake_dispatcher_at_commit()
+        self.env.ref(DISPATCH_CRON).sudo()._trigger()

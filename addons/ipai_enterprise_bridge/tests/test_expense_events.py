@@ -41,6 +41,7 @@ class TestExpenseEvents(OutboxAssertions, TestExpenseCommon):
         self.assertEqual(payload["currency"], self.company_data["currency"].name)
         self.assertEqual(payload["description"], "Taxi")
         self.assertEqual(payload["date"], "2022-01-25")
+        self.assertEqual(payload["category"], self.product_c.name)
         self.assertEqual(events[0].aggregate_type, "hr.expense")
         self.assertTrue(all(event.idempotency_key.startswith("expense.submitted:")
                             for event in events), "key is {event_type}:{record_id}:{timestamp}")
@@ -77,11 +78,22 @@ class TestExpenseEvents(OutboxAssertions, TestExpenseCommon):
         sheet.action_approve_expense_sheets()
         sheet.action_sheet_move_post()
         self.assertEqual(sheet.payment_state, "paid")
-        self.env.cr.precommit.run()  # what a real commit runs
+        self.env.cr.flush()  # what a real commit runs first: flush, then pre-commit hooks
         self.assertEqual(len(self.outbox("expense.paid")), 2)
         self.env["hr.expense.sheet"]._cron_detect_paid_expenses()
         self.env["hr.expense.sheet"]._cron_detect_paid_expenses()
         self.assertEqual(len(self.outbox("expense.paid")), 2, "the safety net never emits twice")
+
+    def test_paid_is_seen_when_the_cache_knew_nothing_of_the_report(self):
+        """Posting in a fresh transaction (empty cache): the stored state is the 'before'."""
+        sheet = self.two_line_report(payment_mode="company_account")
+        sheet.action_submit_sheet()
+        sheet.action_approve_expense_sheets()
+        self.env.flush_all()
+        self.env.invalidate_all()
+        sheet.action_sheet_move_post()
+        self.env.cr.flush()
+        self.assertEqual(len(self.outbox("expense.paid")), 2)
 
     def test_cron_catches_a_paid_report_nobody_announced(self):
         """If the commit-time emission was missed, the hourly cron emits expense.paid once."""

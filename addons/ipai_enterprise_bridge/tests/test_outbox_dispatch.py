@@ -115,3 +115,33 @@ class TestOutboxDispatch(BridgeCase):
         with self.assertRaises(UserError) as caught:
             event.action_retry()
         self.assertIn("already delivered", str(caught.exception))
+
+    def dispatch_triggers(self):
+        cron = self.env.ref("ipai_enterprise_bridge.ir_cron_dispatch_events")
+        return self.env["ir.cron.trigger"].sudo().search([("cron_id", "=", cron.id)])
+
+    def test_queueing_wakes_the_dispatch_cron_once_per_transaction(self):
+        """Events queued → one due trigger of the dispatch cron, committed with them."""
+        self.env.cr.precommit.clear()  # a transaction that has woken nothing yet
+        before = self.dispatch_triggers()
+        self.reserve()
+        self.booking.action_checkout_asset()
+        self.assertEqual(len(self.outbox()), 2)
+        woken = self.dispatch_triggers() - before
+        self.assertEqual(len(woken), 1, "one trigger per transaction, not per event")
+        self.assertLessEqual(woken.call_at, fields.Datetime.now())
+
+    def test_a_transaction_that_queues_nothing_wakes_nothing(self):
+        """Only duplicates queued (a double click): no trigger, no notification."""
+        self.reserve()
+        self.env.cr.precommit.clear()
+        self.env.cr.postcommit.clear()
+        before = self.dispatch_triggers()
+        self.booking.action_reserve_asset()  # already reserved: not a transition
+        key = self.outbox()[-1].idempotency_key
+        send = self.env["ipai.event.outbox"]._enqueue_many
+        self.assertFalse(send([{"event_type": "asset.reserved", "aggregate_type": "x",
+                                "aggregate_id": "1", "payload": {}, "key": key,
+                                "record": self.booking}]))
+        self.assertFalse(self.dispatch_triggers() - before)
+        self.assertFalse(self.env.cr.postcommit._funcs, "no notification after commit")
