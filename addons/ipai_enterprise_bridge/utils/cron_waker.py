@@ -3,7 +3,9 @@
 Odoo's cron workers LISTEN on the ``cron_trigger`` channel of the ``postgres`` database, and
 ``ir.cron._notifydb()`` sends that NOTIFY through Odoo's pool, which never keeps connections
 to ``postgres`` (``sql_db.Cursor.close``): each call opens one and authenticates, about 5 ms on
-the user's request. This module keeps one such connection per process instead.
+the user's request. This module keeps one such connection per process instead, in psycopg2's
+asynchronous mode: a wake only sends the NOTIFY (the server runs it on receipt) and the answer
+is read at the next wake, so the request does not wait for a round trip either.
 
 A failure here costs only latency: the trigger row is already committed, and the cron runs on
 its own schedule anyway.
@@ -11,18 +13,22 @@ its own schedule anyway.
 
 import logging
 import os
+import select
 import threading
 
 import psycopg2
-from psycopg2 import sql
+from psycopg2 import extensions, sql
 
 from odoo.addons.base.models.ir_cron import ODOO_NOTIFY_FUNCTION
 from odoo.sql_db import connection_info_for
 
 _logger = logging.getLogger(__name__)
 
+CONNECT_TIMEOUT_SECONDS = 5
+
 _lock = threading.Lock()
 _connection = None
+_cursor = None  # kept: psycopg2 cannot poll an asynchronous query whose cursor is gone
 _connection_pid = None
 # Connections a forked child inherited from its parent: never used, and never garbage
 # collected either, since closing one would end the parent's session on the shared socket.
@@ -33,10 +39,10 @@ def wake_cron_workers(dbname):
     """Tell the cron workers of every Odoo process that ``dbname`` has a job due now."""
     with _lock:
         try:
-            with _notify_connection().cursor() as cursor:
-                cursor.execute(sql.SQL("SELECT {}('cron_trigger', %s)").format(
-                    sql.Identifier(ODOO_NOTIFY_FUNCTION)), (dbname,))
-        except psycopg2.Error as error:
+            _finish(_notify_connection())  # the previous wake's answer, normally there already
+            _cursor.execute(sql.SQL("SELECT {}('cron_trigger', %s)").format(
+                sql.Identifier(ODOO_NOTIFY_FUNCTION)), (dbname,))
+        except (psycopg2.Error, OSError) as error:
             _logger.warning("Cron workers not woken (%s): events wait for the dispatch cron's "
                             "next scheduled run.", type(error).__name__)
             _forget_connection()
@@ -44,23 +50,35 @@ def wake_cron_workers(dbname):
 
 def _notify_connection():
     """This process's connection to the postgres database (a forked child opens its own)."""
-    global _connection, _connection_pid
+    global _connection, _cursor, _connection_pid
     if _connection is not None and _connection_pid != os.getpid():
         _inherited.append(_connection)
         _connection = None
     if _connection is None or _connection.closed:
         _, params = connection_info_for("postgres")
-        _connection = psycopg2.connect(**params)
-        _connection.autocommit = True
+        _connection = psycopg2.connect(**params, async_=True)
         _connection_pid = os.getpid()
+        _finish(_connection)
+        _cursor = _connection.cursor()
     return _connection
 
 
+def _finish(connection):
+    """Wait for what the connection is doing (connecting, or the last NOTIFY) to end."""
+    while True:
+        state = connection.poll()
+        if state == extensions.POLL_OK:
+            return
+        waiting = ([connection], []) if state == extensions.POLL_READ else ([], [connection])
+        if not any(select.select(*waiting, [], CONNECT_TIMEOUT_SECONDS)[:2]):
+            raise psycopg2.OperationalError("timed out waiting for the postgres database")
+
+
 def _forget_connection():
-    global _connection
+    global _connection, _cursor
     if _connection is not None:
         try:
             _connection.close()
         except psycopg2.Error:
             pass
-    _connection = None
+    _connection = _cursor = None
