@@ -1,46 +1,39 @@
-from odoo import models
+from odoo import api, fields, models
+
+# Events carry names in the source language, whoever's click emitted them.
+EVENT_LANGUAGE = "en_US"
 
 
 class HrExpense(models.Model):
     _inherit = "hr.expense"
 
-    def _ipai_payloads(self):
-        """The catalog's expense payload of each line, by line id."""
-        names = self._ipai_reference_names()
-        return {expense.id: {
-            "expense_id": expense.id,
-            "employee_id": expense.employee_id.id or None,
-            "employee_name": expense.employee_id.sudo().name or None,
-            "employee_code": expense.employee_id.sudo().barcode or None,
-            "amount": expense.total_amount_currency,
-            "currency": names.get(("res.currency", expense.currency_id.id)),
-            "description": expense.name or None,
-            "date": expense.date,
-            "category": names.get(("product.product", expense.product_id.id)),
-            "state": expense.state,
-        } for expense in self}
+    # Stored copies of the two names the events carry: emitting then reads them with the line's
+    # own row, which the submission loads anyway, instead of querying products, templates and
+    # currencies on the user's request path. The ORM keeps them current on a rename.
+    ipai_currency_code = fields.Char(related="currency_id.name", store=True,
+                                     string="Currency code (events)")
+    ipai_category_name = fields.Char(compute="_compute_ipai_category_name", store=True,
+                                     string="Category name (events)")
 
-    def _ipai_reference_names(self):
-        """{(model, id): name} of these lines' currencies and categories, in one query.
+    @api.depends("product_id.name")
+    def _compute_ipai_category_name(self):
+        for expense in self:
+            expense.ipai_category_name = (
+                expense.product_id.with_context(lang=EVENT_LANGUAGE).name or False)
 
-        This runs on the user's request path, where the ORM would spend a query and a
-        fetch per model (product names even two) on names nothing else in the submission
-        reads. The tables are flushed first, so the query sees this transaction's changes.
-        """
-        currencies, products = self.currency_id, self.product_id
-        if not currencies and not products:
-            return {}
-        self.env["res.currency"].flush_model(["name"])
-        self.env["product.product"].flush_model(["product_tmpl_id"])
-        self.env["product.template"].flush_model(["name"])
-        self.env.cr.execute("""
-            SELECT 'res.currency', id, name FROM res_currency WHERE id = ANY(%(currencies)s)
-            UNION ALL
-            SELECT 'product.product', product.id,
-                   COALESCE(template.name->>%(lang)s, template.name->>'en_US')
-              FROM product_product product
-              JOIN product_template template ON template.id = product.product_tmpl_id
-             WHERE product.id = ANY(%(products)s)""",
-                            {"currencies": currencies.ids, "products": products.ids,
-                             "lang": self.env.lang or "en_US"})
-        return {(model, record_id): name for model, record_id, name in self.env.cr.fetchall()}
+    def _ipai_payload(self):
+        """The catalog's expense payload for this line."""
+        self.ensure_one()
+        employee = self.employee_id.sudo()
+        return {
+            "expense_id": self.id,
+            "employee_id": employee.id or None,
+            "employee_name": employee.name or None,
+            "employee_code": employee.barcode or None,
+            "amount": self.total_amount_currency,
+            "currency": self.ipai_currency_code or None,
+            "description": self.name or None,
+            "date": self.date,
+            "category": self.ipai_category_name or None,
+            "state": self.state,
+        }

@@ -34,12 +34,10 @@ class HrExpenseSheet(models.Model):
         changed._ipai_emit(event_type)
 
     def _ipai_emit(self, event_type, lines_of=None):
-        lines_of = {sheet.id: (lines_of or {}).get(sheet.id, sheet.expense_line_ids)
-                    for sheet in self}
-        payloads = self.env["hr.expense"].union(*lines_of.values())._ipai_payloads()
         send_ipai_events(self.env, [
-            ipai_event(event_type, expense, payloads[expense.id], key_record=sheet)
-            for sheet in self for expense in lines_of[sheet.id]])
+            ipai_event(event_type, expense, expense._ipai_payload(), key_record=sheet)
+            for sheet in self for expense in (lines_of or {}).get(sheet.id,
+                                                                  sheet.expense_line_ids)])
 
     # --- paid: payment_state is computed, so the change is seen here and emitted at commit ------
 

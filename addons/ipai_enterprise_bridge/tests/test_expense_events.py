@@ -46,6 +46,15 @@ class TestExpenseEvents(OutboxAssertions, TestExpenseCommon):
         self.assertTrue(all(event.idempotency_key.startswith("expense.submitted:")
                             for event in events), "key is {event_type}:{record_id}:{timestamp}")
 
+    def test_a_renamed_category_is_what_the_next_event_carries(self):
+        """The stored names the events read follow the product and currency they copy."""
+        sheet = self.two_line_report()
+        self.product_c.name = "Ground transport"
+        sheet.action_submit_sheet()
+        payload = self.assertCatalogPayload(self.outbox("expense.submitted")[0])
+        self.assertEqual(payload["category"], "Ground transport")
+        self.assertEqual(payload["currency"], sheet.expense_line_ids[0].currency_id.name)
+
     def test_double_submit_emits_nothing_more(self):
         """A second click on Submit is not a transition: no second event."""
         sheet = self.two_line_report()
