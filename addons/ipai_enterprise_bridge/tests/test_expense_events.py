@@ -26,6 +26,13 @@ class TestExpenseEvents(OutboxAssertions, TestExpenseCommon):
                                  Command.create({**line, "name": "Lunch", "total_amount_currency": 480.5})],
         })
 
+    def approved_company_paid_report(self):
+        """Paid by the company: posting its journal entry makes it paid at once."""
+        sheet = self.two_line_report(payment_mode="company_account")
+        sheet.action_submit_sheet()
+        sheet.action_approve_expense_sheets()
+        return sheet
+
     def test_submit_emits_one_event_per_line_with_the_catalog_payload(self):
         """Submitting a report emits expense.submitted once for each of its lines."""
         sheet = self.two_line_report()
@@ -82,9 +89,7 @@ class TestExpenseEvents(OutboxAssertions, TestExpenseCommon):
 
     def test_paid_is_emitted_at_commit_and_the_cron_never_repeats_it(self):
         """A company-paid report becomes paid on posting: expense.paid once per line."""
-        sheet = self.two_line_report(payment_mode="company_account")
-        sheet.action_submit_sheet()
-        sheet.action_approve_expense_sheets()
+        sheet = self.approved_company_paid_report()
         sheet.action_sheet_move_post()
         self.assertEqual(sheet.payment_state, "paid")
         self.env.cr.flush()  # what a real commit runs first: flush, then pre-commit hooks
@@ -95,9 +100,7 @@ class TestExpenseEvents(OutboxAssertions, TestExpenseCommon):
 
     def test_paid_is_seen_when_the_cache_knew_nothing_of_the_report(self):
         """Posting in a fresh transaction (empty cache): the stored state is the 'before'."""
-        sheet = self.two_line_report(payment_mode="company_account")
-        sheet.action_submit_sheet()
-        sheet.action_approve_expense_sheets()
+        sheet = self.approved_company_paid_report()
         self.env.flush_all()
         self.env.invalidate_all()
         sheet.action_sheet_move_post()
@@ -106,9 +109,7 @@ class TestExpenseEvents(OutboxAssertions, TestExpenseCommon):
 
     def test_cron_catches_a_paid_report_nobody_announced(self):
         """If the commit-time emission was missed, the hourly cron emits expense.paid once."""
-        sheet = self.two_line_report(payment_mode="company_account")
-        sheet.action_submit_sheet()
-        sheet.action_approve_expense_sheets()
+        sheet = self.approved_company_paid_report()
         sheet.action_sheet_move_post()
         self.env.flush_all()
         self.env.cr.precommit.clear()  # as if the process died before committing the events
