@@ -10,7 +10,7 @@ import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import date, datetime, timezone
+from datetime import date, datetime, timedelta, timezone
 from types import MappingProxyType
 from typing import Any
 
@@ -23,6 +23,14 @@ ISO_DATETIME_PATTERN = re.compile(
     r"^(\d{4})-(\d{2})-(\d{2})T(\d{2}):(\d{2}):(\d{2})(\.\d{1,9})?(Z|[+-]\d{2}:\d{2})$"
 )
 MAX_TEXT_FIELD_LENGTH = 255
+# The largest integer JSON parsers agree on (JavaScript's safe integers): the Edge Function too.
+MAX_NUMERIC_AGGREGATE_ID = 2 ** 53 - 1
+# Real zones span -12:00 to +14:00; the bound also keeps every accepted offset storable.
+MAX_UTC_OFFSET = timedelta(hours=14)
+# occurred_at, once in UTC, must stay a day inside what Python represents, so that a reader in
+# any time zone can turn it into a datetime.
+EARLIEST_OCCURRED_AT = datetime(1, 1, 2, tzinfo=timezone.utc)
+LATEST_OCCURRED_AT = datetime(9999, 12, 31, tzinfo=timezone.utc)
 MAX_PAYLOAD_DEPTH = 32
 DEFAULT_SOURCE = "odoo"
 
@@ -239,6 +247,10 @@ def is_storable(value: Any, depth: int = 0) -> bool:
 def _aggregate_id(document: Mapping[str, Any]) -> str:
     value = document.get("aggregate_id")
     if isinstance(value, int) and not isinstance(value, bool):
+        if not 0 <= value <= MAX_NUMERIC_AGGREGATE_ID:
+            raise EnvelopeError(
+                "aggregate_id sent as a number must be a whole number from 0 to "
+                f"{MAX_NUMERIC_AGGREGATE_ID} (send larger ids as text)", field="aggregate_id")
         return str(value)
     return _required_text(document, "aggregate_id")
 
@@ -249,23 +261,38 @@ def _occurred_at(document: Mapping[str, Any]) -> str | None:
         return None
     if not isinstance(value, str) or not _is_iso_datetime(value):
         raise EnvelopeError(
-            "occurred_at must be an ISO 8601 date-time with a zone, e.g. 2026-01-22T07:26:26Z",
+            "occurred_at must be an ISO 8601 date-time with a zone between -12:00 and +14:00,"
+            " from year 0001 to 9999 in UTC, e.g. 2026-01-22T07:26:26Z",
             field="occurred_at",
         )
     return value
 
 
 def _is_iso_datetime(value: str) -> bool:
-    """The same rule as the Edge Function's: the regular expression, then a real calendar date."""
+    """The same rule as the Edge Function's: the regular expression, a real calendar date, a
+    real zone offset, and a moment that stays within years 1-9999 once converted to UTC."""
     match = ISO_DATETIME_PATTERN.fullmatch(value)
     if not match:
         return False
     year, month, day, hour, minute, second = (int(part) for part in match.groups()[:6])
+    zone = match.group(8)
+    offset = timedelta(0)
+    if zone != "Z":
+        hours, minutes = int(zone[1:3]), int(zone[4:6])
+        if minutes > 59:
+            return False
+        offset = timedelta(hours=hours, minutes=minutes) * (-1 if zone[0] == "-" else 1)
+        if offset > MAX_UTC_OFFSET or offset < -timedelta(hours=12):
+            return False
     try:
-        datetime(year, month, day, hour, minute, second)
+        local = datetime(year, month, day, hour, minute, second)
     except ValueError:
         return False
-    return True
+    try:
+        utc = local - offset
+    except OverflowError:
+        return False
+    return EARLIEST_OCCURRED_AT.replace(tzinfo=None) <= utc <= LATEST_OCCURRED_AT.replace(tzinfo=None)
 
 
 def check_idempotency_key(key: str | None) -> str:

@@ -46,7 +46,8 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     config = ServerConfig(
         host=args.host or settings.receiver_host, port=args.port or settings.receiver_port,
         workers=args.workers or settings.receiver_workers,
-        threads=args.threads or settings.receiver_threads)
+        threads=args.threads or settings.receiver_threads,
+        max_attempts=settings.max_attempts, metrics_token=settings.metrics_token)
     serve(config, database_url=url, secrets=settings.webhook_secrets)
     return EXIT_OK
 
@@ -74,7 +75,8 @@ def make_router(settings: Settings, url: str, *, worker: str | None = None) -> R
     if worker:
         config = replace(config, worker=worker)
     database = Database(url, max_size=4, application_name="ipai-bus router",
-                        settings=ROUTER_SESSION_SETTINGS)
+                        settings=ROUTER_SESSION_SETTINGS,
+                        deadline_seconds=settings.router_lease_seconds)
     return Router(config, database, routing, destinations, limits)
 
 

@@ -7,6 +7,7 @@ DeliveryFailed saying whether a retry can help. Rate limits and circuit breakers
 from __future__ import annotations
 
 import email.utils
+import functools
 import http.client
 import json
 import smtplib
@@ -25,8 +26,14 @@ from .formatters import Message
 from .outbox import OutboxEvent
 from .routes import DestinationSpec
 from .signing import standard_webhooks_headers
+from .watchdog import WATCHDOG, shutdown_socket
 
+# A delivery's whole budget: connecting, sending, and reading the complete answer.
 DEFAULT_TIMEOUT_SECONDS = 10.0
+# However long a destination asks us to wait (Retry-After), we try again within an hour.
+MAX_RETRY_AFTER_SECONDS = 3600.0
+# What is read of an answer: enough for an error message, never a destination's whole body.
+MAX_ANSWER_BYTES = 64 * 1024
 # 4xx answers a retry cannot fix go straight to dead; these few are worth retrying.
 RETRYABLE_CLIENT_ERRORS = frozenset({408, 409, 425, 429})
 _ERROR_BODY_CHARS = 300
@@ -76,28 +83,55 @@ class KeepAliveClient:
 
     def post(self, url: str, body: bytes, headers: Mapping[str, str]
              ) -> tuple[int, bytes, http.client.HTTPMessage]:
+        """One POST, finished within ``timeout`` seconds in all (TimeoutError otherwise)."""
+        started = time.monotonic()
         parts = urlsplit(url)
         target = parts.path or "/"
         if parts.query:
             target += "?" + parts.query
         connection, reused = self._connection(parts.scheme, parts.netloc)
         try:
-            return self._exchange(connection, target, body, headers)
+            return self._exchange(connection, target, body, headers, started)
         except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError):
             if not reused:
                 raise
             connection.close()
-            return self._exchange(connection, target, body, headers)
+            return self._exchange(connection, target, body, headers, started)
 
     def _exchange(self, connection: http.client.HTTPConnection, target: str, body: bytes,
-                  headers: Mapping[str, str]) -> tuple[int, bytes, http.client.HTTPMessage]:
+                  headers: Mapping[str, str], started: float
+                  ) -> tuple[int, bytes, http.client.HTTPMessage]:
+        def remaining() -> float:
+            left = self.timeout - (time.monotonic() - started)
+            if left <= 0:
+                raise TimeoutError(f"no complete answer within {self.timeout:g} s")
+            return left
+
+        guard = None
         try:
+            if connection.sock is None:
+                connection.timeout = remaining()
+                connection.connect()
+            # The socket timeout bounds each read; the guard bounds the whole exchange, so a
+            # destination trickling its answer byte by byte cannot hold the delivery.
+            guard = WATCHDOG.register(remaining(), functools.partial(
+                shutdown_socket, connection.sock.fileno()))
             connection.request("POST", target, body=body, headers=dict(headers))
             response = connection.getresponse()
-            return response.status, response.read(), response.headers
+            data = response.read(MAX_ANSWER_BYTES)
+            if not response.isclosed():  # an answer too long to keep reading: drop the rest
+                connection.close()
+            return response.status, data, response.headers
         except BaseException:
             connection.close()
+            if guard is not None and guard.expired:
+                raise TimeoutError(f"no complete answer within {self.timeout:g} s") from None
             raise
+        finally:
+            if guard is not None:
+                WATCHDOG.cancel(guard)
+                if guard.expired:
+                    connection.close()
 
     def _connection(self, scheme: str, netloc: str) -> tuple[http.client.HTTPConnection, bool]:
         key = (scheme, netloc)
@@ -131,7 +165,7 @@ def post_json(client: KeepAliveClient, url: str, body: bytes, headers: Mapping[s
         status, data, response_headers = client.post(
             url, body, {"Content-Type": "application/json", **headers})
     except TimeoutError:
-        raise DeliveryFailed(f"no answer within {client.timeout:g} s") from None
+        raise DeliveryFailed(f"no complete answer within {client.timeout:g} s") from None
     except (OSError, http.client.HTTPException) as exc:
         raise DeliveryFailed(f"connection failed: {type(exc).__name__}: {exc}") from None
     if 200 <= status < 300:
@@ -145,16 +179,19 @@ def post_json(client: KeepAliveClient, url: str, body: bytes, headers: Mapping[s
 
 
 def retry_after(header: str | None) -> float | None:
-    """Seconds to wait from a Retry-After header (seconds or an HTTP date); None if unusable."""
-    if not header:
+    """Seconds to wait from a Retry-After header (seconds or an HTTP date), at most
+    MAX_RETRY_AFTER_SECONDS; None if unusable."""
+    if not header or len(header) > 100:
         return None
-    if header.strip().isdigit():
-        return float(header.strip())
+    header = header.strip()
+    if header.isdigit():
+        return min(float(header), MAX_RETRY_AFTER_SECONDS)
     try:
         moment = email.utils.parsedate_to_datetime(header)
-    except (TypeError, ValueError):
+        seconds = (moment - datetime.now(timezone.utc)).total_seconds()
+    except (TypeError, ValueError, OverflowError, IndexError):
         return None
-    return max(0.0, (moment - datetime.now(timezone.utc)).total_seconds())
+    return min(max(0.0, seconds), MAX_RETRY_AFTER_SECONDS)
 
 
 # --- the destinations ---------------------------------------------------------------------------
@@ -212,10 +249,16 @@ def forward_document(event: OutboxEvent) -> dict[str, Any]:
         "data": {
             "event_id": str(event.id), "source": event.source,
             "aggregate_type": event.aggregate_type, "aggregate_id": event.aggregate_id,
-            "occurred_at": event.occurred_at.isoformat() if event.occurred_at else None,
+            "occurred_at": _iso(event.occurred_at),
             "payload": event.payload,
         },
     }
+
+
+def _iso(moment: Any) -> str | None:
+    if moment is None:
+        return None
+    return moment.isoformat() if isinstance(moment, datetime) else str(moment)
 
 
 class EmailDestination:
@@ -246,22 +289,39 @@ class EmailDestination:
         mail["Message-ID"] = f"<{event.id}@ipai-bus>"  # the same on every retry
         mail.set_content(message.plain_text)
         mail.add_alternative(message.html, subtype="html")
+        started = time.monotonic()
+        guard = None
         try:
             with self._connect() as smtp:
+                left = self.timeout - (time.monotonic() - started)
+                assert smtp.sock is not None  # connected by the constructor
+                guard = WATCHDOG.register(max(left, 0.001), functools.partial(
+                    shutdown_socket, smtp.sock.fileno()))
                 if self.username:
                     smtp.login(self.username, self.password or "")
                 smtp.send_message(mail)
-        except smtplib.SMTPResponseException as exc:
+        except (OSError, smtplib.SMTPException) as exc:
+            if guard is not None and guard.expired:
+                raise DeliveryFailed(f"SMTP server did not finish within {self.timeout:g} s"
+                                     ) from None
+            raise self._failure(exc) from None
+        finally:
+            if guard is not None:
+                WATCHDOG.cancel(guard)
+        return None
+
+    @staticmethod
+    def _failure(exc: Exception) -> DeliveryFailed:
+        """An SMTP error as a delivery failure: 5xx answers are permanent (but a login refusal)."""
+        if isinstance(exc, smtplib.SMTPResponseException):
             permanent = 500 <= exc.smtp_code < 600 and not isinstance(
                 exc, smtplib.SMTPAuthenticationError)
-            raise DeliveryFailed(f"SMTP {exc.smtp_code}: {exc.smtp_error!r}"[:_ERROR_BODY_CHARS],
-                                 retryable=not permanent) from None
-        except smtplib.SMTPRecipientsRefused as exc:
-            raise DeliveryFailed(f"recipients refused: {sorted(exc.recipients)}",
-                                 retryable=False) from None
-        except (OSError, smtplib.SMTPException) as exc:
-            raise DeliveryFailed(f"SMTP connection failed: {type(exc).__name__}: {exc}") from None
-        return None
+            return DeliveryFailed(f"SMTP {exc.smtp_code}: {exc.smtp_error!r}"[:_ERROR_BODY_CHARS],
+                                  retryable=not permanent)
+        if isinstance(exc, smtplib.SMTPRecipientsRefused):
+            return DeliveryFailed(f"recipients refused: {sorted(exc.recipients)}",
+                                  retryable=False)
+        return DeliveryFailed(f"SMTP connection failed: {type(exc).__name__}: {exc}")
 
     def _connect(self) -> smtplib.SMTP:
         if self.security == "tls":
@@ -345,46 +405,71 @@ class CircuitBreaker:
     """Pauses a destination that keeps failing, so its events wait instead of spending attempts.
 
     Closed: deliveries go through. After ``threshold`` retryable failures in a row it opens for
-    ``cooldown`` seconds; then one trial delivery is let through (half-open): success closes it,
-    failure opens it again. ``on_change(state, open_until, error)`` is told of every transition.
+    ``cooldown`` seconds; then one trial delivery is let through (half-open). Whatever the trial
+    meets ends it: an answer (even a refusal) closes the breaker, a failure opens it for another
+    cooldown, a 429 keeps it open until the destination's Retry-After. A trial that reports
+    nothing within ``trial_seconds`` (a delivery's whole budget) is given up, and the next
+    delivery is the trial. ``on_change(state, open_until, error)`` is told of every transition.
     """
 
     def __init__(self, threshold: int = 5, cooldown: float = 30.0,
                  on_change: Callable[[str, float | None, str | None], None] | None = None,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time,
+                 trial_seconds: float = DEFAULT_TIMEOUT_SECONDS + 5) -> None:
         self.threshold, self.cooldown, self.clock = threshold, cooldown, clock
+        self.trial_seconds = trial_seconds
         self.on_change = on_change or (lambda state, until, error: None)
         self.failures = 0
         self.open_until: float | None = None
-        self.trial_running = False
+        self.trial_started: float | None = None
         self.lock = threading.Lock()
 
+    @property
+    def trial_running(self) -> bool:
+        return self.trial_started is not None
+
     def paused_until(self) -> float | None:
-        """None when a delivery may go now; else the time the destination reopens."""
+        """None when a delivery may go now; else when to try again."""
         with self.lock:
             if self.open_until is None:
                 return None
-            if self.clock() < self.open_until or self.trial_running:
-                return max(self.open_until, self.clock() + 1.0)
-            self.trial_running = True  # half-open: this caller makes the trial delivery
+            now = self.clock()
+            if now < self.open_until:
+                return self.open_until
+            if self.trial_started is not None and now < self.trial_started + self.trial_seconds:
+                return self.trial_started + self.trial_seconds  # the trial's answer by then
+            self.trial_started = now  # half-open: this caller makes the trial delivery
             return None
 
     def record_success(self) -> None:
+        """The destination answered (accepted, or refused the event itself): it is up."""
         with self.lock:
             was_open = self.open_until is not None
-            self.failures, self.open_until, self.trial_running = 0, None, False
+            self.failures, self.open_until, self.trial_started = 0, None, None
         if was_open:
             self.on_change("closed", None, None)
 
     def record_failure(self, error: str) -> None:
+        """A retryable failure (no answer, 5xx): counts towards opening, or reopens."""
         with self.lock:
             self.failures += 1
-            self.trial_running = False
+            self.trial_started = None
             if self.failures < self.threshold and self.open_until is None:
                 return
             self.open_until = self.clock() + self.cooldown
             until = self.open_until
         self.on_change("open", until, error)
+
+    def record_throttled(self, retry_at: float | None) -> None:
+        """A 429: the destination is up but asks for a pause. An open breaker stays open until
+        its Retry-After (or a cooldown); a closed one is left alone (the event waits itself)."""
+        with self.lock:
+            self.trial_started = None
+            if self.open_until is None:
+                return
+            self.open_until = retry_at if retry_at is not None else self.clock() + self.cooldown
+            until = self.open_until
+        self.on_change("open", until, "throttled (HTTP 429)")
 
 
 # --- building destinations from the routes file ---------------------------------------------------

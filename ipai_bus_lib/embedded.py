@@ -34,7 +34,12 @@ DEFAULT_SETTINGS: Mapping[str, str] = {
     "max_connections": "200",
     "unix_socket_directories": "''",
     "log_min_messages": "warning",
+    # Refused statements are expected (a replayed request, a bad call): the log keeps the
+    # error, never the statement, which would hold the event's payload.
+    "log_min_error_statement": "panic",
 }
+# Set on every start too, so clusters made before this setting get it.
+_START_OPTIONS = "-c log_min_error_statement=panic"
 
 
 def _bin_dir() -> Path:
@@ -115,9 +120,22 @@ class EmbeddedPostgres:
             if not self.is_initialised():
                 self._initdb()
             if not self.is_running():
-                self._pg_ctl("start", "-w", "-t", str(START_TIMEOUT_SECONDS), "-l",
-                             str(self.log_file))
+                self._make_private()
+                self._pg_ctl("start", "-w", "-t", str(START_TIMEOUT_SECONDS), "-o",
+                             _START_OPTIONS, "-l", str(self.log_file))
         return self.url()
+
+    def _make_private(self) -> None:
+        """The home directory 0700 and the server log 0600, owned by whoever runs the server:
+        the log holds error messages about the bus's data, for nobody else to read."""
+        owner = _service_user()
+        descriptor = os.open(self.log_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        os.close(descriptor)
+        os.chmod(self.log_file, 0o600)
+        os.chmod(self.home, 0o700)
+        if owner is not None:
+            os.chown(self.log_file, owner.pw_uid, owner.pw_gid)
+            os.chown(self.home, owner.pw_uid, owner.pw_gid)
 
     def stop(self) -> None:
         """Stop the cluster (fast shutdown: running transactions roll back, data is safe)."""
@@ -162,9 +180,8 @@ class EmbeddedPostgres:
 
     def _run(self, program: str, *args: str) -> None:
         owner = _service_user()
-        if owner is not None and not self.log_file.exists():
-            self.log_file.touch()
-            os.chown(self.log_file, owner.pw_uid, owner.pw_gid)
+        if not self.log_file.exists():
+            self._make_private()
         try:
             subprocess.run(
                 [str(_bin_dir() / program), *args], check=True, capture_output=True, text=True,

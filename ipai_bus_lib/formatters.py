@@ -16,6 +16,11 @@ from typing import Any
 from .catalog import lookup
 
 MISSING = "—"
+# A value is shown up to this many characters: a message stays a message whatever was sent.
+MAX_VALUE_CHARS = 300
+# Amounts are formatted as numbers only below this; beyond it they are shown as sent (bounded),
+# so a tiny payload such as "1e100000000" cannot make the formatter write a huge number.
+MAX_AMOUNT_DIGITS = 15
 STATUS_EMOJI = {
     "expense.submitted": "📝", "expense.approved": "✅", "expense.rejected": "❌",
     "expense.paid": "💰",
@@ -69,17 +74,20 @@ def text(value: Any) -> str:
         return MISSING
     if isinstance(value, (dict, list)):
         return MISSING
-    return str(value).replace("\n", " ").strip() or MISSING
+    shown = str(value)[:MAX_VALUE_CHARS + 1].replace("\n", " ").strip()
+    if len(shown) > MAX_VALUE_CHARS:
+        shown = shown[:MAX_VALUE_CHARS - 1] + "…"
+    return shown or MISSING
 
 
 def amount(value: Any, currency: Any) -> str:
     """``PHP 1,250.50``; a value that is not a number is shown as sent."""
     try:
-        number = Decimal(str(value))
+        number = Decimal(str(value)[:MAX_VALUE_CHARS])
     except (InvalidOperation, ValueError):
-        return text(value) if currency is None else f"{text(currency)} {text(value)}"
-    if not number.is_finite():
-        return text(value)
+        number = None
+    if number is None or not number.is_finite() or number.adjusted() >= MAX_AMOUNT_DIGITS:
+        return text(value) if currency in (None, "") else f"{text(currency)} {text(value)}"
     shown = f"{number:,.2f}"
     return shown if currency in (None, "") else f"{text(currency)} {shown}"
 
@@ -148,7 +156,7 @@ def format_finance_task(event_type: str, payload: Mapping[str, Any],
 
 
 def format_generic(event_type: str, payload: Mapping[str, Any], base_url: str | None) -> Message:
-    shown = [f"**{html.escape(str(key))}:** {text(value)}" for key, value in
+    shown = [f"**{html.escape(text(key))}:** {text(value)}" for key, value in
              list(payload.items())[:12]]
     return Message(GENERIC_EMOJI, f"Event {event_type}", tuple(shown) or ("(no payload)",))
 

@@ -2,12 +2,15 @@
 
 Under gunicorn every worker process counts its own requests; with PROMETHEUS_MULTIPROC_DIR set
 (``ipai-bus serve`` sets it) a scrape of any worker adds up all of them. The outbox depth is read
-from the database at scrape time, so it is the same whichever worker answers.
+from the database at most once per ``refresh_seconds`` per process (concurrent scrapes share
+that one read), so scrapers cannot load the database however often they come.
 """
 
 from __future__ import annotations
 
 import os
+import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -29,24 +32,43 @@ from .outbox import STATUSES
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 
 
-class OutboxDepthCollector(Collector):
-    """``ipai_outbox_events{status=…}``: rows per outbox status, read when scraped."""
+DEPTH_REFRESH_SECONDS = 15.0
 
-    def __init__(self, database: Database) -> None:
+
+class OutboxDepthCollector(Collector):
+    """``ipai_outbox_events{status=…}``: rows per outbox status, read at most once per
+    ``refresh_seconds`` (scrapes in between get the last reading)."""
+
+    def __init__(self, database: Database, refresh_seconds: float = DEPTH_REFRESH_SECONDS) -> None:
         self.database = database
+        self.refresh_seconds = refresh_seconds
+        self._counts: dict[str, int] | None = None
+        self._read_at = float("-inf")
+        self._lock = threading.Lock()
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
+        counts = self._current_counts()
+        if counts is None:
+            return
         family = GaugeMetricFamily("ipai_outbox_events", "Outbox rows by status",
                                    labels=["status"])
-        try:
-            with self.database.transaction() as cursor:
-                cursor.execute("select status, count(*) from integration.outbox group by status")
-                counts = dict(cursor.fetchall())
-        except DatabaseUnavailable:
-            return
         for status in STATUSES:
             family.add_metric([status], counts.get(status, 0))
         yield family
+
+    def _current_counts(self) -> dict[str, int] | None:
+        with self._lock:  # one reader at a time; the others wait and take its reading
+            if time.monotonic() - self._read_at < self.refresh_seconds:
+                return self._counts
+            try:
+                with self.database.transaction() as cursor:
+                    cursor.execute(
+                        "select status, count(*) from integration.outbox group by status")
+                    self._counts = dict(cursor.fetchall())
+            except DatabaseUnavailable:
+                self._counts = None
+            self._read_at = time.monotonic()
+            return self._counts
 
 
 class ReceiverMetrics:

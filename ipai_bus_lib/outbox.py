@@ -114,12 +114,13 @@ def record_event(
     """Store a new event and its audit copy (what an ingress does); a duplicate writes nothing.
 
     One statement does both, so on an autocommit connection it is one round trip and still one
-    transaction.
+    transaction. It calls the public wrappers only, so a receiver can run as a member of
+    ``ipai_bus_ingest``, which may do nothing else.
     """
     cursor.execute(
         "select stored.event_id, stored.duplicate,"
-        " case when not stored.duplicate then integration.insert_event_log(stored.event_id) end"
-        f" from integration.insert_outbox_event({_INSERT_ARGUMENTS}) as stored",
+        " case when not stored.duplicate then public.insert_event_log(stored.event_id) end"
+        f" from public.insert_outbox_event({_INSERT_ARGUMENTS}) as stored",
         _insert_parameters(envelope, idempotency_key, signature_digest, max_attempts),
     )
     event_id, duplicate, _log_id = cursor.fetchone()
@@ -166,6 +167,17 @@ def fail(
     )
     status = cursor.fetchone()[0]
     return str(status) if status is not None else None
+
+
+def extend_leases(cursor: Any, event_ids: Sequence[uuid.UUID], *, worker: str,
+                  lease_seconds: int = DEFAULT_LEASE_SECONDS) -> int:
+    """Renew the leases ``worker`` still holds on ``event_ids``; returns how many it renewed."""
+    cursor.execute(
+        "select integration.extend_leases(p_ids => %(ids)s::uuid[], p_worker => %(worker)s,"
+        " p_lease_seconds => %(lease)s)",
+        {"ids": list(event_ids), "worker": worker, "lease": lease_seconds},
+    )
+    return int(cursor.fetchone()[0])
 
 
 def release(cursor: Any, event_ids: Sequence[uuid.UUID], *, worker: str,

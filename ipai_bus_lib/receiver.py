@@ -8,6 +8,7 @@ and its event_log copy.
 
 from __future__ import annotations
 
+import hmac
 import json
 import logging
 import math
@@ -18,12 +19,19 @@ from typing import Any
 
 from . import catalog, outbox, signing
 from .db import Database
-from .errors import DatabaseUnavailable, EnvelopeError, ReplayedSignature, SignatureError
+from .errors import (
+    DatabaseUnavailable,
+    EnvelopeError,
+    InvalidArgument,
+    ReplayedSignature,
+    SignatureError,
+)
 from .metrics import ReceiverMetrics
 
 WEBHOOK_PATH = "/functions/v1/odoo-webhook"
 MAX_BODY_BYTES = 256 * 1024
 _READ_CHUNK = 64 * 1024
+_QUICK_FAILURE_SECONDS = 0.25
 
 log = logging.getLogger("ipai_bus.receiver")
 
@@ -37,6 +45,9 @@ class ReceiverConfig:
     secrets: tuple[str, ...]
     max_body_bytes: int = MAX_BODY_BYTES
     tolerance_seconds: int = signing.TOLERANCE_SECONDS
+    max_attempts: int = outbox.DEFAULT_MAX_ATTEMPTS
+    # When set, GET /metrics asks for ``Authorization: Bearer <token>``.
+    metrics_token: str | None = None
 
 
 class Refusal(Exception):
@@ -81,9 +92,20 @@ class Receiver:
         if path == "/healthz" and environ.get("REQUEST_METHOD") in ("GET", "HEAD"):
             return self._healthz(start_response)
         if path == "/metrics" and environ.get("REQUEST_METHOD") == "GET":
+            if not self._metrics_allowed(environ):
+                return _json(start_response, 401, {"ok": False, "error": "metrics need the bearer"
+                                                   " token (IPAI_METRICS_TOKEN)"},
+                             [("WWW-Authenticate", "Bearer")])
             body, content_type = self.metrics.render()
             return _respond(start_response, 200, body, content_type)
         return _json(start_response, 404, {"ok": False, "error": "not found"})
+
+    def _metrics_allowed(self, environ: Mapping[str, Any]) -> bool:
+        token = self.config.metrics_token
+        if not token:
+            return True
+        offered = str(environ.get("HTTP_AUTHORIZATION", ""))
+        return hmac.compare_digest(offered.encode(), f"Bearer {token}".encode())
 
     # --- the webhook ------------------------------------------------------------------------
 
@@ -107,6 +129,7 @@ class Receiver:
 
     def _accept(self, environ: Mapping[str, Any]) -> Accepted:
         _check_method_and_type(environ)
+        _check_single_headers(environ)
         body = _read_body(environ, self.config.max_body_bytes)
         headers = _signature_headers(environ)
         try:
@@ -123,17 +146,23 @@ class Receiver:
 
     def _store(self, envelope: catalog.Envelope, key: str, fingerprint: str) -> Accepted:
         # Storing is idempotent on the key, so a retry after a dropped connection is safe: at
-        # worst the second try answers "duplicate" for the row the first one committed.
+        # worst the second try answers "duplicate" for the row the first one committed. Only a
+        # quick failure (a pooled connection the server closed) is retried: a slow one means
+        # the database is not answering, and the sender is told so at once.
+        started = time.monotonic()
         for attempt in (1, 2):
             try:
                 with self.database.autocommit() as cursor:
                     result = outbox.record_event(cursor, envelope, idempotency_key=key,
-                                                 signature_digest=fingerprint)
+                                                 signature_digest=fingerprint,
+                                                 max_attempts=self.config.max_attempts)
                 return Accepted(str(result.event_id), envelope.event_type, result.duplicate)
             except ReplayedSignature as exc:
                 raise Refusal(401, str(exc), "replayed") from None
+            except InvalidArgument as exc:  # a value the envelope checks let through
+                raise Refusal(400, str(exc), "bad_request") from None
             except DatabaseUnavailable:
-                if attempt == 2:
+                if attempt == 2 or time.monotonic() - started > _QUICK_FAILURE_SECONDS:
                     raise Refusal(503, "database unavailable, retry later", "unavailable") from None
         raise AssertionError("unreachable")
 
@@ -163,6 +192,13 @@ def _check_method_and_type(environ: Mapping[str, Any]) -> None:
     media_type = environ.get("CONTENT_TYPE", "").split(";")[0].strip().lower()
     if media_type != "application/json":
         raise Refusal(415, "content type must be application/json", "unsupported_media_type")
+
+
+def _check_single_headers(environ: Mapping[str, Any]) -> None:
+    """The HTTP front lists headers that came more than once; these must come once."""
+    repeated = sorted(environ.get("ipai.repeated_headers") or ())
+    if repeated:
+        raise Refusal(400, f"{repeated[0]} header must be sent once", "bad_request")
 
 
 def _read_body(environ: Mapping[str, Any], limit: int) -> bytes:

@@ -22,7 +22,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from . import outbox
-from .db import Database, connect
+from .db import Database, UnreadableValue, connect
 from .destinations import CircuitBreaker, DeliveryFailed, Destination, TokenBucket
 from .errors import DatabaseUnavailable
 from .formatters import Message, format_event
@@ -34,6 +34,9 @@ NOTIFY_CHANNEL = "integration_outbox"
 # database crash only means the event is delivered again, which at-least-once delivery allows.
 # The events themselves were committed durably by whoever inserted them.
 ROUTER_SESSION_SETTINGS = {"synchronous_commit": "off"}
+# The latest moment a datetime can hold with a day to spare: no outside number goes past it.
+_LATEST_EPOCH_SECONDS = datetime(9999, 12, 30, tzinfo=timezone.utc).timestamp()
+_POISON_HINT = "fix the data or the routes, then `ipai-bus retry` it (or purge it)"
 log = logging.getLogger("ipai_bus.router")
 
 
@@ -83,6 +86,14 @@ class Verdict:
     dead: list[tuple[OutboxEvent, str]] = field(default_factory=list)
     released: list[tuple[uuid.UUID, float | None]] = field(default_factory=list)
 
+    def only(self, event_id: uuid.UUID) -> Verdict:
+        """The part of this verdict about one event."""
+        return Verdict(
+            acked=[i for i in self.acked if i == event_id],
+            failed=[f for f in self.failed if f[0].id == event_id],
+            dead=[d for d in self.dead if d[0].id == event_id],
+            released=[r for r in self.released if r[0] == event_id])
+
 
 class Router:
     """A worker: ``run()`` until ``stop()``; ``run_once()`` handles one claimed batch."""
@@ -103,6 +114,10 @@ class Router:
         self._settler = ThreadPoolExecutor(1, thread_name_prefix="settle")
         self._settling: Future[None] | None = None
         self._stopping = threading.Event()
+        # Events claimed and not yet settled: their leases are renewed until they are.
+        self._held: set[uuid.UUID] = set()
+        self._held_lock = threading.Lock()
+        self._lease_keeper: threading.Thread | None = None
 
     # --- the loop ---------------------------------------------------------------------------
 
@@ -113,6 +128,7 @@ class Router:
     def run(self) -> None:
         """Deliver until stop() is called; survives the database going away and coming back."""
         listener = None
+        self._start_lease_keeper()
         try:
             while not self._stopping.is_set():
                 try:
@@ -125,6 +141,14 @@ class Router:
                 except DatabaseUnavailable as exc:
                     log.warning("router %s: %s; retrying in %.0f s", self.config.worker, exc,
                                 self.config.poll_seconds)
+                    _close_quietly(listener)
+                    listener = None
+                    self._stopping.wait(self.config.poll_seconds)
+                except Exception:  # noqa: BLE001 - the router outlives its own bugs
+                    # Whatever it was, the claimed events' leases run out and they come back
+                    # (and go dead once their attempts are spent): the others keep flowing.
+                    log.exception("router %s: unexpected error; going on in %.0f s",
+                                  self.config.worker, self.config.poll_seconds)
                     _close_quietly(listener)
                     listener = None
                     self._stopping.wait(self.config.poll_seconds)
@@ -142,6 +166,36 @@ class Router:
         with listener.cursor() as cursor:
             cursor.execute(f"listen {NOTIFY_CHANNEL}")
         return listener
+
+    def _start_lease_keeper(self) -> None:
+        if self._lease_keeper is None or not self._lease_keeper.is_alive():
+            self._lease_keeper = threading.Thread(target=self._keep_leases, daemon=True,
+                                                  name="lease-keeper")
+            self._lease_keeper.start()
+
+    def _keep_leases(self) -> None:
+        """Renew held leases every third of a lease, so none runs out under a delivery."""
+        interval = max(self.config.lease_seconds / 3, 0.5)
+        while not self._stopping.wait(interval):
+            with self._held_lock:
+                held = list(self._held)
+            if not held:
+                continue
+            try:
+                with self.database.autocommit() as cursor:
+                    outbox.extend_leases(cursor, held, worker=self.config.worker,
+                                         lease_seconds=self.config.lease_seconds)
+            except Exception as exc:  # noqa: BLE001 - retried at the next interval
+                log.warning("router %s: could not renew %d lease(s): %s", self.config.worker,
+                            len(held), exc)
+
+    def _hold(self, events: list[OutboxEvent]) -> None:
+        with self._held_lock:
+            self._held.update(event.id for event in events)
+
+    def _let_go(self, events: list[OutboxEvent]) -> None:
+        with self._held_lock:
+            self._held.difference_update(event.id for event in events)
 
     def _wait_for_work(self, listener: Any) -> None:
         timeout = self.config.poll_seconds
@@ -204,8 +258,13 @@ class Router:
                                   lease_seconds=self.config.lease_seconds)
         if not events:
             return [], [], []
-        attempts, unrouted = self._plan(events)
-        self._deliver_all(attempts)
+        self._hold(events)
+        try:
+            attempts, unrouted = self._plan(events)
+            self._deliver_all(attempts)
+        except BaseException:
+            self._let_go(events)  # their leases run out and they come back
+            raise
         return events, attempts, unrouted
 
     def _plan(self, events: list[OutboxEvent]) -> tuple[list[Attempt], list[OutboxEvent]]:
@@ -222,7 +281,16 @@ class Router:
             if route is None:
                 unrouted.append(event)
                 continue
-            message = self._message(event, route)
+            try:
+                problem = unreadable_reason(event)
+                message = None if problem else self._message(event, route)
+            except Exception as exc:  # noqa: BLE001 - one event's data must not stop the batch
+                log.exception("router: event %s cannot be formatted", event.id)
+                problem = f"the router cannot format it ({type(exc).__name__}: {exc})"
+            if problem:
+                attempts.append(Attempt(event, "(router)", outcome="dead",
+                                        error=f"{problem[:500]}; {_POISON_HINT}"))
+                continue
             attempts += [Attempt(event, name, message=message) for name in route.destinations
                          if (event.id, name) not in done]
         return attempts, unrouted
@@ -245,6 +313,7 @@ class Router:
 
     def _deliver_all(self, attempts: list[Attempt]) -> None:
         """Concurrently, up to the configured width; inline when nothing waits on the network."""
+        attempts = [attempt for attempt in attempts if attempt.outcome == "pending"]
         if len(attempts) == 1 or not any(self.destinations[a.destination].waits_on_network
                                          for a in attempts):
             for attempt in attempts:
@@ -263,10 +332,10 @@ class Router:
             attempt.outcome, attempt.retry_at = "deferred", paused_until
             attempt.error = f"destination {attempt.destination} paused (circuit open)"
             return
-        if attempt.destination in self.rate_limits:
-            self.rate_limits[attempt.destination].acquire()
         started = time.perf_counter()
         try:
+            if attempt.destination in self.rate_limits:
+                self.rate_limits[attempt.destination].acquire()
             attempt.http_status = self.destinations[attempt.destination].deliver(
                 attempt.event, attempt.message)
             attempt.outcome = "delivered"
@@ -276,11 +345,16 @@ class Router:
             attempt.outcome = "failed" if exc.retryable else "dead"
             if exc.retry_after_seconds is not None:
                 attempt.retry_at = time.time() + exc.retry_after_seconds
-            if exc.retryable and exc.http_status != 429:
+            if exc.http_status == 429:
+                breaker.record_throttled(attempt.retry_at)
+            elif exc.retryable:
                 breaker.record_failure(str(exc))
+            else:  # the destination answered: it is up, the event is what it refused
+                breaker.record_success()
         except Exception as exc:  # noqa: BLE001 - a destination bug must not kill the router
             log.exception("router: destination %s raised", attempt.destination)
             attempt.outcome, attempt.error = "failed", f"{type(exc).__name__}: {exc}"
+            breaker.record_failure(attempt.error)
         finally:
             attempt.duration_ms = (time.perf_counter() - started) * 1000
 
@@ -293,6 +367,35 @@ class Router:
             verdict.dead.append((event, f"no route matches event type {event.event_type}; add "
                                         "one to the routes file, then `ipai-bus retry`"))
         recorded = [a for a in attempts if a.outcome != "not_started"]
+        try:
+            self._write_verdict(verdict, recorded, unrouted)
+        except DatabaseUnavailable:
+            raise  # the leases run out and the events come back: nothing is lost
+        except Exception:  # noqa: BLE001 - one event's outcome must not stop the others'
+            log.exception("router %s: settling a batch failed; settling its events one by one",
+                          self.config.worker)
+            self._settle_one_by_one(events, verdict, recorded, unrouted)
+        finally:
+            self._let_go(events)
+
+    def _settle_one_by_one(self, events: list[OutboxEvent], verdict: Verdict,
+                           recorded: list[Attempt], unrouted: list[OutboxEvent]) -> None:
+        for event in events:
+            try:
+                self._write_verdict(verdict.only(event.id),
+                                    [a for a in recorded if a.event.id == event.id],
+                                    [e for e in unrouted if e.id == event.id])
+            except DatabaseUnavailable:
+                raise
+            except Exception as exc:  # noqa: BLE001
+                log.exception("router: the outcome of event %s cannot be recorded", event.id)
+                with self.database.transaction() as cursor:
+                    outbox.fail(cursor, event.id, worker=self.config.worker, give_up=True,
+                                error=f"the router could not record its outcome "
+                                      f"({type(exc).__name__}: {str(exc)[:300]}); {_POISON_HINT}")
+
+    def _write_verdict(self, verdict: Verdict, recorded: list[Attempt],
+                       unrouted: list[OutboxEvent]) -> None:
         with self.database.transaction() as cursor:
             if verdict.acked:
                 outbox.ack(cursor, verdict.acked, worker=self.config.worker)
@@ -386,7 +489,18 @@ def _group_releases(released: list[tuple[uuid.UUID, float | None]]
 
 
 def _moment(epoch_seconds: float | None) -> datetime | None:
-    return None if epoch_seconds is None else datetime.fromtimestamp(epoch_seconds, timezone.utc)
+    if epoch_seconds is None:
+        return None
+    return datetime.fromtimestamp(min(max(epoch_seconds, 0.0), _LATEST_EPOCH_SECONDS), timezone.utc)
+
+
+def unreadable_reason(event: OutboxEvent) -> str | None:
+    """Why an event's stored data cannot be delivered (None when it can)."""
+    if isinstance(event.payload, UnreadableValue):
+        return f"its payload cannot be read ({event.payload.reason})"
+    if not isinstance(event.payload, dict):
+        return "its payload is not a JSON object"
+    return None
 
 
 def _close_quietly(connection: Any) -> None:

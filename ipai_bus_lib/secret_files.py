@@ -8,15 +8,27 @@ from pathlib import Path
 
 
 def write_private_file(path: Path, text: str, *, exclusive: bool = False) -> None:
-    """Write ``text`` to ``path`` readable by its owner only (created 0600, never wider).
+    """Write ``text`` to ``path`` readable by its owner only (mode 0600, whatever was there).
 
-    With ``exclusive`` an existing file is an error (FileExistsError) rather than replaced.
+    A replaced file is written beside it and renamed over it, so it is never readable by
+    others, not even for a moment, and an existing file's wider mode is not kept. With
+    ``exclusive`` an existing file is an error (FileExistsError) rather than replaced.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
-    flags = os.O_WRONLY | os.O_CREAT | (os.O_EXCL if exclusive else os.O_TRUNC)
-    descriptor = os.open(path, flags, 0o600)
-    with os.fdopen(descriptor, "w") as handle:
-        handle.write(text)
+    if exclusive:
+        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(descriptor, "w") as handle:
+            handle.write(text)
+        return
+    temporary = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(descriptor, "w") as handle:
+            handle.write(text)
+        os.replace(temporary, path)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
 
 
 def new_webhook_secret() -> str:

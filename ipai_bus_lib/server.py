@@ -1,4 +1,5 @@
-"""Serving the receiver with gunicorn: worker processes with threads, one connection pool each."""
+"""Serving the receiver with gunicorn: worker processes, each an asyncio HTTP front with a few
+threads for the application and one connection pool (see http_worker)."""
 
 from __future__ import annotations
 
@@ -21,7 +22,11 @@ class ServerConfig:
     port: int = 8787
     workers: int = 2
     threads: int = 8
-    keepalive_seconds: int = 30
+    # Each request's database work, connecting included, ends within this: past it the sender
+    # is answered 503 and retries later.
+    database_deadline_seconds: float = 1.5
+    max_attempts: int = 4
+    metrics_token: str | None = None
 
 
 def configure_request_log() -> None:
@@ -47,8 +52,8 @@ class _ReceiverApplication(BaseApplication):  # type: ignore[misc]
             "bind": f"{config.host}:{config.port}",
             "workers": config.workers,
             "threads": config.threads,
-            "worker_class": "gthread",
-            "keepalive": config.keepalive_seconds,
+            "worker_class": "ipai_bus_lib.http_worker.AsyncReceiverWorker",
+            "backlog": 2048,
             "timeout": 60,
             "graceful_timeout": 20,
             "accesslog": None,
@@ -65,9 +70,12 @@ class _ReceiverApplication(BaseApplication):  # type: ignore[misc]
         from .receiver import Receiver, ReceiverConfig
 
         configure_request_log()
-        database = Database(self._database_url, max_size=self._config.threads,
-                            connect_timeout=3, application_name="ipai-bus receiver")
-        return Receiver(ReceiverConfig(secrets=self._secrets), database)
+        config = self._config
+        database = Database(self._database_url, max_size=config.threads, connect_timeout=2,
+                            application_name="ipai-bus receiver",
+                            deadline_seconds=config.database_deadline_seconds)
+        return Receiver(ReceiverConfig(secrets=self._secrets, max_attempts=config.max_attempts,
+                                       metrics_token=config.metrics_token), database)
 
 
 def _forget_worker_metrics(server: Any, worker: Any) -> None:

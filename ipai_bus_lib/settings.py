@@ -122,6 +122,7 @@ class Settings:
     delivery_timeout_seconds: float = 10.0
     breaker_threshold: int = 5
     breaker_cooldown_seconds: float = 30.0
+    metrics_token: str | None = None
     # The environment as read, for destinations that name their secrets' variables.
     environment: Mapping[str, str] = field(default_factory=dict, repr=False)
 
@@ -150,5 +151,6 @@ class Settings:
             delivery_timeout_seconds=_float(env, "IPAI_DELIVERY_TIMEOUT_SECONDS", 10.0),
             breaker_threshold=_int(env, "IPAI_BREAKER_THRESHOLD", 5, minimum=1),
             breaker_cooldown_seconds=_float(env, "IPAI_BREAKER_COOLDOWN_SECONDS", 30.0),
+            metrics_token=env.get("IPAI_METRICS_TOKEN") or None,
             environment=dict(env),
         )

@@ -26,6 +26,7 @@ from .helpers import (
     receiver_process,
     signed,
     snapshot,
+    wait_until,
 )
 
 
@@ -314,8 +315,10 @@ def test_database_stopped_mid_run_gives_503_then_recovers(tmp_path):
             assert response.json() == {"ok": False, "error": "database unavailable, retry later"}
             assert requests.get(running.base_url + "/healthz", timeout=10).status_code == 503
             cluster.ensure_running()
-            response = post(running.base_url, body, signed(body, key="k-51"))
-            assert response.status_code == 200, "the receiver serves again without a restart"
+            # The pool waits a moment before it tries a database that stopped answering.
+            wait_until(lambda: post(running.base_url, body, signed(body, key="k-51"))
+                       .status_code == 200, timeout=5, interval=0.2,
+                       what="the receiver to serve again without a restart")
             assert requests.get(running.base_url + "/healthz", timeout=10).status_code == 200
             assert counts(url) == (2, 2)
     finally:

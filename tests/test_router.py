@@ -137,7 +137,7 @@ def test_timeout_is_retried(database):
         [event_id] = add_events(database)
         router.run_once()
     now = state(database, event_id)
-    assert now["status"] == "failed" and "no answer within 0.3 s" in now["last_error"]
+    assert now["status"] == "failed" and "no complete answer within 0.3 s" in now["last_error"]
 
 
 def test_connection_closed_by_the_server_while_idle_is_reopened(database):

@@ -128,13 +128,33 @@ function requiredText(doc: Record<string, Json>, name: string): string {
   return value;
 }
 
+// occurred_at's bounds, as in ipai_bus_lib.catalog: real zone offsets (-12:00 to +14:00), and a
+// moment from 0001-01-02 to 9999-12-31 in UTC, so a reader in any time zone can represent it.
+const MAX_OFFSET_MINUTES = 14 * 60;
+const MIN_OFFSET_MINUTES = -12 * 60;
+const LATEST_MS = (() => { const d = new Date(0); d.setUTCFullYear(9999, 11, 31); return d.getTime(); })();
+const EARLIEST_UTC_MS = (() => { const d = new Date(0); d.setUTCFullYear(1, 0, 2); return d.getTime(); })();
+
 function isIsoDatetime(value: string): boolean {
   const m = ISO.exec(value);
   if (!m) return false;
   const [year, month, day, hour, minute, second] = m.slice(1, 7).map(Number);
-  const probe = new Date(Date.UTC(year, month - 1, day, hour, minute, second));
-  return probe.getUTCFullYear() === year && probe.getUTCMonth() === month - 1 &&
+  const probe = new Date(0);
+  probe.setUTCFullYear(year, month - 1, day);  // Date.UTC maps years 0-99 to 1900-1999
+  probe.setUTCHours(hour, minute, second);
+  const realDate = probe.getUTCFullYear() === year && probe.getUTCMonth() === month - 1 &&
     probe.getUTCDate() === day && hour < 24 && minute < 60 && second < 60;
+  if (!realDate) return false;
+  let offsetMinutes = 0;
+  const zone = m[8];
+  if (zone !== "Z") {
+    const hours = Number(zone.slice(1, 3)), minutes = Number(zone.slice(4, 6));
+    if (minutes > 59) return false;
+    offsetMinutes = (hours * 60 + minutes) * (zone[0] === "-" ? -1 : 1);
+    if (offsetMinutes > MAX_OFFSET_MINUTES || offsetMinutes < MIN_OFFSET_MINUTES) return false;
+  }
+  const utc = probe.getTime() - offsetMinutes * 60_000;
+  return utc >= EARLIEST_UTC_MS && utc <= LATEST_MS;
 }
 
 function badRequest(message: string): Refusal {
@@ -152,6 +172,11 @@ export function parseEnvelope(doc: Json): Envelope {
   }
   const aggregateType = requiredText(doc, "aggregate_type");
   const rawId = doc["aggregate_id"];
+  if (typeof rawId === "number" && Number.isInteger(rawId) &&
+    !(rawId >= 0 && rawId <= Number.MAX_SAFE_INTEGER)) {
+    throw badRequest("aggregate_id sent as a number must be a whole number from 0 to " +
+      `${Number.MAX_SAFE_INTEGER} (send larger ids as text)`);
+  }
   const aggregateId = typeof rawId === "number" && Number.isInteger(rawId)
     ? String(rawId) : requiredText(doc, "aggregate_id");
   if (!("payload" in doc)) throw badRequest("missing field: payload");
@@ -169,8 +194,8 @@ export function parseEnvelope(doc: Json): Envelope {
   }
   const occurred = doc["occurred_at"] ?? null;
   if (occurred !== null && (typeof occurred !== "string" || !isIsoDatetime(occurred))) {
-    throw badRequest("occurred_at must be an ISO 8601 date-time with a zone, e.g. " +
-      "2026-01-22T07:26:26Z");
+    throw badRequest("occurred_at must be an ISO 8601 date-time with a zone between -12:00 and" +
+      " +14:00, from year 0001 to 9999 in UTC, e.g. 2026-01-22T07:26:26Z");
   }
   return {
     event_type: eventType, aggregate_type: aggregateType, aggregate_id: aggregateId,
@@ -276,6 +301,8 @@ async function accept(req: Request) {
   } catch (error) {
     const code = String((error as { code?: string }).code ?? "");
     if (code === "IB001") throw new Refusal(401, "replayed signature", "replayed");
+    // The SQL function refused a value the checks above let through: the sender's fault.
+    if (code === "22023") throw badRequest(String((error as Error).message));
     const sqlstate = /^[0-9A-Z]{5}$/.test(code);
     if (!sqlstate || /^(08|57P|53)/.test(code)) {  // no server, or a server going away
       throw new Refusal(503, "database unavailable, retry later", "unavailable");
