@@ -151,15 +151,20 @@ class HttpFront:
 
     async def _read_head(self, protocol: h11.Connection,
                          reader: asyncio.StreamReader) -> h11.Request | None:
+        fed = len(protocol.trailing_data[0])  # pipelined bytes already received
         while True:
             event = protocol.next_event()
             if event is h11.NEED_DATA:
                 data = await reader.read(_READ_SIZE)
                 protocol.receive_data(data)
+                fed += len(data)
                 if not data and protocol.their_state is h11.IDLE:
                     return None  # closed between requests
                 continue
             if isinstance(event, h11.Request):
+                # h11 bounds a head still arriving; one that arrived whole is bounded here.
+                if fed - len(protocol.trailing_data[0]) > MAX_HEAD_BYTES:
+                    raise h11.RemoteProtocolError("request head too large", 431)
                 return event
             if isinstance(event, h11.ConnectionClosed) or event is h11.PAUSED:
                 return None

@@ -181,4 +181,7 @@ def age(seconds: float | None) -> str:
 
 
 def when(moment: datetime | None) -> str:
-    return moment.strftime("%Y-%m-%d %H:%M:%S") if moment else "—"
+    """A stored moment as an operator reads it; one Python cannot represent, as stored."""
+    if not moment:
+        return "—"
+    return moment.strftime("%Y-%m-%d %H:%M:%S") if isinstance(moment, datetime) else str(moment)

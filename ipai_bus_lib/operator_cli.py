@@ -118,7 +118,7 @@ def render_history(event_id: Any, history: dict[str, Any]) -> str:
             lines.append(f"  last error: {row['last_error']}")
     else:
         lines.append("  (outbox row purged; the audit copy remains)")
-    lines.append(f"  payload {json.dumps(source.get('payload'), ensure_ascii=False)}")
+    lines.append(f"  payload {json.dumps(source.get('payload'), ensure_ascii=False, default=str)}")
     lines.append("Delivery attempts" if history["attempts"] else "No delivery attempt yet")
     for attempt in history["attempts"]:
         status = f" HTTP {attempt['http_status']}" if attempt["http_status"] else ""

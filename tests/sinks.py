@@ -82,3 +82,49 @@ class HttpSink:
     def count(self) -> int:
         with self.lock:
             return len(self.received)
+
+
+class TricklingSink:
+    """A TCP server that reads a request and answers 200 one byte every ``interval`` seconds:
+    each read finishes quickly, the whole answer never does."""
+
+    def __init__(self, interval: float = 0.3, body_bytes: int = 200) -> None:
+        import socket
+
+        self.interval, self.body_bytes = interval, body_bytes
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.listener.getsockname()[1]}/hook"
+        self.requests = 0
+        self.stopped = threading.Event()
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+
+    def _serve(self) -> None:
+        self.listener.settimeout(0.2)
+        while not self.stopped.is_set():
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                continue
+            threading.Thread(target=self._trickle, args=(client,), daemon=True).start()
+
+    def _trickle(self, client: Any) -> None:
+        with client:
+            client.recv(65536)
+            self.requests += 1
+            answer = (f"HTTP/1.1 200 OK\r\nContent-Length: {self.body_bytes}\r\n\r\n".encode()
+                      + b"x" * self.body_bytes)
+            try:
+                for index in range(len(answer)):
+                    if self.stopped.wait(self.interval):
+                        return
+                    client.sendall(answer[index:index + 1])
+            except OSError:
+                return
+
+    def __enter__(self) -> TricklingSink:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stopped.set()
+        self.listener.close()
