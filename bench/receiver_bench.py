@@ -3,9 +3,10 @@
 Starts a durable embedded PostgreSQL of its own (fsync on) and `ipai-bus serve` on loopback, then:
   1. direct: N threads, each with its own psycopg2 connection, calling insert_outbox_event;
   2. receiver: N concurrent keep-alive HTTP clients (asyncio, one process) posting signed events.
-Prints both rates, p50/p99 latency, and the ratio receiver/direct.
+  3. with --flood: the receiver run again while 500 idle and 32 slow connections are held open.
+Prints the rates, p50/p99 latency, and the ratios receiver/direct and flood/no flood.
 
-    python bench/receiver_bench.py --events 4000 --clients 16
+    python bench/receiver_bench.py --events 4000 --clients 16 --flood
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from ipai_bus_lib import signing  # noqa: E402
 from ipai_bus_lib.embedded import EmbeddedPostgres  # noqa: E402
 from ipai_bus_lib.migrator import migrate  # noqa: E402
 from tests.helpers import free_port, wait_until  # noqa: E402
+from tests.test_receiver_flood import hostile_clients  # noqa: E402
 
 SECRET = "benchmark-secret-not-for-production"
 INSERT = ("select * from integration.insert_outbox_event(p_event_type => %s, p_aggregate_type => %s,"
@@ -83,11 +85,11 @@ def run_direct(url: str, events: int, clients: int) -> tuple[float, list[float]]
     return share * clients / (time.perf_counter() - started), latencies
 
 
-def signed_requests(events: int, port: int) -> list[bytes]:
+def signed_requests(events: int, port: int, run: str = "http") -> list[bytes]:
     requests = []
     for number in range(events):
-        body = body_of(number, "http")
-        headers = signing.signature_headers(SECRET, body, idempotency_key=f"http-{number}")
+        body = body_of(number, run)
+        headers = signing.signature_headers(SECRET, body, idempotency_key=f"{run}-{number}")
         head = "".join(f"{name}: {value}\r\n" for name, value in headers.items())
         requests.append((f"POST /functions/v1/odoo-webhook HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
                          f"{head}Content-Length: {len(body)}\r\n\r\n").encode() + body)
@@ -119,7 +121,7 @@ async def run_http(port: int, requests: list[bytes], clients: int) -> tuple[floa
 
 
 def report(name: str, rate: float, latencies: list[float]) -> None:
-    print(f"{name:<34} {rate:>9.0f} events/s   p50 {percentile(latencies, 0.5) * 1000:6.2f} ms"
+    print(f"{name:<42} {rate:>9.0f} events/s   p50 {percentile(latencies, 0.5) * 1000:6.2f} ms"
           f"   p99 {percentile(latencies, 0.99) * 1000:6.2f} ms   (n={len(latencies)})")
 
 
@@ -129,6 +131,8 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=16)
     parser.add_argument("--workers", type=int, default=2, help="receiver worker processes")
     parser.add_argument("--threads", type=int, default=8, help="threads per receiver worker")
+    parser.add_argument("--flood", action="store_true",
+                        help="also measure under 500 idle and 32 slow connections")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="ipai-bench-") as home:
@@ -154,6 +158,14 @@ def main() -> None:
             http_rate, http_latencies = asyncio.run(run_http(port, prepared, args.clients))
             report("receiver (verify+outbox+log)", http_rate, http_latencies)
             print(f"ratio receiver/direct: {http_rate / direct_rate:.2f}")
+            if args.flood:
+                flooded = signed_requests(args.events, port, run="flood")
+                with hostile_clients(port, idle=500, slow=32):
+                    time.sleep(1.0)
+                    flood_rate, flood_latencies = asyncio.run(
+                        run_http(port, flooded, args.clients))
+                report("receiver under flood (500 idle, 32 slow)", flood_rate, flood_latencies)
+                print(f"ratio flood/no flood: {flood_rate / http_rate:.2f}")
         finally:
             server.terminate()
             server.wait(timeout=20)

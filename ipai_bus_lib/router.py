@@ -36,6 +36,10 @@ NOTIFY_CHANNEL = "integration_outbox"
 ROUTER_SESSION_SETTINGS = {"synchronous_commit": "off"}
 # The latest moment a datetime can hold with a day to spare: no outside number goes past it.
 _LATEST_EPOCH_SECONDS = datetime(9999, 12, 30, tzinfo=timezone.utc).timestamp()
+_FIRST_RECONNECT_SECONDS = 0.5
+# No batch takes this long to deliver and settle; past it a lease is left to run out, so a bug
+# can never pin events to a router for good.
+MAX_HOLD_SECONDS = 15 * 60
 _POISON_HINT = "fix the data or the routes, then `ipai-bus retry` it (or purge it)"
 log = logging.getLogger("ipai_bus.router")
 
@@ -114,8 +118,9 @@ class Router:
         self._settler = ThreadPoolExecutor(1, thread_name_prefix="settle")
         self._settling: Future[None] | None = None
         self._stopping = threading.Event()
-        # Events claimed and not yet settled: their leases are renewed until they are.
-        self._held: set[uuid.UUID] = set()
+        # Events claimed and not yet settled, and since when: their leases are renewed until
+        # they are settled, or until MAX_HOLD_SECONDS if something went wrong.
+        self._held: dict[uuid.UUID, float] = {}
         self._held_lock = threading.Lock()
         self._lease_keeper: threading.Thread | None = None
 
@@ -129,21 +134,26 @@ class Router:
         """Deliver until stop() is called; survives the database going away and coming back."""
         listener = None
         self._start_lease_keeper()
+        backoff = _FIRST_RECONNECT_SECONDS
         try:
             while not self._stopping.is_set():
                 try:
                     if listener is None and self.config.listen:
                         listener = self._listen()
                     handled = self._run_pipelined()
+                    backoff = _FIRST_RECONNECT_SECONDS
                     if handled < self.config.batch_size or not self.config.drain:
                         self._finish_settling()
                         self._wait_for_work(listener)
                 except DatabaseUnavailable as exc:
-                    log.warning("router %s: %s; retrying in %.0f s", self.config.worker, exc,
-                                self.config.poll_seconds)
+                    # Soon at first, so delivery resumes within a second or two of the
+                    # database's return; then less often, up to the poll interval.
+                    log.warning("router %s: %s; retrying in %.1f s", self.config.worker, exc,
+                                backoff)
                     _close_quietly(listener)
                     listener = None
-                    self._stopping.wait(self.config.poll_seconds)
+                    self._stopping.wait(backoff)
+                    backoff = min(backoff * 2, self.config.poll_seconds)
                 except Exception:  # noqa: BLE001 - the router outlives its own bugs
                     # Whatever it was, the claimed events' leases run out and they come back
                     # (and go dead once their attempts are spent): the others keep flowing.
@@ -177,8 +187,9 @@ class Router:
         """Renew held leases every third of a lease, so none runs out under a delivery."""
         interval = max(self.config.lease_seconds / 3, 0.5)
         while not self._stopping.wait(interval):
+            oldest = time.monotonic() - MAX_HOLD_SECONDS
             with self._held_lock:
-                held = list(self._held)
+                held = [event_id for event_id, since in self._held.items() if since > oldest]
             if not held:
                 continue
             try:
@@ -190,12 +201,14 @@ class Router:
                             len(held), exc)
 
     def _hold(self, events: list[OutboxEvent]) -> None:
+        now = time.monotonic()
         with self._held_lock:
-            self._held.update(event.id for event in events)
+            self._held.update((event.id, now) for event in events)
 
     def _let_go(self, events: list[OutboxEvent]) -> None:
         with self._held_lock:
-            self._held.difference_update(event.id for event in events)
+            for event in events:
+                self._held.pop(event.id, None)
 
     def _wait_for_work(self, listener: Any) -> None:
         timeout = self.config.poll_seconds
@@ -236,9 +249,11 @@ class Router:
     def _run_pipelined(self) -> int:
         """As run_once, but the batch is settled in the background while the next is claimed."""
         events, attempts, unrouted = self._claim_and_deliver()
-        self._finish_settling()
-        if events:
-            self._settling = self._settler.submit(self._settle, events, attempts, unrouted)
+        try:
+            self._finish_settling()
+        finally:  # even when the previous batch could not be settled, this one is
+            if events:
+                self._settling = self._settler.submit(self._settle, events, attempts, unrouted)
         return len(events)
 
     def _finish_settling(self, *, quietly: bool = False) -> None:

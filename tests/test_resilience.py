@@ -421,3 +421,39 @@ def _raw_exchange(port: int, data: bytes) -> tuple[int, dict]:
     head, _, body = received.partition(b"\r\n\r\n")
     return int(head.split()[1]), json.loads(body)
 
+
+
+# --- the database restarting under a busy router --------------------------------------------------
+
+def test_database_restarts_under_a_busy_router_pin_nothing(tmp_path):
+    """Batches delivered while the database was away are settled or handed back, never held."""
+    from ipai_bus_lib.db import Database
+
+    cluster = EmbeddedPostgres(tmp_path / "pg", settings={"fsync": "off"})
+    url = cluster.ensure_running()
+    migrate(url)
+    database = Database(url, max_size=6, deadline_seconds=5)
+    try:
+        ids = add_events(database, 400)
+        with HttpSink(lambda request: Reply(200, delay=0.02)) as sink:
+            router = make_router(database, {"mm": MattermostDestination("mm", sink.url)},
+                                 lease_seconds=3, batch_size=10)
+            thread = run_in_thread(router)
+            try:
+                for _ in range(3):
+                    wait_until(lambda: sink.count() > 0, what="deliveries")
+                    time.sleep(0.5)
+                    cluster.stop()
+                    time.sleep(0.5)
+                    cluster.ensure_running()
+                checker = Database(url)
+                wait_until(lambda: all(state(checker, i)["status"] == "completed" for i in ids),
+                           timeout=40, interval=0.5, what="every event to be delivered")
+                checker.close()
+            finally:
+                router.stop()
+                thread.join(10)
+        assert sink.count() >= len(ids), "every event reached the destination"
+    finally:
+        database.close()
+        cluster.stop()
