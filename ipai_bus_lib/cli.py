@@ -42,7 +42,7 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
         raise ConfigurationError(
             "no webhook secret: set IPAI_WEBHOOK_SECRET (or IPAI_WEBHOOK_SECRET_FILE);"
             " `ipai-bus secret new` makes one", setting="IPAI_WEBHOOK_SECRET")
-    url = database_url(settings)
+    url = settings.receiver_database_url or database_url(settings)
     config = ServerConfig(
         host=args.host or settings.receiver_host, port=args.port or settings.receiver_port,
         workers=args.workers or settings.receiver_workers,

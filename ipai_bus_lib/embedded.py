@@ -26,6 +26,7 @@ from .errors import EmbeddedPostgresError
 from .secret_files import write_private_file
 
 SUPERUSER = "postgres"
+RECEIVER_ROLE = "ipai_bus_receiver"
 SYSTEM_USER_WHEN_ROOT = "embedded_postgres"
 START_TIMEOUT_SECONDS = 60
 # Durable by default; tests may pass faster settings (fsync=off) for their throw-away clusters.
@@ -95,6 +96,31 @@ class EmbeddedPostgres:
             if name.strip() == "port":
                 return int(value.strip().strip("'"))
         raise EmbeddedPostgresError(f"no port configured in {self.data_dir}")
+
+    @property
+    def receiver_password_file(self) -> Path:
+        return self.home / "receiver-password"
+
+    def receiver_url(self, database: str = "postgres") -> str:
+        """The URL of ``ipai_bus_receiver``, a login role that may only ingest events (a member
+        of ``ipai_bus_ingest``, which the migrations create); made on first use."""
+        if not self.receiver_password_file.exists():
+            write_private_file(self.receiver_password_file, secrets.token_urlsafe(24) + "\n")
+        password = self.receiver_password_file.read_text().strip()
+        import psycopg2
+
+        conn = psycopg2.connect(self.url(database))
+        conn.autocommit = True
+        try:
+            with conn.cursor() as cursor:
+                cursor.execute("select 1 from pg_roles where rolname = %s", (RECEIVER_ROLE,))
+                verb = "alter" if cursor.fetchone() else "create"
+                cursor.execute(f"{verb} role {RECEIVER_ROLE} login password %s", (password,))
+                cursor.execute(f"grant ipai_bus_ingest to {RECEIVER_ROLE}")
+        finally:
+            conn.close()
+        return (f"postgresql://{RECEIVER_ROLE}:{quote(password, safe='')}@127.0.0.1:"
+                f"{self.port()}/{database}")
 
     def is_initialised(self) -> bool:
         return (self.data_dir / "PG_VERSION").exists()

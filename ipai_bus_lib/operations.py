@@ -88,8 +88,9 @@ def status(cursor: Any, *, dead_limit: int = 10) -> Status:
     cursor.execute("select event_type, count(*) from integration.event_log"
                    " where received_at > now() - interval '1 hour' group by 1 order by 1")
     logged = dict(cursor.fetchall())
-    circuits = _rows(cursor, "select destination, failures, open_until, last_error from"
-                             " integration.destination_state where state = 'open' order by 1")
+    circuits = _rows(cursor, "select destination, failures, open_until, last_error,"
+                             " open_until <= now() as trial_due from integration.destination_state"
+                             " where state = 'open' order by 1")
     return Status(by_status, by_type, float(oldest) if oldest is not None else None, expired,
                   dead, sum(logged.values()), logged, circuits)
 

@@ -74,8 +74,8 @@ def render_status(report: operations.Status) -> str:
                          f"  attempts {row['attempts']}\n      {error}")
     if report.open_circuits:
         lines += ["", "Paused destinations (circuit open)"]
-        lines += [f"  {row['destination']} until {operations.when(row['open_until'])}: "
-                  f"{(row['last_error'] or '')[:90]}" for row in report.open_circuits]
+        lines += [f"  {row['destination']} {_pause(row)}: {(row['last_error'] or '')[:90]}"
+                  for row in report.open_circuits]
     lines += ["", f"Event log, last hour: {report.logged_last_hour} accepted"
               + "".join(f"\n  {name:<28}{count}"
                         for name, count in report.logged_last_hour_by_type.items())]
@@ -100,6 +100,12 @@ def cmd_events_show(args: argparse.Namespace, settings: Settings,
         return 0
 
     return _with_cursor(settings, resolve_url, work)
+
+
+def _pause(circuit: dict) -> str:
+    if circuit.get("trial_due"):  # the pause is over; the next event for it is the trial
+        return "pause over, next delivery is a trial"
+    return f"until {operations.when(circuit['open_until'])}"
 
 
 def render_history(event_id: Any, history: dict[str, Any]) -> str:

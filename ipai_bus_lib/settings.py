@@ -123,6 +123,8 @@ class Settings:
     breaker_threshold: int = 5
     breaker_cooldown_seconds: float = 30.0
     metrics_token: str | None = None
+    # The receiver's own connection (a role in ipai_bus_ingest); DATABASE_URL when unset.
+    receiver_database_url: str | None = None
     # The environment as read, for destinations that name their secrets' variables.
     environment: Mapping[str, str] = field(default_factory=dict, repr=False)
 
@@ -152,5 +154,6 @@ class Settings:
             breaker_threshold=_int(env, "IPAI_BREAKER_THRESHOLD", 5, minimum=1),
             breaker_cooldown_seconds=_float(env, "IPAI_BREAKER_COOLDOWN_SECONDS", 30.0),
             metrics_token=env.get("IPAI_METRICS_TOKEN") or None,
+            receiver_database_url=env.get("IPAI_RECEIVER_DATABASE_URL") or None,
             environment=dict(env),
         )

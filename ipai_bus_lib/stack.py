@@ -99,6 +99,7 @@ class Stack:
         self.secret_file: Path | None = None
         self.supervisor: Supervisor | None = None
         self._embedded: Any = None  # the EmbeddedPostgres this stack started, to stop it
+        self._cluster: Any = None  # the EmbeddedPostgres in use, if any
 
     @property
     def webhook_url(self) -> str:
@@ -123,6 +124,8 @@ class Stack:
         self.database_url = self._database()
         migrate(self.database_url)
         env = {**os.environ, "DATABASE_URL": self.database_url}
+        if self._cluster is not None:  # the receiver faces the network: it may only ingest
+            env["IPAI_RECEIVER_DATABASE_URL"] = self._cluster.receiver_url()
         if not self.settings.webhook_secrets:
             self.secret_file = config_dir() / "webhook-secret"
             ensure_secret_file(self.secret_file)
@@ -143,6 +146,7 @@ class Stack:
         cluster = EmbeddedPostgres(self.settings.home or default_home())
         if not cluster.is_running():
             self._embedded = cluster  # we start it, so we stop it
+        self._cluster = cluster
         return cluster.ensure_running()
 
     def _wait_until_serving(self, timeout: float = 30.0) -> None:

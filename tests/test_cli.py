@@ -228,6 +228,11 @@ def test_up_from_an_empty_machine_delivers_and_stops_cleanly(fresh_home, tmp_pat
         wait_until(lambda: "📝 **Expense submitted**" in (tmp_path / "up.log").read_text(),
                    timeout=20, what="the console destination to print the event")
         assert processes_mentioning(str(tmp_path / "data")), "the embedded PostgreSQL runs"
+        admin = cli("db", "url", env=fresh_home).stdout.strip()
+        with psycopg2.connect(admin) as conn, conn.cursor() as cursor:
+            cursor.execute("select distinct usename from pg_stat_activity"
+                           " where application_name = 'ipai-bus receiver'")
+            assert cursor.fetchall() == [("ipai_bus_receiver",)], "the receiver may only ingest"
         children = psutil.Process(up.pid).children(recursive=True)
         assert len(children) >= 2, "a receiver and a router run under up"
     finally:

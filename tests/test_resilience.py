@@ -457,3 +457,37 @@ def test_database_restarts_under_a_busy_router_pin_nothing(tmp_path):
     finally:
         database.close()
         cluster.stop()
+
+
+# --- minor: the receiver runs as a role that may only ingest ---------------------------------------
+
+def test_receiver_runs_as_a_role_that_may_only_ingest(clean_bus, tmp_path, monkeypatch):
+    from urllib.parse import urlsplit, urlunsplit
+
+    role, password = "ipai_test_receiver", "receiver-role-password-for-tests"
+    admin = psycopg2.connect(clean_bus)
+    admin.autocommit = True
+    with admin.cursor() as cursor:
+        cursor.execute("select 1 from pg_roles where rolname = %s", (role,))
+        verb = "alter" if cursor.fetchone() else "create"
+        cursor.execute(f"{verb} role {role} login password %s", (password,))
+        cursor.execute(f"grant ipai_bus_ingest to {role}")
+    admin.close()
+    parts = urlsplit(clean_bus)
+    role_url = urlunsplit(parts._replace(netloc=f"{role}:{password}@{parts.hostname}:{parts.port}"))
+    monkeypatch.setenv("IPAI_RECEIVER_DATABASE_URL", role_url)
+    with receiver_process(clean_bus, tmp_path) as receiver:
+        body = event_body("least")
+        assert post(receiver.base_url, body, signed(body, key="least")).status_code == 200
+        metrics = requests.get(receiver.base_url + "/metrics", timeout=5).text
+    assert 'ipai_outbox_events{status="pending"} 1.0' in metrics
+    assert counts(clean_bus) == (1, 1)
+    conn = psycopg2.connect(role_url)
+    conn.autocommit = True
+    with conn.cursor() as cursor:
+        for statement in ("select * from integration.outbox",
+                          "select * from public.claim_outbox('w', 1, 60)",
+                          "delete from integration.event_log"):
+            with pytest.raises(psycopg2.errors.InsufficientPrivilege):
+                cursor.execute(statement)
+    conn.close()

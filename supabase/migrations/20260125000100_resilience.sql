@@ -119,8 +119,19 @@ revoke all on function public.extend_leases(uuid[], text, integer) from public, 
 grant execute on function public.extend_leases(uuid[], text, integer) to service_role;
 
 -- ---------------------------------------------------------------------------------------------
--- ipai_bus_ingest: the least a receiver needs. Members may call the two ingest wrappers (which
--- run as their owner) and nothing else: no table, no other function. Give the receiver's login
+-- outbox_depth: rows per status, for the receiver's /metrics without a right to read the outbox.
+-- ---------------------------------------------------------------------------------------------
+
+create function public.outbox_depth() returns table (status text, events bigint)
+    language sql stable security definer set search_path = pg_catalog, pg_temp
+as $$ select o.status, count(*) from integration.outbox o group by o.status; $$;
+
+revoke all on function public.outbox_depth() from public, anon;
+grant execute on function public.outbox_depth() to service_role, authenticated;
+
+-- ---------------------------------------------------------------------------------------------
+-- ipai_bus_ingest: the least a receiver needs. Members may call the two ingest wrappers and
+-- outbox_depth (which run as their owner) and nothing else: no table, no other function. Give the receiver's login
 -- role this membership instead of a superuser's or service_role's.
 -- ---------------------------------------------------------------------------------------------
 
@@ -134,5 +145,6 @@ $$;
 
 grant execute on function
     public.insert_outbox_event(text, text, text, jsonb, text, text, timestamptz, text, integer),
-    public.insert_event_log(uuid)
+    public.insert_event_log(uuid),
+    public.outbox_depth()
     to ipai_bus_ingest;

@@ -4,6 +4,8 @@ import threading
 from datetime import timedelta
 from functools import partial
 
+import requests
+
 from odoo import _, api, fields, models
 from odoo.exceptions import UserError
 from odoo.tools.sql import create_index
@@ -18,7 +20,14 @@ _logger = logging.getLogger(__name__)
 # Minutes before each retry; the last one repeats. The event is never dropped: an administrator
 # sees it failing (state, attempts, last error) and can press Retry.
 RETRY_MINUTES = (1, 2, 5, 10, 30, 60)
-DISPATCH_BATCH = 100
+# Events taken per cron run; the cron reports what remains (Odoo's progress API), so it runs
+# again at once while a backlog lasts instead of waiting for its next minute.
+DISPATCH_BATCH = 500
+# Outcomes are committed every this many events: a worker killed mid-batch resends at most
+# these, which the bus answers as duplicates (same idempotency key), storing nothing twice.
+COMMIT_EVERY = 50
+NOT_CONFIGURED = ("bus not configured: set the webhook URL and secret under Settings > IPAI Bus;"
+                  " the events wait and go out once they are saved")
 DISPATCH_CRON = "ipai_enterprise_bridge.ir_cron_dispatch_events"
 WAKE_KEY = "ipai_enterprise_bridge.dispatcher_woken"
 # Appended to the queueing statement: the dispatch cron's trigger row, only if rows were queued.
@@ -119,25 +128,48 @@ class IpaiEventOutbox(models.Model):
 
     @api.model
     def _cron_dispatch_events(self, limit=DISPATCH_BATCH):
-        """Post due events, oldest first; reschedule the ones that fail with back-off."""
+        """Post due events, oldest first, over one kept-alive connection; reschedule the ones
+        that fail with back-off; tell the cron how many remain. Returns how many were taken."""
         params = self.env["ir.config_parameter"].sudo()
         url, secret = params.get_param(URL_PARAMETER), params.get_param(SECRET_PARAMETER)
-        self.flush_model()  # the query below reads the table, not the ORM cache
+        self.flush_model()  # the queries below read the table, not the ORM cache
+        if not url or not secret:
+            self._note_not_configured()
+            return 0
         self.env.cr.execute(
             "SELECT id FROM ipai_event_outbox WHERE state IN ('pending', 'failed')"
             " AND next_attempt_at <= %s ORDER BY id LIMIT %s"
             " FOR UPDATE SKIP LOCKED", (fields.Datetime.now(), limit))
         due = self.browse([row[0] for row in self.env.cr.fetchall()])
-        for event in due:
-            event._dispatch(url, secret)
-            if not getattr(threading.current_thread(), "testing", False):
-                self.env.cr.commit()  # each event's outcome stands on its own
+        testing = getattr(threading.current_thread(), "testing", False)
+        with requests.Session() as session:
+            for start in range(0, len(due), COMMIT_EVERY):
+                for event in due[start:start + COMMIT_EVERY]:
+                    event._dispatch(url, secret, session=session)
+                if not testing:
+                    self.env.cr.commit()
+        self.env["ir.cron"]._notify_progress(done=len(due), remaining=self._count_due())
         return len(due)
 
-    def _dispatch(self, url, secret):
+    def _count_due(self):
+        self.flush_model()
+        self.env.cr.execute("SELECT count(*) FROM ipai_event_outbox WHERE state IN"
+                            " ('pending', 'failed') AND next_attempt_at <= %s",
+                            (fields.Datetime.now(),))
+        return self.env.cr.fetchone()[0]
+
+    def _note_not_configured(self):
+        """Waiting events say why, once; nothing is attempted or counted meanwhile."""
+        self.env.cr.execute(
+            "UPDATE ipai_event_outbox SET last_error = %s WHERE state IN ('pending', 'failed')"
+            " AND last_error IS DISTINCT FROM %s", (NOT_CONFIGURED, NOT_CONFIGURED))
+        self.invalidate_model(["last_error"])
+
+    def _dispatch(self, url, secret, *, session=None):
         self.ensure_one()
         try:
-            answer = post_event(url, secret, self._envelope(), self.idempotency_key)
+            answer = post_event(url, secret, self._envelope(), self.idempotency_key,
+                                session=session)
         except DeliveryError as error:
             delay = RETRY_MINUTES[min(self.attempts, len(RETRY_MINUTES) - 1)]
             self.write({
@@ -149,10 +181,15 @@ class IpaiEventOutbox(models.Model):
                     "sent_at": fields.Datetime.now(), "bus_event_id": answer.get("event_id")})
         return True
 
+    @api.model
+    def _wake_dispatcher(self):
+        """Run the dispatch cron as soon as a cron worker is free."""
+        self.env.ref(DISPATCH_CRON).sudo()._trigger()
+
     def action_retry(self):
         """Make the selected undelivered events due now and wake the dispatcher."""
         undelivered = self.filtered(lambda event: event.state != "sent")
         if not undelivered:
             raise UserError(_("These events were already delivered; there is nothing to retry."))
         undelivered.write({"state": "pending", "next_attempt_at": fields.Datetime.now()})
-        self.env.ref(DISPATCH_CRON).sudo()._trigger()
+        self._wake_dispatcher()

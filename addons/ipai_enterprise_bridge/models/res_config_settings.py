@@ -24,7 +24,11 @@ class ResConfigSettings(models.TransientModel):
             if secret and (len(secret) < 16 or "," in secret or secret != secret.strip()):
                 raise UserError(_("The IPAI webhook secret must be at least 16 characters, "
                                   "without commas or surrounding spaces."))
-        return super().set_values()
+        result = super().set_values()
+        params = self.env["ir.config_parameter"].sudo()
+        if params.get_param("ipai.webhook.url") and params.get_param("ipai.webhook.secret"):
+            self.env["ipai.event.outbox"]._wake_dispatcher()  # what waited goes out now
+        return result
 
     def action_ipai_send_test_event(self):
         """Post one signed test event now and report the receiver's answer."""

@@ -80,6 +80,16 @@ class TestBookingEvents(BridgeCase):
             self.book(hours=-1)
         self.assertIn("must end after it starts", str(caught.exception))
 
+    def test_only_equipment_still_out_is_overdue(self):
+        """Reserved but never taken, cancelled, or returned: nothing is out, nothing is late."""
+        reserved, cancelled = self.book(), self.book(start=self.start + timedelta(hours=9))
+        reserved.action_reserve_asset()
+        cancelled.action_reserve_asset()
+        cancelled.action_cancel()
+        model = self.env["ipai.equipment.booking"]
+        self.assertEqual(model._cron_detect_overdue_bookings(now=self.start + timedelta(days=3)), 0)
+        self.assertFalse(self.outbox("asset.overdue"))
+
     def test_overdue_cron_emits_once_per_booking_per_day(self):
         """A booking out past its end is announced at most once a day."""
         booking = self.book()

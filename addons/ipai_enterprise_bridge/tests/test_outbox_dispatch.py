@@ -145,3 +145,79 @@ class TestOutboxDispatch(BridgeCase):
                                 "record": self.booking}]))
         self.assertFalse(self.dispatch_triggers() - before)
         self.assertFalse(self.env.cr.postcommit._funcs, "no notification after commit")
+
+
+@tagged("post_install", "-at_install")
+class TestCatchUpAndConfiguration(BridgeCase):
+    """A backlog goes out in one run sequence; an unconfigured bus is a state, not an error."""
+
+    @classmethod
+    def setUpClass(cls):
+        super().setUpClass()
+        equipment = cls.env["maintenance.equipment"].create({"name": "Backlog projector"})
+        cls.booking = cls.env["ipai.equipment.booking"].create({
+            "equipment_id": equipment.id, "user_id": cls.env.user.id,
+            "date_from": datetime(2026, 4, 1, 1), "date_to": datetime(2026, 4, 1, 9)})
+
+    def queue_backlog(self, count):
+        """``count`` distinct asset.reserved events, as a busy morning would leave them."""
+        from odoo.addons.ipai_enterprise_bridge.utils.ipai_webhook import (
+            ipai_event, send_ipai_events)
+
+        start = datetime(2026, 4, 1)
+        send_ipai_events(self.env, [
+            ipai_event("asset.reserved", self.booking, self.booking._ipai_payload(),
+                       stamp=start + timedelta(seconds=number)) for number in range(count)])
+        return self.outbox("asset.reserved")
+
+    def run_cron_sequence(self):
+        """What Odoo 18's cron runner does: call the job again at once while it reports work
+        remaining (up to 10 calls a run), through the progress API."""
+        cron = self.env.ref("ipai_enterprise_bridge.ir_cron_dispatch_events")
+        progress = self.env["ir.cron.progress"].create({"cron_id": cron.id})
+        outbox = self.env["ipai.event.outbox"].with_context(ir_cron_progress_id=progress.id)
+        calls = 0
+        while calls < 10:
+            calls += 1
+            outbox._cron_dispatch_events()
+            if not progress.remaining:
+                break
+        return calls, progress
+
+    @unittest.skipUnless(RECEIVER_URL, LIVE_RECEIVER_REASON)
+    def test_a_thousand_queued_events_go_out_in_one_run_sequence_each_once(self):
+        """1,000 events waiting: the cron reports what remains and runs again at once, so all
+        are delivered in one sequence of runs, not one batch a minute; each is stored once."""
+        self.configure_receiver(RECEIVER_URL, RECEIVER_SECRET)
+        backlog = self.queue_backlog(1000)
+        self.assertEqual(len(backlog), 1000)
+        calls, progress = self.run_cron_sequence()
+        self.assertEqual(set(backlog.mapped("state")), {"sent"}, "every event delivered")
+        self.assertGreater(calls, 1, "the cron ran again while events remained")
+        self.assertEqual(progress.remaining, 0)
+        stored = bus_rows(backlog.mapped("idempotency_key"))
+        self.assertEqual(len(stored), 1000, "each event stored once at the bus")
+        self.assertEqual(len({row[0] for row in stored}), 1000)
+
+    @unittest.skipUnless(RECEIVER_URL, LIVE_RECEIVER_REASON)
+    def test_unconfigured_bus_keeps_events_waiting_then_sends_them_once_saved(self):
+        """Before the URL and secret are set, events wait saying why, without spending
+        attempts; saving the settings wakes the dispatcher and they go out."""
+        self.configure_receiver("", "")
+        [event] = self.queue_backlog(1)
+        outbox = self.env["ipai.event.outbox"]
+        self.assertEqual(outbox._cron_dispatch_events(), 0)
+        outbox._cron_dispatch_events()
+        self.assertEqual((event.state, event.attempts), ("pending", 0), "not retried in a loop")
+        self.assertIn("bus not configured", event.last_error)
+        self.assertNotIn("http://", event.last_error)
+
+        cron = self.env.ref("ipai_enterprise_bridge.ir_cron_dispatch_events")
+        triggers_before = self.env["ir.cron.trigger"].search_count([("cron_id", "=", cron.id)])
+        self.env["res.config.settings"].create({
+            "ipai_webhook_url": RECEIVER_URL, "ipai_webhook_secret": RECEIVER_SECRET}).execute()
+        self.assertGreater(
+            self.env["ir.cron.trigger"].search_count([("cron_id", "=", cron.id)]),
+            triggers_before, "saving the settings wakes the dispatcher")
+        self.assertEqual(outbox._cron_dispatch_events(), 1)
+        self.assertEqual((event.state, event.attempts), ("sent", 1))

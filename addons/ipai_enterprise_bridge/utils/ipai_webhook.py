@@ -60,8 +60,10 @@ class DeliveryError(Exception):
     """The receiver could not be reached or did not accept the event; ``message`` says why."""
 
 
-def post_event(url, secret, envelope: Envelope, key, *, timeout=POST_TIMEOUT_SECONDS):
-    """Sign and POST one envelope. Returns the receiver's JSON answer on 200.
+def post_event(url, secret, envelope: Envelope, key, *, timeout=POST_TIMEOUT_SECONDS,
+               session=None):
+    """Sign and POST one envelope (over ``session`` when given, to keep its connection alive).
+    Returns the receiver's JSON answer on 200.
 
     Raises DeliveryError with a message fit for an administrator (never the secret).
     """
@@ -71,8 +73,9 @@ def post_event(url, secret, envelope: Envelope, key, *, timeout=POST_TIMEOUT_SEC
         raise DeliveryError("no webhook secret is configured")
     body = envelope.to_bytes()
     try:
-        response = requests.post(url, data=body, timeout=timeout,
-                                 headers=signature_headers(secret, body, idempotency_key=key))
+        response = (session or requests).post(
+            url, data=body, timeout=timeout,
+            headers=signature_headers(secret, body, idempotency_key=key))
     except requests.exceptions.InvalidURL:
         raise DeliveryError("the webhook URL is malformed") from None
     except requests.exceptions.Timeout:

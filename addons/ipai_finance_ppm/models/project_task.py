@@ -4,6 +4,7 @@ from odoo import _, api, fields, models
 from odoo.exceptions import ValidationError
 
 from odoo.addons.ipai_enterprise_bridge.utils.ipai_webhook import ipai_event, send_ipai_events
+from odoo.addons.project.models.project_task import CLOSED_STATES
 
 from .ipai_bir_form import PERIOD_FORMATS, parse_period, period_label
 
@@ -26,12 +27,17 @@ class ProjectTask(models.Model):
         string="Days overdue", compute="_compute_ipai_days_overdue", store=True,
         help="Days past the filing deadline while not filed; refreshed daily")
 
-    @api.depends("ipai_filing_deadline", "ipai_finance_step")
+    @api.depends("ipai_filing_deadline", "ipai_finance_step", "state")
     def _compute_ipai_days_overdue(self):
         today = self.env.context.get("ipai_today") or fields.Date.context_today(self)
         for task in self:
-            late = task.ipai_filing_deadline and task.ipai_finance_step != "filed"
+            late = task.ipai_filing_deadline and task._ipai_is_open()
             task.ipai_days_overdue = max(0, (today - task.ipai_filing_deadline).days) if late else 0
+
+    def _ipai_is_open(self):
+        """Work still to do: not filed, not done, not cancelled (Odoo 18's closed states)."""
+        self.ensure_one()
+        return self.ipai_finance_step != "filed" and self.state not in CLOSED_STATES
 
     @api.constrains("ipai_prep_deadline", "ipai_filing_deadline")
     def _check_ipai_deadlines(self):
@@ -111,6 +117,7 @@ class ProjectTask(models.Model):
         today = today or fields.Date.context_today(self)
         late = self.with_context(ipai_today=today).search([
             ("ipai_filing_deadline", "<", today), ("ipai_bir_form_id", "!=", False),
+            ("state", "not in", list(CLOSED_STATES)),
             "|", ("ipai_finance_step", "=", False), ("ipai_finance_step", "!=", "filed")])
         late._compute_ipai_days_overdue()
         # The key carries the day, so a second run the same day queues nothing new.

@@ -64,3 +64,15 @@ class TestFinanceEvents(FinanceCase):
         self.assertEqual(
             self.env["project.task"]._cron_detect_overdue_finance_tasks(today=date(2026, 3, 1)), 0)
         self.assertFalse(self.outbox("finance_task.overdue"))
+
+    def test_overdue_cron_never_fires_for_done_or_cancelled_tasks(self):
+        """A task closed in Odoo (done or cancelled) is no longer work to chase."""
+        done, cancelled, still_open = self.new_task(), self.new_task(), self.new_task()
+        done.state = "1_done"
+        cancelled.state = "1_canceled"
+        count = self.env["project.task"]._cron_detect_overdue_finance_tasks(today=date(2026, 3, 1))
+        self.assertEqual(count, 1, "only the open task is overdue")
+        [event] = self.outbox("finance_task.overdue")
+        self.assertEqual(event.res_id, still_open.id)
+        self.assertEqual((done.ipai_days_overdue, cancelled.ipai_days_overdue), (0, 0),
+                         "closed tasks show no days overdue")
