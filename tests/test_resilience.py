@@ -491,3 +491,20 @@ def test_receiver_runs_as_a_role_that_may_only_ingest(clean_bus, tmp_path, monke
             with pytest.raises(psycopg2.errors.InsufficientPrivilege):
                 cursor.execute(statement)
     conn.close()
+
+
+# --- several Odoo databases share one bus ---------------------------------------------------------
+
+def test_the_same_record_id_from_two_sources_never_waits_for_the_other(database):
+    """Record 7 of one Odoo database does not wait behind record 7 of another."""
+    with database.transaction() as cursor:
+        for source in ("odoo-manila", "odoo-cebu"):
+            outbox.insert_event(cursor, Envelope("expense.submitted", "hr.expense", "7",
+                                                 {"amount": 1}, source=source),
+                                idempotency_key="expense.submitted:7:1")
+    with database.transaction() as cursor:
+        [first] = outbox.claim(cursor, worker="w1", limit=1)
+    with database.transaction() as cursor:
+        second = outbox.claim(cursor, worker="w2", limit=5)
+    assert [event.source for event in second] == ["odoo-cebu"], "not blocked by odoo-manila's 7"
+    assert first.source == "odoo-manila"

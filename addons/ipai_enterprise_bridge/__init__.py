@@ -1,2 +1,7 @@
 from . import models
 from . import utils
+
+
+def post_init_hook(env):
+    """Reports paid before the bridge was installed are history, not news: never announced."""
+    env["hr.expense"]._ipai_mark_paid_history()

@@ -1,7 +1,7 @@
 {
     "name": "IPAI Enterprise Bridge",
     "summary": "Signed business events from expenses and equipment bookings to the IPAI bus",
-    "version": "18.0.1.1.0",
+    "version": "18.0.1.2.0",
     "category": "Productivity",
     "license": "LGPL-3",
     "author": "IPAI",
@@ -17,6 +17,7 @@
         "views/menus.xml",
         "data/ir_cron.xml",
     ],
+    "post_init_hook": "post_init_hook",
     "installable": True,
     "application": False,
 }

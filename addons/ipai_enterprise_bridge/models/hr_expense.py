@@ -2,6 +2,7 @@ from odoo import api, fields, models
 
 # Events carry names in the source language, whoever's click emitted them.
 EVENT_LANGUAGE = "en_US"
+PAID_WATERMARK_PARAMETER = "ipai_enterprise_bridge.paid_history_until"
 
 
 class HrExpense(models.Model):
@@ -14,6 +15,24 @@ class HrExpense(models.Model):
                                      string="Currency code (events)")
     ipai_category_name = fields.Char(compute="_compute_ipai_category_name", store=True,
                                      string="Category name (events)")
+    # Whether expense.paid was announced for this line; lines paid before the bridge was
+    # installed are marked at install (history is not news), so the outbox can be purged.
+    ipai_paid_announced = fields.Boolean(string="Payment announced", readonly=True, copy=False)
+
+    @api.model
+    def _ipai_mark_paid_history(self):
+        """Mark every line of an already paid report as announced: run at install and upgrade,
+        so that only reports paid from now on are announced. Records when in a parameter."""
+        self.env.flush_all()
+        self.env.cr.execute(
+            "UPDATE hr_expense line SET ipai_paid_announced = TRUE FROM hr_expense_sheet sheet"
+            " WHERE line.sheet_id = sheet.id AND sheet.payment_state = 'paid'"
+            " AND line.ipai_paid_announced IS NOT TRUE")
+        marked = self.env.cr.rowcount
+        self.env["ir.config_parameter"].sudo().set_param(
+            PAID_WATERMARK_PARAMETER, fields.Datetime.to_string(fields.Datetime.now()))
+        self.invalidate_model(["ipai_paid_announced"])
+        return marked
 
     @api.depends("product_id.name")
     def _compute_ipai_category_name(self):

@@ -1,3 +1,5 @@
+from datetime import datetime, time
+
 from odoo import api, models
 
 from ..utils.ipai_webhook import ipai_event, send_ipai_events
@@ -33,9 +35,10 @@ class HrExpenseSheet(models.Model):
                                 and before.get(sheet.id) != approval_state)
         changed._ipai_emit(event_type)
 
-    def _ipai_emit(self, event_type, lines_of=None):
+    def _ipai_emit(self, event_type, lines_of=None, occurred_at_of=None):
         send_ipai_events(self.env, [
-            ipai_event(event_type, expense, expense._ipai_payload(), key_record=sheet)
+            ipai_event(event_type, expense, expense._ipai_payload(), key_record=sheet,
+                       occurred_at=(occurred_at_of or {}).get(sheet.id))
             for sheet in self for expense in (lines_of or {}).get(sheet.id,
                                                                   sheet.expense_line_ids)])
 
@@ -73,26 +76,36 @@ class HrExpenseSheet(models.Model):
         sheets.filtered(lambda sheet: sheet.payment_state == "paid")._ipai_emit_paid()
 
     def _ipai_emit_paid(self):
-        """expense.paid once per expense line, ever: the cron and the compute share this."""
-        lines = self.expense_line_ids
-        already = set(self.env["ipai.event.outbox"].sudo().search([
-            ("event_type", "=", "expense.paid"), ("res_model", "=", "hr.expense"),
-            ("res_id", "in", lines.ids)]).mapped("res_id"))
-        self._ipai_emit("expense.paid", lines_of={
-            sheet.id: sheet.expense_line_ids.filtered(lambda line: line.id not in already)
-            for sheet in self})
+        """expense.paid once per expense line, ever (the line records it), dated when the
+        payment was made: the cron and the compute share this."""
+        lines_of = {sheet.id: sheet.expense_line_ids.filtered(
+            lambda line: not line.ipai_paid_announced) for sheet in self}
+        unannounced = self.filtered(lambda sheet: lines_of[sheet.id])
+        unannounced._ipai_emit("expense.paid", lines_of=lines_of, occurred_at_of={
+            sheet.id: sheet._ipai_paid_at() for sheet in unannounced})
+        announced = self.env["hr.expense"].union(*lines_of.values())
+        if announced:
+            # SQL, not the ORM: this runs in a pre-commit hook, after the ORM's last flush.
+            self.env.cr.execute("UPDATE hr_expense SET ipai_paid_announced = TRUE"
+                                " WHERE id = ANY(%s)", (announced.ids,))
+            announced.invalidate_recordset(["ipai_paid_announced"])
+
+    def _ipai_paid_at(self):
+        """When the report was paid: the latest payment reconciled with its entries (or, paid
+        by the company, its entry's own date), at the start of that day."""
+        self.ensure_one()
+        moves = self.account_move_ids
+        dates = moves._get_reconciled_amls().mapped("date") or moves.mapped("date")
+        return datetime.combine(max(dates), time.min) if dates else None
 
     @api.model
     def _cron_detect_paid_expenses(self, limit=500):
-        """Safety net: paid sheets whose lines have no expense.paid event yet get one."""
+        """Safety net: paid sheets with lines not yet announced get expense.paid for them."""
         self.env.flush_all()  # the query below reads the tables, not the ORM cache
         self.env.cr.execute("""
             SELECT DISTINCT sheet.id FROM hr_expense_sheet sheet
               JOIN hr_expense line ON line.sheet_id = sheet.id
-             WHERE sheet.payment_state = 'paid'
-               AND NOT EXISTS (SELECT 1 FROM ipai_event_outbox event
-                                WHERE event.event_type = 'expense.paid'
-                                  AND event.res_model = 'hr.expense' AND event.res_id = line.id)
+             WHERE sheet.payment_state = 'paid' AND line.ipai_paid_announced IS NOT TRUE
              ORDER BY sheet.id LIMIT %s""", (limit,))
         sheets = self.sudo().browse([row[0] for row in self.env.cr.fetchall()])
         sheets._ipai_emit_paid()

@@ -13,7 +13,14 @@ from odoo.tools.sql import create_index
 from ipai_bus_lib.catalog import Envelope
 
 from ..utils.cron_waker import wake_cron_workers
-from ..utils.ipai_webhook import SECRET_PARAMETER, URL_PARAMETER, DeliveryError, post_event
+from ..utils.ipai_webhook import (
+    SECRET_PARAMETER,
+    SOURCE_PARAMETER,
+    URL_PARAMETER,
+    DeliveryError,
+    default_source,
+    post_event,
+)
 
 _logger = logging.getLogger(__name__)
 
@@ -26,6 +33,8 @@ DISPATCH_BATCH = 500
 # Outcomes are committed every this many events: a worker killed mid-batch resends at most
 # these, which the bus answers as duplicates (same idempotency key), storing nothing twice.
 COMMIT_EVERY = 50
+RETENTION_PARAMETER = "ipai.outbox.retention_days"
+DEFAULT_RETENTION_DAYS = 30
 NOT_CONFIGURED = ("bus not configured: set the webhook URL and secret under Settings > IPAI Bus;"
                   " the events wait and go out once they are saved")
 DISPATCH_CRON = "ipai_enterprise_bridge.ir_cron_dispatch_events"
@@ -67,12 +76,10 @@ class IpaiEventOutbox(models.Model):
     ]
 
     def init(self):
-        # Partial indexes instead of one per column: every index is written on the user's
-        # request path, and these two cover what is searched (due rows; paid lines' events).
+        # A partial index instead of one per column: every index is written on the user's
+        # request path, and this one covers what is searched (due rows).
         create_index(self.env.cr, "ipai_event_outbox_due_index", self._table,
                      ["next_attempt_at"], where="state IN ('pending', 'failed')")
-        create_index(self.env.cr, "ipai_event_outbox_paid_line_index", self._table,
-                     ["res_id"], where="event_type = 'expense.paid' AND res_model = 'hr.expense'")
 
     @api.model
     def _enqueue_many(self, events):
@@ -89,7 +96,8 @@ class IpaiEventOutbox(models.Model):
         uid = self.env.uid
         rows = [(event["event_type"], event["aggregate_type"], event["aggregate_id"],
                  event["record"]._name, event["record"].id, json.dumps(event["payload"]),
-                 event["key"], now, "pending", 0, now, uid, now, uid, now) for event in events]
+                 event["key"], event.get("occurred_at") or now, "pending", 0, now, uid, now, uid,
+                 now) for event in events]
         cron_id = self._dispatch_cron_to_wake()
         self.env.cr.execute(
             "WITH queued AS ("
@@ -119,12 +127,20 @@ class IpaiEventOutbox(models.Model):
             return None
         return self.env["ir.model.data"]._xmlid_to_res_id(DISPATCH_CRON, raise_if_not_found=False)
 
-    def _envelope(self):
+    def _envelope(self, source=None):
         self.ensure_one()
         return Envelope(
             event_type=self.event_type, aggregate_type=self.aggregate_type,
             aggregate_id=self.aggregate_id, payload=json.loads(self.payload),
-            occurred_at=self.occurred_at.strftime("%Y-%m-%dT%H:%M:%SZ"), source="odoo")
+            occurred_at=self.occurred_at.strftime("%Y-%m-%dT%H:%M:%SZ"),
+            source=source or self._ipai_source())
+
+    @api.model
+    def _ipai_source(self):
+        """The name this database gives the bus (``ipai.webhook.source``), by default derived
+        from the database's name: the bus keeps records of different sources apart."""
+        configured = self.env["ir.config_parameter"].sudo().get_param(SOURCE_PARAMETER)
+        return configured or default_source(self.env.cr.dbname)
 
     @api.model
     def _cron_dispatch_events(self, limit=DISPATCH_BATCH):
@@ -142,10 +158,11 @@ class IpaiEventOutbox(models.Model):
             " FOR UPDATE SKIP LOCKED", (fields.Datetime.now(), limit))
         due = self.browse([row[0] for row in self.env.cr.fetchall()])
         testing = getattr(threading.current_thread(), "testing", False)
+        source = self._ipai_source()
         with requests.Session() as session:
             for start in range(0, len(due), COMMIT_EVERY):
                 for event in due[start:start + COMMIT_EVERY]:
-                    event._dispatch(url, secret, session=session)
+                    event._dispatch(url, secret, session=session, source=source)
                 if not testing:
                     self.env.cr.commit()
         self.env["ir.cron"]._notify_progress(done=len(due), remaining=self._count_due())
@@ -165,10 +182,10 @@ class IpaiEventOutbox(models.Model):
             " AND last_error IS DISTINCT FROM %s", (NOT_CONFIGURED, NOT_CONFIGURED))
         self.invalidate_model(["last_error"])
 
-    def _dispatch(self, url, secret, *, session=None):
+    def _dispatch(self, url, secret, *, session=None, source=None):
         self.ensure_one()
         try:
-            answer = post_event(url, secret, self._envelope(), self.idempotency_key,
+            answer = post_event(url, secret, self._envelope(source), self.idempotency_key,
                                 session=session)
         except DeliveryError as error:
             delay = RETRY_MINUTES[min(self.attempts, len(RETRY_MINUTES) - 1)]
@@ -180,6 +197,21 @@ class IpaiEventOutbox(models.Model):
         self.write({"state": "sent", "attempts": self.attempts + 1, "last_error": False,
                     "sent_at": fields.Datetime.now(), "bus_event_id": answer.get("event_id")})
         return True
+
+    @api.model
+    def _cron_purge_sent(self, batch=10000):
+        """Delete sent events older than the retention (ipai.outbox.retention_days, default
+        30): the bus keeps its own audit copy; nothing in Odoo reads old sent rows."""
+        days = int(self.env["ir.config_parameter"].sudo().get_param(
+            RETENTION_PARAMETER, DEFAULT_RETENTION_DAYS) or DEFAULT_RETENTION_DAYS)
+        self.flush_model()
+        self.env.cr.execute(
+            "DELETE FROM ipai_event_outbox WHERE id IN (SELECT id FROM ipai_event_outbox"
+            " WHERE state = 'sent' AND sent_at < %s LIMIT %s)",
+            (fields.Datetime.now() - timedelta(days=max(days, 1)), batch))
+        deleted = self.env.cr.rowcount
+        self.invalidate_model()
+        return deleted
 
     @api.model
     def _wake_dispatcher(self):

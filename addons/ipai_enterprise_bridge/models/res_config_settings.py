@@ -1,7 +1,7 @@
 from odoo import _, fields, models
 from odoo.exceptions import UserError
 
-from ipai_bus_lib.catalog import Envelope
+from ipai_bus_lib.catalog import SOURCE_PATTERN, Envelope
 
 from ..utils.ipai_webhook import DeliveryError, post_event
 
@@ -10,6 +10,10 @@ class ResConfigSettings(models.TransientModel):
     _inherit = "res.config.settings"
 
     ipai_webhook_url = fields.Char(string="IPAI webhook URL", config_parameter="ipai.webhook.url")
+    ipai_webhook_source = fields.Char(
+        string="Source name", config_parameter="ipai.webhook.source",
+        help="How this database is named on the bus (letters, digits, _ . -). Databases that "
+             "share one bus need different names; empty means this database's name.")
     ipai_webhook_secret = fields.Char(string="IPAI webhook secret",
                                       config_parameter="ipai.webhook.secret",
                                       groups="base.group_system")
@@ -20,6 +24,10 @@ class ResConfigSettings(models.TransientModel):
             if url and not url.startswith(("http://", "https://")):
                 raise UserError(_("The IPAI webhook URL must start with http:// or https://, "
                                   "e.g. https://bus.example.ph/functions/v1/odoo-webhook."))
+            source = (settings.ipai_webhook_source or "").strip()
+            if source and not SOURCE_PATTERN.fullmatch(source):
+                raise UserError(_("The source name must be 1-64 letters, digits, '_', '.' or "
+                                  "'-', e.g. odoo-manila."))
             secret = settings.sudo().ipai_webhook_secret or ""
             if secret and (len(secret) < 16 or "," in secret or secret != secret.strip()):
                 raise UserError(_("The IPAI webhook secret must be at least 16 characters, "

@@ -1,4 +1,4 @@
-from odoo import Command
+from odoo import Command, fields
 from odoo.tests import tagged
 
 from odoo.addons.hr_expense.tests.common import TestExpenseCommon
@@ -119,6 +119,38 @@ class TestExpenseEvents(OutboxAssertions, TestExpenseCommon):
         events = self.outbox("expense.paid")
         self.assertEqual(len(events), 2)
         self.assertEqual(self.assertCatalogPayload(events[0])["state"], "done")
+
+    def test_reports_paid_before_the_bridge_are_history_not_news(self):
+        """Installing (or upgrading) the bridge marks reports already paid as announced: the
+        paid cron then announces none of them, and a report paid afterwards still is."""
+        history = [self.approved_company_paid_report() for _ in range(3)]
+        for sheet in history:
+            sheet.action_sheet_move_post()
+        self.env.flush_all()
+        self.env.cr.precommit.clear()  # as if these were paid before the bridge existed
+        lines = self.env["hr.expense"].union(*(sheet.expense_line_ids for sheet in history))
+        self.env.cr.execute("UPDATE hr_expense SET ipai_paid_announced = FALSE WHERE id = ANY(%s)",
+                            (lines.ids,))
+        self.env.invalidate_all()
+        self.assertEqual(self.env["hr.expense"]._ipai_mark_paid_history(), 6, "what install runs")
+        self.assertEqual(self.env["hr.expense.sheet"]._cron_detect_paid_expenses(), 0)
+        self.assertFalse(self.outbox("expense.paid"), "three paid reports, zero events")
+        news = self.approved_company_paid_report()
+        news.action_sheet_move_post()
+        self.env.cr.flush()
+        self.assertEqual(len(self.outbox("expense.paid")), 2, "paid from now on: announced")
+
+    def test_paid_event_carries_the_payment_date_not_the_moment_it_was_noticed(self):
+        sheet = self.approved_company_paid_report()
+        sheet.action_sheet_move_post()
+        self.env.flush_all()
+        self.env.cr.precommit.clear()  # noticed later, by the hourly cron
+        self.env["hr.expense.sheet"]._cron_detect_paid_expenses()
+        events = self.outbox("expense.paid")
+        paid_on = sheet.account_move_ids._get_reconciled_amls().mapped("date") or \
+            sheet.account_move_ids.mapped("date")
+        self.assertEqual({event.occurred_at.date() for event in events}, {max(paid_on)})
+        self.assertNotEqual(max(paid_on), fields.Date.today(), "the test's payment is not today")
 
     def test_rolled_back_transaction_emits_nothing(self):
         """Events live in the business transaction: a rollback takes them away too."""

@@ -8,6 +8,8 @@ from odoo import fields
 from odoo.exceptions import UserError
 from odoo.tests import tagged
 
+from odoo.addons.ipai_enterprise_bridge.utils.ipai_webhook import default_source
+
 from .common import (BUS_DATABASE_URL, LIVE_RECEIVER_REASON, RECEIVER_SECRET, RECEIVER_URL,
                      BridgeCase, closed_port_url)
 
@@ -221,3 +223,26 @@ class TestCatchUpAndConfiguration(BridgeCase):
             triggers_before, "saving the settings wakes the dispatcher")
         self.assertEqual(outbox._cron_dispatch_events(), 1)
         self.assertEqual((event.state, event.attempts), ("sent", 1))
+
+    def test_sent_events_past_the_retention_are_deleted_and_nothing_else(self):
+        """The outbox does not grow forever: sent rows older than the retention go."""
+        old, recent, waiting = self.queue_backlog(3)
+        long_ago = fields.Datetime.now() - timedelta(days=40)
+        (old | recent).write({"state": "sent", "sent_at": long_ago})
+        recent.sent_at = fields.Datetime.now() - timedelta(days=2)
+        self.env["ir.config_parameter"].sudo().set_param("ipai.outbox.retention_days", "30")
+        self.assertEqual(self.env["ipai.event.outbox"]._cron_purge_sent(), 1)
+        self.assertFalse(old.exists(), "the old sent event is gone")
+        self.assertTrue(recent.exists() and waiting.exists(), "recent and waiting ones stay")
+
+    def test_events_name_this_database_as_their_source(self):
+        """By default the source is the database's name; Settings can name it otherwise."""
+        [event] = self.queue_backlog(1)
+        expected = default_source(self.env.cr.dbname)
+        self.assertEqual(event._envelope().source, expected)
+        self.assertEqual(expected, self.env.cr.dbname, "a plain database name is kept as is")
+        self.env["res.config.settings"].create({"ipai_webhook_source": "odoo-manila"}).execute()
+        self.assertEqual(event._envelope().source, "odoo-manila")
+        with self.assertRaises(UserError):
+            self.env["res.config.settings"].create({"ipai_webhook_source": "Odoo Manila!"}).execute()
+        self.assertEqual(event._envelope().source, "odoo-manila", "a refused name changes nothing")

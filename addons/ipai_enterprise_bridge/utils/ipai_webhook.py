@@ -6,7 +6,7 @@ outbox, in the caller's transaction; the dispatch cron posts it after commit.
 """
 
 import logging
-
+import re
 
 import requests
 
@@ -19,6 +19,7 @@ _logger = logging.getLogger(__name__)
 
 URL_PARAMETER = "ipai.webhook.url"
 SECRET_PARAMETER = "ipai.webhook.secret"
+SOURCE_PARAMETER = "ipai.webhook.source"
 POST_TIMEOUT_SECONDS = 10
 
 
@@ -35,8 +36,11 @@ def send_ipai_event(env, event_type, record, values, *, aggregate_id=None, key_r
                                              key_record=key_record, stamp=stamp)])
 
 
-def ipai_event(event_type, record, values, *, aggregate_id=None, key_record=None, stamp=None):
-    """One event to queue, as send_ipai_events takes them (see send_ipai_event)."""
+def ipai_event(event_type, record, values, *, aggregate_id=None, key_record=None, stamp=None,
+               occurred_at=None):
+    """One event to queue, as send_ipai_events takes them (see send_ipai_event).
+
+    ``occurred_at`` is when the business fact happened (naive UTC), when that is not now."""
     spec = lookup(event_type)
     if spec is None:
         raise ValueError(f"{event_type} is not in the IPAI event catalog")
@@ -48,12 +52,18 @@ def ipai_event(event_type, record, values, *, aggregate_id=None, key_record=None
         "payload": build_payload(event_type, values),
         "key": idempotency_key(event_type, record.id, write_date),
         "record": record,
+        "occurred_at": occurred_at,
     }
 
 
 def send_ipai_events(env, events):
     """Queue several events in one write (e.g. one per line of an expense report)."""
     return env["ipai.event.outbox"].sudo()._enqueue_many(events)
+
+
+def default_source(database_name):
+    """A database's name as a bus source: 1-64 characters of [A-Za-z0-9_.-]."""
+    return re.sub(r"[^A-Za-z0-9_.-]", "-", database_name)[:64] or "odoo"
 
 
 class DeliveryError(Exception):
