@@ -65,8 +65,8 @@ FINANCE_TASK = Domain(
     aggregate_type="project.task",
     payload_fields=(
         "task_id", "task_name", "task_code", "bir_form", "period_covered", "employee_code",
-        "prep_deadline", "filing_deadline", "status", "assigned_to", "logframe_id",
-        "logframe_level", "days_overdue",
+        "prep_deadline", "filing_deadline", "status", "stage_name", "assigned_to",
+        "logframe_id", "logframe_level", "days_overdue",
     ),
 )
 

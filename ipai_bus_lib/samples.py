@@ -32,6 +32,10 @@ _STATE = {
     "finance_task.filed": "filed", "finance_task.overdue": "in_progress",
 }
 
+# status is the step code; the stage is what the project calls it.
+_STAGE_NAME = {"draft": "To prepare", "in_progress": "Preparing", "submitted": "For review",
+               "approved": "Approved", "filed": "Filed"}
+
 
 def sample_envelope(event_type: str, *, occurred_at: datetime | None = None) -> Envelope:
     """A realistic envelope of ``event_type`` (a catalogued type)."""
@@ -44,6 +48,7 @@ def sample_envelope(event_type: str, *, occurred_at: datetime | None = None) -> 
         aggregate = _ASSET["asset_id"]
     else:
         payload = {**_FINANCE_TASK, "status": _STATE[event_type],
+                   "stage_name": _STAGE_NAME[_STATE[event_type]],
                    "days_overdue": 3 if event_type.endswith(".overdue") else 0}
         aggregate = _FINANCE_TASK["task_id"]
     return new_envelope(event_type, str(aggregate), payload,

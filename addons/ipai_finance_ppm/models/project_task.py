@@ -74,7 +74,13 @@ class ProjectTask(models.Model):
     @api.model_create_multi
     def create(self, vals_list):
         tasks = super().create(vals_list)
-        tasks.filtered(lambda task: task._ipai_is_finance())._ipai_emit("finance_task.created")
+        finance = tasks.filtered(lambda task: task._ipai_is_finance())
+        # A task created straight into a mapped stage (kanban quick-create, an import) has
+        # reached that step too: created first, then the step, as if it had been moved there.
+        send_ipai_events(self.env, [ipai_event("finance_task.created", task, task._ipai_payload())
+                                    for task in finance] + [
+            ipai_event(f"finance_task.{task.ipai_finance_step}", task, task._ipai_payload())
+            for task in finance if task.ipai_finance_step])
         return tasks
 
     def write(self, vals):
@@ -102,7 +108,8 @@ class ProjectTask(models.Model):
             "employee_code": self.ipai_employee_code or None,
             "prep_deadline": self.ipai_prep_deadline or None,
             "filing_deadline": self.ipai_filing_deadline or None,
-            "status": self.ipai_finance_step or self.stage_id.name or None,
+            "status": self.ipai_finance_step or "draft",
+            "stage_name": self.stage_id.name or None,
             "assigned_to": ", ".join(self.user_ids.mapped("name")) or None,
             "logframe_id": self.ipai_logframe_id.id or None,
             "logframe_level": self.ipai_logframe_level or None,

@@ -76,3 +76,21 @@ class TestFinanceEvents(FinanceCase):
         self.assertEqual(event.res_id, still_open.id)
         self.assertEqual((done.ipai_days_overdue, cancelled.ipai_days_overdue), (0, 0),
                          "closed tasks show no days overdue")
+
+    def test_created_straight_into_a_mapped_stage_announces_created_then_that_step(self):
+        """Quick-create in the Preparing column: created, then in_progress, in that order;
+        status is the step code and the stage's name travels in its own field."""
+        task = self.new_task(stage_id=self.stages["in_progress"].id)
+        events = self.outbox()
+        self.assertEqual(events.mapped("event_type"),
+                         ["finance_task.created", "finance_task.in_progress"])
+        payload = self.assertCatalogPayload(events[1])
+        self.assertEqual((payload["status"], payload["stage_name"]), ("in_progress", "Preparing"))
+        self.assertEqual(events.mapped("res_id"), [task.id, task.id])
+        task.stage_id = self.stages["in_progress"]
+        self.assertEqual(len(self.outbox()), 2, "no step change, nothing more")
+
+    def test_status_is_a_step_code_even_in_an_unmapped_stage(self):
+        self.new_task()
+        payload = self.assertCatalogPayload(self.outbox("finance_task.created"))
+        self.assertEqual((payload["status"], payload["stage_name"]), ("draft", "To prepare"))
