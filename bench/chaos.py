@@ -202,7 +202,10 @@ class Bus:
                     "IPAI_ROUTES_FILE": str(routes), "CHAOS_SINK_URL": sink_url,
                     "CHAOS_SINK_SECRET": "whsec_Y2hhb3Mtc2luay1zZWNyZXQtZm9yLXRlc3Rz",
                     "IPAI_RETRY_DELAYS": "1,2,5", "IPAI_MAX_ATTEMPTS": "12",
-                    "IPAI_BREAKER_COOLDOWN_SECONDS": "2", "IPAI_ROUTER_LEASE_SECONDS": "15"}
+                    "IPAI_BREAKER_COOLDOWN_SECONDS": "2", "IPAI_ROUTER_LEASE_SECONDS": "15",
+                    # A destination that sometimes takes 2 s: deliver wider, so one slow
+                    # answer does not hold a whole batch back.
+                    "IPAI_ROUTER_BATCH_SIZE": "100", "IPAI_ROUTER_CONCURRENCY": "64"}
         self.logs = home
         self.receiver = self._start("serve", "--port", str(self.port), "--workers", "2")
         self.routers = [self._start("route") for _ in range(ROUTERS)]
@@ -316,7 +319,8 @@ def main() -> None:
             stop.set()
             chaos.join()
             sent_for = time.monotonic() - started
-            by_status = settle(bus, timeout=120)
+            by_status = settle(bus, timeout=300)
+            print(f"settled {time.monotonic() - started - sent_for:.0f} s after sending stopped")
             report(bus, sink, sender, faults, by_status, injected_unreadable, sent_for)
             if any(by_status.get(s) for s in ("pending", "processing", "failed")):
                 for log in sorted(Path(home).glob("*.log")):
@@ -346,7 +350,8 @@ def report(bus: Bus, sink: FlakySink, sender: Sender, faults: list[tuple[str, fl
     undelivered = [key for key in ours if key not in dead
                    and sink.deliveries.get(stored[key][0], 0) == 0]
     reasons = collections.Counter(_reason(error) for error in dead.values())
-    print(f"chaos run: {sent_for / 60:.1f} min, {ROUTERS} routers, receiver 2 workers, "
+    print(f"chaos run: {sent_for / 60:.1f} min sending, {ROUTERS} routers (batch 100, 64 wide),"
+          f" receiver 2 workers, "
           f"{len(faults)} faults, durable PostgreSQL")
     print(f"sent (accepted 200)        {len(sender.accepted):>8}   sender retries "
           f"{sender.retries}")

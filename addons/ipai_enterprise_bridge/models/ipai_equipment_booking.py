@@ -1,4 +1,4 @@
-from datetime import datetime, time
+from datetime import datetime, time, timedelta
 
 from odoo import _, api, fields, models
 from odoo.exceptions import UserError, ValidationError
@@ -6,6 +6,9 @@ from odoo.exceptions import UserError, ValidationError
 from ..utils.ipai_webhook import send_ipai_event
 
 ACTIVE_STATES = ("reserved", "checked_out")
+# How long before its start a booking may be checked out (ir.config_parameter, minutes).
+EARLY_CHECKOUT_PARAMETER = "ipai.booking.early_checkout_minutes"
+DEFAULT_EARLY_CHECKOUT_MINUTES = 60
 # state before → (action, state after, event)
 TRANSITIONS = {
     "reserve": ("draft", "reserved", "asset.reserved"),
@@ -35,11 +38,35 @@ class IpaiEquipmentBooking(models.Model):
     overdue_notified_on = fields.Date(readonly=True, copy=False,
                                       help="Last day an asset.overdue event was emitted")
 
+    is_overdue = fields.Boolean(string="Overdue", compute="_compute_is_overdue",
+                                help="Checked out and past its end: the equipment is late")
+
+    def init(self):
+        # One piece of equipment is in one place: at most one booking has it checked out, even
+        # when two check-outs race.
+        self.env.cr.execute(  # Odoo 18's create_unique_index takes no WHERE
+            "CREATE UNIQUE INDEX IF NOT EXISTS ipai_equipment_booking_one_checked_out"
+            " ON ipai_equipment_booking (equipment_id) WHERE state = 'checked_out'")
+
     @api.depends("equipment_id", "date_from")
     def _compute_name(self):
+        # Stored: in the zone of whoever booked (else the company's), as they read it.
         for booking in self:
-            start = fields.Datetime.to_string(booking.date_from) if booking.date_from else ""
-            booking.name = f"{booking.equipment_id.name or ''} {start[:16]}".strip()
+            start = booking._ipai_local(booking.date_from)
+            booking.name = f"{booking.equipment_id.name or ''} {start}".strip()
+
+    def _compute_is_overdue(self):
+        now = fields.Datetime.now()
+        for booking in self:
+            booking.is_overdue = booking.state == "checked_out" and booking.date_to < now
+
+    def _ipai_local(self, moment):
+        """``moment`` (naive UTC) as the people of the booking's company read it."""
+        if not moment:
+            return ""
+        tz = self.env.user.tz or self.env.company.partner_id.tz or "UTC"
+        local = fields.Datetime.context_timestamp(self.with_context(tz=tz), moment)
+        return local.strftime("%Y-%m-%d %H:%M")
 
     @api.constrains("date_from", "date_to")
     def _check_dates(self):
@@ -60,7 +87,7 @@ class IpaiEquipmentBooking(models.Model):
                     "%(equipment)s is already booked by %(user)s from %(start)s to %(end)s. "
                     "Choose another time or another piece of equipment.",
                     equipment=booking.equipment_id.name, user=clash.user_id.name,
-                    start=clash.date_from, end=clash.date_to))
+                    start=self._ipai_local(clash.date_from), end=self._ipai_local(clash.date_to)))
 
     # --- the seed's actions ----------------------------------------------------------------------
 
@@ -91,9 +118,32 @@ class IpaiEquipmentBooking(models.Model):
                     booking=booking.name,
                     state=dict(self._fields["state"].selection)[booking.state],
                     expected=dict(self._fields["state"].selection)[expected]))
+            if action == "checkout":
+                booking._ipai_check_can_leave()
             booking.state = target
             booking._ipai_emit(event_type)
         return True
+
+    def _ipai_check_can_leave(self):
+        """The equipment can go out for this booking: nobody else has it, and the booking
+        starts soon enough (within the allowed early check-out)."""
+        self.ensure_one()
+        holder = self.search([("equipment_id", "=", self.equipment_id.id),
+                              ("state", "=", "checked_out"), ("id", "!=", self.id)], limit=1)
+        if holder:
+            raise UserError(_(
+                "%(equipment)s is still checked out by %(user)s (%(booking)s). Check it in "
+                "before it goes out again.", equipment=self.equipment_id.name,
+                user=holder.user_id.name, booking=holder.name))
+        minutes = int(self.env["ir.config_parameter"].sudo().get_param(
+            EARLY_CHECKOUT_PARAMETER, DEFAULT_EARLY_CHECKOUT_MINUTES))
+        earliest = self.date_from - timedelta(minutes=minutes)
+        if fields.Datetime.now() < earliest:
+            raise UserError(_(
+                "%(booking)s starts at %(start)s; it can be checked out from %(earliest)s "
+                "(%(minutes)s minutes before). Change the booking's start to take it earlier.",
+                booking=self.name, start=self._ipai_local(self.date_from),
+                earliest=self._ipai_local(earliest), minutes=minutes))
 
     def _ipai_emit(self, event_type):
         self.ensure_one()

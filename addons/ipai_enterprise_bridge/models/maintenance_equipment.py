@@ -9,14 +9,19 @@ class MaintenanceEquipment(models.Model):
                                        string="Bookings")
     ipai_current_booking_id = fields.Many2one(
         "ipai.equipment.booking", string="Current booking",
-        compute="_compute_ipai_current_booking_id")
+        compute="_compute_ipai_current_booking_id",
+        help="The booking that has the equipment out, else the next reserved one")
+    ipai_current_booking_state = fields.Selection(related="ipai_current_booking_id.state",
+                                                  string="Booking state")
+    ipai_booking_overdue = fields.Boolean(related="ipai_current_booking_id.is_overdue",
+                                          string="Overdue")
 
     @api.depends("ipai_booking_ids.state", "ipai_booking_ids.date_from")
     def _compute_ipai_current_booking_id(self):
         for equipment in self:
-            active = equipment.ipai_booking_ids.filtered(
-                lambda booking: booking.state in ("reserved", "checked_out"))
-            equipment.ipai_current_booking_id = active.sorted("date_from")[:1]
+            out = equipment.ipai_booking_ids.filtered(lambda b: b.state == "checked_out")
+            reserved = equipment.ipai_booking_ids.filtered(lambda b: b.state == "reserved")
+            equipment.ipai_current_booking_id = out[:1] or reserved.sorted("date_from")[:1]
 
     def action_reserve_asset(self):
         """Open a new booking of this equipment; it is reserved from the booking's form."""

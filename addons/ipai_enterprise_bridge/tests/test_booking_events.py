@@ -1,5 +1,6 @@
 from datetime import datetime, timedelta
 
+from odoo import fields
 from odoo.exceptions import UserError, ValidationError
 from odoo.tests import tagged
 
@@ -79,6 +80,48 @@ class TestBookingEvents(BridgeCase):
         with self.assertRaises(ValidationError) as caught:
             self.book(hours=-1)
         self.assertIn("must end after it starts", str(caught.exception))
+
+    def test_one_equipment_cannot_be_out_with_two_bookings(self):
+        """Two reservations on different days; the first is out: the second cannot leave."""
+        monday, tuesday = self.book(), self.book(start=self.start + timedelta(days=1))
+        (monday | tuesday).action_reserve_asset()
+        monday.action_checkout_asset()
+        with self.assertRaises(UserError) as caught:
+            tuesday.action_checkout_asset()
+        self.assertIn("still checked out by Juan dela Cruz", str(caught.exception))
+        self.assertEqual(tuesday.state, "reserved")
+        self.assertEqual(len(self.outbox("asset.checked_out")), 1, "no second check-out told")
+        self.assertEqual(self.projector.ipai_current_booking_id, monday)
+
+    def test_checking_out_long_before_the_start_is_refused(self):
+        """Within an hour of the start is fine; days ahead the booking would lie."""
+        soon = self.book(start=fields.Datetime.now() + timedelta(minutes=30))
+        later = self.book(start=fields.Datetime.now() + timedelta(days=3),
+                          equipment=self.env["maintenance.equipment"].create({"name": "Mic"}))
+        (soon | later).action_reserve_asset()
+        soon.action_checkout_asset()
+        self.assertEqual(soon.state, "checked_out")
+        with self.assertRaises(UserError) as caught:
+            later.action_checkout_asset()
+        self.assertIn("can be checked out from", str(caught.exception))
+        self.assertEqual(later.state, "reserved")
+
+    def test_equipment_shows_its_current_booking_and_whether_it_is_late(self):
+        booking = self.book()
+        self.assertFalse(self.projector.ipai_current_booking_id)
+        booking.action_reserve_asset()
+        self.assertEqual(self.projector.ipai_current_booking_state, "reserved")
+        booking.action_checkout_asset()
+        self.projector.invalidate_recordset()
+        self.assertEqual((self.projector.ipai_current_booking_state,
+                          self.projector.ipai_booking_overdue), ("checked_out", True),
+                         "out since January: late")
+
+    def test_booking_names_and_messages_read_in_the_users_time_zone(self):
+        """01:00 UTC is 09:00 in Manila: that is what the name and a refusal say."""
+        self.env.user.tz = "Asia/Manila"
+        booking = self.book()
+        self.assertEqual(booking.name, "Epson EB-X51 2026-01-26 09:00")
 
     def test_only_equipment_still_out_is_overdue(self):
         """Reserved but never taken, cancelled, or returned: nothing is out, nothing is late."""
