@@ -40,7 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from ipai_bus_lib import signing  # noqa: E402
 from ipai_bus_lib.embedded import EmbeddedPostgres  # noqa: E402
 from ipai_bus_lib.migrator import migrate  # noqa: E402
-from tests.helpers import free_port, wait_until  # noqa: E402
+from tests.helpers import free_port, receiver_ready, wait_until  # noqa: E402
 
 SECRET = "chaos-secret-not-for-production"
 FAULT_EVERY_SECONDS = 20
@@ -295,7 +295,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="ipai-chaos-") as home:
         bus = Bus(Path(home), sink.url)
         try:
-            wait_until(lambda: _up(bus.port), what="the receiver")
+            wait_until(lambda: receiver_ready(bus.port), what="the receiver")
             sender = Sender(bus.port, args.rate)
             faults: list[tuple[str, float]] = []
             injected_unreadable = 0
@@ -384,15 +384,6 @@ def report(bus: Bus, sink: FlakySink, sender: Sender, faults: list[tuple[str, fl
 def _reason(error: str | None) -> str:
     text = (error or "").split(";")[0]
     return text[:90]
-
-
-def _up(port: int) -> bool:
-    import requests
-
-    try:
-        return requests.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200
-    except requests.ConnectionError:
-        return False
 
 
 if __name__ == "__main__":

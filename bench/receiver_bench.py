@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from ipai_bus_lib import signing  # noqa: E402
 from ipai_bus_lib.embedded import EmbeddedPostgres  # noqa: E402
 from ipai_bus_lib.migrator import migrate  # noqa: E402
-from tests.helpers import free_port, wait_until  # noqa: E402
+from tests.helpers import free_port, receiver_ready, wait_until  # noqa: E402
 from tests.test_receiver_flood import hostile_clients  # noqa: E402
 
 SECRET = "benchmark-secret-not-for-production"
@@ -146,9 +146,7 @@ def main() -> None:
              "--workers", str(args.workers), "--threads", str(args.threads)],
             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
-            import requests
-
-            wait_until(lambda: _up(requests, port), what="the receiver")
+            wait_until(lambda: receiver_ready(port), what="the receiver")
             print(f"machine: {os.cpu_count()} cores; {args.events} events; {args.clients} "
                   f"concurrent clients; receiver {args.workers} workers x {args.threads} threads;"
                   " PostgreSQL durable (fsync on)")
@@ -170,13 +168,6 @@ def main() -> None:
             server.terminate()
             server.wait(timeout=20)
             cluster.stop()
-
-
-def _up(requests, port: int) -> bool:
-    try:
-        return requests.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200
-    except requests.ConnectionError:
-        return False
 
 
 if __name__ == "__main__":

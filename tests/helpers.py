@@ -58,6 +58,29 @@ def _healthy(url: str) -> bool:
         return False
 
 
+def receiver_ready(port: int) -> bool:
+    """A receiver on this loopback port answers /healthz with 200 (its database is there)."""
+    try:
+        return requests.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200
+    except requests.ConnectionError:
+        return False
+
+
+@contextlib.contextmanager
+def private_cluster(tmp_path) -> Iterator[tuple[Any, str]]:
+    """A migrated embedded PostgreSQL of the test's own, for tests that stop or freeze it."""
+    from ipai_bus_lib.embedded import EmbeddedPostgres
+    from ipai_bus_lib.migrator import migrate
+
+    cluster = EmbeddedPostgres(tmp_path / "pg", settings={"fsync": "off"})
+    url = cluster.ensure_running()
+    migrate(url)
+    try:
+        yield cluster, url
+    finally:
+        cluster.stop()
+
+
 @contextlib.contextmanager
 def receiver_process(database_url: str, tmp_path, *, secrets: str = f"{PRIMARY_SECRET},{OLD_SECRET}",
                      workers: int = 1, threads: int = 8) -> Iterator[RunningProcess]:

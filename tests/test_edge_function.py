@@ -97,7 +97,17 @@ def parity_cases() -> list[tuple[str, str, bytes, dict[str, str]]]:
     large = event_body("902", payload={"blob": "x" * (300 * 1024)})
     numeric = event_body("903", aggregate_id=903)
     bad_type = event_body("904", event_type="Expense.Submitted")
+    odd_moments = [(name, event_body(f"91{n}", occurred_at=moment)) for n, (name, moment) in
+                   enumerate([("offset +24:00", "2026-01-22T07:26:26+24:00"),
+                              ("offset -12:30", "2026-01-22T07:26:26-12:30"),
+                              ("year 0 once in UTC", "0001-01-01T00:00:00+14:00"),
+                              ("year 10000 once in UTC", "9999-12-31T23:59:59-11:00"),
+                              ("year 0099 (not 1999)", "0099-03-01T00:00:00Z")])]
+    huge_id = event_body("920", aggregate_id=2 ** 53)
     return [
+        *[(f"occurred_at {name}", "POST", odd, signed(odd, key=f"parity-{name}"))
+          for name, odd in odd_moments],
+        ("numeric id beyond 2^53", "POST", huge_id, signed(huge_id, key="parity-huge-id")),
         ("valid", "POST", body, valid),
         ("duplicate", "POST", body, valid),
         ("replayed under a new key", "POST", body, {**valid, "x-idempotency-key": "parity-1b"}),
@@ -153,4 +163,4 @@ def test_edge_function_and_python_receiver_answer_alike(edge_function, make_data
     print("\n" + "\n".join(table))
     assert not mismatches, json.dumps(mismatches, indent=1)
     assert stored_rows(python_db) == stored_rows(edge_db), "the stored rows differ"
-    assert len(stored_rows(python_db)) == 3, "valid, rotated secret, numeric id"
+    assert len(stored_rows(python_db)) == 4, "valid, rotated secret, numeric id, year 0099"

@@ -12,8 +12,6 @@ import pytest
 import requests
 
 from ipai_bus_lib import signing
-from ipai_bus_lib.embedded import EmbeddedPostgres
-from ipai_bus_lib.migrator import migrate
 
 from .helpers import (
     OLD_SECRET,
@@ -23,6 +21,7 @@ from .helpers import (
     counts,
     event_body,
     post,
+    private_cluster,
     receiver_process,
     signed,
     snapshot,
@@ -299,10 +298,7 @@ def test_request_log_never_holds_secret_signature_or_payload(server, clean_bus):
 # --- the database going away -----------------------------------------------------------------------
 
 def test_database_stopped_mid_run_gives_503_then_recovers(tmp_path):
-    cluster = EmbeddedPostgres(tmp_path / "pg", settings={"fsync": "off"})
-    url = cluster.ensure_running()
-    migrate(url)
-    try:
+    with private_cluster(tmp_path) as (cluster, url):
         with receiver_process(url, tmp_path) as running:
             body = event_body("50")
             assert post(running.base_url, body, signed(body, key="k-50")).status_code == 200
@@ -321,5 +317,3 @@ def test_database_stopped_mid_run_gives_503_then_recovers(tmp_path):
                        what="the receiver to serve again without a restart")
             assert requests.get(running.base_url + "/healthz", timeout=10).status_code == 200
             assert counts(url) == (2, 2)
-    finally:
-        cluster.stop()

@@ -35,6 +35,7 @@ from .helpers import (
     counts,
     event_body,
     post,
+    private_cluster,
     receiver_process,
     signed,
     wait_until,
@@ -343,10 +344,7 @@ def _cluster_processes(cluster: EmbeddedPostgres) -> list[psutil.Process]:
 
 
 def test_12_frozen_database_gives_503_within_two_seconds_then_recovers(tmp_path):
-    cluster = EmbeddedPostgres(tmp_path / "pg", settings={"fsync": "off"})
-    url = cluster.ensure_running()
-    migrate(url)
-    try:
+    with private_cluster(tmp_path) as (cluster, url):
         with receiver_process(url, tmp_path) as receiver:
             body = event_body("12")
             assert post(receiver.base_url, body, signed(body, key="k-12")).status_code == 200
@@ -379,8 +377,6 @@ def test_12_frozen_database_gives_503_within_two_seconds_then_recovers(tmp_path)
             for body, headers in refused:
                 assert post(receiver.base_url, body, headers).status_code == 200
             assert counts(url) == (6, 6), "every event stored once"
-    finally:
-        cluster.stop()
 
 
 # --- minor: repeated headers, the server's own answers -------------------------------------------

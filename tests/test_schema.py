@@ -417,12 +417,17 @@ def test_service_role_works_through_the_public_wrappers(conn):
     assert row(conn, uuid.UUID(str(event_id)))["status"] == "completed"
 
 
+PUBLIC_WRAPPERS = ("insert_outbox_event", "insert_event_log", "claim_outbox", "ack_outbox",
+                   "fail_outbox", "release_outbox", "extend_leases", "outbox_depth")
+
+
 def test_wrappers_pin_their_search_path(conn):
     with conn, conn.cursor() as cursor:
         cursor.execute("select proname, prosecdef, proconfig from pg_proc"
-                       " where pronamespace = 'public'::regnamespace and proname like '%outbox%'")
+                       " where pronamespace = 'public'::regnamespace and proname = any(%s)",
+                       (list(PUBLIC_WRAPPERS),))
         wrappers = cursor.fetchall()
-    assert len(wrappers) == 5
+    assert sorted(name for name, _, _ in wrappers) == sorted(PUBLIC_WRAPPERS)
     for name, security_definer, config in wrappers:
         assert security_definer, f"{name} must be SECURITY DEFINER"
         assert config and any(item.startswith("search_path=") for item in config), name

@@ -1,5 +1,7 @@
 from datetime import datetime, time, timedelta
 
+import pytz
+
 from odoo import _, api, fields, models
 from odoo.exceptions import ValidationError
 
@@ -7,6 +9,10 @@ from odoo.addons.ipai_enterprise_bridge.utils.ipai_webhook import ipai_event, se
 from odoo.addons.project.models.project_task import CLOSED_STATES
 
 from .ipai_bir_form import PERIOD_FORMATS, parse_period, period_label
+
+
+# Generated filing tasks are due at this hour of their filing day, local time.
+FILING_HOUR = 9
 
 
 class ProjectTask(models.Model):
@@ -147,9 +153,17 @@ class ProjectTask(models.Model):
                 "ipai_bir_form_id": form.id, "ipai_period_covered": period,
                 "ipai_task_code": f"BIR-{form.code.replace('-', '')}-{period}",
                 "ipai_prep_deadline": prep, "ipai_filing_deadline": filing,
-                "date_deadline": datetime.combine(filing, time(9, 0)),
+                "date_deadline": self._ipai_local_to_utc(filing, FILING_HOUR),
             })
         return self.create(values)
+
+    @api.model
+    def _ipai_local_to_utc(self, day, hour):
+        """``hour`` o'clock on ``day`` where the company is (else the user), as the naive UTC
+        Odoo stores: a deadline 'by 25 April' reads 25 April in Manila, not 24 or 26."""
+        tz_name = self.env.company.partner_id.tz or self.env.user.tz or "UTC"
+        local = pytz.timezone(tz_name).localize(datetime.combine(day, time(hour, 0)))
+        return local.astimezone(pytz.utc).replace(tzinfo=None)
 
     @api.model
     def _cron_generate_filing_tasks(self, today=None):

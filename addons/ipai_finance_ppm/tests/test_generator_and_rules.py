@@ -1,5 +1,6 @@
 from datetime import date
 
+from odoo import fields
 from odoo.exceptions import AccessError, ValidationError
 from odoo.tests import tagged
 
@@ -36,6 +37,15 @@ class TestGeneratorAndRules(FinanceCase):
             "1702Q": (date(2026, 5, 25), date(2026, 5, 30)),    # 60 days after the quarter
         })
         self.assertEqual(tasks.mapped("ipai_task_code")[0][:4], "BIR-")
+
+    def test_generated_deadlines_fall_on_the_filing_day_where_the_company_is(self):
+        """'File by 2026-04-25' must read 25 April 09:00 in Manila, whatever the server's zone."""
+        self.env.company.partner_id.tz = "Asia/Manila"
+        tasks = self.generate("quarter", quarter="1")
+        task = tasks.filtered(lambda t: t.ipai_bir_form_id.code == "2550Q")
+        local = fields.Datetime.context_timestamp(task.with_context(tz="Asia/Manila"),
+                                                  task.date_deadline)
+        self.assertEqual((local.date(), local.hour), (date(2026, 4, 25), 9))
 
     def test_generator_is_idempotent(self):
         first = self.generate("month", month="1")
