@@ -41,14 +41,18 @@ from odoo.addons.ipai_enterprise_bridge.utils.ipai_webhook import ipai_event, se
 params = env['ir.config_parameter'].sudo()
 params.set_param('ipai.webhook.url', %(url)r)
 params.set_param('ipai.webhook.secret', %(secret)r)
-equipment = env['maintenance.equipment'].create({'name': 'Catch-up projector'})
-booking = env['ipai.equipment.booking'].create({
-    'equipment_id': equipment.id, 'date_from': datetime(2026, 4, 1, 1),
-    'date_to': datetime(2026, 4, 1, 9)})
-payload = booking._ipai_payload()
+bookings = []
+for number in range(%(records)d):  # a busy morning: many pieces of equipment, each booked
+    equipment = env['maintenance.equipment'].create({'name': f'Catch-up projector {number}'})
+    bookings.append(env['ipai.equipment.booking'].create({
+        'equipment_id': equipment.id, 'date_from': datetime(2026, 4, 1, 1),
+        'date_to': datetime(2026, 4, 1, 9)}))
+payloads = [booking._ipai_payload() for booking in bookings]
 start = datetime(2026, 4, 1)
 for first in range(0, %(events)d, 1000):
-    send_ipai_events(env, [ipai_event('asset.reserved', booking, payload,
+    send_ipai_events(env, [ipai_event('asset.reserved', bookings[n %% len(bookings)],
+                                      payloads[n %% len(bookings)],
+                                      aggregate_id=bookings[n %% len(bookings)].equipment_id.id,
                                       stamp=start + timedelta(seconds=n))
                            for n in range(first, min(first + 1000, %(events)d))])
 env.cr.commit()
@@ -73,6 +77,8 @@ print('RESULT', json.dumps({'elapsed': elapsed, 'runs': runs, 'sent': sent}))
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=10000)
+    parser.add_argument("--records", type=int, default=200,
+                        help="records the backlog is about (each record's events go in order)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="ipai-catchup-") as home:
         cluster = EmbeddedPostgres(Path(home))  # durable defaults
@@ -95,7 +101,7 @@ def main() -> None:
             database = create_database(str(cluster.port()), "ipai_enterprise_bridge")
             output = odoo(database, "shell", "--no-http", "--log-level=warn", stdin=SHELL_SCRIPT % {
                 "url": f"http://127.0.0.1:{port}/functions/v1/odoo-webhook", "secret": SECRET,
-                "events": args.events})
+                "events": args.events, "records": args.records})
             line = next(line for line in output.splitlines() if line.startswith("RESULT "))
             result = json.loads(line[len("RESULT "):])
             conn = psycopg2.connect(bus_url)
@@ -110,7 +116,8 @@ def main() -> None:
                 receiver.wait(timeout=30)
             cluster.stop()
     elapsed = result["elapsed"]
-    print(f"Odoo 18 at {ODOO_PATH}; {args.events} queued events; receiver 2 workers on loopback;"
+    print(f"Odoo 18 at {ODOO_PATH}; {args.events} queued events about {args.records} records;"
+          " receiver 2 workers on loopback;"
           f" {os.cpu_count()} cores; PostgreSQL durable (fsync on)")
     print(f"handed over: {result['sent']} sent in Odoo, {stored} stored at the bus "
           f"({distinct} distinct keys) in {result['runs']} cron runs")

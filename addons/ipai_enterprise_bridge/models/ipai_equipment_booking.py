@@ -55,6 +55,7 @@ class IpaiEquipmentBooking(models.Model):
             start = booking._ipai_local(booking.date_from)
             booking.name = f"{booking.equipment_id.name or ''} {start}".strip()
 
+    @api.depends("state", "date_to")
     def _compute_is_overdue(self):
         now = fields.Datetime.now()
         for booking in self:

@@ -4,8 +4,6 @@ import threading
 from datetime import timedelta
 from functools import partial
 
-import requests
-
 from odoo import _, api, fields, models
 from odoo.exceptions import UserError
 from odoo.tools.sql import create_index
@@ -18,8 +16,8 @@ from ..utils.ipai_webhook import (
     SOURCE_PARAMETER,
     URL_PARAMETER,
     DeliveryError,
+    RecordOrderedPoster,
     default_source,
-    post_event,
 )
 
 _logger = logging.getLogger(__name__)
@@ -159,10 +157,14 @@ class IpaiEventOutbox(models.Model):
         due = self.browse([row[0] for row in self.env.cr.fetchall()])
         testing = getattr(threading.current_thread(), "testing", False)
         source = self._ipai_source()
-        with requests.Session() as session:
+        with RecordOrderedPoster(url, secret) as poster:
             for start in range(0, len(due), COMMIT_EVERY):
-                for event in due[start:start + COMMIT_EVERY]:
-                    event._dispatch(url, secret, session=session, source=source)
+                chunk = due[start:start + COMMIT_EVERY]
+                outcomes = poster.post_all([
+                    (event.id, (event.aggregate_type, event.aggregate_id),
+                     event._envelope(source), event.idempotency_key) for event in chunk])
+                for event in chunk:
+                    event._record_outcome(outcomes[event.id])
                 if not testing:
                     self.env.cr.commit()
         self.env["ir.cron"]._notify_progress(done=len(due), remaining=self._count_due())
@@ -182,21 +184,19 @@ class IpaiEventOutbox(models.Model):
             " AND last_error IS DISTINCT FROM %s", (NOT_CONFIGURED, NOT_CONFIGURED))
         self.invalidate_model(["last_error"])
 
-    def _dispatch(self, url, secret, *, session=None, source=None):
+    def _record_outcome(self, outcome):
+        """Write what posting came to: sent (with the bus's event id), or failed and when to
+        try again."""
         self.ensure_one()
-        try:
-            answer = post_event(url, secret, self._envelope(source), self.idempotency_key,
-                                session=session)
-        except DeliveryError as error:
+        if isinstance(outcome, DeliveryError):
             delay = RETRY_MINUTES[min(self.attempts, len(RETRY_MINUTES) - 1)]
             self.write({
-                "state": "failed", "attempts": self.attempts + 1, "last_error": str(error),
+                "state": "failed", "attempts": self.attempts + 1, "last_error": str(outcome),
                 "next_attempt_at": fields.Datetime.now() + timedelta(minutes=delay)})
-            _logger.warning("IPAI event %s not delivered: %s", self.idempotency_key, error)
-            return False
+            _logger.warning("IPAI event %s not delivered: %s", self.idempotency_key, outcome)
+            return
         self.write({"state": "sent", "attempts": self.attempts + 1, "last_error": False,
-                    "sent_at": fields.Datetime.now(), "bus_event_id": answer.get("event_id")})
-        return True
+                    "sent_at": fields.Datetime.now(), "bus_event_id": outcome.get("event_id")})
 
     @api.model
     def _cron_purge_sent(self, batch=10000):

@@ -11,17 +11,24 @@ class MaintenanceEquipment(models.Model):
         "ipai.equipment.booking", string="Current booking",
         compute="_compute_ipai_current_booking_id",
         help="The booking that has the equipment out, else the next reserved one")
-    ipai_current_booking_state = fields.Selection(related="ipai_current_booking_id.state",
-                                                  string="Booking state")
-    ipai_booking_overdue = fields.Boolean(related="ipai_current_booking_id.is_overdue",
-                                          string="Overdue")
+    # Computed together (not related fields): a booking's change then recomputes its
+    # equipment through ipai_booking_ids, with no search on a non-stored field.
+    ipai_current_booking_state = fields.Selection(
+        [("reserved", "Reserved"), ("checked_out", "Checked out")], string="Booking state",
+        compute="_compute_ipai_current_booking_id")
+    ipai_booking_overdue = fields.Boolean(string="Overdue",
+                                          compute="_compute_ipai_current_booking_id")
 
-    @api.depends("ipai_booking_ids.state", "ipai_booking_ids.date_from")
+    @api.depends("ipai_booking_ids.state", "ipai_booking_ids.date_from",
+                 "ipai_booking_ids.date_to")
     def _compute_ipai_current_booking_id(self):
         for equipment in self:
             out = equipment.ipai_booking_ids.filtered(lambda b: b.state == "checked_out")
             reserved = equipment.ipai_booking_ids.filtered(lambda b: b.state == "reserved")
-            equipment.ipai_current_booking_id = out[:1] or reserved.sorted("date_from")[:1]
+            current = out[:1] or reserved.sorted("date_from")[:1]
+            equipment.ipai_current_booking_id = current
+            equipment.ipai_current_booking_state = current.state or False
+            equipment.ipai_booking_overdue = current.is_overdue
 
     def action_reserve_asset(self):
         """Open a new booking of this equipment; it is reserved from the booking's form."""

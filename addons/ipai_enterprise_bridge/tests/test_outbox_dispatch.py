@@ -246,3 +246,35 @@ class TestCatchUpAndConfiguration(BridgeCase):
         with self.assertRaises(UserError):
             self.env["res.config.settings"].create({"ipai_webhook_source": "Odoo Manila!"}).execute()
         self.assertEqual(event._envelope().source, "odoo-manila", "a refused name changes nothing")
+
+    @unittest.skipUnless(RECEIVER_URL, LIVE_RECEIVER_REASON)
+    def test_each_records_events_reach_the_bus_in_order_and_wait_behind_a_failure(self):
+        """Records are posted side by side, each record's events one after the other: the bus
+        accepts them in order; when one cannot be delivered, that record's later events wait
+        while other records' go on."""
+        self.configure_receiver(RECEIVER_URL, RECEIVER_SECRET)
+        first_record = self.queue_backlog(3)
+        other = self.env["ipai.equipment.booking"].create({
+            "equipment_id": self.env["maintenance.equipment"].create({"name": "Other"}).id,
+            "user_id": self.env.user.id,
+            "date_from": datetime(2026, 4, 2, 1), "date_to": datetime(2026, 4, 2, 9)})
+        from odoo.addons.ipai_enterprise_bridge.utils.ipai_webhook import (
+            WAITING_BEHIND, ipai_event, send_ipai_events)
+        second_record = send_ipai_events(self.env, [
+            ipai_event("asset.reserved", other, other._ipai_payload(),
+                       aggregate_id=other.equipment_id.id,
+                       stamp=datetime(2026, 4, 2) + timedelta(seconds=n)) for n in range(3)])
+        second_record[1].sudo().write({"event_type": "Not.A.Type"})  # the bus refuses it (400)
+        self.env["ipai.event.outbox"]._cron_dispatch_events()
+        self.assertEqual(set(first_record.mapped("state")), {"sent"})
+        self.assertEqual(second_record.mapped("state"), ["sent", "failed", "failed"])
+        self.assertIn("event_type must be lowercase dotted words", second_record[1].last_error)
+        self.assertEqual(second_record[2].last_error, WAITING_BEHIND)
+        conn = psycopg2.connect(BUS_DATABASE_URL)
+        with conn.cursor() as cursor:
+            cursor.execute("select idempotency_key from integration.outbox"
+                           " where idempotency_key = any(%s) order by seq",
+                           (first_record.mapped("idempotency_key"),))
+            accepted = [row[0] for row in cursor.fetchall()]
+        conn.close()
+        self.assertEqual(accepted, first_record.mapped("idempotency_key"), "accepted in order")
