@@ -4,6 +4,8 @@ one database migrated once per session, and a clean outbox for every test that a
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -15,6 +17,26 @@ import pytest
 from ipai_bus_lib.db import Database
 from ipai_bus_lib.embedded import EmbeddedPostgres
 from ipai_bus_lib.migrator import migrate
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Each run's temporary files, embedded PostgreSQL included, in a directory of its own.
+
+    pytest's shared default (/tmp/pytest-of-<user>) is reset to mode 0700 by every run, which
+    locks a concurrent run's PostgreSQL (another user, under root) out of its own data. A
+    private base directory that others may traverse but not list keeps runs apart.
+    """
+    if config.option.basetemp is None and not hasattr(config, "workerinput"):
+        base = tempfile.mkdtemp(prefix="ipai-bus-tests-")
+        os.chmod(base, 0o711)
+        config.option.basetemp = base
+        config._ipai_private_basetemp = base  # type: ignore[attr-defined]
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    base = getattr(config, "_ipai_private_basetemp", None)
+    if base:
+        shutil.rmtree(base, ignore_errors=True)
+
 
 # A throw-away cluster need not survive a power cut: tests run faster without fsync.
 _FAST_TEST_SETTINGS = {"fsync": "off", "synchronous_commit": "off", "full_page_writes": "off"}
