@@ -504,3 +504,17 @@ def test_the_same_record_id_from_two_sources_never_waits_for_the_other(database)
         second = outbox.claim(cursor, worker="w2", limit=5)
     assert [event.source for event in second] == ["odoo-cebu"], "not blocked by odoo-manila's 7"
     assert first.source == "odoo-manila"
+
+
+# --- IPAI_MAX_ATTEMPTS reaches what the receiver stores ---------------------------------------------
+
+def test_max_attempts_setting_is_what_the_receiver_stores(clean_bus, tmp_path, monkeypatch):
+    monkeypatch.setenv("IPAI_MAX_ATTEMPTS", "7")
+    with receiver_process(clean_bus, tmp_path) as receiver:
+        body = event_body("attempts")
+        assert post(receiver.base_url, body, signed(body, key="attempts")).status_code == 200
+    conn = psycopg2.connect(clean_bus)
+    with conn.cursor() as cursor:
+        cursor.execute("select max_attempts from integration.outbox")
+        assert cursor.fetchall() == [(7,)], "the documented setting takes effect"
+    conn.close()
