@@ -18,6 +18,7 @@ from ipai_bus_lib.db import Database
 from ipai_bus_lib.embedded import EmbeddedPostgres
 from ipai_bus_lib.migrator import migrate
 
+
 def pytest_configure(config: pytest.Config) -> None:
     """Each run's temporary files, embedded PostgreSQL included, in a directory of its own.
 
