@@ -17,7 +17,7 @@ from urllib.parse import urlsplit
 import psycopg2
 import pytest
 
-from .helpers import PRIMARY_SECRET, receiver_process
+from .helpers import PRIMARY_SECRET, free_port, receiver_process
 
 REPO = Path(__file__).resolve().parent.parent
 ODOO_PATH = Path(os.environ.get("ODOO_PATH", "~/odoo18")).expanduser()
@@ -81,6 +81,8 @@ def test_addon_tests_pass_on_odoo_18(odoo_ready, odoo_database, bus_url, tmp_pat
                           "--without-demo=all", "--test-enable",
                           "--test-tags", ",".join(f"/{addon}" for addon in ADDONS),
                           "--stop-after-init", "--log-level=test", "--max-cron-threads=0",
+                          # a port of its own: two test runs at once must not meet on 8069
+                          f"--http-port={free_port()}", f"--gevent-port={free_port()}",
                           env=env)
     output = result.stdout + result.stderr
     (tmp_path / "odoo.log").write_text(output)
