@@ -55,12 +55,15 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
 def make_router(settings: Settings, url: str, *, worker: str | None = None) -> Router:
     """A router wired from the settings: routes file (or the default), destinations, limits."""
     from .db import Database
-    from .destinations import TokenBucket, build_destination
+    from .destinations import SmtpDefaults, TokenBucket, build_destination
     from .router import ROUTER_SESSION_SETTINGS, Router, RouterConfig
     from .routes import load_routing
 
     routing = load_routing(settings.routes_file, settings.environment)
-    destinations = {name: build_destination(spec, settings.environment,
+    smtp = SmtpDefaults(host=settings.smtp_host, port=settings.smtp_port,
+                        security=settings.smtp_security, username=settings.smtp_username,
+                        password=settings.smtp_password, sender=settings.smtp_from)
+    destinations = {name: build_destination(spec, settings.environment, smtp=smtp,
                                             timeout=settings.delivery_timeout_seconds)
                     for name, spec in routing.destinations.items()}
     limits = {name: TokenBucket(spec.rate_per_second, spec.burst)
@@ -153,7 +156,7 @@ def describe_stack(stack: Stack) -> str:
     database = ("DATABASE_URL" if settings.database_url
                 else f"embedded PostgreSQL in {embedded_cluster(settings).data_dir}")
     routes = settings.routes_file or ("default routes → Mattermost"
-                                      if settings.environment.get("MATTERMOST_WEBHOOK_URL")
+                                      if settings.mattermost_webhook_url
                                       else "default routes → console")
     return (f"ipai-bus is up (Ctrl-C stops it)\n"
             f"  webhook URL  {stack.webhook_url}\n"

@@ -30,4 +30,4 @@ def running_database_url(settings: Settings) -> str:
 def embedded_cluster(settings: Settings) -> Any:  # EmbeddedPostgres: the server extra, lazily
     from .embedded import EmbeddedPostgres, default_home
 
-    return EmbeddedPostgres(settings.home or default_home())
+    return EmbeddedPostgres(default_home(settings.home))

@@ -16,6 +16,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from email.message import EmailMessage
 from typing import Any, Protocol
@@ -474,7 +475,20 @@ class CircuitBreaker:
 
 # --- building destinations from the routes file ---------------------------------------------------
 
+@dataclass(frozen=True)
+class SmtpDefaults:
+    """The SMTP_* settings: what an e-mail destination uses where the routes file is silent."""
+
+    host: str
+    port: int
+    security: str
+    username: str | None
+    password: str | None
+    sender: str
+
+
 def build_destination(spec: DestinationSpec, env: Mapping[str, str], *,
+                      smtp: SmtpDefaults,
                       timeout: float = DEFAULT_TIMEOUT_SECONDS) -> Destination:
     """A destination from its routes-file spec; secrets are read from the variables it names."""
     options = dict(spec.options)
@@ -499,13 +513,13 @@ def build_destination(spec: DestinationSpec, env: Mapping[str, str], *,
         return HttpForwardDestination(spec.name, url, secret, timeout=timeout)
     if spec.type == "email":
         return EmailDestination(
-            spec.name, host=from_env("host", env.get("SMTP_HOST", "localhost")) or "localhost",
-            port=int(from_env("port", env.get("SMTP_PORT", "587")) or 587),
-            sender=options.get("from", env.get("SMTP_FROM", "ipai-bus@localhost")),
+            spec.name, host=from_env("host") or smtp.host,
+            port=int(from_env("port") or smtp.port),
+            sender=options.get("from", smtp.sender),
             recipients=list(options.get("to", [])),
-            security=options.get("security", env.get("SMTP_SECURITY", "starttls")),
-            username=from_env("username", env.get("SMTP_USERNAME")),
-            password=from_env("password", env.get("SMTP_PASSWORD")), timeout=timeout)
+            security=options.get("security", smtp.security),
+            username=from_env("username") or smtp.username,
+            password=from_env("password") or smtp.password, timeout=timeout)
     if spec.type == "noop":
         return NoopDestination(spec.name)
     return ConsoleDestination(spec.name)

@@ -56,11 +56,11 @@ def _bin_dir() -> Path:
     return Path(POSTGRES_BIN_PATH)
 
 
-def default_home() -> Path:
-    """Where the bus keeps its own state: $IPAI_BUS_HOME, else the user's data directory."""
-    configured = os.environ.get("IPAI_BUS_HOME")
+def default_home(configured: Path | None = None) -> Path:
+    """Where the bus keeps its own state: IPAI_BUS_HOME (as read by settings), else the user's
+    data directory."""
     if configured:
-        return Path(configured).expanduser()
+        return configured
     import platformdirs
 
     return Path(platformdirs.user_data_dir("ipai-bus"))

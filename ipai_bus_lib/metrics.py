@@ -8,7 +8,6 @@ that one read), so scrapers cannot load the database however often they come.
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 from collections.abc import Iterator
@@ -73,8 +72,9 @@ class OutboxDepthCollector(Collector):
 class ReceiverMetrics:
     """The receiver's counters and histogram, and their rendering in the text format."""
 
-    def __init__(self, database: Database) -> None:
-        self._multiprocess = bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
+    def __init__(self, database: Database, *, multiprocess: bool = False) -> None:
+        # Under `ipai-bus serve`, whose workers share PROMETHEUS_MULTIPROC_DIR: add them all up.
+        self._multiprocess = multiprocess
         self._own = CollectorRegistry()
         self.requests = Counter("ipai_receiver_requests", "Webhook requests by outcome",
                                 ["outcome"], registry=self._own)

@@ -28,6 +28,7 @@ from .errors import DatabaseUnavailable
 from .formatters import Message, format_event
 from .outbox import OutboxEvent
 from .routes import Route, RoutingTable
+from .settings import DEFAULTS
 
 NOTIFY_CHANNEL = "integration_outbox"
 # A router's writes (claim, ack, fail, attempts) need not wait for the WAL flush: one lost in a
@@ -53,17 +54,17 @@ class RouterConfig:
     """How a router claims and delivers (defaults: the bus's; the seed polled 30 s, batch 25)."""
 
     worker: str = field(default_factory=default_worker_name)
-    batch_size: int = 25
-    lease_seconds: int = 60
-    poll_seconds: float = 5.0
-    concurrency: int = 16
-    listen: bool = True
+    batch_size: int = DEFAULTS["router_batch_size"]
+    lease_seconds: int = DEFAULTS["router_lease_seconds"]
+    poll_seconds: float = DEFAULTS["router_poll_seconds"]
+    concurrency: int = DEFAULTS["router_concurrency"]
+    listen: bool = DEFAULTS["router_listen"]
     # Claim again at once while batches come back full. Off, it takes one batch per poll, as the
     # seed's n8n schedule did (kept for the benchmark's baseline).
     drain: bool = True
-    retry_delays: tuple[int, ...] = outbox.DEFAULT_RETRY_DELAYS_SECONDS
-    breaker_threshold: int = 5
-    breaker_cooldown_seconds: float = 30.0
+    retry_delays: tuple[int, ...] = DEFAULTS["retry_delays"]
+    breaker_threshold: int = DEFAULTS["breaker_threshold"]
+    breaker_cooldown_seconds: float = DEFAULTS["breaker_cooldown_seconds"]
     odoo_base_url: str | None = None
 
 

@@ -36,11 +36,10 @@ def new_webhook_secret() -> str:
     return secrets.token_hex(32)
 
 
-def config_dir() -> Path:
-    """$IPAI_BUS_CONFIG_DIR, else the user's config directory for ipai-bus."""
-    configured = os.environ.get("IPAI_BUS_CONFIG_DIR")
+def config_dir(configured: Path | None = None) -> Path:
+    """IPAI_BUS_CONFIG_DIR (as read by settings), else the user's config directory."""
     if configured:
-        return Path(configured).expanduser()
+        return configured
     import platformdirs
 
     return Path(platformdirs.user_config_dir("ipai-bus"))

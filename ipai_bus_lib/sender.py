@@ -15,7 +15,7 @@ from .errors import ConfigurationError, EnvelopeError, IpaiBusError
 from .receiver import WEBHOOK_PATH
 from .samples import sample_envelope
 from .secret_files import config_dir
-from .settings import Settings, parse_secrets
+from .settings import Settings, read_secret_file
 from .signing import signature_headers
 
 
@@ -31,9 +31,9 @@ def signing_secret(settings: Settings) -> str:
     """The secret to sign with: IPAI_WEBHOOK_SECRET(_FILE), else the one `ipai-bus up` made."""
     if settings.webhook_secrets:
         return settings.webhook_secrets[0]
-    path = config_dir() / "webhook-secret"
+    path = config_dir(settings.config_dir) / "webhook-secret"
     if path.exists():
-        return parse_secrets(path.read_text().replace("\n", ","), setting=str(path))[0]
+        return read_secret_file(path, setting=str(path))[0]
     raise ConfigurationError("no webhook secret: set IPAI_WEBHOOK_SECRET, or run `ipai-bus up` "
                              "once to make one", setting="IPAI_WEBHOOK_SECRET")
 

@@ -13,19 +13,21 @@ from typing import Any
 
 from gunicorn.app.base import BaseApplication
 
+from .settings import DEFAULTS
+
 
 @dataclass(frozen=True)
 class ServerConfig:
     """Where and how wide the receiver listens."""
 
-    host: str = "127.0.0.1"
-    port: int = 8787
-    workers: int = 2
-    threads: int = 8
+    host: str = DEFAULTS["receiver_host"]
+    port: int = DEFAULTS["receiver_port"]
+    workers: int = DEFAULTS["receiver_workers"]
+    threads: int = DEFAULTS["receiver_threads"]
     # Each request's database work, connecting included, ends within this: past it the sender
     # is answered 503 and retries later.
     database_deadline_seconds: float = 1.5
-    max_attempts: int = 4
+    max_attempts: int = DEFAULTS["max_attempts"]
     metrics_token: str | None = None
 
 
@@ -67,6 +69,7 @@ class _ReceiverApplication(BaseApplication):  # type: ignore[misc]
     def load(self) -> Any:
         # Runs in each worker after the fork: each gets its own pool.
         from .db import Database
+        from .metrics import ReceiverMetrics
         from .receiver import Receiver, ReceiverConfig
 
         configure_request_log()
@@ -75,7 +78,8 @@ class _ReceiverApplication(BaseApplication):  # type: ignore[misc]
                             application_name="ipai-bus receiver",
                             deadline_seconds=config.database_deadline_seconds)
         return Receiver(ReceiverConfig(secrets=self._secrets, max_attempts=config.max_attempts,
-                                       metrics_token=config.metrics_token), database)
+                                       metrics_token=config.metrics_token), database,
+                        ReceiverMetrics(database, multiprocess=True))
 
 
 def _forget_worker_metrics(server: Any, worker: Any) -> None:

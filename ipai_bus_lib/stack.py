@@ -23,7 +23,7 @@ from .errors import ConfigurationError, IpaiBusError
 from .migrator import migrate
 from .receiver import WEBHOOK_PATH
 from .secret_files import config_dir, ensure_secret_file
-from .settings import Settings
+from .settings import Settings, read_secret_file
 
 RESTARTS_ALLOWED = 5
 RESTART_WINDOW_SECONDS = 60.0
@@ -110,7 +110,7 @@ class Stack:
         if self.settings.webhook_secrets:
             return self.settings.webhook_secrets[0]
         assert self.secret_file is not None
-        return self.secret_file.read_text().strip().split(",")[0]
+        return read_secret_file(self.secret_file, setting=str(self.secret_file))[0]
 
     def __enter__(self) -> Stack:
         try:
@@ -127,7 +127,7 @@ class Stack:
         if self._cluster is not None:  # the receiver faces the network: it may only ingest
             env["IPAI_RECEIVER_DATABASE_URL"] = self._cluster.receiver_url()
         if not self.settings.webhook_secrets:
-            self.secret_file = config_dir() / "webhook-secret"
+            self.secret_file = config_dir(self.settings.config_dir) / "webhook-secret"
             ensure_secret_file(self.secret_file)
             env["IPAI_WEBHOOK_SECRET_FILE"] = str(self.secret_file)
         command = [sys.executable, "-m", "ipai_bus_lib.cli"]
@@ -143,7 +143,7 @@ class Stack:
             return self.settings.database_url
         from .embedded import EmbeddedPostgres, default_home
 
-        cluster = EmbeddedPostgres(self.settings.home or default_home())
+        cluster = EmbeddedPostgres(default_home(self.settings.home))
         if not cluster.is_running():
             self._embedded = cluster  # we start it, so we stop it
         self._cluster = cluster
