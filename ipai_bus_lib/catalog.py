@@ -37,11 +37,23 @@ DEFAULT_SOURCE = "odoo"
 
 @dataclass(frozen=True)
 class Domain:
-    """A family of events about one kind of Odoo record."""
+    """A family of events about one kind of Odoo record, and what every reader needs of it."""
 
     name: str
     aggregate_type: str
     payload_fields: tuple[str, ...]
+    title: str  # how a message names the record ("Expense submitted")
+    link_model: str  # the Odoo model a message links to
+    link_field: str  # the payload field holding that record's id
+    sample: Mapping[str, Any]  # a realistic payload, for demos and samples
+    sample_aggregate_field: str  # the sample payload field whose value is the aggregate id
+
+    def event_type(self, step: str) -> str:
+        """The catalogued type of ``step`` in this domain; EnvelopeError if there is none."""
+        name = f"{self.name}.{step}"
+        if name not in CATALOG:
+            raise EnvelopeError(f"{name!r} is not in the event catalog", field="event_type")
+        return name
 
 
 EXPENSE = Domain(
@@ -51,6 +63,13 @@ EXPENSE = Domain(
         "expense_id", "employee_id", "employee_name", "employee_code", "amount", "currency",
         "description", "date", "category", "state",
     ),
+    title="Expense", link_model="hr.expense", link_field="expense_id",
+    sample=MappingProxyType({
+        "expense_id": 4201, "employee_id": 17, "employee_name": "Maria Santos",
+        "employee_code": "EMP-0017", "amount": 1250.5, "currency": "PHP",
+        "description": "Grab to BIR RDO 050, Makati", "date": "2026-01-22",
+        "category": "Travel"}),
+    sample_aggregate_field="expense_id",
 )
 ASSET = Domain(
     name="asset",
@@ -59,6 +78,12 @@ ASSET = Domain(
         "booking_id", "asset_id", "asset_name", "asset_category", "reserved_by",
         "reserved_by_name", "reserved_from", "reserved_to", "booking_state",
     ),
+    title="Equipment", link_model="ipai.equipment.booking", link_field="booking_id",
+    sample=MappingProxyType({
+        "booking_id": 88, "asset_id": 12, "asset_name": "Epson EB-X51 projector",
+        "asset_category": "AV equipment", "reserved_by": 17, "reserved_by_name": "Maria Santos",
+        "reserved_from": "2026-01-26T01:00:00Z", "reserved_to": "2026-01-26T09:00:00Z"}),
+    sample_aggregate_field="asset_id",
 )
 FINANCE_TASK = Domain(
     name="finance_task",
@@ -68,30 +93,67 @@ FINANCE_TASK = Domain(
         "prep_deadline", "filing_deadline", "status", "stage_name", "assigned_to",
         "logframe_id", "logframe_level", "days_overdue",
     ),
+    title="Finance task", link_model="project.task", link_field="task_id",
+    sample=MappingProxyType({
+        "task_id": 305, "task_name": "Monthly remittance of withholding tax on compensation",
+        "task_code": "BIR-1601C-2026-01", "bir_form": "1601-C", "period_covered": "2026-01",
+        "employee_code": "EMP-0023", "prep_deadline": "2026-02-05",
+        "filing_deadline": "2026-02-10", "assigned_to": "Ana Reyes", "logframe_id": 4,
+        "logframe_level": "output", "days_overdue": 0}),
+    sample_aggregate_field="task_id",
 )
+DOMAINS: tuple[Domain, ...] = (EXPENSE, ASSET, FINANCE_TASK)
 
 
 @dataclass(frozen=True)
 class EventType:
-    """One catalogued event type: its name, its domain and the step it announces."""
+    """One catalogued event type: its domain, the step it announces, how a message shows it,
+    and the payload values its sample carries beyond the domain's."""
 
     name: str
     domain: Domain
     step: str
+    emoji: str
+    sample_values: Mapping[str, Any]
 
     @property
     def payload_fields(self) -> tuple[str, ...]:
         return self.domain.payload_fields
 
+    @property
+    def title(self) -> str:
+        """``Expense submitted``, ``Finance task in progress``."""
+        return f"{self.domain.title} {self.step.replace('_', ' ')}".capitalize()
 
-def _types(domain: Domain, steps: tuple[str, ...]) -> dict[str, EventType]:
-    return {f"{domain.name}.{step}": EventType(f"{domain.name}.{step}", domain, step) for step in steps}
+
+def _types(domain: Domain, steps: tuple[tuple[str, str, dict[str, Any]], ...]
+           ) -> dict[str, EventType]:
+    return {f"{domain.name}.{step}": EventType(f"{domain.name}.{step}", domain, step, emoji,
+                                               MappingProxyType(sample))
+            for step, emoji, sample in steps}
 
 
+def _task(status: str, stage: str, days_overdue: int = 0) -> dict[str, Any]:
+    return {"status": status, "stage_name": stage, "days_overdue": days_overdue}
+
+
+# The one list of event types, and everything a reader needs of each.
 CATALOG: Mapping[str, EventType] = MappingProxyType({
-    **_types(EXPENSE, ("submitted", "approved", "rejected", "paid")),
-    **_types(ASSET, ("reserved", "checked_out", "checked_in", "overdue")),
-    **_types(FINANCE_TASK, ("created", "in_progress", "submitted", "approved", "filed", "overdue")),
+    **_types(EXPENSE, (
+        ("submitted", "📝", {"state": "submitted"}), ("approved", "✅", {"state": "approved"}),
+        ("rejected", "❌", {"state": "refused"}), ("paid", "💰", {"state": "done"}))),
+    **_types(ASSET, (
+        ("reserved", "📅", {"booking_state": "reserved"}),
+        ("checked_out", "📤", {"booking_state": "checked_out"}),
+        ("checked_in", "📥", {"booking_state": "checked_in"}),
+        ("overdue", "⚠️", {"booking_state": "checked_out"}))),
+    **_types(FINANCE_TASK, (
+        ("created", "🆕", _task("draft", "To prepare")),
+        ("in_progress", "🔄", _task("in_progress", "Preparing")),
+        ("submitted", "📝", _task("submitted", "For review")),
+        ("approved", "✅", _task("approved", "Approved")),
+        ("filed", "📨", _task("filed", "Filed")),
+        ("overdue", "🚨", _task("in_progress", "Preparing", days_overdue=3)))),
 })
 
 

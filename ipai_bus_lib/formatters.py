@@ -21,15 +21,6 @@ MAX_VALUE_CHARS = 300
 # Amounts are formatted as numbers only below this; beyond it they are shown as sent (bounded),
 # so a tiny payload such as "1e100000000" cannot make the formatter write a huge number.
 MAX_AMOUNT_DIGITS = 15
-STATUS_EMOJI = {
-    "expense.submitted": "📝", "expense.approved": "✅", "expense.rejected": "❌",
-    "expense.paid": "💰",
-    "asset.reserved": "📅", "asset.checked_out": "📤", "asset.checked_in": "📥",
-    "asset.overdue": "⚠️",
-    "finance_task.created": "🆕", "finance_task.in_progress": "🔄",
-    "finance_task.submitted": "📝", "finance_task.approved": "✅", "finance_task.filed": "📨",
-    "finance_task.overdue": "🚨",
-}
 GENERIC_EMOJI = "🔔"
 
 
@@ -99,9 +90,17 @@ def odoo_link(base_url: str | None, model: str, record_id: Any) -> str | None:
     return f"{base_url.rstrip('/')}/odoo/{model}/{record_id}"
 
 
-def _title(event_type: str, subject: str) -> str:
-    step = event_type.rsplit(".", 1)[-1].replace("_", " ")
-    return f"{subject} {step}"
+def _headline(event_type: str) -> tuple[str, str]:
+    """The catalog's emoji and title of ``event_type`` (a generic pair for other types)."""
+    spec = lookup(event_type)
+    return (spec.emoji, spec.title) if spec else (GENERIC_EMOJI, f"Event {event_type}")
+
+
+def _link(event_type: str, payload: Mapping[str, Any], base_url: str | None) -> str | None:
+    spec = lookup(event_type)
+    if spec is None:
+        return None
+    return odoo_link(base_url, spec.domain.link_model, payload.get(spec.domain.link_field))
 
 
 def format_expense(event_type: str, payload: Mapping[str, Any], base_url: str | None) -> Message:
@@ -109,13 +108,12 @@ def format_expense(event_type: str, payload: Mapping[str, Any], base_url: str | 
     if payload.get("employee_code"):
         who += f" ({text(payload.get('employee_code'))})"
     return Message(
-        STATUS_EMOJI.get(event_type, GENERIC_EMOJI),
-        _title(event_type, "Expense").capitalize(),
+        *_headline(event_type),
         (f"**Employee:** {who}",
          f"**Amount:** {amount(payload.get('amount'), payload.get('currency'))}",
          f"**Description:** {text(payload.get('description'))}",
          f"**Category:** {text(payload.get('category'))} · **Date:** {text(payload.get('date'))}"),
-        odoo_link(base_url, "hr.expense", payload.get("expense_id")),
+        _link(event_type, payload, base_url),
     )
 
 
@@ -124,14 +122,13 @@ def format_asset(event_type: str, payload: Mapping[str, Any], base_url: str | No
     if payload.get("asset_category"):
         asset += f" ({text(payload.get('asset_category'))})"
     return Message(
-        STATUS_EMOJI.get(event_type, GENERIC_EMOJI),
-        _title(event_type, "Equipment").capitalize(),
+        *_headline(event_type),
         (f"**Asset:** {asset}",
          f"**Booked by:** {text(payload.get('reserved_by_name'))}",
          f"**From:** {text(payload.get('reserved_from'))} · **To:** "
          f"{text(payload.get('reserved_to'))}",
          f"**Booking state:** {text(payload.get('booking_state'))}"),
-        odoo_link(base_url, "ipai.equipment.booking", payload.get("booking_id")),
+        _link(event_type, payload, base_url),
     )
 
 
@@ -147,12 +144,7 @@ def format_finance_task(event_type: str, payload: Mapping[str, Any],
     ]
     if event_type.endswith(".overdue") or payload.get("days_overdue"):
         lines.append(f"**Days overdue:** {text(payload.get('days_overdue'))}")
-    return Message(
-        STATUS_EMOJI.get(event_type, GENERIC_EMOJI),
-        _title(event_type, "Finance task").capitalize(),
-        tuple(lines),
-        odoo_link(base_url, "project.task", payload.get("task_id")),
-    )
+    return Message(*_headline(event_type), tuple(lines), _link(event_type, payload, base_url))
 
 
 def format_generic(event_type: str, payload: Mapping[str, Any], base_url: str | None) -> Message:

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .catalog import EVENT_TYPE_PATTERN
+from .catalog import DOMAINS, EVENT_TYPE_PATTERN
 from .errors import ConfigurationError
 
 if sys.version_info >= (3, 11):
@@ -78,13 +78,13 @@ class RoutingTable:
 
 
 def default_routing(env: Mapping[str, str]) -> RoutingTable:
-    """The seed's routing: three domain routes to Mattermost (or the console without a URL)."""
+    """The seed's routing: a route per catalog domain, to Mattermost (or the console without a
+    URL), then everything else."""
     if env.get("MATTERMOST_WEBHOOK_URL"):
         target = DestinationSpec("mattermost", "mattermost", {"url_env": "MATTERMOST_WEBHOOK_URL"})
     else:
         target = DestinationSpec("console", "console")
-    routes = tuple(Route(f"{domain}.*", (target.name,), domain)
-                   for domain in ("expense", "asset", "finance_task"))
+    routes = tuple(Route(f"{domain.name}.*", (target.name,), domain.name) for domain in DOMAINS)
     return RoutingTable(routes + (Route("*", (target.name,), "generic"),), {target.name: target})
 
 

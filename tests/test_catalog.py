@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import re
 from datetime import date, datetime, timezone
+from pathlib import Path
 
 import pytest
 
@@ -109,3 +111,38 @@ def test_bad_idempotency_keys_are_refused(key):
 def test_odoo_idempotency_key_reads_naive_write_date_as_utc():
     key = catalog.idempotency_key("expense.submitted", 42, datetime(2026, 1, 22, 7, 26, 26))
     assert key == "expense.submitted:42:1769066786.0"
+
+
+# --- the catalog is the one place that knows the event types ---------------------------------------
+
+def _sources_outside_the_catalog():
+    root = Path(__file__).resolve().parent.parent
+    library = [path for path in (root / "ipai_bus_lib").glob("*.py") if path.name != "catalog.py"]
+    addons = [path for path in (root / "addons").rglob("*.py") if "tests" not in path.parts]
+    return [*library, *addons, root / "supabase" / "functions" / "odoo-webhook" / "handler.ts"]
+
+
+def test_no_event_type_is_known_anywhere_but_the_catalog():
+    """Formatters, samples, routes and the Odoo addons read types from the catalog: no module
+    names a catalogued type itself, or builds one from a domain's name."""
+    names = "|".join(re.escape(name) for name in catalog.CATALOG)
+    domains = "|".join(domain.name for domain in catalog.DOMAINS)
+    literal = re.compile(rf"[\"']({names})[\"']")
+    built = re.compile(rf"f[\"']({domains})\.\{{")
+    found = [f"{path.name}:{number}: {line.strip()}"
+             for path in _sources_outside_the_catalog()
+             for number, line in enumerate(path.read_text().splitlines(), 1)
+             if literal.search(line) or built.search(line)]
+    assert not found, "event types named outside the catalog:\n" + "\n".join(found)
+
+
+def test_every_type_has_its_emoji_title_link_and_a_valid_sample():
+    from ipai_bus_lib.samples import sample_envelope
+
+    for name, spec in catalog.CATALOG.items():
+        assert spec.emoji and spec.title.startswith(spec.domain.title.split()[0]), name
+        sample = sample_envelope(name)
+        assert list(sample.payload) == list(spec.payload_fields), name
+        assert sample.payload[spec.domain.link_field] is not None, name
+    with pytest.raises(EnvelopeError):
+        catalog.FINANCE_TASK.event_type("archived")

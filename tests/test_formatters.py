@@ -6,7 +6,7 @@ import pytest
 
 from ipai_bus_lib.catalog import CATALOG
 from ipai_bus_lib.errors import ConfigurationError
-from ipai_bus_lib.formatters import STATUS_EMOJI, format_event
+from ipai_bus_lib.formatters import format_event
 from ipai_bus_lib.routes import default_routing, load_routing, parse_routing
 
 FULL_PAYLOADS = {
@@ -38,8 +38,8 @@ LINKS = {"expense": "/odoo/hr.expense/42", "asset": "/odoo/ipai.equipment.bookin
 def test_every_event_type_reads_well_with_a_full_payload(event_type):
     domain = CATALOG[event_type].domain.name
     message = format_event(event_type, FULL_PAYLOADS[domain], odoo_base_url="https://erp.example.ph/")
-    assert message.emoji == STATUS_EMOJI[event_type]
-    assert message.markdown.startswith(f"{STATUS_EMOJI[event_type]} **")
+    assert message.emoji == CATALOG[event_type].emoji
+    assert message.markdown.startswith(f"{CATALOG[event_type].emoji} **{CATALOG[event_type].title}**")
     for expected in EXPECTED_TEXT[domain]:
         assert expected in message.markdown, f"{event_type} should show {expected}"
     assert message.link == "https://erp.example.ph" + LINKS[domain]
@@ -58,7 +58,7 @@ def test_missing_or_odd_fields_give_a_readable_message(event_type, payload):
 
 
 def test_expense_states_have_their_emoji():
-    assert [STATUS_EMOJI[f"expense.{step}"] for step in ("submitted", "approved", "rejected", "paid")] == ["📝", "✅", "❌", "💰"]
+    assert [CATALOG[f"expense.{step}"].emoji for step in ("submitted", "approved", "rejected", "paid")] == ["📝", "✅", "❌", "💰"]
 
 
 def test_unknown_type_uses_the_generic_formatter():

@@ -2,6 +2,8 @@ from datetime import datetime, time
 
 from odoo import api, models
 
+from ipai_bus_lib.catalog import EXPENSE
+
 from ..utils.ipai_webhook import ipai_event, send_ipai_events
 
 PAID_PRECOMMIT_KEY = "ipai_enterprise_bridge.paid_sheet_ids"
@@ -15,19 +17,19 @@ class HrExpenseSheet(models.Model):
     def _do_submit(self):
         before = {sheet.id: sheet.approval_state for sheet in self}
         result = super()._do_submit()
-        self._ipai_emit_transition("expense.submitted", "submit", before)
+        self._ipai_emit_transition(EXPENSE.event_type("submitted"), "submit", before)
         return result
 
     def _do_approve(self):
         before = {sheet.id: sheet.approval_state for sheet in self}
         result = super()._do_approve()
-        self._ipai_emit_transition("expense.approved", "approve", before)
+        self._ipai_emit_transition(EXPENSE.event_type("approved"), "approve", before)
         return result
 
     def _do_refuse(self, reason):
         before = {sheet.id: sheet.approval_state for sheet in self}
         result = super()._do_refuse(reason)
-        self._ipai_emit_transition("expense.rejected", "cancel", before)
+        self._ipai_emit_transition(EXPENSE.event_type("rejected"), "cancel", before)
         return result
 
     def _ipai_emit_transition(self, event_type, approval_state, before):
@@ -81,7 +83,7 @@ class HrExpenseSheet(models.Model):
         lines_of = {sheet.id: sheet.expense_line_ids.filtered(
             lambda line: not line.ipai_paid_announced) for sheet in self}
         unannounced = self.filtered(lambda sheet: lines_of[sheet.id])
-        unannounced._ipai_emit("expense.paid", lines_of=lines_of, occurred_at_of={
+        unannounced._ipai_emit(EXPENSE.event_type("paid"), lines_of=lines_of, occurred_at_of={
             sheet.id: sheet._ipai_paid_at() for sheet in unannounced})
         announced = self.env["hr.expense"].union(*lines_of.values())
         if announced:

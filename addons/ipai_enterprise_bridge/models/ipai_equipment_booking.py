@@ -3,6 +3,8 @@ from datetime import datetime, time, timedelta
 from odoo import _, api, fields, models
 from odoo.exceptions import UserError, ValidationError
 
+from ipai_bus_lib.catalog import ASSET
+
 from ..utils.ipai_webhook import send_ipai_event
 
 ACTIVE_STATES = ("reserved", "checked_out")
@@ -11,9 +13,9 @@ EARLY_CHECKOUT_PARAMETER = "ipai.booking.early_checkout_minutes"
 DEFAULT_EARLY_CHECKOUT_MINUTES = 60
 # state before → (action, state after, event)
 TRANSITIONS = {
-    "reserve": ("draft", "reserved", "asset.reserved"),
-    "checkout": ("reserved", "checked_out", "asset.checked_out"),
-    "checkin": ("checked_out", "checked_in", "asset.checked_in"),
+    "reserve": ("draft", "reserved", ASSET.event_type("reserved")),
+    "checkout": ("reserved", "checked_out", ASSET.event_type("checked_out")),
+    "checkin": ("checked_out", "checked_in", ASSET.event_type("checked_in")),
 }
 
 
@@ -173,6 +175,7 @@ class IpaiEquipmentBooking(models.Model):
         day = datetime.combine(today, time.min)
         for booking in overdue:
             booking.overdue_notified_on = today
-            send_ipai_event(self.env, "asset.overdue", booking, booking._ipai_payload(),
+            send_ipai_event(self.env, ASSET.event_type("overdue"), booking,
+                            booking._ipai_payload(),
                             aggregate_id=booking.equipment_id.id, stamp=day)
         return len(overdue)

@@ -5,6 +5,8 @@ import pytz
 from odoo import _, api, fields, models
 from odoo.exceptions import ValidationError
 
+from ipai_bus_lib.catalog import FINANCE_TASK
+
 from odoo.addons.ipai_enterprise_bridge.utils.ipai_webhook import ipai_event, send_ipai_events
 from odoo.addons.project.models.project_task import CLOSED_STATES
 
@@ -83,10 +85,11 @@ class ProjectTask(models.Model):
         finance = tasks.filtered(lambda task: task._ipai_is_finance())
         # A task created straight into a mapped stage (kanban quick-create, an import) has
         # reached that step too: created first, then the step, as if it had been moved there.
-        send_ipai_events(self.env, [ipai_event("finance_task.created", task, task._ipai_payload())
-                                    for task in finance] + [
-            ipai_event(f"finance_task.{task.ipai_finance_step}", task, task._ipai_payload())
-            for task in finance if task.ipai_finance_step])
+        send_ipai_events(self.env, [
+            ipai_event(FINANCE_TASK.event_type("created"), task, task._ipai_payload())
+            for task in finance] + [
+            ipai_event(FINANCE_TASK.event_type(task.ipai_finance_step), task,
+                       task._ipai_payload()) for task in finance if task.ipai_finance_step])
         return tasks
 
     def write(self, vals):
@@ -98,7 +101,7 @@ class ProjectTask(models.Model):
                               and task.ipai_finance_step != steps_before.get(task.id))
         for step in {task.ipai_finance_step for task in moved}:
             moved.filtered(lambda task: task.ipai_finance_step == step)._ipai_emit(
-                f"finance_task.{step}")
+                FINANCE_TASK.event_type(step))
         return result
 
     def _ipai_emit(self, event_type, stamp=None):
@@ -134,7 +137,8 @@ class ProjectTask(models.Model):
             "|", ("ipai_finance_step", "=", False), ("ipai_finance_step", "!=", "filed")])
         late._compute_ipai_days_overdue()
         # The key carries the day, so a second run the same day queues nothing new.
-        late._ipai_emit("finance_task.overdue", stamp=datetime.combine(today, time.min))
+        late._ipai_emit(FINANCE_TASK.event_type("overdue"),
+                        stamp=datetime.combine(today, time.min))
         return len(late)
 
     @api.model
