@@ -14,6 +14,7 @@ from .catalog import Envelope
 from .database_location import running_database_url
 from .db import connect
 from .formatters import format_event
+from .receiver import HEALTH_PATH
 from .samples import all_samples
 from .sender import post_event, receiver_url, signing_secret
 from .settings import Settings
@@ -24,7 +25,7 @@ def run_demo(settings: Settings, *, timeout: float) -> int:
     """Use the running bus if one answers, else start one for the demo and stop it after."""
     started = time.monotonic()
     with ExitStack() as cleanup:
-        health = receiver_url(settings).replace("/functions/v1/odoo-webhook", "/healthz")
+        health = receiver_url(settings, HEALTH_PATH)
         if receiver_healthy(health):
             print(f"demo: using the bus already running at {receiver_url(settings)}")
             database_url = running_database_url(settings)

@@ -29,6 +29,7 @@ from .errors import (
 from .metrics import ReceiverMetrics
 
 WEBHOOK_PATH = "/functions/v1/odoo-webhook"
+HEALTH_PATH = "/healthz"
 MAX_BODY_BYTES = 256 * 1024
 _READ_CHUNK = 64 * 1024
 _QUICK_FAILURE_SECONDS = 0.25
@@ -89,7 +90,7 @@ class Receiver:
         path = environ.get("PATH_INFO", "")
         if path == WEBHOOK_PATH:
             return self._webhook(environ, start_response)
-        if path == "/healthz" and environ.get("REQUEST_METHOD") in ("GET", "HEAD"):
+        if path == HEALTH_PATH and environ.get("REQUEST_METHOD") in ("GET", "HEAD"):
             return self._healthz(start_response)
         if path == "/metrics" and environ.get("REQUEST_METHOD") == "GET":
             if not self._metrics_allowed(environ):

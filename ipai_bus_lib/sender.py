@@ -23,8 +23,9 @@ class ReceiverUnreachable(IpaiBusError):
     """No receiver answered at the URL."""
 
 
-def receiver_url(settings: Settings) -> str:
-    return f"http://{settings.receiver_host}:{settings.receiver_port}{WEBHOOK_PATH}"
+def receiver_url(settings: Settings, path: str = WEBHOOK_PATH) -> str:
+    """The local receiver's URL of ``path`` (the webhook by default, or HEALTH_PATH)."""
+    return f"http://{settings.receiver_host}:{settings.receiver_port}{path}"
 
 
 def signing_secret(settings: Settings) -> str:

@@ -21,8 +21,9 @@ from typing import IO, Any
 
 from .errors import ConfigurationError, IpaiBusError
 from .migrator import migrate
-from .receiver import WEBHOOK_PATH
+from .receiver import HEALTH_PATH
 from .secret_files import config_dir, ensure_secret_file
+from .sender import receiver_url
 from .settings import Settings, read_secret_file
 
 RESTARTS_ALLOWED = 5
@@ -103,8 +104,7 @@ class Stack:
 
     @property
     def webhook_url(self) -> str:
-        host = self.settings.receiver_host
-        return f"http://{host}:{self.settings.receiver_port}{WEBHOOK_PATH}"
+        return receiver_url(self.settings)
 
     def secret(self) -> str:
         if self.settings.webhook_secrets:
@@ -150,7 +150,7 @@ class Stack:
         return cluster.ensure_running()
 
     def _wait_until_serving(self, timeout: float = 30.0) -> None:
-        health = (f"http://{self.settings.receiver_host}:{self.settings.receiver_port}/healthz")
+        health = receiver_url(self.settings, HEALTH_PATH)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             assert self.supervisor is not None
@@ -180,7 +180,7 @@ def receiver_healthy(url: str) -> bool:
 
 def require_free_port(settings: Settings) -> None:
     """Refuse to start when something already answers on the receiver's port."""
-    health = f"http://{settings.receiver_host}:{settings.receiver_port}/healthz"
+    health = receiver_url(settings, HEALTH_PATH)
     if receiver_healthy(health):
         raise ConfigurationError(
             f"a receiver already answers on port {settings.receiver_port}; stop it or set "

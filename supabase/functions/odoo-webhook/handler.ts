@@ -1,6 +1,6 @@
 // The odoo-webhook receiver for Supabase Edge Functions: the same wire contract, checks in the same
 // order and the same answers as the Python receiver (ipai_bus_lib/receiver.py), writing through the
-// same public SQL functions of supabase/migrations/. tests/test_edge_parity.py proves them alike.
+// same public SQL functions of supabase/migrations/. tests/test_edge_function.py proves them alike.
 //
 // Environment: IPAI_WEBHOOK_SECRET (several, comma-separated, while rotating) and SUPABASE_DB_URL.
 // Logs never hold the secret, the signature or the payload.
