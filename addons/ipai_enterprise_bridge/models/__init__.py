@@ -1,6 +1,8 @@
-from . import ipai_event_outbox
-from . import hr_expense
-from . import hr_expense_sheet
-from . import ipai_equipment_booking
-from . import maintenance_equipment
-from . import res_config_settings
+from . import (
+    hr_expense,
+    hr_expense_sheet,
+    ipai_equipment_booking,
+    ipai_event_outbox,
+    maintenance_equipment,
+    res_config_settings,
+)

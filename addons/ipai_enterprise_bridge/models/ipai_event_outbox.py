@@ -98,7 +98,7 @@ class IpaiEventOutbox(models.Model):
                  now) for event in events]
         cron_id = self._dispatch_cron_to_wake()
         self.env.cr.execute(
-            "WITH queued AS ("
+            "WITH queued AS ("  # noqa: UP031 - the %s placeholders are psycopg2's to fill
             " INSERT INTO ipai_event_outbox (event_type, aggregate_type, aggregate_id, res_model,"
             " res_id, payload, idempotency_key, occurred_at, state, attempts, next_attempt_at,"
             " create_uid, create_date, write_uid, write_date) VALUES %s"

@@ -1,5 +1,7 @@
-from . import test_expense_events
-from . import test_booking_events
-from . import test_outbox_dispatch
-from . import test_settings_access
-from . import test_cron_waker
+from . import (
+    test_booking_events,
+    test_cron_waker,
+    test_expense_events,
+    test_outbox_dispatch,
+    test_settings_access,
+)

@@ -2,7 +2,6 @@ import select
 import time
 
 import psycopg2
-
 from odoo.sql_db import connection_info_for
 from odoo.tests import TransactionCase, tagged
 

@@ -1,7 +1,6 @@
 from odoo import Command, fields
-from odoo.tests import tagged
-
 from odoo.addons.hr_expense.tests.common import TestExpenseCommon
+from odoo.tests import tagged
 
 from .common import OutboxAssertions
 

@@ -3,15 +3,19 @@ import unittest
 from datetime import datetime, timedelta
 
 import psycopg2
-
 from odoo import fields
+from odoo.addons.ipai_enterprise_bridge.utils.ipai_webhook import default_source
 from odoo.exceptions import UserError
 from odoo.tests import tagged
 
-from odoo.addons.ipai_enterprise_bridge.utils.ipai_webhook import default_source
-
-from .common import (BUS_DATABASE_URL, LIVE_RECEIVER_REASON, RECEIVER_SECRET, RECEIVER_URL,
-                     BridgeCase, closed_port_url)
+from .common import (
+    BUS_DATABASE_URL,
+    LIVE_RECEIVER_REASON,
+    RECEIVER_SECRET,
+    RECEIVER_URL,
+    BridgeCase,
+    closed_port_url,
+)
 
 
 def bus_rows(idempotency_keys):
@@ -163,8 +167,7 @@ class TestCatchUpAndConfiguration(BridgeCase):
 
     def queue_backlog(self, count):
         """``count`` distinct asset.reserved events, as a busy morning would leave them."""
-        from odoo.addons.ipai_enterprise_bridge.utils.ipai_webhook import (
-            ipai_event, send_ipai_events)
+        from odoo.addons.ipai_enterprise_bridge.utils.ipai_webhook import ipai_event, send_ipai_events
 
         start = datetime(2026, 4, 1)
         send_ipai_events(self.env, [
@@ -259,7 +262,10 @@ class TestCatchUpAndConfiguration(BridgeCase):
             "user_id": self.env.user.id,
             "date_from": datetime(2026, 4, 2, 1), "date_to": datetime(2026, 4, 2, 9)})
         from odoo.addons.ipai_enterprise_bridge.utils.ipai_webhook import (
-            WAITING_BEHIND, ipai_event, send_ipai_events)
+            WAITING_BEHIND,
+            ipai_event,
+            send_ipai_events,
+        )
         second_record = send_ipai_events(self.env, [
             ipai_event("asset.reserved", other, other._ipai_payload(),
                        aggregate_id=other.equipment_id.id,

@@ -17,10 +17,9 @@ import select
 import threading
 
 import psycopg2
-from psycopg2 import extensions, sql
-
 from odoo.addons.base.models.ir_cron import ODOO_NOTIFY_FUNCTION
 from odoo.sql_db import connection_info_for
+from psycopg2 import extensions, sql
 
 _logger = logging.getLogger(__name__)
 

@@ -12,7 +12,6 @@ from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
 
 import requests
-
 from odoo import fields
 
 from ipai_bus_lib.catalog import Envelope, build_payload, idempotency_key, lookup

@@ -1,5 +1,1 @@
-from . import ipai_bir_form
-from . import ipai_logframe
-from . import project_project
-from . import project_task_type
-from . import project_task
+from . import ipai_bir_form, ipai_logframe, project_project, project_task, project_task_type

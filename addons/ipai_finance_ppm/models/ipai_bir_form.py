@@ -3,7 +3,6 @@ import re
 from datetime import date, timedelta
 
 from dateutil.relativedelta import relativedelta
-
 from odoo import _, api, fields, models
 from odoo.exceptions import ValidationError
 

@@ -1,17 +1,14 @@
 from datetime import datetime, time, timedelta
 
 import pytz
-
 from odoo import _, api, fields, models
+from odoo.addons.ipai_enterprise_bridge.utils.ipai_webhook import ipai_event, send_ipai_events
+from odoo.addons.project.models.project_task import CLOSED_STATES
 from odoo.exceptions import ValidationError
 
 from ipai_bus_lib.catalog import FINANCE_TASK
 
-from odoo.addons.ipai_enterprise_bridge.utils.ipai_webhook import ipai_event, send_ipai_events
-from odoo.addons.project.models.project_task import CLOSED_STATES
-
 from .ipai_bir_form import PERIOD_FORMATS, parse_period, period_label
-
 
 # Generated filing tasks are due at this hour of their filing day, local time.
 FILING_HOUR = 9
@@ -100,7 +97,7 @@ class ProjectTask(models.Model):
         moved = self.filtered(lambda task: task._ipai_is_finance() and task.ipai_finance_step
                               and task.ipai_finance_step != steps_before.get(task.id))
         for step in {task.ipai_finance_step for task in moved}:
-            moved.filtered(lambda task: task.ipai_finance_step == step)._ipai_emit(
+            moved.filtered(lambda task, step=step: task.ipai_finance_step == step)._ipai_emit(
                 FINANCE_TASK.event_type(step))
         return result
 

@@ -1,2 +1,1 @@
-from . import test_finance_events
-from . import test_generator_and_rules
+from . import test_finance_events, test_generator_and_rules

@@ -1,8 +1,7 @@
 from datetime import date
 
-from odoo.tests import TransactionCase
-
 from odoo.addons.ipai_enterprise_bridge.tests.common import OutboxAssertions
+from odoo.tests import TransactionCase
 
 
 class FinanceCase(OutboxAssertions, TransactionCase):
