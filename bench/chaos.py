@@ -120,8 +120,10 @@ class Sender:
         body = json.dumps(document).encode()
         headers = signing.signature_headers(SECRET, body, idempotency_key=key)
         head = "".join(f"{name}: {value}\r\n" for name, value in headers.items())
-        return (f"POST /functions/v1/odoo-webhook HTTP/1.1\r\nHost: 127.0.0.1\r\n{head}"
-                f"Content-Length: {len(body)}\r\n\r\n").encode() + body
+        return (
+            f"POST /functions/v1/odoo-webhook HTTP/1.1\r\nHost: 127.0.0.1\r\n{head}"
+            f"Content-Length: {len(body)}\r\n\r\n"
+        ).encode() + body
 
     async def run(self, seconds: float) -> None:
         self.queue = asyncio.Queue()
@@ -139,16 +141,25 @@ class Sender:
         while time.monotonic() - started < seconds:
             number += 1
             key = f"chaos-{number}"
-            payload = {"expense_id": number, "amount": 100 + number % 900, "currency": "PHP",
-                       "employee_name": "Maria Santos"}
+            payload = {
+                "expense_id": number,
+                "amount": 100 + number % 900,
+                "currency": "PHP",
+                "employee_name": "Maria Santos",
+            }
             if number % 5000 == 0:  # a signed event its destination refuses
                 payload["poison"] = True
                 self.poison_keys.add(key)
-            document = {"event_type": "expense.submitted", "aggregate_type": "hr.expense",
-                        "aggregate_id": str(number % 2000), "payload": payload}
+            document = {
+                "event_type": "expense.submitted",
+                "aggregate_type": "hr.expense",
+                "aggregate_id": str(number % 2000),
+                "payload": payload,
+            }
             if number % 2500 == 1:  # a value no database column can hold: refused with 400
-                await self.queue.put((f"invalid-{number}", {**document,
-                                      "occurred_at": "2026-01-22T07:26:26+24:00"}))
+                await self.queue.put(
+                    (f"invalid-{number}", {**document, "occurred_at": "2026-01-22T07:26:26+24:00"})
+                )
             await self.queue.put((key, document))
             delay = started + number / self.rate - time.monotonic()
             if delay > 0:
@@ -166,8 +177,13 @@ class Sender:
                     reader, writer = connection
                     writer.write(self.request(key, document))
                     head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
-                    length = int(next(line.split(b":")[1] for line in head.split(b"\r\n")
-                                      if line.lower().startswith(b"content-length")))
+                    length = int(
+                        next(
+                            line.split(b":")[1]
+                            for line in head.split(b"\r\n")
+                            if line.lower().startswith(b"content-length")
+                        )
+                    )
                     answer = json.loads(await reader.readexactly(length))
                     status = int(head.split()[1])
                 except (OSError, asyncio.IncompleteReadError, asyncio.TimeoutError, ValueError):
@@ -195,25 +211,39 @@ class Bus:
         migrate(self.url)
         self.port = free_port()
         routes = home / "routes.toml"
-        routes.write_text('[destinations.flaky]\ntype = "http"\nurl_env = "CHAOS_SINK_URL"\n'
-                          'secret_env = "CHAOS_SINK_SECRET"\n\n[[routes]]\nmatch = "*"\n'
-                          'destinations = ["flaky"]\n')
-        self.env = {**os.environ, "DATABASE_URL": self.url, "IPAI_WEBHOOK_SECRET": SECRET,
-                    "IPAI_ROUTES_FILE": str(routes), "CHAOS_SINK_URL": sink_url,
-                    "CHAOS_SINK_SECRET": "whsec_Y2hhb3Mtc2luay1zZWNyZXQtZm9yLXRlc3Rz",
-                    "IPAI_RETRY_DELAYS": "1,2,5", "IPAI_MAX_ATTEMPTS": "12",
-                    "IPAI_BREAKER_COOLDOWN_SECONDS": "2", "IPAI_ROUTER_LEASE_SECONDS": "15",
-                    # A destination that sometimes takes 2 s: deliver wider, so one slow
-                    # answer does not hold a whole batch back.
-                    "IPAI_ROUTER_BATCH_SIZE": "100", "IPAI_ROUTER_CONCURRENCY": "64"}
+        routes.write_text(
+            '[destinations.flaky]\ntype = "http"\nurl_env = "CHAOS_SINK_URL"\n'
+            'secret_env = "CHAOS_SINK_SECRET"\n\n[[routes]]\nmatch = "*"\n'
+            'destinations = ["flaky"]\n'
+        )
+        self.env = {
+            **os.environ,
+            "DATABASE_URL": self.url,
+            "IPAI_WEBHOOK_SECRET": SECRET,
+            "IPAI_ROUTES_FILE": str(routes),
+            "CHAOS_SINK_URL": sink_url,
+            "CHAOS_SINK_SECRET": "whsec_Y2hhb3Mtc2luay1zZWNyZXQtZm9yLXRlc3Rz",
+            "IPAI_RETRY_DELAYS": "1,2,5",
+            "IPAI_MAX_ATTEMPTS": "12",
+            "IPAI_BREAKER_COOLDOWN_SECONDS": "2",
+            "IPAI_ROUTER_LEASE_SECONDS": "15",
+            # A destination that sometimes takes 2 s: deliver wider, so one slow
+            # answer does not hold a whole batch back.
+            "IPAI_ROUTER_BATCH_SIZE": "100",
+            "IPAI_ROUTER_CONCURRENCY": "64",
+        }
         self.logs = home
         self.receiver = self._start("serve", "--port", str(self.port), "--workers", "2")
         self.routers = [self._start("route") for _ in range(ROUTERS)]
 
     def _start(self, *args: str) -> subprocess.Popen:
         log = open(self.logs / f"{args[0]}-{time.monotonic_ns()}.log", "w")  # noqa: SIM115
-        return subprocess.Popen([sys.executable, "-m", "ipai_bus_lib.cli", *args], env=self.env,
-                                stdout=log, stderr=subprocess.STDOUT)
+        return subprocess.Popen(
+            [sys.executable, "-m", "ipai_bus_lib.cli", *args],
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
 
     def kill_router(self) -> str:
         index = random.randrange(len(self.routers))
@@ -251,7 +281,8 @@ class Bus:
             cursor.execute(
                 "select integration.insert_outbox_event('expense.submitted', 'hr.expense',"
                 " 'poison', %s::jsonb, %s)",
-                ('{"amount": %s}' % ("9" * 5000), f"unreadable-{time.monotonic_ns()}"))
+                ('{"amount": %s}' % ("9" * 5000), f"unreadable-{time.monotonic_ns()}"),
+            )
         conn.close()
         return "unreadable event stored by SQL"
 
@@ -284,9 +315,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--minutes", type=float, default=10)
     parser.add_argument("--rate", type=float, default=180, help="events sent per second")
-    parser.add_argument("--faults", default="kill_router,kill_receiver_worker,freeze_database,"
-                        "restart_database,inject_unreadable",
-                        help="the faults caused in turn (comma-separated Bus methods)")
+    parser.add_argument(
+        "--faults",
+        default="kill_router,kill_receiver_worker,freeze_database,restart_database,inject_unreadable",
+        help="the faults caused in turn (comma-separated Bus methods)",
+    )
     parser.add_argument("--keep", help="keep the processes' logs in this directory")
     args = parser.parse_args()
     seconds = args.minutes * 60
@@ -329,12 +362,18 @@ def main() -> None:
             bus.stop()
 
 
-def report(bus: Bus, sink: FlakySink, sender: Sender, faults: list[tuple[str, float]],
-           by_status: dict[str, int], injected_unreadable: int, sent_for: float) -> None:
+def report(
+    bus: Bus,
+    sink: FlakySink,
+    sender: Sender,
+    faults: list[tuple[str, float]],
+    by_status: dict[str, int],
+    injected_unreadable: int,
+    sent_for: float,
+) -> None:
     conn = psycopg2.connect(bus.url)
     with conn.cursor() as cursor:
-        cursor.execute("select idempotency_key, id::text, status, last_error"
-                       " from integration.outbox")
+        cursor.execute("select idempotency_key, id::text, status, last_error from integration.outbox")
         rows = cursor.fetchall()
         cursor.execute("select count(*) from integration.event_log")
         logged = cursor.fetchone()[0]
@@ -345,24 +384,33 @@ def report(bus: Bus, sink: FlakySink, sender: Sender, faults: list[tuple[str, fl
     expected_dead = sender.poison_keys | {k for k in stored if k.startswith("unreadable-")}
     once = sum(1 for key in ours if sink.deliveries.get(stored[key][0]) == 1)
     more = sum(1 for key in ours if sink.deliveries.get(stored[key][0], 0) > 1)
-    lost = [key for key in sender.accepted
-            if key not in stored or (stored[key][1] != "completed" and key not in dead)]
-    undelivered = [key for key in ours if key not in dead
-                   and sink.deliveries.get(stored[key][0], 0) == 0]
+    lost = [
+        key
+        for key in sender.accepted
+        if key not in stored or (stored[key][1] != "completed" and key not in dead)
+    ]
+    undelivered = [
+        key for key in ours if key not in dead and sink.deliveries.get(stored[key][0], 0) == 0
+    ]
     reasons = collections.Counter(_reason(error) for error in dead.values())
-    print(f"chaos run: {sent_for / 60:.1f} min sending, {ROUTERS} routers (batch 100, 64 wide),"
-          f" receiver 2 workers, "
-          f"{len(faults)} faults, durable PostgreSQL")
-    print(f"sent (accepted 200)        {len(sender.accepted):>8}   sender retries "
-          f"{sender.retries}")
+    print(
+        f"chaos run: {sent_for / 60:.1f} min sending, {ROUTERS} routers (batch 100, 64 wide),"
+        f" receiver 2 workers, "
+        f"{len(faults)} faults, durable PostgreSQL"
+    )
+    print(f"sent (accepted 200)        {len(sender.accepted):>8}   sender retries {sender.retries}")
     print(f"refused 400 (unstorable)   {sender.refused_invalid:>8}")
-    print(f"stored                     {len(ours):>8}   event_log rows {logged}  "
-          f"(+{injected_unreadable} unreadable injected by SQL)")
+    print(
+        f"stored                     {len(ours):>8}   event_log rows {logged}  "
+        f"(+{injected_unreadable} unreadable injected by SQL)"
+    )
     print(f"stored twice               {len(ours) - len(set(stored[k][0] for k in ours)):>8}")
     print(f"delivered once             {once:>8}")
     print(f"delivered more than once   {more:>8}")
-    print(f"dead                       {len(dead):>8}   expected (poison) {len(expected_dead)}"
-          f"   other {len(set(dead) - expected_dead)}")
+    print(
+        f"dead                       {len(dead):>8}   expected (poison) {len(expected_dead)}"
+        f"   other {len(set(dead) - expected_dead)}"
+    )
     for reason, count in reasons.most_common():
         print(f"    {count:>6}  {reason}")
     print(f"lost                       {len(lost) + len(undelivered):>8}")
@@ -377,8 +425,12 @@ def report(bus: Bus, sink: FlakySink, sender: Sender, faults: list[tuple[str, fl
     print("delivery resumed after each fault (seconds after the fault ended):")
     for what, values in kinds.items():
         shown = [v for v in values if v is not None]
-        print(f"    {what:<42} n={len(values):<3} max {max(shown):5.2f}  "
-              f"median {sorted(shown)[len(shown) // 2]:5.2f}" if shown else f"    {what}: none")
+        print(
+            f"    {what:<42} n={len(values):<3} max {max(shown):5.2f}  "
+            f"median {sorted(shown)[len(shown) // 2]:5.2f}"
+            if shown
+            else f"    {what}: none"
+        )
 
 
 def _reason(error: str | None) -> str:

@@ -77,8 +77,12 @@ print('RESULT', json.dumps({'elapsed': elapsed, 'runs': runs, 'sent': sent}))
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=10000)
-    parser.add_argument("--records", type=int, default=200,
-                        help="records the backlog is about (each record's events go in order)")
+    parser.add_argument(
+        "--records",
+        type=int,
+        default=200,
+        help="records the backlog is about (each record's events go in order)",
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="ipai-catchup-") as home:
         cluster = EmbeddedPostgres(Path(home))  # durable defaults
@@ -96,18 +100,31 @@ def main() -> None:
             receiver = subprocess.Popen(
                 [sys.executable, "-m", "ipai_bus_lib.cli", "serve", "--port", str(port)],
                 env={**os.environ, "DATABASE_URL": bus_url, "IPAI_WEBHOOK_SECRET": SECRET},
-                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
             wait_until(lambda: receiver_ready(port), what="the receiver")
             database = create_database(str(cluster.port()), "ipai_enterprise_bridge")
-            output = odoo(database, "shell", "--no-http", "--log-level=warn", stdin=SHELL_SCRIPT % {
-                "url": f"http://127.0.0.1:{port}/functions/v1/odoo-webhook", "secret": SECRET,
-                "events": args.events, "records": args.records})
+            output = odoo(
+                database,
+                "shell",
+                "--no-http",
+                "--log-level=warn",
+                stdin=SHELL_SCRIPT
+                % {
+                    "url": f"http://127.0.0.1:{port}/functions/v1/odoo-webhook",
+                    "secret": SECRET,
+                    "events": args.events,
+                    "records": args.records,
+                },
+            )
             line = next(line for line in output.splitlines() if line.startswith("RESULT "))
-            result = json.loads(line[len("RESULT "):])
+            result = json.loads(line[len("RESULT ") :])
             conn = psycopg2.connect(bus_url)
             with conn.cursor() as cursor:
-                cursor.execute("select count(*), count(distinct idempotency_key)"
-                               " from integration.outbox")
+                cursor.execute(
+                    "select count(*), count(distinct idempotency_key) from integration.outbox"
+                )
                 stored, distinct = cursor.fetchone()
             conn.close()
         finally:
@@ -116,16 +133,23 @@ def main() -> None:
                 receiver.wait(timeout=30)
             cluster.stop()
     elapsed = result["elapsed"]
-    print(f"Odoo 18 at {ODOO_PATH}; {args.events} queued events about {args.records} records;"
-          " receiver 2 workers on loopback;"
-          f" {os.cpu_count()} cores; PostgreSQL durable (fsync on)")
-    print(f"handed over: {result['sent']} sent in Odoo, {stored} stored at the bus "
-          f"({distinct} distinct keys) in {result['runs']} cron runs")
-    print(f"first cron run to last acknowledgement: {elapsed:.1f} s "
-          f"({args.events / elapsed:.0f} events/s)")
+    print(
+        f"Odoo 18 at {ODOO_PATH}; {args.events} queued events about {args.records} records;"
+        " receiver 2 workers on loopback;"
+        f" {os.cpu_count()} cores; PostgreSQL durable (fsync on)"
+    )
+    print(
+        f"handed over: {result['sent']} sent in Odoo, {stored} stored at the bus "
+        f"({distinct} distinct keys) in {result['runs']} cron runs"
+    )
+    print(
+        f"first cron run to last acknowledgement: {elapsed:.1f} s ({args.events / elapsed:.0f} events/s)"
+    )
     minutes = args.events / PREVIOUS_BATCH_PER_MINUTE
-    print(f"previous dispatcher (100 events per cron minute): {minutes:.0f} min for the same "
-          f"backlog; ratio {minutes * 60 / elapsed:.0f}x")
+    print(
+        f"previous dispatcher (100 events per cron minute): {minutes:.0f} min for the same "
+        f"backlog; ratio {minutes * 60 / elapsed:.0f}x"
+    )
 
 
 if __name__ == "__main__":

@@ -71,15 +71,33 @@ env.cr.rollback()
 
 
 def odoo_command(database: dict, *args: str) -> list[str]:
-    return [str(ODOO_PATH / ".venv" / "bin" / "python"), str(ODOO_PATH / "odoo-bin"), args[0],
-            f"--addons-path={ODOO_PATH / 'addons'},{REPO / 'addons'}", "--db_host", "127.0.0.1",
-            "--db_port", database["port"], "--db_user", ROLE, "--db_password", PASSWORD,
-            *(["-d", database["name"]] if "name" in database else []), *args[1:]]
+    return [
+        str(ODOO_PATH / ".venv" / "bin" / "python"),
+        str(ODOO_PATH / "odoo-bin"),
+        args[0],
+        f"--addons-path={ODOO_PATH / 'addons'},{REPO / 'addons'}",
+        "--db_host",
+        "127.0.0.1",
+        "--db_port",
+        database["port"],
+        "--db_user",
+        ROLE,
+        "--db_password",
+        PASSWORD,
+        *(["-d", database["name"]] if "name" in database else []),
+        *args[1:],
+    ]
 
 
 def odoo(database: dict, *args: str, stdin: str | None = None) -> str:
-    result = subprocess.run(odoo_command(database, *args), input=stdin, capture_output=True,
-                            text=True, timeout=1800, cwd=ODOO_PATH)
+    result = subprocess.run(
+        odoo_command(database, *args),
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=1800,
+        cwd=ODOO_PATH,
+    )
     if result.returncode != 0:
         raise SystemExit(f"odoo-bin {args[0]} failed:\n{(result.stdout + result.stderr)[-3000:]}")
     return result.stdout
@@ -87,16 +105,18 @@ def odoo(database: dict, *args: str, stdin: str | None = None) -> str:
 
 def create_database(port: str, modules: str) -> dict:
     database = {"name": f"bench_{uuid.uuid4().hex[:8]}", "port": port}
-    odoo(database, "server", "-i", modules, "--without-demo=all", "--stop-after-init",
-         "--log-level=warn")
+    odoo(
+        database, "server", "-i", modules, "--without-demo=all", "--stop-after-init", "--log-level=warn"
+    )
     return database
 
 
 def in_transaction(database: dict, runs: int) -> dict:
-    output = odoo(database, "shell", "--no-http", "--log-level=warn",
-                  stdin=SHELL_SCRIPT % {"runs": runs})
+    output = odoo(
+        database, "shell", "--no-http", "--log-level=warn", stdin=SHELL_SCRIPT % {"runs": runs}
+    )
     line = next(line for line in output.splitlines() if line.startswith("RESULT "))
-    return json.loads(line[len("RESULT "):])
+    return json.loads(line[len("RESULT ") :])
 
 
 class WebClient:
@@ -104,16 +124,24 @@ class WebClient:
 
     def __init__(self, base_url: str, database: str):
         self.base_url, self.session = base_url, requests.Session()
-        uid = self.rpc("/web/session/authenticate", db=database, login="admin",
-                       password="admin")["uid"]
-        self.employee = self.call("/web/dataset/call_kw", "hr.employee", "search",
-                                  [("user_id", "=", uid)], limit=1)[0]
-        self.product = self.call("/web/dataset/call_kw", "product.product", "search",
-                                 [("can_be_expensed", "=", True)], limit=1)[0]
+        uid = self.rpc("/web/session/authenticate", db=database, login="admin", password="admin")["uid"]
+        self.employee = self.call(
+            "/web/dataset/call_kw", "hr.employee", "search", [("user_id", "=", uid)], limit=1
+        )[0]
+        self.product = self.call(
+            "/web/dataset/call_kw",
+            "product.product",
+            "search",
+            [("can_be_expensed", "=", True)],
+            limit=1,
+        )[0]
 
     def rpc(self, route: str, **params):
-        answer = self.session.post(self.base_url + route, json={
-            "jsonrpc": "2.0", "method": "call", "params": params}, timeout=60).json()
+        answer = self.session.post(
+            self.base_url + route,
+            json={"jsonrpc": "2.0", "method": "call", "params": params},
+            timeout=60,
+        ).json()
         if "error" in answer:
             raise SystemExit(f"{route}: {answer['error']['data']['message']}")
         return answer["result"]
@@ -123,17 +151,32 @@ class WebClient:
 
     def new_report(self, number: int) -> int:
         employee, product = self.employee, self.product
-        return self.call("/web/dataset/call_kw", "hr.expense.sheet", "create", {
-            "name": f"Bench {number}", "employee_id": employee,
-            "expense_line_ids": [(0, 0, {"name": f"Line {n}", "employee_id": employee,
-                                         "product_id": product,
-                                         "total_amount_currency": 100 + n})
-                                 for n in range(2)]})
+        return self.call(
+            "/web/dataset/call_kw",
+            "hr.expense.sheet",
+            "create",
+            {
+                "name": f"Bench {number}",
+                "employee_id": employee,
+                "expense_line_ids": [
+                    (
+                        0,
+                        0,
+                        {
+                            "name": f"Line {n}",
+                            "employee_id": employee,
+                            "product_id": product,
+                            "total_amount_currency": 100 + n,
+                        },
+                    )
+                    for n in range(2)
+                ],
+            },
+        )
 
     def timed_submit(self, sheet_id: int) -> float:
         started = time.perf_counter()
-        self.call("/web/dataset/call_button", "hr.expense.sheet", "action_submit_sheet",
-                  [sheet_id])
+        self.call("/web/dataset/call_button", "hr.expense.sheet", "action_submit_sheet", [sheet_id])
         return time.perf_counter() - started
 
 
@@ -147,10 +190,25 @@ def as_the_user_submits(port: str, databases: list[dict], runs: int) -> list[dic
     """Median time of the Submit button's request, alternating between the databases."""
     http_port = free_port()
     server = subprocess.Popen(
-        odoo_command({"port": port}, "server", "--http-interface", "127.0.0.1",
-                     "--http-port", str(http_port), "--workers", "0", "--max-cron-threads", "0",
-                     "--db-filter", "^bench_", "--log-level=warn"),
-        cwd=ODOO_PATH, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        odoo_command(
+            {"port": port},
+            "server",
+            "--http-interface",
+            "127.0.0.1",
+            "--http-port",
+            str(http_port),
+            "--workers",
+            "0",
+            "--max-cron-threads",
+            "0",
+            "--db-filter",
+            "^bench_",
+            "--log-level=warn",
+        ),
+        cwd=ODOO_PATH,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         base_url = f"http://127.0.0.1:{http_port}"
         wait_for_http(base_url, server)
@@ -163,8 +221,10 @@ def as_the_user_submits(port: str, databases: list[dict], runs: int) -> list[dic
                 elapsed = client.timed_submit(client_sheets[n])
                 if n >= warmup:
                     client_timings.append(elapsed)
-        return [{"median": statistics.median(values),
-                 "p90": sorted(values)[int(0.9 * len(values))]} for values in timings]
+        return [
+            {"median": statistics.median(values), "p90": sorted(values)[int(0.9 * len(values))]}
+            for values in timings
+        ]
     finally:
         server.terminate()
         server.wait(timeout=30)
@@ -183,13 +243,19 @@ def wait_for_http(base_url: str, server: subprocess.Popen) -> None:
 
 def report(title: str, without: dict, with_addon: dict) -> None:
     print(title)
-    print(f"  without the addon   median {without['median'] * 1000:7.2f} ms   "
-          f"p90 {without['p90'] * 1000:7.2f} ms")
-    print(f"  with the addon      median {with_addon['median'] * 1000:7.2f} ms   "
-          f"p90 {with_addon['p90'] * 1000:7.2f} ms")
+    print(
+        f"  without the addon   median {without['median'] * 1000:7.2f} ms   "
+        f"p90 {without['p90'] * 1000:7.2f} ms"
+    )
+    print(
+        f"  with the addon      median {with_addon['median'] * 1000:7.2f} ms   "
+        f"p90 {with_addon['p90'] * 1000:7.2f} ms"
+    )
     added = with_addon["median"] / without["median"] - 1
-    print(f"  ratio with/without: {with_addon['median'] / without['median']:.3f} "
-          f"({added * 100:+.1f}% added)")
+    print(
+        f"  ratio with/without: {with_addon['median'] / without['median']:.3f} "
+        f"({added * 100:+.1f}% added)"
+    )
 
 
 def main() -> None:
@@ -205,19 +271,24 @@ def main() -> None:
             conn.cursor().execute(f"create role {ROLE} login createdb password %s", (PASSWORD,))
             conn.close()
             port = str(cluster.port())
-            databases = [create_database(port, "hr_expense,maintenance"),
-                         create_database(port, "ipai_enterprise_bridge")]
+            databases = [
+                create_database(port, "hr_expense,maintenance"),
+                create_database(port, "ipai_enterprise_bridge"),
+            ]
             requests_timed = as_the_user_submits(port, databases, args.runs)
             transactions_timed = [in_transaction(database, args.runs) for database in databases]
         finally:
             cluster.stop()
-    print(f"Odoo 18 at {ODOO_PATH}; {args.runs} submissions of a 2-line report each; "
-          f"{os.cpu_count()} cores; PostgreSQL durable (fsync on)")
+    print(
+        f"Odoo 18 at {ODOO_PATH}; {args.runs} submissions of a 2-line report each; "
+        f"{os.cpu_count()} cores; PostgreSQL durable (fsync on)"
+    )
     report("as the user submits (JSON-RPC request, transaction and commit):", *requests_timed)
-    report("inside the transaction only (empty cache, no request, no commit):",
-           *transactions_timed)
-    print(f"events queued by the addon in the transaction run: {transactions_timed[1]['queued']}; "
-          "HTTP calls to the bus on the request path: none")
+    report("inside the transaction only (empty cache, no request, no commit):", *transactions_timed)
+    print(
+        f"events queued by the addon in the transaction run: {transactions_timed[1]['queued']}; "
+        "HTTP calls to the bus on the request path: none"
+    )
 
 
 if __name__ == "__main__":

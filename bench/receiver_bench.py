@@ -33,21 +33,34 @@ from tests.helpers import free_port, receiver_ready, wait_until  # noqa: E402
 from tests.test_receiver_flood import hostile_clients  # noqa: E402
 
 SECRET = "benchmark-secret-not-for-production"
-INSERT = ("select * from integration.insert_outbox_event(p_event_type => %s, p_aggregate_type => %s,"
-          " p_aggregate_id => %s, p_payload => %s::jsonb, p_idempotency_key => %s)")
+INSERT = (
+    "select * from integration.insert_outbox_event(p_event_type => %s, p_aggregate_type => %s,"
+    " p_aggregate_id => %s, p_payload => %s::jsonb, p_idempotency_key => %s)"
+)
 
 
 def payload_of(number: int) -> dict:
-    return {"expense_id": number, "employee_name": "Maria Santos", "amount": 1250.5,
-            "currency": "PHP", "description": "Taxi to client", "state": "submitted"}
+    return {
+        "expense_id": number,
+        "employee_name": "Maria Santos",
+        "amount": 1250.5,
+        "currency": "PHP",
+        "description": "Taxi to client",
+        "state": "submitted",
+    }
 
 
 def body_of(number: int, run: str) -> bytes:
-    return json.dumps({
-        "event_type": "expense.submitted", "aggregate_type": "hr.expense",
-        "aggregate_id": str(number), "payload": payload_of(number),
-        "occurred_at": "2026-01-22T07:26:26Z", "source": run,
-    }).encode()
+    return json.dumps(
+        {
+            "event_type": "expense.submitted",
+            "aggregate_type": "hr.expense",
+            "aggregate_id": str(number),
+            "payload": payload_of(number),
+            "occurred_at": "2026-01-22T07:26:26Z",
+            "source": run,
+        }
+    ).encode()
 
 
 def percentile(samples: list[float], fraction: float) -> float:
@@ -68,8 +81,9 @@ def run_direct(url: str, events: int, clients: int) -> tuple[float, list[float]]
             payload = json.dumps(payload_of(number))
             started = time.perf_counter()
             with conn.cursor() as cursor:
-                cursor.execute(INSERT, ("expense.submitted", "hr.expense", str(number), payload,
-                                        f"direct-{number}"))
+                cursor.execute(
+                    INSERT, ("expense.submitted", "hr.expense", str(number), payload, f"direct-{number}")
+                )
                 cursor.fetchone()
             mine.append(time.perf_counter() - started)
         conn.close()
@@ -91,8 +105,13 @@ def signed_requests(events: int, port: int, run: str = "http") -> list[bytes]:
         body = body_of(number, run)
         headers = signing.signature_headers(SECRET, body, idempotency_key=f"{run}-{number}")
         head = "".join(f"{name}: {value}\r\n" for name, value in headers.items())
-        requests.append((f"POST /functions/v1/odoo-webhook HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
-                         f"{head}Content-Length: {len(body)}\r\n\r\n").encode() + body)
+        requests.append(
+            (
+                f"POST /functions/v1/odoo-webhook HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+                f"{head}Content-Length: {len(body)}\r\n\r\n"
+            ).encode()
+            + body
+        )
     return requests
 
 
@@ -107,8 +126,13 @@ async def run_http(port: int, requests: list[bytes], clients: int) -> tuple[floa
             started = time.perf_counter()
             writer.write(request)
             head = await reader.readuntil(b"\r\n\r\n")
-            length = int(next(line.split(b":")[1] for line in head.split(b"\r\n")
-                              if line.lower().startswith(b"content-length")))
+            length = int(
+                next(
+                    line.split(b":")[1]
+                    for line in head.split(b"\r\n")
+                    if line.lower().startswith(b"content-length")
+                )
+            )
             answer = await reader.readexactly(length)
             latencies.append(time.perf_counter() - started)
             if not head.startswith(b"HTTP/1.1 200"):
@@ -121,8 +145,10 @@ async def run_http(port: int, requests: list[bytes], clients: int) -> tuple[floa
 
 
 def report(name: str, rate: float, latencies: list[float]) -> None:
-    print(f"{name:<42} {rate:>9.0f} events/s   p50 {percentile(latencies, 0.5) * 1000:6.2f} ms"
-          f"   p99 {percentile(latencies, 0.99) * 1000:6.2f} ms   (n={len(latencies)})")
+    print(
+        f"{name:<42} {rate:>9.0f} events/s   p50 {percentile(latencies, 0.5) * 1000:6.2f} ms"
+        f"   p99 {percentile(latencies, 0.99) * 1000:6.2f} ms   (n={len(latencies)})"
+    )
 
 
 def main() -> None:
@@ -131,8 +157,9 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=16)
     parser.add_argument("--workers", type=int, default=2, help="receiver worker processes")
     parser.add_argument("--threads", type=int, default=8, help="threads per receiver worker")
-    parser.add_argument("--flood", action="store_true",
-                        help="also measure under 500 idle and 32 slow connections")
+    parser.add_argument(
+        "--flood", action="store_true", help="also measure under 500 idle and 32 slow connections"
+    )
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="ipai-bench-") as home:
@@ -142,14 +169,29 @@ def main() -> None:
         port = free_port()
         env = {**os.environ, "DATABASE_URL": url, "IPAI_WEBHOOK_SECRET": SECRET}
         server = subprocess.Popen(
-            [sys.executable, "-m", "ipai_bus_lib.cli", "serve", "--port", str(port),
-             "--workers", str(args.workers), "--threads", str(args.threads)],
-            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            [
+                sys.executable,
+                "-m",
+                "ipai_bus_lib.cli",
+                "serve",
+                "--port",
+                str(port),
+                "--workers",
+                str(args.workers),
+                "--threads",
+                str(args.threads),
+            ],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         try:
             wait_until(lambda: receiver_ready(port), what="the receiver")
-            print(f"machine: {os.cpu_count()} cores; {args.events} events; {args.clients} "
-                  f"concurrent clients; receiver {args.workers} workers x {args.threads} threads;"
-                  " PostgreSQL durable (fsync on)")
+            print(
+                f"machine: {os.cpu_count()} cores; {args.events} events; {args.clients} "
+                f"concurrent clients; receiver {args.workers} workers x {args.threads} threads;"
+                " PostgreSQL durable (fsync on)"
+            )
             direct_rate, direct_latencies = run_direct(url, args.events, args.clients)
             report("direct insert_outbox_event", direct_rate, direct_latencies)
             prepared = signed_requests(args.events, port)
@@ -160,8 +202,7 @@ def main() -> None:
                 flooded = signed_requests(args.events, port, run="flood")
                 with hostile_clients(port, idle=500, slow=32):
                     time.sleep(1.0)
-                    flood_rate, flood_latencies = asyncio.run(
-                        run_http(port, flooded, args.clients))
+                    flood_rate, flood_latencies = asyncio.run(run_http(port, flooded, args.clients))
                 report("receiver under flood (500 idle, 32 slow)", flood_rate, flood_latencies)
                 print(f"ratio flood/no flood: {flood_rate / http_rate:.2f}")
         finally:

@@ -33,12 +33,15 @@ from ipai_bus_lib.routes import DestinationSpec, Route, RoutingTable  # noqa: E4
 from tests.helpers import free_port  # noqa: E402
 
 FORWARD_SECRET = "whsec_YmVuY2htYXJrLWtleS1ub3QtZm9yLXByb2R1Y3Rpb24="
-PREFILL = ("select count(*) from generate_series(1, %(n)s) g, lateral"
-           " integration.insert_outbox_event('asset.reserved', 'maintenance.equipment',"
-           " %(run)s || g, '{\"booking_id\": 1}', %(run)s || '-' || g)")
+PREFILL = (
+    "select count(*) from generate_series(1, %(n)s) g, lateral"
+    " integration.insert_outbox_event('asset.reserved', 'maintenance.equipment',"
+    " %(run)s || g, '{\"booking_id\": 1}', %(run)s || '-' || g)"
+)
 
 
 # --- the sink (child process) -------------------------------------------------------------------
+
 
 def sink_main(port: int, connection) -> None:
     received: list[tuple[str, float]] = []
@@ -90,12 +93,17 @@ class Sink:
 
 # --- harness -------------------------------------------------------------------------------------
 
+
 def make_router(url: str, destination, **config) -> Router:
-    routing = RoutingTable((Route("*", (destination.name,)),),
-                           {destination.name: DestinationSpec(destination.name, "http")})
-    return Router(RouterConfig(worker=f"bench-{time.monotonic_ns()}", **config),
-                  Database(url, max_size=4, settings=ROUTER_SESSION_SETTINGS), routing,
-                  {destination.name: destination})
+    routing = RoutingTable(
+        (Route("*", (destination.name,)),), {destination.name: DestinationSpec(destination.name, "http")}
+    )
+    return Router(
+        RouterConfig(worker=f"bench-{time.monotonic_ns()}", **config),
+        Database(url, max_size=4, settings=ROUTER_SESSION_SETTINGS),
+        routing,
+        {destination.name: destination},
+    )
 
 
 def completed(conn) -> int:
@@ -106,9 +114,11 @@ def completed(conn) -> int:
 
 def reset(conn) -> None:
     with conn.cursor() as cursor:
-        cursor.execute("set session_replication_role = replica;"
-                       " truncate integration.outbox, integration.event_log,"
-                       " integration.delivery_attempts; set session_replication_role = origin")
+        cursor.execute(
+            "set session_replication_role = replica;"
+            " truncate integration.outbox, integration.event_log,"
+            " integration.delivery_attempts; set session_replication_role = origin"
+        )
         cursor.execute("vacuum analyze integration.outbox")
 
 
@@ -128,8 +138,9 @@ def drain_rate(conn, url: str, router: Router, events: int, run: str) -> float:
     return events / elapsed
 
 
-def offered_load(conn, url: str, router: Router, sink: Sink, *, rate: float, seconds: float,
-                 settle_seconds: float) -> tuple[list[float], int, int]:
+def offered_load(
+    conn, url: str, router: Router, sink: Sink, *, rate: float, seconds: float, settle_seconds: float
+) -> tuple[list[float], int, int]:
     """Insert ``rate`` events/s for ``seconds`` while the router runs; latencies of deliveries."""
     reset(conn)
     thread = threading.Thread(target=router.run)
@@ -142,8 +153,11 @@ def offered_load(conn, url: str, router: Router, sink: Sink, *, rate: float, sec
     with inserter.cursor() as cursor:
         for number in range(int(rate * seconds)):
             time.sleep(max(0.0, started + number / rate - time.perf_counter()))
-            cursor.execute("select event_id from integration.insert_outbox_event('asset.reserved',"
-                           " 'maintenance.equipment', %s, '{}', %s)", (f"lat-{number}", f"lat-{number}"))
+            cursor.execute(
+                "select event_id from integration.insert_outbox_event('asset.reserved',"
+                " 'maintenance.equipment', %s, '{}', %s)",
+                (f"lat-{number}", f"lat-{number}"),
+            )
             inserted[str(cursor.fetchone()[0])] = time.time()
     time.sleep(settle_seconds)
     router.stop()
@@ -159,11 +173,12 @@ def percentile(samples: list[float], fraction: float) -> float:
     return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))] if ordered else float("nan")
 
 
-def latency_line(name: str, latencies: list[float], offered: int, delivered: int,
-                 seconds: float) -> str:
-    return (f"{name:<44} offered {offered / seconds:5.0f}/s  delivered {delivered:5d}"
-            f"  p50 {percentile(latencies, 0.5) * 1000:9.1f} ms  p99 "
-            f"{percentile(latencies, 0.99) * 1000:9.1f} ms")
+def latency_line(name: str, latencies: list[float], offered: int, delivered: int, seconds: float) -> str:
+    return (
+        f"{name:<44} offered {offered / seconds:5.0f}/s  delivered {delivered:5d}"
+        f"  p50 {percentile(latencies, 0.5) * 1000:9.1f} ms  p99 "
+        f"{percentile(latencies, 0.99) * 1000:9.1f} ms"
+    )
 
 
 def main() -> None:
@@ -172,8 +187,12 @@ def main() -> None:
     parser.add_argument("--http-events", type=int, default=10000)
     parser.add_argument("--rate", type=float, default=100.0)
     parser.add_argument("--seconds", type=float, default=20.0)
-    parser.add_argument("--seed-seconds", type=float, default=61.0,
-                        help="how long to run the seed-mode baseline (0 skips it)")
+    parser.add_argument(
+        "--seed-seconds",
+        type=float,
+        default=61.0,
+        help="how long to run the seed-mode baseline (0 skips it)",
+    )
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="ipai-router-bench-") as home:
@@ -191,34 +210,58 @@ def main() -> None:
 
 def run_all(conn, url: str, args) -> None:
     print(f"one router worker; PostgreSQL durable (fsync on); {multiprocessing.cpu_count()} cores")
-    noop = drain_rate(conn, url, make_router(url, NoopDestination(), batch_size=1000),
-                      args.noop_events, "noop")
+    noop = drain_rate(
+        conn, url, make_router(url, NoopDestination(), batch_size=1000), args.noop_events, "noop"
+    )
     print(f"{'claim -> no-op -> ack (batch 1000)':<44} {noop:9.0f} events/s")
 
     sink = Sink()
-    http = drain_rate(conn, url, make_router(
-        url, HttpForwardDestination("sink", sink.url, FORWARD_SECRET),
-        batch_size=200, concurrency=32), args.http_events, "http")
+    http = drain_rate(
+        conn,
+        url,
+        make_router(
+            url, HttpForwardDestination("sink", sink.url, FORWARD_SECRET), batch_size=200, concurrency=32
+        ),
+        args.http_events,
+        "http",
+    )
     sink.finish()
     print(f"{'HTTP sink, Standard Webhooks (batch 200, 32 wide)':<44} {http:9.0f} deliveries/s")
 
     sink = Sink()
     latencies, offered, delivered = offered_load(
-        conn, url, make_router(url, HttpForwardDestination("sink", sink.url, FORWARD_SECRET)),
-        sink, rate=args.rate, seconds=args.seconds, settle_seconds=1.0)
-    bus_line = latency_line("bus defaults (LISTEN, batch 25)", latencies, offered, delivered,
-                            args.seconds)
+        conn,
+        url,
+        make_router(url, HttpForwardDestination("sink", sink.url, FORWARD_SECRET)),
+        sink,
+        rate=args.rate,
+        seconds=args.seconds,
+        settle_seconds=1.0,
+    )
+    bus_line = latency_line(
+        "bus defaults (LISTEN, batch 25)", latencies, offered, delivered, args.seconds
+    )
     print(bus_line)
     if args.seed_seconds <= 0:
         return
     sink = Sink()
-    seed_router = make_router(url, HttpForwardDestination("sink", sink.url, FORWARD_SECRET),
-                              batch_size=25, poll_seconds=30, listen=False, drain=False,
-                              concurrency=1)
+    seed_router = make_router(
+        url,
+        HttpForwardDestination("sink", sink.url, FORWARD_SECRET),
+        batch_size=25,
+        poll_seconds=30,
+        listen=False,
+        drain=False,
+        concurrency=1,
+    )
     latencies, offered, delivered = offered_load(
-        conn, url, seed_router, sink, rate=args.rate, seconds=args.seed_seconds, settle_seconds=0)
-    print(latency_line("seed mode (poll 30 s, batch 25, 1 worker)", latencies, offered,
-                       delivered, args.seed_seconds))
+        conn, url, seed_router, sink, rate=args.rate, seconds=args.seed_seconds, settle_seconds=0
+    )
+    print(
+        latency_line(
+            "seed mode (poll 30 s, batch 25, 1 worker)", latencies, offered, delivered, args.seed_seconds
+        )
+    )
     seed_rate = delivered / args.seed_seconds
     print(f"{'seed mode deliveries/s under that load':<44} {seed_rate:9.2f} deliveries/s")
     print(f"ratio bus/seed deliveries/s: {http / seed_rate:,.0f}x")

@@ -24,7 +24,7 @@ ISO_DATETIME_PATTERN = re.compile(
 )
 MAX_TEXT_FIELD_LENGTH = 255
 # The largest integer JSON parsers agree on (JavaScript's safe integers): the Edge Function too.
-MAX_NUMERIC_AGGREGATE_ID = 2 ** 53 - 1
+MAX_NUMERIC_AGGREGATE_ID = 2**53 - 1
 # Real zones span -12:00 to +14:00; the bound also keeps every accepted offset storable.
 MAX_UTC_OFFSET = timedelta(hours=14)
 # occurred_at, once in UTC, must stay a day inside what Python represents, so that a reader in
@@ -60,46 +60,104 @@ EXPENSE = Domain(
     name="expense",
     aggregate_type="hr.expense",
     payload_fields=(
-        "expense_id", "employee_id", "employee_name", "employee_code", "amount", "currency",
-        "description", "date", "category", "state",
+        "expense_id",
+        "employee_id",
+        "employee_name",
+        "employee_code",
+        "amount",
+        "currency",
+        "description",
+        "date",
+        "category",
+        "state",
     ),
-    title="Expense", link_model="hr.expense", link_field="expense_id",
-    sample=MappingProxyType({
-        "expense_id": 4201, "employee_id": 17, "employee_name": "Maria Santos",
-        "employee_code": "EMP-0017", "amount": 1250.5, "currency": "PHP",
-        "description": "Grab to BIR RDO 050, Makati", "date": "2026-01-22",
-        "category": "Travel"}),
+    title="Expense",
+    link_model="hr.expense",
+    link_field="expense_id",
+    sample=MappingProxyType(
+        {
+            "expense_id": 4201,
+            "employee_id": 17,
+            "employee_name": "Maria Santos",
+            "employee_code": "EMP-0017",
+            "amount": 1250.5,
+            "currency": "PHP",
+            "description": "Grab to BIR RDO 050, Makati",
+            "date": "2026-01-22",
+            "category": "Travel",
+        }
+    ),
     sample_aggregate_field="expense_id",
 )
 ASSET = Domain(
     name="asset",
     aggregate_type="maintenance.equipment",
     payload_fields=(
-        "booking_id", "asset_id", "asset_name", "asset_category", "reserved_by",
-        "reserved_by_name", "reserved_from", "reserved_to", "booking_state",
+        "booking_id",
+        "asset_id",
+        "asset_name",
+        "asset_category",
+        "reserved_by",
+        "reserved_by_name",
+        "reserved_from",
+        "reserved_to",
+        "booking_state",
     ),
-    title="Equipment", link_model="ipai.equipment.booking", link_field="booking_id",
-    sample=MappingProxyType({
-        "booking_id": 88, "asset_id": 12, "asset_name": "Epson EB-X51 projector",
-        "asset_category": "AV equipment", "reserved_by": 17, "reserved_by_name": "Maria Santos",
-        "reserved_from": "2026-01-26T01:00:00Z", "reserved_to": "2026-01-26T09:00:00Z"}),
+    title="Equipment",
+    link_model="ipai.equipment.booking",
+    link_field="booking_id",
+    sample=MappingProxyType(
+        {
+            "booking_id": 88,
+            "asset_id": 12,
+            "asset_name": "Epson EB-X51 projector",
+            "asset_category": "AV equipment",
+            "reserved_by": 17,
+            "reserved_by_name": "Maria Santos",
+            "reserved_from": "2026-01-26T01:00:00Z",
+            "reserved_to": "2026-01-26T09:00:00Z",
+        }
+    ),
     sample_aggregate_field="asset_id",
 )
 FINANCE_TASK = Domain(
     name="finance_task",
     aggregate_type="project.task",
     payload_fields=(
-        "task_id", "task_name", "task_code", "bir_form", "period_covered", "employee_code",
-        "prep_deadline", "filing_deadline", "status", "stage_name", "assigned_to",
-        "logframe_id", "logframe_level", "days_overdue",
+        "task_id",
+        "task_name",
+        "task_code",
+        "bir_form",
+        "period_covered",
+        "employee_code",
+        "prep_deadline",
+        "filing_deadline",
+        "status",
+        "stage_name",
+        "assigned_to",
+        "logframe_id",
+        "logframe_level",
+        "days_overdue",
     ),
-    title="Finance task", link_model="project.task", link_field="task_id",
-    sample=MappingProxyType({
-        "task_id": 305, "task_name": "Monthly remittance of withholding tax on compensation",
-        "task_code": "BIR-1601C-2026-01", "bir_form": "1601-C", "period_covered": "2026-01",
-        "employee_code": "EMP-0023", "prep_deadline": "2026-02-05",
-        "filing_deadline": "2026-02-10", "assigned_to": "Ana Reyes", "logframe_id": 4,
-        "logframe_level": "output", "days_overdue": 0}),
+    title="Finance task",
+    link_model="project.task",
+    link_field="task_id",
+    sample=MappingProxyType(
+        {
+            "task_id": 305,
+            "task_name": "Monthly remittance of withholding tax on compensation",
+            "task_code": "BIR-1601C-2026-01",
+            "bir_form": "1601-C",
+            "period_covered": "2026-01",
+            "employee_code": "EMP-0023",
+            "prep_deadline": "2026-02-05",
+            "filing_deadline": "2026-02-10",
+            "assigned_to": "Ana Reyes",
+            "logframe_id": 4,
+            "logframe_level": "output",
+            "days_overdue": 0,
+        }
+    ),
     sample_aggregate_field="task_id",
 )
 DOMAINS: tuple[Domain, ...] = (EXPENSE, ASSET, FINANCE_TASK)
@@ -126,11 +184,13 @@ class EventType:
         return f"{self.domain.title} {self.step.replace('_', ' ')}".capitalize()
 
 
-def _types(domain: Domain, steps: tuple[tuple[str, str, dict[str, Any]], ...]
-           ) -> dict[str, EventType]:
-    return {f"{domain.name}.{step}": EventType(f"{domain.name}.{step}", domain, step, emoji,
-                                               MappingProxyType(sample))
-            for step, emoji, sample in steps}
+def _types(domain: Domain, steps: tuple[tuple[str, str, dict[str, Any]], ...]) -> dict[str, EventType]:
+    return {
+        f"{domain.name}.{step}": EventType(
+            f"{domain.name}.{step}", domain, step, emoji, MappingProxyType(sample)
+        )
+        for step, emoji, sample in steps
+    }
 
 
 def _task(status: str, stage: str, days_overdue: int = 0) -> dict[str, Any]:
@@ -138,23 +198,39 @@ def _task(status: str, stage: str, days_overdue: int = 0) -> dict[str, Any]:
 
 
 # The one list of event types, and everything a reader needs of each.
-CATALOG: Mapping[str, EventType] = MappingProxyType({
-    **_types(EXPENSE, (
-        ("submitted", "📝", {"state": "submitted"}), ("approved", "✅", {"state": "approved"}),
-        ("rejected", "❌", {"state": "refused"}), ("paid", "💰", {"state": "done"}))),
-    **_types(ASSET, (
-        ("reserved", "📅", {"booking_state": "reserved"}),
-        ("checked_out", "📤", {"booking_state": "checked_out"}),
-        ("checked_in", "📥", {"booking_state": "checked_in"}),
-        ("overdue", "⚠️", {"booking_state": "checked_out"}))),
-    **_types(FINANCE_TASK, (
-        ("created", "🆕", _task("draft", "To prepare")),
-        ("in_progress", "🔄", _task("in_progress", "Preparing")),
-        ("submitted", "📝", _task("submitted", "For review")),
-        ("approved", "✅", _task("approved", "Approved")),
-        ("filed", "📨", _task("filed", "Filed")),
-        ("overdue", "🚨", _task("in_progress", "Preparing", days_overdue=3)))),
-})
+CATALOG: Mapping[str, EventType] = MappingProxyType(
+    {
+        **_types(
+            EXPENSE,
+            (
+                ("submitted", "📝", {"state": "submitted"}),
+                ("approved", "✅", {"state": "approved"}),
+                ("rejected", "❌", {"state": "refused"}),
+                ("paid", "💰", {"state": "done"}),
+            ),
+        ),
+        **_types(
+            ASSET,
+            (
+                ("reserved", "📅", {"booking_state": "reserved"}),
+                ("checked_out", "📤", {"booking_state": "checked_out"}),
+                ("checked_in", "📥", {"booking_state": "checked_in"}),
+                ("overdue", "⚠️", {"booking_state": "checked_out"}),
+            ),
+        ),
+        **_types(
+            FINANCE_TASK,
+            (
+                ("created", "🆕", _task("draft", "To prepare")),
+                ("in_progress", "🔄", _task("in_progress", "Preparing")),
+                ("submitted", "📝", _task("submitted", "For review")),
+                ("approved", "✅", _task("approved", "Approved")),
+                ("filed", "📨", _task("filed", "Filed")),
+                ("overdue", "🚨", _task("in_progress", "Preparing", days_overdue=3)),
+            ),
+        ),
+    }
+)
 
 
 def lookup(event_type: str) -> EventType | None:
@@ -219,8 +295,12 @@ class Envelope:
 
 
 def new_envelope(
-    event_type: str, aggregate_id: str | int, payload: Mapping[str, Any], *,
-    occurred_at: datetime | None = None, source: str = DEFAULT_SOURCE,
+    event_type: str,
+    aggregate_id: str | int,
+    payload: Mapping[str, Any],
+    *,
+    occurred_at: datetime | None = None,
+    source: str = DEFAULT_SOURCE,
 ) -> Envelope:
     """A catalogued event's envelope, its aggregate type and payload fields taken from the catalog."""
     spec = lookup(event_type)
@@ -279,8 +359,11 @@ def _required_text(document: Mapping[str, Any], name: str) -> str:
     if name not in document or document[name] is None:
         raise EnvelopeError(f"missing field: {name}", field=name)
     value = document[name]
-    if (not isinstance(value, str) or not 1 <= len(value) <= MAX_TEXT_FIELD_LENGTH
-            or _UNSTORABLE_TEXT.search(value)):
+    if (
+        not isinstance(value, str)
+        or not 1 <= len(value) <= MAX_TEXT_FIELD_LENGTH
+        or _UNSTORABLE_TEXT.search(value)
+    ):
         raise EnvelopeError(
             f"{name} must be text of 1-{MAX_TEXT_FIELD_LENGTH} characters, no control characters",
             field=name,
@@ -312,7 +395,9 @@ def _aggregate_id(document: Mapping[str, Any]) -> str:
         if not 0 <= value <= MAX_NUMERIC_AGGREGATE_ID:
             raise EnvelopeError(
                 "aggregate_id sent as a number must be a whole number from 0 to "
-                f"{MAX_NUMERIC_AGGREGATE_ID} (send larger ids as text)", field="aggregate_id")
+                f"{MAX_NUMERIC_AGGREGATE_ID} (send larger ids as text)",
+                field="aggregate_id",
+            )
         return str(value)
     return _required_text(document, "aggregate_id")
 

@@ -25,13 +25,15 @@ if TYPE_CHECKING:  # the server extra: imported when a command needs it
     from .stack import Stack
 
 
-
 def cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:
     from .migrator import migrate
 
     applied = migrate(database_url(settings))
-    print(f"applied {len(applied)} migration(s): {', '.join(applied)}" if applied
-          else "database is up to date")
+    print(
+        f"applied {len(applied)} migration(s): {', '.join(applied)}"
+        if applied
+        else "database is up to date"
+    )
     return EXIT_OK
 
 
@@ -41,13 +43,18 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     if not settings.webhook_secrets:
         raise ConfigurationError(
             "no webhook secret: set IPAI_WEBHOOK_SECRET (or IPAI_WEBHOOK_SECRET_FILE);"
-            " `ipai-bus secret new` makes one", setting="IPAI_WEBHOOK_SECRET")
+            " `ipai-bus secret new` makes one",
+            setting="IPAI_WEBHOOK_SECRET",
+        )
     url = settings.receiver_database_url or database_url(settings)
     config = ServerConfig(
-        host=args.host or settings.receiver_host, port=args.port or settings.receiver_port,
+        host=args.host or settings.receiver_host,
+        port=args.port or settings.receiver_port,
         workers=args.workers or settings.receiver_workers,
         threads=args.threads or settings.receiver_threads,
-        max_attempts=settings.max_attempts, metrics_token=settings.metrics_token)
+        max_attempts=settings.max_attempts,
+        metrics_token=settings.metrics_token,
+    )
     serve(config, database_url=url, secrets=settings.webhook_secrets)
     return EXIT_OK
 
@@ -60,26 +67,45 @@ def make_router(settings: Settings, url: str, *, worker: str | None = None) -> R
     from .routes import load_routing
 
     routing = load_routing(settings.routes_file, settings.environment)
-    smtp = SmtpDefaults(host=settings.smtp_host, port=settings.smtp_port,
-                        security=settings.smtp_security, username=settings.smtp_username,
-                        password=settings.smtp_password, sender=settings.smtp_from)
-    destinations = {name: build_destination(spec, settings.environment, smtp=smtp,
-                                            timeout=settings.delivery_timeout_seconds)
-                    for name, spec in routing.destinations.items()}
-    limits = {name: TokenBucket(spec.rate_per_second, spec.burst)
-              for name, spec in routing.destinations.items() if spec.rate_per_second}
+    smtp = SmtpDefaults(
+        host=settings.smtp_host,
+        port=settings.smtp_port,
+        security=settings.smtp_security,
+        username=settings.smtp_username,
+        password=settings.smtp_password,
+        sender=settings.smtp_from,
+    )
+    destinations = {
+        name: build_destination(
+            spec, settings.environment, smtp=smtp, timeout=settings.delivery_timeout_seconds
+        )
+        for name, spec in routing.destinations.items()
+    }
+    limits = {
+        name: TokenBucket(spec.rate_per_second, spec.burst)
+        for name, spec in routing.destinations.items()
+        if spec.rate_per_second
+    }
     config = RouterConfig(
-        batch_size=settings.router_batch_size, lease_seconds=settings.router_lease_seconds,
-        poll_seconds=settings.router_poll_seconds, concurrency=settings.router_concurrency,
-        listen=settings.router_listen, retry_delays=settings.retry_delays,
+        batch_size=settings.router_batch_size,
+        lease_seconds=settings.router_lease_seconds,
+        poll_seconds=settings.router_poll_seconds,
+        concurrency=settings.router_concurrency,
+        listen=settings.router_listen,
+        retry_delays=settings.retry_delays,
         breaker_threshold=settings.breaker_threshold,
         breaker_cooldown_seconds=settings.breaker_cooldown_seconds,
-        odoo_base_url=settings.odoo_base_url)
+        odoo_base_url=settings.odoo_base_url,
+    )
     if worker:
         config = replace(config, worker=worker)
-    database = Database(url, max_size=4, application_name="ipai-bus router",
-                        settings=ROUTER_SESSION_SETTINGS,
-                        deadline_seconds=settings.router_lease_seconds)
+    database = Database(
+        url,
+        max_size=4,
+        application_name="ipai-bus router",
+        settings=ROUTER_SESSION_SETTINGS,
+        deadline_seconds=settings.router_lease_seconds,
+    )
     return Router(config, database, routing, destinations, limits)
 
 
@@ -91,9 +117,13 @@ def cmd_route(args: argparse.Namespace, settings: Settings) -> int:
     router = make_router(settings, database_url(settings), worker=args.worker)
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: router.stop())
-    print(f"router {router.config.worker}: batch {router.config.batch_size}, "
-          f"{'LISTEN + ' if router.config.listen else ''}poll every "
-          f"{router.config.poll_seconds:g} s", file=sys.stderr, flush=True)
+    print(
+        f"router {router.config.worker}: batch {router.config.batch_size}, "
+        f"{'LISTEN + ' if router.config.listen else ''}poll every "
+        f"{router.config.poll_seconds:g} s",
+        file=sys.stderr,
+        flush=True,
+    )
     router.run()
     return EXIT_OK
 
@@ -101,7 +131,8 @@ def cmd_route(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_db(args: argparse.Namespace, settings: Settings) -> int:
     if settings.database_url and args.action != "url":
         raise ConfigurationError(
-            "DATABASE_URL is set: the embedded PostgreSQL is not in use", setting="DATABASE_URL")
+            "DATABASE_URL is set: the embedded PostgreSQL is not in use", setting="DATABASE_URL"
+        )
     if args.action == "stop":
         embedded_cluster(settings).stop()
         print("embedded PostgreSQL stopped")
@@ -151,19 +182,23 @@ def describe_stack(stack: Stack) -> str:
     from .secret_files import masked
 
     settings = stack.settings
-    where = (f"from {stack.secret_file} (mode 0600)" if stack.secret_file
-             else "from IPAI_WEBHOOK_SECRET")
-    database = ("DATABASE_URL" if settings.database_url
-                else f"embedded PostgreSQL in {embedded_cluster(settings).data_dir}")
-    routes = settings.routes_file or ("default routes → Mattermost"
-                                      if settings.mattermost_webhook_url
-                                      else "default routes → console")
-    return (f"ipai-bus is up (Ctrl-C stops it)\n"
-            f"  webhook URL  {stack.webhook_url}\n"
-            f"  secret       {masked(stack.secret())} {where}\n"
-            f"  database     {database}\n"
-            f"  routing      {routes}\n"
-            f"  status       ipai-bus status")
+    where = f"from {stack.secret_file} (mode 0600)" if stack.secret_file else "from IPAI_WEBHOOK_SECRET"
+    database = (
+        "DATABASE_URL"
+        if settings.database_url
+        else f"embedded PostgreSQL in {embedded_cluster(settings).data_dir}"
+    )
+    routes = settings.routes_file or (
+        "default routes → Mattermost" if settings.mattermost_webhook_url else "default routes → console"
+    )
+    return (
+        f"ipai-bus is up (Ctrl-C stops it)\n"
+        f"  webhook URL  {stack.webhook_url}\n"
+        f"  secret       {masked(stack.secret())} {where}\n"
+        f"  database     {database}\n"
+        f"  routing      {routes}\n"
+        f"  status       ipai-bus status"
+    )
 
 
 def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
@@ -217,12 +252,14 @@ def build_parser() -> argparse.ArgumentParser:
     route.add_argument("--worker", help="this worker's name (default host:pid:random)")
     route.set_defaults(handler=cmd_route)
 
-    up = commands.add_parser("up", help="run the whole bus (database, receiver, router) until "
-                                        "Ctrl-C")
+    up = commands.add_parser("up", help="run the whole bus (database, receiver, router) until Ctrl-C")
     up.set_defaults(handler=cmd_up)
 
-    demo = commands.add_parser("demo", help="send one signed sample of each of the 14 event "
-                                            "types through the bus and show their delivery")
+    demo = commands.add_parser(
+        "demo",
+        help="send one signed sample of each of the 14 event "
+        "types through the bus and show their delivery",
+    )
     demo.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for delivery")
     demo.set_defaults(handler=cmd_demo)
 
@@ -233,8 +270,7 @@ def build_parser() -> argparse.ArgumentParser:
     send.add_argument("--aggregate-id", help="the record's id (with --type)")
     send.add_argument("--aggregate-type", help="default: the catalog's for --type")
     send.add_argument("--payload", help="the payload as a JSON object (with --type)")
-    send.add_argument("--sample", action="store_true",
-                      help="with --type: a realistic sample payload")
+    send.add_argument("--sample", action="store_true", help="with --type: a realistic sample payload")
     send.add_argument("--key", help="idempotency key (default: a new one)")
     send.add_argument("--url", help="receiver URL (default: this machine's receiver)")
     send.set_defaults(handler=cmd_send)
@@ -248,8 +284,9 @@ def build_parser() -> argparse.ArgumentParser:
     secret = commands.add_parser("secret", help="webhook secrets")
     secret_commands = secret.add_subparsers(dest="secret_command", metavar="ACTION", required=True)
     secret_new = secret_commands.add_parser("new", help="make a new random webhook secret")
-    secret_new.add_argument("--output", "-o", metavar="FILE",
-                            help="write it to FILE (mode 0600) instead of printing it")
+    secret_new.add_argument(
+        "--output", "-o", metavar="FILE", help="write it to FILE (mode 0600) instead of printing it"
+    )
     secret_new.add_argument("--force", action="store_true", help="replace FILE if it exists")
     secret_new.set_defaults(handler=cmd_secret_new)
     return parser

@@ -23,7 +23,8 @@ def running_database_url(settings: Settings) -> str:
     if not cluster.is_running():
         raise DatabaseUnavailable(
             f"the embedded PostgreSQL ({cluster.data_dir}) is not running; start the bus with "
-            "`ipai-bus up` (or `ipai-bus db start`), or set DATABASE_URL")
+            "`ipai-bus up` (or `ipai-bus db start`), or set DATABASE_URL"
+        )
     return cluster.url()
 
 

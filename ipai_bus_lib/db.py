@@ -67,6 +67,7 @@ def _tolerant(caster: Any, name: str) -> Any:
             return caster(value, cursor)
         except (ValueError, OverflowError, psycopg2.DataError) as exc:
             return UnreadableValue(value, str(exc))
+
     return psycopg2.extensions.new_type(caster.values, name, cast)
 
 
@@ -117,8 +118,13 @@ def _first_line(exc: Exception) -> str:
     return text.splitlines()[0]
 
 
-def connect(dsn: str, *, connect_timeout: int = 5, application_name: str = "ipai-bus",
-            settings: Mapping[str, str] | None = None) -> Any:
+def connect(
+    dsn: str,
+    *,
+    connect_timeout: int = 5,
+    application_name: str = "ipai-bus",
+    settings: Mapping[str, str] | None = None,
+) -> Any:
     """One new connection (autocommit off); raises DatabaseUnavailable when it cannot be made.
 
     ``settings`` are session parameters (``{"synchronous_commit": "off"}``).
@@ -156,7 +162,8 @@ class _Connector:
             future.add_done_callback(_close_if_connected)
             raise DatabaseUnavailable(
                 f"database unreachable: no connection within {seconds:.1f} s (check DATABASE_URL"
-                " and that PostgreSQL is running)") from None
+                " and that PostgreSQL is running)"
+            ) from None
 
     def _pool(self) -> ThreadPoolExecutor:
         with self._lock:
@@ -186,9 +193,15 @@ class Database:
     """
 
     def __init__(
-        self, dsn: str, *, max_size: int = 10, connect_timeout: float = 5,
-        acquire_timeout: float = 10.0, application_name: str = "ipai-bus",
-        settings: Mapping[str, str] | None = None, deadline_seconds: float | None = None,
+        self,
+        dsn: str,
+        *,
+        max_size: int = 10,
+        connect_timeout: float = 5,
+        acquire_timeout: float = 10.0,
+        application_name: str = "ipai-bus",
+        settings: Mapping[str, str] | None = None,
+        deadline_seconds: float | None = None,
     ) -> None:
         self.dsn = dsn
         self._settings = dict(settings or {})
@@ -253,23 +266,22 @@ class Database:
         started = time.monotonic()
         wait = self._acquire_timeout if budget is None else min(self._acquire_timeout, budget)
         if not self._slots.acquire(timeout=wait):
-            raise DatabaseUnavailable(
-                f"no database connection free within {wait:g} s (pool exhausted)"
-            )
+            raise DatabaseUnavailable(f"no database connection free within {wait:g} s (pool exhausted)")
         conn = None
         guard = None
         try:
             conn = self._take_idle() or self._connect(
-                None if budget is None else budget - (time.monotonic() - started))
+                None if budget is None else budget - (time.monotonic() - started)
+            )
             if budget is not None:
                 remaining = max(budget - (time.monotonic() - started), 0.001)
-                guard = WATCHDOG.register(remaining,
-                                          functools.partial(shutdown_socket, conn.fileno()))
+                guard = WATCHDOG.register(remaining, functools.partial(shutdown_socket, conn.fileno()))
             yield conn
         except psycopg2.Error as exc:
             if guard is not None and guard.expired:
                 raise DatabaseUnavailable(
-                    f"database unavailable: no answer within {budget:g} s") from exc
+                    f"database unavailable: no answer within {budget:g} s"
+                ) from exc
             raise translate_error(exc) from exc
         finally:
             if guard is not None:
@@ -280,9 +292,11 @@ class Database:
             self._slots.release()
 
     def _connect(self, seconds: float | None) -> Any:
-        options: dict[str, Any] = {"connect_timeout": self._connect_timeout,
-                                   "application_name": self._application_name,
-                                   "settings": self._settings}
+        options: dict[str, Any] = {
+            "connect_timeout": self._connect_timeout,
+            "application_name": self._application_name,
+            "settings": self._settings,
+        }
         if seconds is None:
             return connect(self.dsn, **options)
         return _CONNECTOR.connect_within(seconds, self.dsn, **options)

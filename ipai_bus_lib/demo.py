@@ -32,18 +32,22 @@ def run_demo(settings: Settings, *, timeout: float) -> int:
         else:
             log_path = Path(tempfile.mkdtemp(prefix="ipai-demo-")) / "bus.log"
             print(f"demo: starting the bus (its own output goes to {log_path})…", flush=True)
-            stack = cleanup.enter_context(Stack(settings, output=cleanup.enter_context(
-                open(log_path, "w"))))
+            stack = cleanup.enter_context(
+                Stack(settings, output=cleanup.enter_context(open(log_path, "w")))
+            )
             database_url = stack.database_url
         sent = send_samples(settings)
         delivered = wait_for_delivery(database_url, [event_id for _, event_id in sent], timeout)
         show_messages(sent, delivered, settings)
         elapsed = time.monotonic() - started
-        print(f"demo: sent {len(all_samples())}, stored {len(sent)}, delivered "
-              f"{sum(1 for _, event_id in sent if delivered.get(event_id) == 'completed')}, "
-              f"elapsed {elapsed:.1f} s")
+        print(
+            f"demo: sent {len(all_samples())}, stored {len(sent)}, delivered "
+            f"{sum(1 for _, event_id in sent if delivered.get(event_id) == 'completed')}, "
+            f"elapsed {elapsed:.1f} s"
+        )
     ok = len(sent) == len(all_samples()) and all(
-        delivered.get(event_id) == "completed" for _, event_id in sent)
+        delivered.get(event_id) == "completed" for _, event_id in sent
+    )
     return 0 if ok else 1
 
 
@@ -51,8 +55,9 @@ def send_samples(settings: Settings) -> list[tuple[Envelope, str]]:
     secret, url, run = signing_secret(settings), receiver_url(settings), uuid.uuid4().hex[:8]
     sent = []
     for envelope in all_samples():
-        status, answer = post_event(url, envelope, secret=secret,
-                                    key=f"demo:{run}:{envelope.event_type}")
+        status, answer = post_event(
+            url, envelope, secret=secret, key=f"demo:{run}:{envelope.event_type}"
+        )
         if status == 200:
             sent.append((envelope, answer["event_id"]))
         else:
@@ -68,8 +73,10 @@ def wait_for_delivery(database_url: str, event_ids: list[str], timeout: float) -
     try:
         while True:
             with conn.cursor() as cursor:
-                cursor.execute("select id::text, status from integration.outbox"
-                               " where id = any(%s::uuid[])", (event_ids,))
+                cursor.execute(
+                    "select id::text, status from integration.outbox where id = any(%s::uuid[])",
+                    (event_ids,),
+                )
                 statuses = dict(cursor.fetchall())
             settled = all(statuses.get(event_id) in ("completed", "dead") for event_id in event_ids)
             if settled or time.monotonic() > deadline:
@@ -79,11 +86,13 @@ def wait_for_delivery(database_url: str, event_ids: list[str], timeout: float) -
         conn.close()
 
 
-def show_messages(sent: list[tuple[Envelope, str]], delivered: dict[str, Any],
-                  settings: Settings) -> None:
+def show_messages(
+    sent: list[tuple[Envelope, str]], delivered: dict[str, Any], settings: Settings
+) -> None:
     for envelope, event_id in sent:
-        message = format_event(envelope.event_type, envelope.payload,
-                               odoo_base_url=settings.odoo_base_url)
+        message = format_event(
+            envelope.event_type, envelope.payload, odoo_base_url=settings.odoo_base_url
+        )
         print(f"\n[{delivered.get(event_id, 'not seen')}] {envelope.event_type} {event_id}")
         print(message.markdown)
     print()

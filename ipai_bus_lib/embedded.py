@@ -119,8 +119,9 @@ class EmbeddedPostgres:
                 cursor.execute(f"grant ipai_bus_ingest to {RECEIVER_ROLE}")
         finally:
             conn.close()
-        return (f"postgresql://{RECEIVER_ROLE}:{quote(password, safe='')}@127.0.0.1:"
-                f"{self.port()}/{database}")
+        return (
+            f"postgresql://{RECEIVER_ROLE}:{quote(password, safe='')}@127.0.0.1:{self.port()}/{database}"
+        )
 
     def is_initialised(self) -> bool:
         return (self.data_dir / "PG_VERSION").exists()
@@ -147,8 +148,16 @@ class EmbeddedPostgres:
                 self._initdb()
             if not self.is_running():
                 self._make_private()
-                self._pg_ctl("start", "-w", "-t", str(START_TIMEOUT_SECONDS), "-o",
-                             _START_OPTIONS, "-l", str(self.log_file))
+                self._pg_ctl(
+                    "start",
+                    "-w",
+                    "-t",
+                    str(START_TIMEOUT_SECONDS),
+                    "-o",
+                    _START_OPTIONS,
+                    "-l",
+                    str(self.log_file),
+                )
         return self.url()
 
     def _make_private(self) -> None:
@@ -190,8 +199,18 @@ class EmbeddedPostgres:
         try:
             if owner is not None:
                 os.chown(pwfile.name, owner.pw_uid, owner.pw_gid)
-            self._run("initdb", "-D", str(self.data_dir), "-U", SUPERUSER, "-E", "UTF8",
-                      "--auth=scram-sha-256", f"--pwfile={pwfile.name}", "--no-instructions")
+            self._run(
+                "initdb",
+                "-D",
+                str(self.data_dir),
+                "-U",
+                SUPERUSER,
+                "-E",
+                "UTF8",
+                "--auth=scram-sha-256",
+                f"--pwfile={pwfile.name}",
+                "--no-instructions",
+            )
         finally:
             os.unlink(pwfile.name)
         self._configure({**DEFAULT_SETTINGS, "port": str(_free_port()), **self.settings})
@@ -210,9 +229,14 @@ class EmbeddedPostgres:
             self._make_private()
         try:
             subprocess.run(
-                [str(_bin_dir() / program), *args], check=True, capture_output=True, text=True,
-                user=owner.pw_uid if owner else None, group=owner.pw_gid if owner else None,
-                timeout=START_TIMEOUT_SECONDS + 30, cwd=self.home,
+                [str(_bin_dir() / program), *args],
+                check=True,
+                capture_output=True,
+                text=True,
+                user=owner.pw_uid if owner else None,
+                group=owner.pw_gid if owner else None,
+                timeout=START_TIMEOUT_SECONDS + 30,
+                cwd=self.home,
             )
         except subprocess.CalledProcessError as exc:
             raise EmbeddedPostgresError(
@@ -239,8 +263,18 @@ def _service_user() -> pwd.struct_passwd | None:
     try:
         return pwd.getpwnam(SYSTEM_USER_WHEN_ROOT)
     except KeyError:
-        subprocess.run(["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin",
-                        SYSTEM_USER_WHEN_ROOT], check=True, capture_output=True)
+        subprocess.run(
+            [
+                "useradd",
+                "--system",
+                "--no-create-home",
+                "--shell",
+                "/usr/sbin/nologin",
+                SYSTEM_USER_WHEN_ROOT,
+            ],
+            check=True,
+            capture_output=True,
+        )
         return pwd.getpwnam(SYSTEM_USER_WHEN_ROOT)
 
 

@@ -65,9 +65,9 @@ def text(value: Any) -> str:
         return MISSING
     if isinstance(value, (dict, list)):
         return MISSING
-    shown = str(value)[:MAX_VALUE_CHARS + 1].replace("\n", " ").strip()
+    shown = str(value)[: MAX_VALUE_CHARS + 1].replace("\n", " ").strip()
     if len(shown) > MAX_VALUE_CHARS:
-        shown = shown[:MAX_VALUE_CHARS - 1] + "…"
+        shown = shown[: MAX_VALUE_CHARS - 1] + "…"
     return shown or MISSING
 
 
@@ -109,10 +109,12 @@ def format_expense(event_type: str, payload: Mapping[str, Any], base_url: str | 
         who += f" ({text(payload.get('employee_code'))})"
     return Message(
         *_headline(event_type),
-        (f"**Employee:** {who}",
-         f"**Amount:** {amount(payload.get('amount'), payload.get('currency'))}",
-         f"**Description:** {text(payload.get('description'))}",
-         f"**Category:** {text(payload.get('category'))} · **Date:** {text(payload.get('date'))}"),
+        (
+            f"**Employee:** {who}",
+            f"**Amount:** {amount(payload.get('amount'), payload.get('currency'))}",
+            f"**Description:** {text(payload.get('description'))}",
+            f"**Category:** {text(payload.get('category'))} · **Date:** {text(payload.get('date'))}",
+        ),
         _link(event_type, payload, base_url),
     )
 
@@ -123,17 +125,18 @@ def format_asset(event_type: str, payload: Mapping[str, Any], base_url: str | No
         asset += f" ({text(payload.get('asset_category'))})"
     return Message(
         *_headline(event_type),
-        (f"**Asset:** {asset}",
-         f"**Booked by:** {text(payload.get('reserved_by_name'))}",
-         f"**From:** {text(payload.get('reserved_from'))} · **To:** "
-         f"{text(payload.get('reserved_to'))}",
-         f"**Booking state:** {text(payload.get('booking_state'))}"),
+        (
+            f"**Asset:** {asset}",
+            f"**Booked by:** {text(payload.get('reserved_by_name'))}",
+            f"**From:** {text(payload.get('reserved_from'))} · **To:** "
+            f"{text(payload.get('reserved_to'))}",
+            f"**Booking state:** {text(payload.get('booking_state'))}",
+        ),
         _link(event_type, payload, base_url),
     )
 
 
-def format_finance_task(event_type: str, payload: Mapping[str, Any],
-                        base_url: str | None) -> Message:
+def format_finance_task(event_type: str, payload: Mapping[str, Any], base_url: str | None) -> Message:
     lines = [
         f"**Task:** {text(payload.get('task_code'))} · {text(payload.get('task_name'))}",
         f"**BIR form:** {text(payload.get('bir_form'))} · **Period:** "
@@ -148,8 +151,7 @@ def format_finance_task(event_type: str, payload: Mapping[str, Any],
 
 
 def format_generic(event_type: str, payload: Mapping[str, Any], base_url: str | None) -> Message:
-    shown = [f"**{html.escape(text(key))}:** {text(value)}" for key, value in
-             list(payload.items())[:12]]
+    shown = [f"**{html.escape(text(key))}:** {text(value)}" for key, value in list(payload.items())[:12]]
     return Message(GENERIC_EMOJI, f"Event {event_type}", tuple(shown) or ("(no payload)",))
 
 
@@ -162,8 +164,9 @@ FORMATTERS: Mapping[str, Formatter] = {
 }
 
 
-def format_event(event_type: str, payload: Any, *, formatter: str = "auto",
-                 odoo_base_url: str | None = None) -> Message:
+def format_event(
+    event_type: str, payload: Any, *, formatter: str = "auto", odoo_base_url: str | None = None
+) -> Message:
     """The message for one event; ``auto`` picks the formatter of the event's catalog domain."""
     if formatter == "auto":
         spec = lookup(event_type)

@@ -32,8 +32,9 @@ from gunicorn.workers.base import Worker
 SERVER_NAME = "ipai-bus"
 MAX_HEAD_BYTES = 16 * 1024
 # Only these headers must come once; others are joined with "," as WSGI servers do.
-SINGLE_HEADERS = frozenset({b"x-idempotency-key", b"x-ipai-timestamp", b"content-length",
-                            b"content-type"})
+SINGLE_HEADERS = frozenset(
+    {b"x-idempotency-key", b"x-ipai-timestamp", b"content-length", b"content-type"}
+)
 _READ_SIZE = 64 * 1024
 
 
@@ -84,8 +85,9 @@ class HttpFront:
     async def start(self, sockets: Iterable[socket.socket]) -> None:
         for sock in sockets:
             sock.setblocking(False)
-            self.servers.append(await asyncio.start_server(
-                self._serve, sock=sock, limit=MAX_HEAD_BYTES * 4))
+            self.servers.append(
+                await asyncio.start_server(self._serve, sock=sock, limit=MAX_HEAD_BYTES * 4)
+            )
 
     async def stop(self, grace_seconds: float) -> None:
         """Stop accepting, let requests in progress finish (up to the grace), close the rest."""
@@ -149,8 +151,9 @@ class HttpFront:
             self.connections.pop(victim, None)
         self.connections[connection] = None
 
-    async def _read_head(self, protocol: h11.Connection,
-                         reader: asyncio.StreamReader) -> h11.Request | None:
+    async def _read_head(
+        self, protocol: h11.Connection, reader: asyncio.StreamReader
+    ) -> h11.Request | None:
         fed = len(protocol.trailing_data[0])  # pipelined bytes already received
         while True:
             event = protocol.next_event()
@@ -170,8 +173,9 @@ class HttpFront:
                 return None
             raise h11.RemoteProtocolError("unexpected event before a request", 400)
 
-    async def _read_body(self, protocol: h11.Connection, reader: asyncio.StreamReader,
-                         request: h11.Request) -> tuple[bytes, int | None]:
+    async def _read_body(
+        self, protocol: h11.Connection, reader: asyncio.StreamReader, request: h11.Request
+    ) -> tuple[bytes, int | None]:
         """The body, or nothing when its declared length is over the limit (refused unread);
         a body without a length is read up to one byte past the limit."""
         declared = _declared_length(request)
@@ -196,15 +200,17 @@ class HttpFront:
                 raise ConnectionError("client closed mid-body")
         return b"".join(chunks), None
 
-    async def _answer(self, request: h11.Request, body: bytes, declared: int | None,
-                      peer: tuple[Any, ...]) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+    async def _answer(
+        self, request: h11.Request, body: bytes, declared: int | None, peer: tuple[Any, ...]
+    ) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
         if self.queued >= self.threads * self.limits.queue_per_thread:
             return _json_parts(503, {"ok": False, "error": "receiver busy, retry later"})
         environ = _environ(request, body, declared, peer)
         self.queued += 1
         try:
             return await asyncio.get_running_loop().run_in_executor(
-                self.executor, _call_application, self.application, environ)
+                self.executor, _call_application, self.application, environ
+            )
         finally:
             self.queued -= 1
 
@@ -216,8 +222,9 @@ def _declared_length(request: h11.Request) -> int | None:
     return None
 
 
-def _environ(request: h11.Request, body: bytes, declared: int | None,
-             peer: tuple[Any, ...]) -> dict[str, Any]:
+def _environ(
+    request: h11.Request, body: bytes, declared: int | None, peer: tuple[Any, ...]
+) -> dict[str, Any]:
     path, _, query = request.target.decode("latin-1").partition("?")
     environ: dict[str, Any] = {
         "REQUEST_METHOD": request.method.decode("ascii"),
@@ -258,8 +265,9 @@ def _environ(request: h11.Request, body: bytes, declared: int | None,
     return environ
 
 
-def _call_application(application: Any, environ: dict[str, Any]
-                      ) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+def _call_application(
+    application: Any, environ: dict[str, Any]
+) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
     started: list[Any] = []
 
     def start_response(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
@@ -276,26 +284,33 @@ def _call_application(application: Any, environ: dict[str, Any]
     except Exception:  # noqa: BLE001 - the application answers its own errors; this is a bug
         return _json_parts(500, {"ok": False, "error": "internal error"})
     status, headers = started
-    encoded = [(name.encode("latin-1"), value.encode("latin-1")) for name, value in headers
-               if name.lower() != "content-length"]
+    encoded = [
+        (name.encode("latin-1"), value.encode("latin-1"))
+        for name, value in headers
+        if name.lower() != "content-length"
+    ]
     encoded.append((b"content-length", str(len(payload)).encode()))
     return int(status.split(" ", 1)[0]), encoded, payload
 
 
-def _json_parts(status: int, document: dict[str, Any]) -> tuple[int, list[tuple[bytes, bytes]],
-                                                                 bytes]:
+def _json_parts(status: int, document: dict[str, Any]) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
     payload = json.dumps(document).encode()
-    return status, [(b"content-type", b"application/json"),
-                    (b"content-length", str(len(payload)).encode())], payload
+    return (
+        status,
+        [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())],
+        payload,
+    )
 
 
 def _raw_json(status: int, document: dict[str, Any]) -> bytes:
     """A whole response written by hand, for when the HTTP state machine is past helping."""
     payload = json.dumps(document).encode()
     reason = {400: "Bad Request", 408: "Request Timeout", 431: "Request Header Fields Too Large"}
-    head = (f"HTTP/1.1 {status} {reason.get(status, 'Error')}\r\n"
-            "content-type: application/json\r\n"
-            f"content-length: {len(payload)}\r\nconnection: close\r\n\r\n")
+    head = (
+        f"HTTP/1.1 {status} {reason.get(status, 'Error')}\r\n"
+        "content-type: application/json\r\n"
+        f"content-length: {len(payload)}\r\nconnection: close\r\n\r\n"
+    )
     return head.encode() + payload
 
 
@@ -326,9 +341,12 @@ class AsyncReceiverWorker(Worker):  # type: ignore[misc]
 
     def run(self) -> None:
         open_files = raise_open_files_limit()
-        limits = FrontLimits(**{**self.limits.__dict__,
-                                "max_connections": max(64, min(self.limits.max_connections,
-                                                               open_files - 64))})
+        limits = FrontLimits(
+            **{
+                **self.limits.__dict__,
+                "max_connections": max(64, min(self.limits.max_connections, open_files - 64)),
+            }
+        )
         asyncio.run(self._main(limits))
 
     async def _main(self, limits: FrontLimits) -> None:

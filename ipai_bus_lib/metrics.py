@@ -49,8 +49,7 @@ class OutboxDepthCollector(Collector):
         counts = self._current_counts()
         if counts is None:
             return
-        family = GaugeMetricFamily("ipai_outbox_events", "Outbox rows by status",
-                                   labels=["status"])
+        family = GaugeMetricFamily("ipai_outbox_events", "Outbox rows by status", labels=["status"])
         for status in STATUSES:
             family.add_metric([status], counts.get(status, 0))
         yield family
@@ -76,10 +75,15 @@ class ReceiverMetrics:
         # Under `ipai-bus serve`, whose workers share PROMETHEUS_MULTIPROC_DIR: add them all up.
         self._multiprocess = multiprocess
         self._own = CollectorRegistry()
-        self.requests = Counter("ipai_receiver_requests", "Webhook requests by outcome",
-                                ["outcome"], registry=self._own)
-        self.latency = Histogram("ipai_receiver_request_seconds", "Webhook request latency",
-                                 buckets=LATENCY_BUCKETS, registry=self._own)
+        self.requests = Counter(
+            "ipai_receiver_requests", "Webhook requests by outcome", ["outcome"], registry=self._own
+        )
+        self.latency = Histogram(
+            "ipai_receiver_request_seconds",
+            "Webhook request latency",
+            buckets=LATENCY_BUCKETS,
+            registry=self._own,
+        )
         self._depth = OutboxDepthCollector(database)
 
     def observe(self, outcome: str, seconds: float) -> None:

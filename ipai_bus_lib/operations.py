@@ -58,15 +58,22 @@ class Status:
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "by_status": self.by_status, "by_type": self.by_type,
+            "by_status": self.by_status,
+            "by_type": self.by_type,
             "oldest_pending_seconds": self.oldest_pending_seconds,
             "expired_leases": self.expired_leases,
-            "latest_dead": [{**row, "id": str(row["id"]), "updated_at": row["updated_at"].isoformat()}
-                            for row in self.latest_dead],
-            "event_log_last_hour": {"total": self.logged_last_hour,
-                                    "by_type": self.logged_last_hour_by_type},
-            "open_circuits": [{**row, "open_until": row["open_until"].isoformat()
-                               if row["open_until"] else None} for row in self.open_circuits],
+            "latest_dead": [
+                {**row, "id": str(row["id"]), "updated_at": row["updated_at"].isoformat()}
+                for row in self.latest_dead
+            ],
+            "event_log_last_hour": {
+                "total": self.logged_last_hour,
+                "by_type": self.logged_last_hour_by_type,
+            },
+            "open_circuits": [
+                {**row, "open_until": row["open_until"].isoformat() if row["open_until"] else None}
+                for row in self.open_circuits
+            ],
         }
 
 
@@ -74,25 +81,49 @@ def status(cursor: Any, *, dead_limit: int = 10) -> Status:
     """Counts by status and type, the oldest pending age, expired leases, the latest dead."""
     cursor.execute("select status, count(*) from integration.outbox group by status")
     by_status = {name: 0 for name in STATUSES} | dict(cursor.fetchall())
-    by_type = _rows(cursor, "select event_type, status, count(*) as events from integration.outbox"
-                            " where status <> 'completed' group by 1, 2 order by 1, 2")
-    cursor.execute("select extract(epoch from now() - min(created_at)) from integration.outbox"
-                   " where status in ('pending', 'failed')")
+    by_type = _rows(
+        cursor,
+        "select event_type, status, count(*) as events from integration.outbox"
+        " where status <> 'completed' group by 1, 2 order by 1, 2",
+    )
+    cursor.execute(
+        "select extract(epoch from now() - min(created_at)) from integration.outbox"
+        " where status in ('pending', 'failed')"
+    )
     oldest = cursor.fetchone()[0]
-    cursor.execute("select count(*) from integration.outbox"
-                   " where status = 'processing' and lease_expires_at < now()")
+    cursor.execute(
+        "select count(*) from integration.outbox"
+        " where status = 'processing' and lease_expires_at < now()"
+    )
     expired = int(cursor.fetchone()[0])
-    dead = _rows(cursor, "select id, event_type, aggregate_id, attempts, last_error, updated_at"
-                         " from integration.outbox where status = 'dead'"
-                         " order by updated_at desc limit %s", (dead_limit,))
-    cursor.execute("select event_type, count(*) from integration.event_log"
-                   " where received_at > now() - interval '1 hour' group by 1 order by 1")
+    dead = _rows(
+        cursor,
+        "select id, event_type, aggregate_id, attempts, last_error, updated_at"
+        " from integration.outbox where status = 'dead'"
+        " order by updated_at desc limit %s",
+        (dead_limit,),
+    )
+    cursor.execute(
+        "select event_type, count(*) from integration.event_log"
+        " where received_at > now() - interval '1 hour' group by 1 order by 1"
+    )
     logged = dict(cursor.fetchall())
-    circuits = _rows(cursor, "select destination, failures, open_until, last_error,"
-                             " open_until <= now() as trial_due from integration.destination_state"
-                             " where state = 'open' order by 1")
-    return Status(by_status, by_type, float(oldest) if oldest is not None else None, expired,
-                  dead, sum(logged.values()), logged, circuits)
+    circuits = _rows(
+        cursor,
+        "select destination, failures, open_until, last_error,"
+        " open_until <= now() as trial_due from integration.destination_state"
+        " where state = 'open' order by 1",
+    )
+    return Status(
+        by_status,
+        by_type,
+        float(oldest) if oldest is not None else None,
+        expired,
+        dead,
+        sum(logged.values()),
+        logged,
+        circuits,
+    )
 
 
 def event_history(cursor: Any, event_id: uuid.UUID) -> dict[str, Any] | None:
@@ -101,22 +132,38 @@ def event_history(cursor: Any, event_id: uuid.UUID) -> dict[str, Any] | None:
     logged = _rows(cursor, "select * from integration.event_log where event_id = %s", (event_id,))
     if not outbox_rows and not logged:
         return None
-    attempts = _rows(cursor, "select attempted_at, attempt, worker, destination, outcome,"
-                             " http_status, error, duration_ms from integration.delivery_attempts"
-                             " where event_id = %s order by id", (event_id,))
-    actions = _rows(cursor, "select acted_at, action, actor, reason from"
-                            " integration.operator_actions where %s = any(event_ids)"
-                            " order by id", (event_id,))
-    return {"outbox": outbox_rows[0] if outbox_rows else None,
-            "event_log": logged[0] if logged else None, "attempts": attempts, "actions": actions}
+    attempts = _rows(
+        cursor,
+        "select attempted_at, attempt, worker, destination, outcome,"
+        " http_status, error, duration_ms from integration.delivery_attempts"
+        " where event_id = %s order by id",
+        (event_id,),
+    )
+    actions = _rows(
+        cursor,
+        "select acted_at, action, actor, reason from"
+        " integration.operator_actions where %s = any(event_ids)"
+        " order by id",
+        (event_id,),
+    )
+    return {
+        "outbox": outbox_rows[0] if outbox_rows else None,
+        "event_log": logged[0] if logged else None,
+        "attempts": attempts,
+        "actions": actions,
+    }
 
 
 def events_since(cursor: Any, after_id: int, limit: int = 100) -> list[dict[str, Any]]:
     """Accepted events with an event_log id above ``after_id``, oldest first (for ``tail``)."""
-    return _rows(cursor, "select l.id as log_id, l.event_id, l.event_type, l.aggregate_id,"
-                         " l.received_at, o.status from integration.event_log l"
-                         " left join integration.outbox o on o.id = l.event_id"
-                         " where l.id > %s order by l.id limit %s", (after_id, limit))
+    return _rows(
+        cursor,
+        "select l.id as log_id, l.event_id, l.event_type, l.aggregate_id,"
+        " l.received_at, o.status from integration.event_log l"
+        " left join integration.outbox o on o.id = l.event_id"
+        " where l.id > %s order by l.id limit %s",
+        (after_id, limit),
+    )
 
 
 def last_log_id(cursor: Any) -> int:
@@ -124,31 +171,42 @@ def last_log_id(cursor: Any) -> int:
     return int(cursor.fetchone()[0])
 
 
-def select_for_retry(cursor: Any, *, type_pattern: str | None = None,
-                     since: timedelta | None = None, include_failed: bool = False) -> list[uuid.UUID]:
+def select_for_retry(
+    cursor: Any,
+    *,
+    type_pattern: str | None = None,
+    since: timedelta | None = None,
+    include_failed: bool = False,
+) -> list[uuid.UUID]:
     """Dead (and, if asked, failed) events matching a type pattern (``expense.*``) and age."""
     statuses = ["dead", "failed"] if include_failed else ["dead"]
     like = None
     if type_pattern and type_pattern != "*":
         like = type_pattern[:-1] + "%" if type_pattern.endswith(".*") else type_pattern
-    cursor.execute("select id from integration.outbox where status = any(%s)"
-                   " and (%s::text is null or event_type like %s)"
-                   " and (%s::interval is null or updated_at > now() - %s::interval)"
-                   " order by seq", (statuses, like, like, since, since))
+    cursor.execute(
+        "select id from integration.outbox where status = any(%s)"
+        " and (%s::text is null or event_type like %s)"
+        " and (%s::interval is null or updated_at > now() - %s::interval)"
+        " order by seq",
+        (statuses, like, like, since, since),
+    )
     return [row[0] for row in cursor.fetchall()]
 
 
 def retry(cursor: Any, event_ids: list[uuid.UUID], *, actor: str, reason: str | None) -> int:
     """Put failed/dead events back to pending (attempts reset); audited. Returns how many."""
-    cursor.execute("select integration.retry_events(p_ids => %s::uuid[], p_actor => %s,"
-                   " p_reason => %s)", (event_ids, actor, reason))
+    cursor.execute(
+        "select integration.retry_events(p_ids => %s::uuid[], p_actor => %s, p_reason => %s)",
+        (event_ids, actor, reason),
+    )
     return int(cursor.fetchone()[0])
 
 
 def purge_completed(cursor: Any, older_than: timedelta, *, actor: str) -> int:
     """Delete completed outbox rows older than ``older_than`` (the event_log stays); audited."""
-    cursor.execute("select integration.purge_completed(p_older_than => %s, p_actor => %s)",
-                   (older_than, actor))
+    cursor.execute(
+        "select integration.purge_completed(p_older_than => %s, p_actor => %s)", (older_than, actor)
+    )
     return int(cursor.fetchone()[0])
 
 

@@ -83,8 +83,12 @@ def _insert_parameters(
 
 
 def insert_event(
-    cursor: Any, envelope: Envelope, *, idempotency_key: str,
-    signature_digest: str | None = None, max_attempts: int = DEFAULT_MAX_ATTEMPTS,
+    cursor: Any,
+    envelope: Envelope,
+    *,
+    idempotency_key: str,
+    signature_digest: str | None = None,
+    max_attempts: int = DEFAULT_MAX_ATTEMPTS,
 ) -> InsertResult:
     """Store one event (idempotent on source + key); a duplicate writes nothing.
 
@@ -108,7 +112,11 @@ def insert_event_log(cursor: Any, event_id: uuid.UUID) -> int:
 
 
 def record_event(
-    cursor: Any, envelope: Envelope, *, idempotency_key: str, signature_digest: str | None = None,
+    cursor: Any,
+    envelope: Envelope,
+    *,
+    idempotency_key: str,
+    signature_digest: str | None = None,
     max_attempts: int = DEFAULT_MAX_ATTEMPTS,
 ) -> InsertResult:
     """Store a new event and its audit copy (what an ingress does); a duplicate writes nothing.
@@ -128,7 +136,11 @@ def record_event(
 
 
 def claim(
-    cursor: Any, *, worker: str, limit: int = 25, lease_seconds: int = DEFAULT_LEASE_SECONDS,
+    cursor: Any,
+    *,
+    worker: str,
+    limit: int = 25,
+    lease_seconds: int = DEFAULT_LEASE_SECONDS,
 ) -> list[OutboxEvent]:
     """Lease up to ``limit`` due events to ``worker`` (each claim counts one attempt)."""
     cursor.execute(
@@ -150,9 +162,14 @@ def ack(cursor: Any, event_ids: Sequence[uuid.UUID], *, worker: str) -> int:
 
 
 def fail(
-    cursor: Any, event_id: uuid.UUID, *, worker: str, error: str,
+    cursor: Any,
+    event_id: uuid.UUID,
+    *,
+    worker: str,
+    error: str,
     retry_delays: Sequence[int] = DEFAULT_RETRY_DELAYS_SECONDS,
-    retry_at: datetime | None = None, give_up: bool = False,
+    retry_at: datetime | None = None,
+    give_up: bool = False,
 ) -> str | None:
     """Record a failed delivery; returns the new status ('failed' or 'dead'), or None when
     ``worker`` no longer held the event."""
@@ -161,16 +178,25 @@ def fail(
         " p_error => %(error)s, p_retry_delay_seconds => %(delays)s::integer[],"
         " p_retry_at => %(retry_at)s, p_give_up => %(give_up)s)",
         {
-            "id": event_id, "worker": worker, "error": error, "delays": list(retry_delays),
-            "retry_at": retry_at, "give_up": give_up,
+            "id": event_id,
+            "worker": worker,
+            "error": error,
+            "delays": list(retry_delays),
+            "retry_at": retry_at,
+            "give_up": give_up,
         },
     )
     status = cursor.fetchone()[0]
     return str(status) if status is not None else None
 
 
-def extend_leases(cursor: Any, event_ids: Sequence[uuid.UUID], *, worker: str,
-                  lease_seconds: int = DEFAULT_LEASE_SECONDS) -> int:
+def extend_leases(
+    cursor: Any,
+    event_ids: Sequence[uuid.UUID],
+    *,
+    worker: str,
+    lease_seconds: int = DEFAULT_LEASE_SECONDS,
+) -> int:
     """Renew the leases ``worker`` still holds on ``event_ids``; returns how many it renewed."""
     cursor.execute(
         "select integration.extend_leases(p_ids => %(ids)s::uuid[], p_worker => %(worker)s,"
@@ -180,8 +206,9 @@ def extend_leases(cursor: Any, event_ids: Sequence[uuid.UUID], *, worker: str,
     return int(cursor.fetchone()[0])
 
 
-def release(cursor: Any, event_ids: Sequence[uuid.UUID], *, worker: str,
-            available_at: datetime | None = None) -> int:
+def release(
+    cursor: Any, event_ids: Sequence[uuid.UUID], *, worker: str, available_at: datetime | None = None
+) -> int:
     """Hand claimed, unstarted events back with their attempt given back: due at once, or at
     ``available_at`` (a paused destination's reopening)."""
     cursor.execute(

@@ -70,16 +70,25 @@ class Accepted:
     duplicate: bool
 
 
-_REASONS = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 404: "Not Found",
-            405: "Method Not Allowed", 413: "Content Too Large", 415: "Unsupported Media Type",
-            500: "Internal Server Error", 503: "Service Unavailable"}
+_REASONS = {
+    200: "OK",
+    400: "Bad Request",
+    401: "Unauthorized",
+    404: "Not Found",
+    405: "Method Not Allowed",
+    413: "Content Too Large",
+    415: "Unsupported Media Type",
+    500: "Internal Server Error",
+    503: "Service Unavailable",
+}
 
 
 class Receiver:
     """The WSGI application. Thread-safe: one instance serves every request of a process."""
 
-    def __init__(self, config: ReceiverConfig, database: Database,
-                 metrics: ReceiverMetrics | None = None) -> None:
+    def __init__(
+        self, config: ReceiverConfig, database: Database, metrics: ReceiverMetrics | None = None
+    ) -> None:
         if not config.secrets:
             raise ValueError("the receiver needs at least one webhook secret")
         self.config = config
@@ -94,9 +103,12 @@ class Receiver:
             return self._healthz(start_response)
         if path == "/metrics" and environ.get("REQUEST_METHOD") == "GET":
             if not self._metrics_allowed(environ):
-                return _json(start_response, 401, {"ok": False, "error": "metrics need the bearer"
-                                                   " token (IPAI_METRICS_TOKEN)"},
-                             [("WWW-Authenticate", "Bearer")])
+                return _json(
+                    start_response,
+                    401,
+                    {"ok": False, "error": "metrics need the bearer token (IPAI_METRICS_TOKEN)"},
+                    [("WWW-Authenticate", "Bearer")],
+                )
             body, content_type = self.metrics.render()
             return _respond(start_response, 200, body, content_type)
         return _json(start_response, 404, {"ok": False, "error": "not found"})
@@ -117,16 +129,18 @@ class Receiver:
         except Refusal as refusal:
             self._finish(refusal.outcome, refusal.status, started, None)
             headers = [("Allow", "POST")] if refusal.status == 405 else []
-            return _json(start_response, refusal.status, {"ok": False, "error": refusal.error},
-                         headers)
+            return _json(start_response, refusal.status, {"ok": False, "error": refusal.error}, headers)
         except Exception:  # noqa: BLE001 - an answer, never a traceback page
             log.exception("receiver: unexpected error")
             self._finish("error", 500, started, None)
             return _json(start_response, 500, {"ok": False, "error": "internal error"})
         outcome = "duplicate" if accepted.duplicate else "stored"
         self._finish(outcome, 200, started, accepted)
-        return _json(start_response, 200, {
-            "ok": True, "event_id": accepted.event_id, "duplicate": accepted.duplicate})
+        return _json(
+            start_response,
+            200,
+            {"ok": True, "event_id": accepted.event_id, "duplicate": accepted.duplicate},
+        )
 
     def _accept(self, environ: Mapping[str, Any]) -> Accepted:
         _check_method_and_type(environ)
@@ -134,8 +148,9 @@ class Receiver:
         body = _read_body(environ, self.config.max_body_bytes)
         headers = _signature_headers(environ)
         try:
-            verified = signing.verify(self.config.secrets, body, headers,
-                                      tolerance_seconds=self.config.tolerance_seconds)
+            verified = signing.verify(
+                self.config.secrets, body, headers, tolerance_seconds=self.config.tolerance_seconds
+            )
         except SignatureError as exc:
             raise Refusal(401, str(exc), "unauthorized") from None
         envelope = _parse_body(body)
@@ -154,9 +169,13 @@ class Receiver:
         for attempt in (1, 2):
             try:
                 with self.database.autocommit() as cursor:
-                    result = outbox.record_event(cursor, envelope, idempotency_key=key,
-                                                 signature_digest=fingerprint,
-                                                 max_attempts=self.config.max_attempts)
+                    result = outbox.record_event(
+                        cursor,
+                        envelope,
+                        idempotency_key=key,
+                        signature_digest=fingerprint,
+                        max_attempts=self.config.max_attempts,
+                    )
                 return Accepted(str(result.event_id), envelope.event_type, result.duplicate)
             except ReplayedSignature as exc:
                 raise Refusal(401, str(exc), "replayed") from None
@@ -170,8 +189,11 @@ class Receiver:
     def _finish(self, outcome: str, status: int, started: float, accepted: Accepted | None) -> None:
         elapsed = time.perf_counter() - started
         self.metrics.observe(outcome, elapsed)
-        fields: dict[str, Any] = {"outcome": outcome, "status": status,
-                                  "latency_ms": round(elapsed * 1000, 2)}
+        fields: dict[str, Any] = {
+            "outcome": outcome,
+            "status": status,
+            "latency_ms": round(elapsed * 1000, 2),
+        }
         if accepted is not None:
             fields.update(event_id=accepted.event_id, event_type=accepted.event_type)
         log.info(json.dumps(fields))
@@ -225,8 +247,10 @@ def _read_body(environ: Mapping[str, Any], limit: int) -> bytes:
 
 
 def _signature_headers(environ: Mapping[str, Any]) -> dict[str, str]:
-    names = {signing.TIMESTAMP_HEADER: "HTTP_X_IPAI_TIMESTAMP",
-             signing.SIGNATURE_HEADER: "HTTP_X_IPAI_SIGNATURE"}
+    names = {
+        signing.TIMESTAMP_HEADER: "HTTP_X_IPAI_TIMESTAMP",
+        signing.SIGNATURE_HEADER: "HTTP_X_IPAI_SIGNATURE",
+    }
     return {header: environ[key] for header, key in names.items() if key in environ}
 
 
@@ -243,8 +267,9 @@ def _finite_float(text: str) -> float:
 
 def _parse_body(body: bytes) -> catalog.Envelope:
     try:
-        document = json.loads(body.decode("utf-8"), parse_constant=_reject_constant,
-                              parse_float=_finite_float)
+        document = json.loads(
+            body.decode("utf-8"), parse_constant=_reject_constant, parse_float=_finite_float
+        )
     except (UnicodeDecodeError, ValueError, RecursionError):
         raise Refusal(400, "body is not valid UTF-8 JSON", "bad_request") from None
     try:
@@ -255,14 +280,24 @@ def _parse_body(body: bytes) -> catalog.Envelope:
         raise Refusal(400, "payload nested too deeply", "bad_request") from None
 
 
-def _json(start_response: StartResponse, status: int, document: Mapping[str, Any],
-          headers: list[tuple[str, str]] | None = None) -> Iterable[bytes]:
-    return _respond(start_response, status, json.dumps(document).encode(), "application/json",
-                    headers)
+def _json(
+    start_response: StartResponse,
+    status: int,
+    document: Mapping[str, Any],
+    headers: list[tuple[str, str]] | None = None,
+) -> Iterable[bytes]:
+    return _respond(start_response, status, json.dumps(document).encode(), "application/json", headers)
 
 
-def _respond(start_response: StartResponse, status: int, body: bytes, content_type: str,
-             headers: list[tuple[str, str]] | None = None) -> Iterable[bytes]:
-    start_response(f"{status} {_REASONS.get(status, '')}".strip(), [
-        ("Content-Type", content_type), ("Content-Length", str(len(body))), *(headers or [])])
+def _respond(
+    start_response: StartResponse,
+    status: int,
+    body: bytes,
+    content_type: str,
+    headers: list[tuple[str, str]] | None = None,
+) -> Iterable[bytes]:
+    start_response(
+        f"{status} {_REASONS.get(status, '')}".strip(),
+        [("Content-Type", content_type), ("Content-Length", str(len(body))), *(headers or [])],
+    )
     return [body]

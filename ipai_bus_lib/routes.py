@@ -98,25 +98,30 @@ def load_routing(path: str | Path | None, env: Mapping[str, str]) -> RoutingTabl
     try:
         document = tomllib.loads(Path(path).read_text(encoding="utf-8"))
     except OSError as exc:
-        raise ConfigurationError(f"routes file {path}: {exc.strerror}",
-                                 setting="IPAI_ROUTES_FILE") from None
+        raise ConfigurationError(
+            f"routes file {path}: {exc.strerror}", setting="IPAI_ROUTES_FILE"
+        ) from None
     except tomllib.TOMLDecodeError as exc:
-        raise ConfigurationError(f"routes file {path}: not valid TOML: {exc}",
-                                 setting="IPAI_ROUTES_FILE") from None
+        raise ConfigurationError(
+            f"routes file {path}: not valid TOML: {exc}", setting="IPAI_ROUTES_FILE"
+        ) from None
     return parse_routing(document, env, origin=str(path))
 
 
-def parse_routing(document: Mapping[str, Any], env: Mapping[str, str], *,
-                  origin: str = "routes") -> RoutingTable:
+def parse_routing(
+    document: Mapping[str, Any], env: Mapping[str, str], *, origin: str = "routes"
+) -> RoutingTable:
     """Validate a decoded routes document; raises ConfigurationError on the first problem."""
-    destinations = {name: _destination(name, spec, env, origin)
-                    for name, spec in _table(document.get("destinations", {}), origin,
-                                             "[destinations]").items()}
+    destinations = {
+        name: _destination(name, spec, env, origin)
+        for name, spec in _table(document.get("destinations", {}), origin, "[destinations]").items()
+    }
     raw_routes = document.get("routes", [])
     if not isinstance(raw_routes, list) or not raw_routes:
         raise _problem(origin, "needs at least one [[routes]] entry")
-    routes = tuple(_route(index, raw, destinations, origin)
-                   for index, raw in enumerate(raw_routes, start=1))
+    routes = tuple(
+        _route(index, raw, destinations, origin) for index, raw in enumerate(raw_routes, start=1)
+    )
     return RoutingTable(routes, destinations)
 
 
@@ -130,12 +135,15 @@ def _destination(name: str, raw: Any, env: Mapping[str, str], origin: str) -> De
     spec = dict(_table(raw, origin, f"[destinations.{name}]"))
     kind = spec.pop("type", None)
     if kind not in DESTINATION_TYPES:
-        raise _problem(origin, f"[destinations.{name}] type must be one of "
-                               f"{', '.join(DESTINATION_TYPES)}; got {kind!r}")
+        raise _problem(
+            origin,
+            f"[destinations.{name}] type must be one of {', '.join(DESTINATION_TYPES)}; got {kind!r}",
+        )
     for key, value in spec.items():
         if key.endswith("_env") and not env.get(str(value)):
-            raise _problem(origin, f"[destinations.{name}] {key} names {value}, which is not set "
-                                   "in the environment")
+            raise _problem(
+                origin, f"[destinations.{name}] {key} names {value}, which is not set in the environment"
+            )
     rate = spec.pop("rate_per_second", None)
     burst = spec.pop("burst", 1 if rate is None else max(1, int(rate)))
     if rate is not None and (not isinstance(rate, (int, float)) or rate <= 0):
@@ -145,25 +153,26 @@ def _destination(name: str, raw: Any, env: Mapping[str, str], origin: str) -> De
     return DestinationSpec(name, kind, spec, float(rate) if rate else None, burst)
 
 
-def _route(index: int, raw: Any, destinations: Mapping[str, DestinationSpec],
-           origin: str) -> Route:
+def _route(index: int, raw: Any, destinations: Mapping[str, DestinationSpec], origin: str) -> Route:
     entry = _table(raw, origin, f"route #{index}")
     pattern = entry.get("match")
     if not isinstance(pattern, str) or not _valid_pattern(pattern):
-        raise _problem(origin, f"route #{index}: match must be an event type, a prefix.* or *; "
-                               f"got {pattern!r}")
+        raise _problem(
+            origin, f"route #{index}: match must be an event type, a prefix.* or *; got {pattern!r}"
+        )
     names = entry.get("destinations")
     if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
-        raise _problem(origin, f"route #{index} ({pattern}): destinations must be a non-empty "
-                               "list of names")
+        raise _problem(
+            origin, f"route #{index} ({pattern}): destinations must be a non-empty list of names"
+        )
     unknown = [name for name in names if name not in destinations]
     if unknown:
-        raise _problem(origin, f"route #{index} ({pattern}): no destination named "
-                               f"{', '.join(unknown)}")
+        raise _problem(origin, f"route #{index} ({pattern}): no destination named {', '.join(unknown)}")
     formatter = entry.get("formatter", "auto")
     if formatter not in FORMATTERS:
-        raise _problem(origin, f"route #{index} ({pattern}): formatter must be one of "
-                               f"{', '.join(FORMATTERS)}")
+        raise _problem(
+            origin, f"route #{index} ({pattern}): formatter must be one of {', '.join(FORMATTERS)}"
+        )
     return Route(pattern, tuple(names), formatter)
 
 

@@ -12,8 +12,9 @@ def sample_envelope(event_type: str, *, occurred_at: datetime | None = None) -> 
     spec = CATALOG[event_type]
     payload = {**spec.domain.sample, **spec.sample_values}
     aggregate = payload[spec.domain.sample_aggregate_field]
-    return new_envelope(event_type, str(aggregate), payload,
-                        occurred_at=occurred_at or datetime.now(timezone.utc))
+    return new_envelope(
+        event_type, str(aggregate), payload, occurred_at=occurred_at or datetime.now(timezone.utc)
+    )
 
 
 def all_samples() -> list[Envelope]:

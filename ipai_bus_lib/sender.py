@@ -35,16 +35,20 @@ def signing_secret(settings: Settings) -> str:
     path = config_dir(settings.config_dir) / "webhook-secret"
     if path.exists():
         return read_secret_file(path, setting=str(path))[0]
-    raise ConfigurationError("no webhook secret: set IPAI_WEBHOOK_SECRET, or run `ipai-bus up` "
-                             "once to make one", setting="IPAI_WEBHOOK_SECRET")
+    raise ConfigurationError(
+        "no webhook secret: set IPAI_WEBHOOK_SECRET, or run `ipai-bus up` once to make one",
+        setting="IPAI_WEBHOOK_SECRET",
+    )
 
 
-def post_event(url: str, envelope: Envelope, *, secret: str, key: str,
-               timeout: float = 10.0) -> tuple[int, dict[str, Any]]:
+def post_event(
+    url: str, envelope: Envelope, *, secret: str, key: str, timeout: float = 10.0
+) -> tuple[int, dict[str, Any]]:
     """Sign and POST one envelope; returns the HTTP status and the receiver's JSON answer."""
     body = envelope.to_bytes()
-    request = urllib.request.Request(url, data=body, method="POST",
-                                     headers=signature_headers(secret, body, idempotency_key=key))
+    request = urllib.request.Request(
+        url, data=body, method="POST", headers=signature_headers(secret, body, idempotency_key=key)
+    )
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310
             return response.status, json.loads(response.read() or b"{}")
@@ -56,8 +60,9 @@ def post_event(url: str, envelope: Envelope, *, secret: str, key: str,
         return answer.code, document
     except (urllib.error.URLError, OSError) as exc:
         reason = getattr(exc, "reason", exc)
-        raise ReceiverUnreachable(f"no receiver at {url}: {reason} (is `ipai-bus up` running?)"
-                                  ) from None
+        raise ReceiverUnreachable(
+            f"no receiver at {url}: {reason} (is `ipai-bus up` running?)"
+        ) from None
 
 
 def envelope_from_arguments(args: argparse.Namespace) -> Envelope:
@@ -67,17 +72,23 @@ def envelope_from_arguments(args: argparse.Namespace) -> Envelope:
             return parse_envelope(json.loads(Path(args.file).read_text(encoding="utf-8")))
         if args.sample:
             if lookup(args.event_type) is None:
-                raise ConfigurationError(f"--sample needs a catalogued type; {args.event_type} "
-                                         "is not one")
+                raise ConfigurationError(
+                    f"--sample needs a catalogued type; {args.event_type} is not one"
+                )
             return sample_envelope(args.event_type)
         if not args.aggregate_id:
             raise ConfigurationError("--type needs --aggregate-id (or --sample)")
         payload = json.loads(args.payload) if args.payload else {}
         if lookup(args.event_type) and not args.aggregate_type:
             return new_envelope(args.event_type, args.aggregate_id, payload)
-        return parse_envelope({"event_type": args.event_type, "payload": payload,
-                               "aggregate_type": args.aggregate_type or "unknown",
-                               "aggregate_id": args.aggregate_id})
+        return parse_envelope(
+            {
+                "event_type": args.event_type,
+                "payload": payload,
+                "aggregate_type": args.aggregate_type or "unknown",
+                "aggregate_id": args.aggregate_id,
+            }
+        )
     except OSError as exc:
         raise ConfigurationError(f"cannot read {args.file}: {exc.strerror}") from None
     except EnvelopeError as exc:

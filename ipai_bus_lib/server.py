@@ -74,12 +74,22 @@ class _ReceiverApplication(BaseApplication):  # type: ignore[misc]
 
         configure_request_log()
         config = self._config
-        database = Database(self._database_url, max_size=config.threads, connect_timeout=2,
-                            application_name="ipai-bus receiver",
-                            deadline_seconds=config.database_deadline_seconds)
-        return Receiver(ReceiverConfig(secrets=self._secrets, max_attempts=config.max_attempts,
-                                       metrics_token=config.metrics_token), database,
-                        ReceiverMetrics(database, multiprocess=True))
+        database = Database(
+            self._database_url,
+            max_size=config.threads,
+            connect_timeout=2,
+            application_name="ipai-bus receiver",
+            deadline_seconds=config.database_deadline_seconds,
+        )
+        return Receiver(
+            ReceiverConfig(
+                secrets=self._secrets,
+                max_attempts=config.max_attempts,
+                metrics_token=config.metrics_token,
+            ),
+            database,
+            ReceiverMetrics(database, multiprocess=True),
+        )
 
 
 def _forget_worker_metrics(server: Any, worker: Any) -> None:

@@ -56,7 +56,10 @@ def sign(secret: Secret, body: bytes, *, timestamp_ms: int) -> str:
 
 
 def signature_headers(
-    secrets: Secret | Sequence[Secret], body: bytes, *, idempotency_key: str,
+    secrets: Secret | Sequence[Secret],
+    body: bytes,
+    *,
+    idempotency_key: str,
     timestamp_ms: int | None = None,
 ) -> dict[str, str]:
     """The headers of a signed request; several secrets give several comma-separated digests."""
@@ -106,8 +109,12 @@ class Verified:
 
 
 def verify(
-    secrets: Sequence[Secret], body: bytes, headers: Mapping[str, str], *,
-    now: int | None = None, tolerance_seconds: int = TOLERANCE_SECONDS,
+    secrets: Sequence[Secret],
+    body: bytes,
+    headers: Mapping[str, str],
+    *,
+    now: int | None = None,
+    tolerance_seconds: int = TOLERANCE_SECONDS,
 ) -> Verified:
     """Check a request's signature headers against every active secret.
 
@@ -152,16 +159,20 @@ def any_digest_matches(secrets: Sequence[Secret], message: bytes, digests: Seque
 STANDARD_WEBHOOKS_SECRET_PREFIX = "whsec_"
 
 
-def standard_webhooks_headers(secret: str, *, message_id: str, body: bytes,
-                              timestamp_s: int | None = None) -> dict[str, str]:
+def standard_webhooks_headers(
+    secret: str, *, message_id: str, body: bytes, timestamp_s: int | None = None
+) -> dict[str, str]:
     """webhook-id, webhook-timestamp and webhook-signature per the Standard Webhooks spec.
 
     ``secret`` is ``whsec_`` followed by base64 key bytes (the form the spec's libraries take);
     the signature is ``v1,`` + base64 HMAC-SHA256 over ``"{id}.{timestamp}.{body}"``.
     Raises ValueError for a secret that is not of that form.
     """
-    encoded = secret[len(STANDARD_WEBHOOKS_SECRET_PREFIX):] if secret.startswith(
-        STANDARD_WEBHOOKS_SECRET_PREFIX) else secret
+    encoded = (
+        secret[len(STANDARD_WEBHOOKS_SECRET_PREFIX) :]
+        if secret.startswith(STANDARD_WEBHOOKS_SECRET_PREFIX)
+        else secret
+    )
     try:
         key = base64.b64decode(encoded, validate=True)
     except binascii.Error:
@@ -171,5 +182,8 @@ def standard_webhooks_headers(secret: str, *, message_id: str, body: bytes,
     stamp = int(time.time()) if timestamp_s is None else timestamp_s
     signed = f"{message_id}.{stamp}.".encode() + body
     digest = base64.b64encode(hmac.new(key, signed, hashlib.sha256).digest()).decode()
-    return {"webhook-id": message_id, "webhook-timestamp": str(stamp),
-            "webhook-signature": f"v1,{digest}"}
+    return {
+        "webhook-id": message_id,
+        "webhook-timestamp": str(stamp),
+        "webhook-signature": f"v1,{digest}",
+    }

@@ -43,8 +43,7 @@ class Child:
     restarts: list[float] = field(default_factory=list)
 
     def start(self) -> None:
-        self.process = subprocess.Popen(self.argv, env=self.env, stdout=self.stdout,
-                                        stderr=self.stdout)
+        self.process = subprocess.Popen(self.argv, env=self.env, stdout=self.stdout, stderr=self.stdout)
 
     def alive(self) -> bool:
         return self.process is not None and self.process.poll() is None
@@ -66,12 +65,15 @@ class Supervisor:
         for child in self.children:
             if child.alive():
                 continue
-            child.restarts = [moment for moment in child.restarts
-                              if now - moment < RESTART_WINDOW_SECONDS] + [now]
+            child.restarts = [
+                moment for moment in child.restarts if now - moment < RESTART_WINDOW_SECONDS
+            ] + [now]
             code = child.process.returncode if child.process else None
             if len(child.restarts) > RESTARTS_ALLOWED:
-                raise IpaiBusError(f"{child.name} exited {RESTARTS_ALLOWED + 1} times within a "
-                                   f"minute (last exit code {code}); see its output above")
+                raise IpaiBusError(
+                    f"{child.name} exited {RESTARTS_ALLOWED + 1} times within a "
+                    f"minute (last exit code {code}); see its output above"
+                )
             print(f"ipai-bus: {child.name} exited with code {code}; restarting", file=sys.stderr)
             child.start()
 
@@ -131,10 +133,12 @@ class Stack:
             ensure_secret_file(self.secret_file)
             env["IPAI_WEBHOOK_SECRET_FILE"] = str(self.secret_file)
         command = [sys.executable, "-m", "ipai_bus_lib.cli"]
-        self.supervisor = Supervisor([
-            Child("receiver", [*command, "serve"], env, self.output),
-            Child("router", [*command, "route"], env, self.output),
-        ])
+        self.supervisor = Supervisor(
+            [
+                Child("receiver", [*command, "serve"], env, self.output),
+                Child("router", [*command, "route"], env, self.output),
+            ]
+        )
         self.supervisor.start()
         self._wait_until_serving()
 
@@ -158,8 +162,10 @@ class Stack:
             if receiver_healthy(health):
                 return
             time.sleep(0.2)
-        raise IpaiBusError(f"the receiver did not answer {health} within {timeout:g} s "
-                           f"(is port {self.settings.receiver_port} taken? set IPAI_RECEIVER_PORT)")
+        raise IpaiBusError(
+            f"the receiver did not answer {health} within {timeout:g} s "
+            f"(is port {self.settings.receiver_port} taken? set IPAI_RECEIVER_PORT)"
+        )
 
     def __exit__(self, *exc: Any) -> None:
         if self.supervisor is not None:
@@ -184,4 +190,6 @@ def require_free_port(settings: Settings) -> None:
     if receiver_healthy(health):
         raise ConfigurationError(
             f"a receiver already answers on port {settings.receiver_port}; stop it or set "
-            "IPAI_RECEIVER_PORT", setting="IPAI_RECEIVER_PORT")
+            "IPAI_RECEIVER_PORT",
+            setting="IPAI_RECEIVER_PORT",
+        )

@@ -82,21 +82,42 @@ def private_cluster(tmp_path) -> Iterator[tuple[Any, str]]:
 
 
 @contextlib.contextmanager
-def receiver_process(database_url: str, tmp_path, *, secrets: str = f"{PRIMARY_SECRET},{OLD_SECRET}",
-                     workers: int = 1, threads: int = 8) -> Iterator[RunningProcess]:
+def receiver_process(
+    database_url: str,
+    tmp_path,
+    *,
+    secrets: str = f"{PRIMARY_SECRET},{OLD_SECRET}",
+    workers: int = 1,
+    threads: int = 8,
+) -> Iterator[RunningProcess]:
     """`ipai-bus serve` as a real subprocess on a free loopback port."""
     port = free_port()
     env = {**os.environ, "DATABASE_URL": database_url, "IPAI_WEBHOOK_SECRET": secrets}
     log_path = str(tmp_path / f"receiver-{port}.log")
     with open(log_path, "w") as log:
         process = subprocess.Popen(
-            [sys.executable, "-m", "ipai_bus_lib.cli", "serve", "--port", str(port),
-             "--workers", str(workers), "--threads", str(threads)],
-            env=env, stdout=log, stderr=subprocess.STDOUT)
+            [
+                sys.executable,
+                "-m",
+                "ipai_bus_lib.cli",
+                "serve",
+                "--port",
+                str(port),
+                "--workers",
+                str(workers),
+                "--threads",
+                str(threads),
+            ],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
     running = RunningProcess(process, f"http://127.0.0.1:{port}", log_path)
     try:
-        wait_until(lambda: process.poll() is not None or _healthy(running.base_url + "/healthz"),
-                   what="the receiver to listen")
+        wait_until(
+            lambda: process.poll() is not None or _healthy(running.base_url + "/healthz"),
+            what="the receiver to listen",
+        )
         assert process.poll() is None, f"receiver exited early:\n{running.log()}"
         yield running
     finally:
@@ -109,17 +130,26 @@ def receiver_process(database_url: str, tmp_path, *, secrets: str = f"{PRIMARY_S
 
 
 def event_body(key_suffix: str = "1", **changes: Any) -> bytes:
-    document = {"event_type": "expense.submitted", "aggregate_type": "hr.expense",
-                "aggregate_id": key_suffix,
-                "payload": {"expense_id": 42, "employee_name": "Maria Santos", "amount": 1250.5,
-                            "currency": "PHP"},
-                "occurred_at": "2026-01-22T07:26:26Z", "source": "odoo"}
+    document = {
+        "event_type": "expense.submitted",
+        "aggregate_type": "hr.expense",
+        "aggregate_id": key_suffix,
+        "payload": {
+            "expense_id": 42,
+            "employee_name": "Maria Santos",
+            "amount": 1250.5,
+            "currency": "PHP",
+        },
+        "occurred_at": "2026-01-22T07:26:26Z",
+        "source": "odoo",
+    }
     document.update(changes)
     return json.dumps(document).encode()
 
 
-def signed(body: bytes, *, key: str, secret: str = PRIMARY_SECRET,
-           timestamp_ms: int | None = None) -> dict[str, str]:
+def signed(
+    body: bytes, *, key: str, secret: str = PRIMARY_SECRET, timestamp_ms: int | None = None
+) -> dict[str, str]:
     return signing.signature_headers(secret, body, idempotency_key=key, timestamp_ms=timestamp_ms)
 
 
@@ -128,11 +158,14 @@ def snapshot(database_url: str) -> dict[str, Any]:
     conn = psycopg2.connect(database_url)
     try:
         with conn.cursor() as cursor:
-            cursor.execute("select id, status, attempts, idempotency_key, payload"
-                           " from integration.outbox order by id")
+            cursor.execute(
+                "select id, status, attempts, idempotency_key, payload"
+                " from integration.outbox order by id"
+            )
             outbox_rows = cursor.fetchall()
-            cursor.execute("select event_id, idempotency_key, payload from integration.event_log"
-                           " order by event_id")
+            cursor.execute(
+                "select event_id, idempotency_key, payload from integration.event_log order by event_id"
+            )
             log_rows = cursor.fetchall()
         return {"outbox": outbox_rows, "event_log": log_rows}
     finally:
@@ -145,5 +178,4 @@ def counts(database_url: str) -> tuple[int, int]:
 
 
 def post(base_url: str, body: bytes, headers: Mapping[str, str], **kwargs) -> requests.Response:
-    return requests.post(base_url + WEBHOOK_PATH, data=body, headers=dict(headers), timeout=15,
-                         **kwargs)
+    return requests.post(base_url + WEBHOOK_PATH, data=body, headers=dict(headers), timeout=15, **kwargs)

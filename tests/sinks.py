@@ -33,8 +33,9 @@ class Reply:
 class HttpSink:
     """A threaded HTTP server that records every request and answers what ``respond`` says."""
 
-    def __init__(self, respond: Callable[[Received], Reply] | None = None, *,
-                 idle_timeout: float | None = None) -> None:
+    def __init__(
+        self, respond: Callable[[Received], Reply] | None = None, *, idle_timeout: float | None = None
+    ) -> None:
         self.received: list[Received] = []
         self.respond = respond or (lambda request: Reply())
         self.lock = threading.Lock()
@@ -46,8 +47,9 @@ class HttpSink:
 
             def do_POST(self) -> None:  # noqa: N802 - http.server's naming
                 body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-                request = Received(self.path, {k.lower(): v for k, v in self.headers.items()},
-                                   body, time.time())
+                request = Received(
+                    self.path, {k.lower(): v for k, v in self.headers.items()}, body, time.time()
+                )
                 reply = sink.respond(request)
                 if reply.delay:
                     time.sleep(reply.delay)
@@ -111,13 +113,15 @@ class TricklingSink:
         with client:
             client.recv(65536)
             self.requests += 1
-            answer = (f"HTTP/1.1 200 OK\r\nContent-Length: {self.body_bytes}\r\n\r\n".encode()
-                      + b"x" * self.body_bytes)
+            answer = (
+                f"HTTP/1.1 200 OK\r\nContent-Length: {self.body_bytes}\r\n\r\n".encode()
+                + b"x" * self.body_bytes
+            )
             try:
                 for index in range(len(answer)):
                     if self.stopped.wait(self.interval):
                         return
-                    client.sendall(answer[index:index + 1])
+                    client.sendall(answer[index : index + 1])
             except OSError:
                 return
 

@@ -12,8 +12,12 @@ from ipai_bus_lib import catalog
 from ipai_bus_lib.errors import EnvelopeError
 
 VALID = {
-    "event_type": "expense.submitted", "aggregate_type": "hr.expense", "aggregate_id": "42",
-    "payload": {"amount": 10}, "occurred_at": "2026-01-22T07:26:26Z", "source": "odoo",
+    "event_type": "expense.submitted",
+    "aggregate_type": "hr.expense",
+    "aggregate_id": "42",
+    "payload": {"amount": 10},
+    "occurred_at": "2026-01-22T07:26:26Z",
+    "source": "odoo",
 }
 
 
@@ -66,23 +70,26 @@ def test_parse_defaults_source_to_odoo_and_accepts_types_outside_the_catalog():
     assert envelope.source == "odoo" and envelope.event_type == "test"
 
 
-@pytest.mark.parametrize(("change", "field"), [
-    ({"event_type": None}, "event_type"),
-    ({"event_type": "Expense.Submitted"}, "event_type"),
-    ({"event_type": "expense..submitted"}, "event_type"),
-    ({"event_type": "test\n"}, "event_type"),
-    ({"aggregate_type": ""}, "aggregate_type"),
-    ({"aggregate_type": 5}, "aggregate_type"),
-    ({"aggregate_id": True}, "aggregate_id"),
-    ({"aggregate_id": 1.5}, "aggregate_id"),
-    ({"aggregate_id": "x" * 256}, "aggregate_id"),
-    ({"payload": [1]}, "payload"),
-    ({"payload": "{}"}, "payload"),
-    ({"occurred_at": "yesterday"}, "occurred_at"),
-    ({"occurred_at": "2026-02-30T00:00:00Z"}, "occurred_at"),
-    ({"occurred_at": "2026-01-22T07:26:26"}, "occurred_at"),
-    ({"source": "odoo prod"}, "source"),
-])
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        ({"event_type": None}, "event_type"),
+        ({"event_type": "Expense.Submitted"}, "event_type"),
+        ({"event_type": "expense..submitted"}, "event_type"),
+        ({"event_type": "test\n"}, "event_type"),
+        ({"aggregate_type": ""}, "aggregate_type"),
+        ({"aggregate_type": 5}, "aggregate_type"),
+        ({"aggregate_id": True}, "aggregate_id"),
+        ({"aggregate_id": 1.5}, "aggregate_id"),
+        ({"aggregate_id": "x" * 256}, "aggregate_id"),
+        ({"payload": [1]}, "payload"),
+        ({"payload": "{}"}, "payload"),
+        ({"occurred_at": "yesterday"}, "occurred_at"),
+        ({"occurred_at": "2026-02-30T00:00:00Z"}, "occurred_at"),
+        ({"occurred_at": "2026-01-22T07:26:26"}, "occurred_at"),
+        ({"source": "odoo prod"}, "source"),
+    ],
+)
 def test_parse_names_the_bad_field(change, field):
     document = {**VALID, **change}
     with pytest.raises(EnvelopeError) as caught:
@@ -115,6 +122,7 @@ def test_odoo_idempotency_key_reads_naive_write_date_as_utc():
 
 # --- the catalog is the one place that knows the event types ---------------------------------------
 
+
 def _sources_outside_the_catalog():
     root = Path(__file__).resolve().parent.parent
     library = [path for path in (root / "ipai_bus_lib").glob("*.py") if path.name != "catalog.py"]
@@ -129,10 +137,12 @@ def test_no_event_type_is_known_anywhere_but_the_catalog():
     domains = "|".join(domain.name for domain in catalog.DOMAINS)
     literal = re.compile(rf"[\"']({names})[\"']")
     built = re.compile(rf"f[\"']({domains})\.\{{")
-    found = [f"{path.name}:{number}: {line.strip()}"
-             for path in _sources_outside_the_catalog()
-             for number, line in enumerate(path.read_text().splitlines(), 1)
-             if literal.search(line) or built.search(line)]
+    found = [
+        f"{path.name}:{number}: {line.strip()}"
+        for path in _sources_outside_the_catalog()
+        for number, line in enumerate(path.read_text().splitlines(), 1)
+        if literal.search(line) or built.search(line)
+    ]
     assert not found, "event types named outside the catalog:\n" + "\n".join(found)
 
 

@@ -21,11 +21,16 @@ from ipai_bus_lib.catalog import Envelope
 from .helpers import free_port, snapshot, wait_until
 
 
-def cli(*args: str, env: dict[str, str] | None = None, timeout: float = 90
-        ) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "ipai_bus_lib.cli", *args],
-                          env={**os.environ, **(env or {})}, capture_output=True, text=True,
-                          timeout=timeout)
+def cli(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 90
+) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "ipai_bus_lib.cli", *args],
+        env={**os.environ, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 @pytest.fixture()
@@ -38,21 +43,33 @@ def seed_states(url: str) -> dict[str, uuid.UUID]:
     conn = psycopg2.connect(url)
     ids = {}
     with conn, conn.cursor() as cursor:
-        for name, event_type in [("pending", "expense.submitted"), ("failed", "expense.paid"),
-                                 ("dead", "expense.approved"), ("dead_asset", "asset.overdue"),
-                                 ("completed", "asset.reserved")]:
+        for name, event_type in [
+            ("pending", "expense.submitted"),
+            ("failed", "expense.paid"),
+            ("dead", "expense.approved"),
+            ("dead_asset", "asset.overdue"),
+            ("completed", "asset.reserved"),
+        ]:
             envelope = Envelope(event_type, "x", name, {"amount": 1})
             ids[name] = outbox.insert_event(cursor, envelope, idempotency_key=name).event_id
         for name in ("failed", "dead", "dead_asset", "completed"):
             cursor.execute("select integration.insert_event_log(%s)", (ids[name],))
-        cursor.execute("update integration.outbox set status = 'failed', attempts = 1,"
-                       " last_error = 'HTTP 502: bad gateway', available_at = now() + interval '30 s'"
-                       " where id = %s", (ids["failed"],))
-        cursor.execute("update integration.outbox set status = 'dead', attempts = 4,"
-                       " last_error = 'HTTP 404: no such channel' where id = any(%s)",
-                       ([ids["dead"], ids["dead_asset"]],))
-        cursor.execute("update integration.outbox set status = 'completed', attempts = 1,"
-                       " completed_at = now() - interval '40 days' where id = %s", (ids["completed"],))
+        cursor.execute(
+            "update integration.outbox set status = 'failed', attempts = 1,"
+            " last_error = 'HTTP 502: bad gateway', available_at = now() + interval '30 s'"
+            " where id = %s",
+            (ids["failed"],),
+        )
+        cursor.execute(
+            "update integration.outbox set status = 'dead', attempts = 4,"
+            " last_error = 'HTTP 404: no such channel' where id = any(%s)",
+            ([ids["dead"], ids["dead_asset"]],),
+        )
+        cursor.execute(
+            "update integration.outbox set status = 'completed', attempts = 1,"
+            " completed_at = now() - interval '40 days' where id = %s",
+            (ids["completed"],),
+        )
     conn.close()
     return ids
 
@@ -67,6 +84,7 @@ def status_of(url: str, event_id) -> tuple[str, int]:
 
 
 # --- status, events -----------------------------------------------------------------------------
+
 
 def test_status_shows_what_is_pending_failed_and_dead(bus_env, clean_bus):
     ids = seed_states(clean_bus)
@@ -97,10 +115,12 @@ def test_events_show_of_an_unknown_or_malformed_id(bus_env, clean_bus):
 
 # --- retry, purge ---------------------------------------------------------------------------------
 
+
 def test_retry_by_id_resets_attempts_and_is_audited(bus_env, clean_bus):
     ids = seed_states(clean_bus)
-    result = cli("retry", str(ids["dead"]), "--reason", "channel recreated", "--by", "ops@test",
-                 env=bus_env)
+    result = cli(
+        "retry", str(ids["dead"]), "--reason", "channel recreated", "--by", "ops@test", env=bus_env
+    )
     assert result.returncode == 0, result.stderr
     assert "1 event(s) back to pending" in result.stdout
     assert status_of(clean_bus, ids["dead"]) == ("pending", 0)
@@ -122,12 +142,15 @@ def test_retry_of_a_pending_event_changes_nothing(bus_env, clean_bus):
     assert result.returncode == 0 and "left alone: not failed or dead" in result.stdout
 
 
-@pytest.mark.parametrize(("args", "message"), [
-    (("retry",), "name event ids, or use --dead"),
-    (("retry", "--type", "x.*", "00000000-0000-0000-0000-000000000000"), "go with --dead"),
-    (("retry", "--dead", "--since", "yesterday"), "is not a duration"),
-    (("purge", "--completed-older-than", "soon"), "is not a duration"),
-])
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("retry",), "name event ids, or use --dead"),
+        (("retry", "--type", "x.*", "00000000-0000-0000-0000-000000000000"), "go with --dead"),
+        (("retry", "--dead", "--since", "yesterday"), "is not a duration"),
+        (("purge", "--completed-older-than", "soon"), "is not a duration"),
+    ],
+)
 def test_wrong_arguments_give_one_clear_line_and_change_nothing(bus_env, clean_bus, args, message):
     seed_states(clean_bus)
     before = snapshot(clean_bus)
@@ -157,8 +180,13 @@ def test_purge_removes_old_completed_rows_but_keeps_the_log(bus_env, clean_bus):
 
 def test_unreachable_database_is_reported_with_exit_code_3():
     env = {"DATABASE_URL": "postgresql://postgres@127.0.0.1:1/none"}
-    for args in (("status",), ("retry", "--dead"), ("purge", "--completed-older-than", "30d"),
-                 ("migrate",), ("events", "tail")):
+    for args in (
+        ("status",),
+        ("retry", "--dead"),
+        ("purge", "--completed-older-than", "30d"),
+        ("migrate",),
+        ("events", "tail"),
+    ):
         result = cli(*args, env=env)
         assert result.returncode == 3, (args, result.stderr)
         assert "database unreachable" in result.stderr and result.stderr.count("\n") == 1
@@ -171,6 +199,7 @@ def test_unknown_subcommand_is_a_usage_error():
 
 # --- secrets, send -----------------------------------------------------------------------------
 
+
 def test_secret_new_writes_a_private_file_and_never_overwrites(tmp_path):
     target = tmp_path / "secret"
     assert cli("secret", "new", "-o", str(target)).returncode == 0
@@ -182,8 +211,7 @@ def test_secret_new_writes_a_private_file_and_never_overwrites(tmp_path):
 
 def test_send_refuses_bad_json_and_reports_a_missing_receiver(tmp_path):
     env = {"IPAI_WEBHOOK_SECRET": "a-secret-of-sixteen-chars", "IPAI_RECEIVER_PORT": "1"}
-    bad = cli("send", "--type", "expense.paid", "--aggregate-id", "1", "--payload", "{oops",
-              env=env)
+    bad = cli("send", "--type", "expense.paid", "--aggregate-id", "1", "--payload", "{oops", env=env)
     assert bad.returncode == 2 and "not valid JSON" in bad.stderr
     missing = cli("send", "--type", "expense.paid", "--sample", env=env)
     assert missing.returncode == 1 and "no receiver at" in missing.stderr
@@ -191,12 +219,17 @@ def test_send_refuses_bad_json_and_reports_a_missing_receiver(tmp_path):
 
 # --- up and demo --------------------------------------------------------------------------------
 
+
 @pytest.fixture()
 def fresh_home(tmp_path) -> dict[str, str]:
     """An empty data and config directory and a free receiver port: a new machine."""
-    return {"IPAI_BUS_HOME": str(tmp_path / "data"), "IPAI_BUS_CONFIG_DIR": str(tmp_path / "config"),
-            "IPAI_RECEIVER_PORT": str(free_port()), "DATABASE_URL": "",
-            "IPAI_WEBHOOK_SECRET": ""}
+    return {
+        "IPAI_BUS_HOME": str(tmp_path / "data"),
+        "IPAI_BUS_CONFIG_DIR": str(tmp_path / "config"),
+        "IPAI_RECEIVER_PORT": str(free_port()),
+        "DATABASE_URL": "",
+        "IPAI_WEBHOOK_SECRET": "",
+    }
 
 
 def processes_mentioning(text: str) -> list[psutil.Process]:
@@ -213,11 +246,18 @@ def processes_mentioning(text: str) -> list[psutil.Process]:
 @pytest.mark.slow
 def test_up_from_an_empty_machine_delivers_and_stops_cleanly(fresh_home, tmp_path):
     log = open(tmp_path / "up.log", "w")
-    up = subprocess.Popen([sys.executable, "-m", "ipai_bus_lib.cli", "up"],
-                          env={**os.environ, **fresh_home}, stdout=log, stderr=subprocess.STDOUT)
+    up = subprocess.Popen(
+        [sys.executable, "-m", "ipai_bus_lib.cli", "up"],
+        env={**os.environ, **fresh_home},
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     try:
-        wait_until(lambda: "ipai-bus is up" in (tmp_path / "up.log").read_text(), timeout=60,
-                   what="ipai-bus up to report it is up")
+        wait_until(
+            lambda: "ipai-bus is up" in (tmp_path / "up.log").read_text(),
+            timeout=60,
+            what="ipai-bus up to report it is up",
+        )
         text = (tmp_path / "up.log").read_text()
         assert f"127.0.0.1:{fresh_home['IPAI_RECEIVER_PORT']}/functions/v1/odoo-webhook" in text
         secret = (tmp_path / "config" / "webhook-secret").read_text().strip()
@@ -225,13 +265,18 @@ def test_up_from_an_empty_machine_delivers_and_stops_cleanly(fresh_home, tmp_pat
         assert stat.S_IMODE((tmp_path / "config" / "webhook-secret").stat().st_mode) == 0o600
         sent = cli("send", "--type", "expense.submitted", "--sample", env=fresh_home)
         assert sent.returncode == 0, sent.stderr
-        wait_until(lambda: "📝 **Expense submitted**" in (tmp_path / "up.log").read_text(),
-                   timeout=20, what="the console destination to print the event")
+        wait_until(
+            lambda: "📝 **Expense submitted**" in (tmp_path / "up.log").read_text(),
+            timeout=20,
+            what="the console destination to print the event",
+        )
         assert processes_mentioning(str(tmp_path / "data")), "the embedded PostgreSQL runs"
         admin = cli("db", "url", env=fresh_home).stdout.strip()
         with psycopg2.connect(admin) as conn, conn.cursor() as cursor:
-            cursor.execute("select distinct usename from pg_stat_activity"
-                           " where application_name = 'ipai-bus receiver'")
+            cursor.execute(
+                "select distinct usename from pg_stat_activity"
+                " where application_name = 'ipai-bus receiver'"
+            )
             assert cursor.fetchall() == [("ipai_bus_receiver",)], "the receiver may only ingest"
         children = psutil.Process(up.pid).children(recursive=True)
         assert len(children) >= 2, "a receiver and a router run under up"
@@ -242,8 +287,9 @@ def test_up_from_an_empty_machine_delivers_and_stops_cleanly(fresh_home, tmp_pat
     assert code == 0
     time.sleep(0.5)
     assert processes_mentioning(str(tmp_path / "data")) == [], "PostgreSQL left running"
-    assert not [child for child in children if child.is_running()
-                and child.status() != psutil.STATUS_ZOMBIE], "a receiver or router left running"
+    assert not [
+        child for child in children if child.is_running() and child.status() != psutil.STATUS_ZOMBIE
+    ], "a receiver or router left running"
 
 
 @pytest.mark.slow

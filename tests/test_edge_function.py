@@ -37,17 +37,26 @@ pytestmark = pytest.mark.slow
 
 
 def deno_env(database_url: str) -> dict[str, str]:
-    return {**os.environ, "SUPABASE_DB_URL": database_url, "IPAI_WEBHOOK_SECRET": SECRETS,
-            "NO_COLOR": "1"}
+    return {
+        **os.environ,
+        "SUPABASE_DB_URL": database_url,
+        "IPAI_WEBHOOK_SECRET": SECRETS,
+        "NO_COLOR": "1",
+    }
 
 
 def test_deno_suite_passes(clean_bus):
-    result = subprocess.run([str(DENO), "test", "--allow-net", "--allow-env", "--allow-read",
-                             str(FUNCTION_DIR)], env=deno_env(clean_bus), capture_output=True,
-                            text=True, timeout=600)
+    result = subprocess.run(
+        [str(DENO), "test", "--allow-net", "--allow-env", "--allow-read", str(FUNCTION_DIR)],
+        env=deno_env(clean_bus),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     output = result.stdout + result.stderr
-    summary = re.findall(r"^(ok|FAILED) \| (\d+) passed(?: \(\d+ steps?\))? \| (\d+) failed.*$",
-                         output, re.MULTILINE)
+    summary = re.findall(
+        r"^(ok|FAILED) \| (\d+) passed(?: \(\d+ steps?\))? \| (\d+) failed.*$", output, re.MULTILINE
+    )
     assert summary, output[-4000:]
     print(f"\nDeno: {summary[-1][1]} passed, {summary[-1][2]} failed")
     assert result.returncode == 0 and summary[-1][2] == "0", output[-4000:]
@@ -60,10 +69,23 @@ def edge_function(make_database, tmp_path):
     migrate(url)
     port = free_port()
     log = open(tmp_path / "deno.log", "w")
-    process = subprocess.Popen([str(DENO), "serve", "--port", str(port), "--host", "127.0.0.1",
-                                "--allow-net", "--allow-env", "--allow-read",
-                                str(FUNCTION_DIR / "handler.ts")],
-                               env=deno_env(url), stdout=log, stderr=subprocess.STDOUT)
+    process = subprocess.Popen(
+        [
+            str(DENO),
+            "serve",
+            "--port",
+            str(port),
+            "--host",
+            "127.0.0.1",
+            "--allow-net",
+            "--allow-env",
+            "--allow-read",
+            str(FUNCTION_DIR / "handler.ts"),
+        ],
+        env=deno_env(url),
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     base = f"http://127.0.0.1:{port}"
 
     def listening():
@@ -97,16 +119,24 @@ def parity_cases() -> list[tuple[str, str, bytes, dict[str, str]]]:
     large = event_body("902", payload={"blob": "x" * (300 * 1024)})
     numeric = event_body("903", aggregate_id=903)
     bad_type = event_body("904", event_type="Expense.Submitted")
-    odd_moments = [(name, event_body(f"91{n}", occurred_at=moment)) for n, (name, moment) in
-                   enumerate([("offset +24:00", "2026-01-22T07:26:26+24:00"),
-                              ("offset -12:30", "2026-01-22T07:26:26-12:30"),
-                              ("year 0 once in UTC", "0001-01-01T00:00:00+14:00"),
-                              ("year 10000 once in UTC", "9999-12-31T23:59:59-11:00"),
-                              ("year 0099 (not 1999)", "0099-03-01T00:00:00Z")])]
-    huge_id = event_body("920", aggregate_id=2 ** 53)
+    odd_moments = [
+        (name, event_body(f"91{n}", occurred_at=moment))
+        for n, (name, moment) in enumerate(
+            [
+                ("offset +24:00", "2026-01-22T07:26:26+24:00"),
+                ("offset -12:30", "2026-01-22T07:26:26-12:30"),
+                ("year 0 once in UTC", "0001-01-01T00:00:00+14:00"),
+                ("year 10000 once in UTC", "9999-12-31T23:59:59-11:00"),
+                ("year 0099 (not 1999)", "0099-03-01T00:00:00Z"),
+            ]
+        )
+    ]
+    huge_id = event_body("920", aggregate_id=2**53)
     return [
-        *[(f"occurred_at {name}", "POST", odd, signed(odd, key=f"parity-{name}"))
-          for name, odd in odd_moments],
+        *[
+            (f"occurred_at {name}", "POST", odd, signed(odd, key=f"parity-{name}"))
+            for name, odd in odd_moments
+        ],
         ("numeric id beyond 2^53", "POST", huge_id, signed(huge_id, key="parity-huge-id")),
         ("valid", "POST", body, valid),
         ("duplicate", "POST", body, valid),
@@ -115,14 +145,22 @@ def parity_cases() -> list[tuple[str, str, bytes, dict[str, str]]]:
         ("stale", "POST", body, stale),
         ("future", "POST", body, future),
         ("rotated (old) secret", "POST", event_body("901"), rotated),
-        ("retired secret", "POST", event_body("905"),
-         signed(event_body("905"), key="parity-5", secret=RETIRED_SECRET)),
+        (
+            "retired secret",
+            "POST",
+            event_body("905"),
+            signed(event_body("905"), key="parity-5", secret=RETIRED_SECRET),
+        ),
         ("malformed JSON", "POST", malformed, signed(malformed, key="parity-6")),
         ("wrong shape", "POST", shape, signed(shape, key="parity-7")),
         ("bad event type", "POST", bad_type, signed(bad_type, key="parity-8")),
         ("numeric aggregate id", "POST", numeric, signed(numeric, key="parity-9")),
-        ("missing idempotency key", "POST", body,
-         {k: v for k, v in signed(body, key="x").items() if k != "x-idempotency-key"}),
+        (
+            "missing idempotency key",
+            "POST",
+            body,
+            {k: v for k, v in signed(body, key="x").items() if k != "x-idempotency-key"},
+        ),
         ("oversized", "POST", large, signed(large, key="parity-10")),
         ("wrong content type", "POST", body, {**valid, "Content-Type": "text/plain"}),
         ("wrong method", "GET", b"", {}),
@@ -132,11 +170,13 @@ def parity_cases() -> list[tuple[str, str, bytes, dict[str, str]]]:
 def stored_rows(url: str) -> list[tuple]:
     conn = psycopg2.connect(url)
     with conn.cursor() as cursor:
-        cursor.execute("select o.source, o.event_type, o.aggregate_type, o.aggregate_id,"
-                       " o.payload::text, o.idempotency_key, o.signature_digest, o.occurred_at,"
-                       " o.status, o.attempts, (l.event_id is not null) as logged"
-                       " from integration.outbox o left join integration.event_log l"
-                       " on l.event_id = o.id order by o.idempotency_key")
+        cursor.execute(
+            "select o.source, o.event_type, o.aggregate_type, o.aggregate_id,"
+            " o.payload::text, o.idempotency_key, o.signature_digest, o.occurred_at,"
+            " o.status, o.attempts, (l.event_id is not null) as logged"
+            " from integration.outbox o left join integration.event_log l"
+            " on l.event_id = o.id order by o.idempotency_key"
+        )
         rows = cursor.fetchall()
     conn.close()
     return rows
@@ -150,14 +190,18 @@ def test_edge_function_and_python_receiver_answer_alike(edge_function, make_data
     mismatches = []
     with receiver_process(python_db, tmp_path, secrets=SECRETS) as python:
         for name, method, body, headers in parity_cases():
-            answers = [requests.request(method, base + WEBHOOK_PATH, data=body, headers=headers,
-                                        timeout=30) for base in (python.base_url, edge_base)]
+            answers = [
+                requests.request(method, base + WEBHOOK_PATH, data=body, headers=headers, timeout=30)
+                for base in (python.base_url, edge_base)
+            ]
             documents = [answer.json() for answer in answers]
             same_status = answers[0].status_code == answers[1].status_code
             same_keys = set(documents[0]) == set(documents[1])
             same_error = documents[0].get("error") == documents[1].get("error")
-            table.append(f"{name:<28} {answers[0].status_code:>7} {answers[1].status_code:>5}"
-                         f"  {'yes' if same_keys else 'NO':<14} {'yes' if same_error else 'NO'}")
+            table.append(
+                f"{name:<28} {answers[0].status_code:>7} {answers[1].status_code:>5}"
+                f"  {'yes' if same_keys else 'NO':<14} {'yes' if same_error else 'NO'}"
+            )
             if not (same_status and same_keys and same_error):
                 mismatches.append((name, documents))
     print("\n" + "\n".join(table))

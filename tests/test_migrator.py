@@ -36,8 +36,10 @@ def test_migrate_creates_the_supabase_roles(make_database):
     migrator.migrate(url)
     conn = psycopg2.connect(url)
     with conn.cursor() as cursor:
-        cursor.execute("select rolname from pg_roles where rolname in"
-                       " ('anon', 'authenticated', 'service_role') order by 1")
+        cursor.execute(
+            "select rolname from pg_roles where rolname in"
+            " ('anon', 'authenticated', 'service_role') order by 1"
+        )
         assert [name for (name,) in cursor.fetchall()] == ["anon", "authenticated", "service_role"]
     conn.close()
 
@@ -57,11 +59,14 @@ def test_migration_recorded_by_the_supabase_cli_is_not_applied_again(make_databa
     url = make_database()
     conn = psycopg2.connect(url)
     with conn, conn.cursor() as cursor:
-        cursor.execute("create schema supabase_migrations; create table"
-                       " supabase_migrations.schema_migrations (version text primary key)")
+        cursor.execute(
+            "create schema supabase_migrations; create table"
+            " supabase_migrations.schema_migrations (version text primary key)"
+        )
         for migration in migrator.available_migrations():
-            cursor.execute("insert into supabase_migrations.schema_migrations values (%s)",
-                           (migration.version,))
+            cursor.execute(
+                "insert into supabase_migrations.schema_migrations values (%s)", (migration.version,)
+            )
     conn.close()
     assert migrator.migrate(url) == []
 
@@ -76,8 +81,9 @@ def test_failing_migration_leaves_nothing_half_applied(make_database):
         migrator.migrate(url)
     conn = psycopg2.connect(url)
     with conn.cursor() as cursor:
-        cursor.execute("select to_regclass('integration.event_log'), count(*)"
-                       " from integration.schema_migrations")
+        cursor.execute(
+            "select to_regclass('integration.event_log'), count(*) from integration.schema_migrations"
+        )
         assert cursor.fetchone() == (None, 0)
     conn.close()
 

@@ -28,17 +28,23 @@ SUMMARY = re.compile(r"(\d+) failed, (\d+) error\(s\) of (\d+) tests")
 
 pytestmark = [
     pytest.mark.slow,
-    pytest.mark.skipif(not (ODOO_PATH / "odoo-bin").exists() or not ODOO_PYTHON.exists(),
-                       reason=f"Odoo 18 not found at {ODOO_PATH} (odoo-bin and .venv): addon "
-                              "tests skipped; set ODOO_PATH"),
+    pytest.mark.skipif(
+        not (ODOO_PATH / "odoo-bin").exists() or not ODOO_PYTHON.exists(),
+        reason=f"Odoo 18 not found at {ODOO_PATH} (odoo-bin and .venv): addon "
+        "tests skipped; set ODOO_PATH",
+    ),
 ]
 
 
 @pytest.fixture(scope="module")
 def odoo_ready():
     """The Odoo environment imports this checkout of the library (reinstalled each run)."""
-    result = subprocess.run([str(ODOO_PYTHON), "-m", "pip", "install", "--quiet", "--no-deps",
-                             "-e", str(REPO)], capture_output=True, text=True, timeout=600)
+    result = subprocess.run(
+        [str(ODOO_PYTHON), "-m", "pip", "install", "--quiet", "--no-deps", "-e", str(REPO)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
 
 
@@ -50,8 +56,7 @@ def odoo_database(server_url):
     with conn.cursor() as cursor:
         cursor.execute("select 1 from pg_roles where rolname = %s", (ODOO_ROLE,))
         if cursor.fetchone() is None:
-            cursor.execute(f"create role {ODOO_ROLE} login createdb password %s",
-                           (ODOO_ROLE_PASSWORD,))
+            cursor.execute(f"create role {ODOO_ROLE} login createdb password %s", (ODOO_ROLE_PASSWORD,))
     conn.close()
     parts = urlsplit(server_url)
     name = f"ipai_odoo_{uuid.uuid4().hex[:8]}"
@@ -63,27 +68,61 @@ def odoo_database(server_url):
     conn.close()
 
 
-def odoo_bin(database: dict, *args: str, env: dict | None = None, stdin: str | None = None,
-             timeout: int = 1800) -> subprocess.CompletedProcess:
-    command = [str(ODOO_PYTHON), str(ODOO_PATH / "odoo-bin"), *args[:1],
-               f"--addons-path={ODOO_PATH / 'addons'},{REPO / 'addons'}",
-               "-d", database["name"], "--db_host", database["host"], "--db_port", database["port"],
-               "--db_user", ODOO_ROLE, "--db_password", ODOO_ROLE_PASSWORD, *args[1:]]
-    return subprocess.run(command, input=stdin, capture_output=True, text=True, timeout=timeout,
-                          env={**os.environ, **(env or {})}, cwd=ODOO_PATH)
+def odoo_bin(
+    database: dict, *args: str, env: dict | None = None, stdin: str | None = None, timeout: int = 1800
+) -> subprocess.CompletedProcess:
+    command = [
+        str(ODOO_PYTHON),
+        str(ODOO_PATH / "odoo-bin"),
+        *args[:1],
+        f"--addons-path={ODOO_PATH / 'addons'},{REPO / 'addons'}",
+        "-d",
+        database["name"],
+        "--db_host",
+        database["host"],
+        "--db_port",
+        database["port"],
+        "--db_user",
+        ODOO_ROLE,
+        "--db_password",
+        ODOO_ROLE_PASSWORD,
+        *args[1:],
+    ]
+    return subprocess.run(
+        command,
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+        cwd=ODOO_PATH,
+    )
 
 
 def test_addon_tests_pass_on_odoo_18(odoo_ready, odoo_database, bus_url, tmp_path):
     with receiver_process(bus_url, tmp_path, secrets=PRIMARY_SECRET) as receiver:
-        env = {"IPAI_TEST_RECEIVER_URL": receiver.base_url + "/functions/v1/odoo-webhook",
-               "IPAI_TEST_WEBHOOK_SECRET": PRIMARY_SECRET, "IPAI_TEST_BUS_DATABASE_URL": bus_url}
-        result = odoo_bin(odoo_database, "server", "-i", ",".join(ADDONS),
-                          "--without-demo=all", "--test-enable",
-                          "--test-tags", ",".join(f"/{addon}" for addon in ADDONS),
-                          "--stop-after-init", "--log-level=test", "--max-cron-threads=0",
-                          # a port of its own: two test runs at once must not meet on 8069
-                          f"--http-port={free_port()}", f"--gevent-port={free_port()}",
-                          env=env)
+        env = {
+            "IPAI_TEST_RECEIVER_URL": receiver.base_url + "/functions/v1/odoo-webhook",
+            "IPAI_TEST_WEBHOOK_SECRET": PRIMARY_SECRET,
+            "IPAI_TEST_BUS_DATABASE_URL": bus_url,
+        }
+        result = odoo_bin(
+            odoo_database,
+            "server",
+            "-i",
+            ",".join(ADDONS),
+            "--without-demo=all",
+            "--test-enable",
+            "--test-tags",
+            ",".join(f"/{addon}" for addon in ADDONS),
+            "--stop-after-init",
+            "--log-level=test",
+            "--max-cron-threads=0",
+            # a port of its own: two test runs at once must not meet on 8069
+            f"--http-port={free_port()}",
+            f"--gevent-port={free_port()}",
+            env=env,
+        )
     output = result.stdout + result.stderr
     (tmp_path / "odoo.log").write_text(output)
     summaries = SUMMARY.findall(output)
@@ -91,7 +130,8 @@ def test_addon_tests_pass_on_odoo_18(odoo_ready, odoo_database, bus_url, tmp_pat
     failed, errors, run = (int(value) for value in summaries[-1])
     print(f"\nOdoo 18 at {ODOO_PATH}: {failed} failed, {errors} error(s) of {run} tests")
     assert (failed, errors) == (0, 0), "\n".join(
-        line for line in output.splitlines() if " ERROR " in line or "FAIL" in line)[-8000:]
+        line for line in output.splitlines() if " ERROR " in line or "FAIL" in line
+    )[-8000:]
     assert run >= 20 and result.returncode == 0
     assert "no live receiver" not in output, "the tests that need the receiver were skipped"
 
@@ -100,29 +140,45 @@ def test_configure_script_sets_the_parameters_odoo_reads(odoo_ready, odoo_databa
     """scripts/integration/configure-odoo-params.sh against the installed addon's database."""
     secret_file = tmp_path / "secret"
     secret_file.write_text("an-odoo-webhook-secret-for-tests\n")
-    url = (f"postgresql://{ODOO_ROLE}:{ODOO_ROLE_PASSWORD}@{odoo_database['host']}:"
-           f"{odoo_database['port']}/{odoo_database['name']}")
+    url = (
+        f"postgresql://{ODOO_ROLE}:{ODOO_ROLE_PASSWORD}@{odoo_database['host']}:"
+        f"{odoo_database['port']}/{odoo_database['name']}"
+    )
     script = REPO / "scripts" / "integration" / "configure-odoo-params.sh"
-    result = subprocess.run([str(script), "--database", url, "--url",
-                             "https://bus.example.ph/functions/v1/odoo-webhook",
-                             "--secret-file", str(secret_file)], capture_output=True, text=True,
-                            timeout=60)
+    result = subprocess.run(
+        [
+            str(script),
+            "--database",
+            url,
+            "--url",
+            "https://bus.example.ph/functions/v1/odoo-webhook",
+            "--secret-file",
+            str(secret_file),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 0, result.stderr
-    check = ("params = env['ir.config_parameter'].sudo()\n"
-             "print('URL', params.get_param('ipai.webhook.url'))\n"
-             "print('SECRET-OK', params.get_param('ipai.webhook.secret') == "
-             "'an-odoo-webhook-secret-for-tests')\n")
+    check = (
+        "params = env['ir.config_parameter'].sudo()\n"
+        "print('URL', params.get_param('ipai.webhook.url'))\n"
+        "print('SECRET-OK', params.get_param('ipai.webhook.secret') == "
+        "'an-odoo-webhook-secret-for-tests')\n"
+    )
     shown = odoo_bin(odoo_database, "shell", "--no-http", stdin=check)
     assert "URL https://bus.example.ph/functions/v1/odoo-webhook" in shown.stdout, shown.stderr
     assert "SECRET-OK True" in shown.stdout
 
 
 def test_addons_uninstall_cleanly(odoo_ready, odoo_database):
-    script = ("modules = env['ir.module.module'].search([('name', 'in', %r)])\n"
-              "modules.button_immediate_uninstall()\n"
-              "env.cr.execute(\"select to_regclass('ipai_event_outbox'),"
-              " to_regclass('ipai_equipment_booking'), to_regclass('ipai_bir_form'),"
-              " to_regclass('ipai_logframe')\")\n"
-              "print('LEFT', env.cr.fetchone())\n" % (list(ADDONS),))
+    script = (
+        "modules = env['ir.module.module'].search([('name', 'in', %r)])\n"
+        "modules.button_immediate_uninstall()\n"
+        "env.cr.execute(\"select to_regclass('ipai_event_outbox'),"
+        " to_regclass('ipai_equipment_booking'), to_regclass('ipai_bir_form'),"
+        " to_regclass('ipai_logframe')\")\n"
+        "print('LEFT', env.cr.fetchone())\n" % (list(ADDONS),)
+    )
     result = odoo_bin(odoo_database, "shell", "--no-http", stdin=script)
     assert "LEFT (None, None, None, None)" in result.stdout, (result.stdout + result.stderr)[-5000:]

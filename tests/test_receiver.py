@@ -55,6 +55,7 @@ def assert_refused(server, clean_bus, response, status: int, error_part: str) ->
 
 # --- outcomes of the contract --------------------------------------------------------------------
 
+
 def test_valid_event_is_stored_with_its_audit_copy(server, clean_bus):
     body = event_body("7")
     response = post(server.base_url, body, signed(body, key="expense.submitted:7:1769066786.0"))
@@ -91,13 +92,16 @@ def test_byte_identical_resend_is_a_duplicate(server, clean_bus):
     assert again == {"ok": True, "event_id": first["event_id"], "duplicate": True}
 
 
-@pytest.mark.parametrize(("change", "error_part"), [
-    ({"x-ipai-signature": None}, "missing x-ipai-signature"),
-    ({"x-ipai-signature": "0" * 64}, "invalid signature"),
-    ({"x-ipai-signature": "not-hex"}, "invalid signature"),
-    ({"x-ipai-timestamp": None}, "missing x-ipai-timestamp"),
-    ({"x-ipai-timestamp": "yesterday"}, "milliseconds"),
-])
+@pytest.mark.parametrize(
+    ("change", "error_part"),
+    [
+        ({"x-ipai-signature": None}, "missing x-ipai-signature"),
+        ({"x-ipai-signature": "0" * 64}, "invalid signature"),
+        ({"x-ipai-signature": "not-hex"}, "invalid signature"),
+        ({"x-ipai-timestamp": None}, "missing x-ipai-timestamp"),
+        ({"x-ipai-timestamp": "yesterday"}, "milliseconds"),
+    ],
+)
 def test_bad_signature_headers_are_refused(server, clean_bus, change, error_part):
     body = event_body("10")
     headers = signed(body, key="k-10")
@@ -126,8 +130,10 @@ BAD_BODIES = {
     "array": (b"[]", "JSON object"),
     "NaN": (event_body("n").replace(b"1250.5", b"NaN"), "not valid UTF-8 JSON"),
     "huge number": (event_body("n").replace(b"1250.5", b"1e999"), "not valid UTF-8 JSON"),
-    "missing payload": (json.dumps({"event_type": "test", "aggregate_type": "a",
-                                    "aggregate_id": "1"}).encode(), "missing field: payload"),
+    "missing payload": (
+        json.dumps({"event_type": "test", "aggregate_type": "a", "aggregate_id": "1"}).encode(),
+        "missing field: payload",
+    ),
     "payload not object": (event_body("n", payload=[1]), "payload must be a JSON object"),
     "bad event type": (event_body("n", event_type="Expense Submitted"), "event_type"),
     "NUL in payload": (event_body("n", payload={"a": "\u0000"}), "NUL"),
@@ -161,7 +167,7 @@ def test_oversized_body_is_refused_from_its_length(server, clean_bus):
 
 def test_oversized_chunked_body_is_refused(server, clean_bus):
     body = event_body("15", payload={"blob": "x" * (300 * 1024)})
-    chunks = (body[index:index + 65536] for index in range(0, len(body), 65536))
+    chunks = (body[index : index + 65536] for index in range(0, len(body), 65536))
     response = post(server.base_url, chunks, signed(body, key="k-15"))  # a generator: chunked
     assert_refused(server, clean_bus, response, 413, "larger than")
 
@@ -169,8 +175,10 @@ def test_oversized_chunked_body_is_refused(server, clean_bus):
 def test_announced_size_is_refused_before_the_body_is_sent(server, clean_bus):
     """The receiver answers 413 from Content-Length alone; it does not wait for 10 MB."""
     with socket.create_connection(("127.0.0.1", int(server.base_url.rsplit(":", 1)[1]))) as raw:
-        raw.sendall(f"POST {WEBHOOK_PATH} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json"
-                    f"\r\nContent-Length: {10 * 1024 * 1024}\r\n\r\n".encode())
+        raw.sendall(
+            f"POST {WEBHOOK_PATH} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json"
+            f"\r\nContent-Length: {10 * 1024 * 1024}\r\n\r\n".encode()
+        )
         raw.settimeout(5)
         answer = raw.recv(4096).decode()
     assert answer.startswith("HTTP/1.1 413"), answer
@@ -202,6 +210,7 @@ def test_unknown_path_is_404_json(server):
 
 # --- replay, tampering and rotation ----------------------------------------------------------------
 
+
 def test_captured_request_replayed_after_the_window_is_refused(server, clean_bus):
     body = event_body("20")
     captured = signed(body, key="k-20", timestamp_ms=signing.now_ms() - 299_000)
@@ -227,8 +236,11 @@ def test_replay_with_only_the_second_rotation_digest_is_refused(server, clean_bu
     body = event_body("22")
     both = signing.signature_headers([PRIMARY_SECRET, OLD_SECRET], body, idempotency_key="k-22")
     assert post(server.base_url, body, both).status_code == 200
-    second_digest_only = {**both, "x-ipai-signature": both["x-ipai-signature"].split(",")[1],
-                          "x-idempotency-key": "k-22-again"}
+    second_digest_only = {
+        **both,
+        "x-ipai-signature": both["x-ipai-signature"].split(",")[1],
+        "x-idempotency-key": "k-22-again",
+    }
     replay = post(server.base_url, body, second_digest_only)
     assert replay.status_code == 401 and replay.json()["error"] == "replayed signature"
 
@@ -242,9 +254,13 @@ def test_tampered_body_with_the_original_signature_is_refused(server, clean_bus)
 
 def test_retired_secret_is_refused_and_rotated_secrets_are_accepted(server, clean_bus):
     body = event_body("24")
-    assert_refused(server, clean_bus,
-                   post(server.base_url, body, signed(body, key="k-24", secret=RETIRED_SECRET)),
-                   401, "invalid signature")
+    assert_refused(
+        server,
+        clean_bus,
+        post(server.base_url, body, signed(body, key="k-24", secret=RETIRED_SECRET)),
+        401,
+        "invalid signature",
+    )
     for number, secret in enumerate([PRIMARY_SECRET, OLD_SECRET]):
         body = event_body(f"25-{number}")
         response = post(server.base_url, body, signed(body, key=f"k-25-{number}", secret=secret))
@@ -252,6 +268,7 @@ def test_retired_secret_is_refused_and_rotated_secrets_are_accepted(server, clea
 
 
 # --- concurrency -----------------------------------------------------------------------------------
+
 
 def test_fifty_concurrent_identical_requests_store_one_event(server, clean_bus):
     body = event_body("30")
@@ -261,8 +278,9 @@ def test_fifty_concurrent_identical_requests_store_one_event(server, clean_bus):
     def send(_):
         with requests.Session() as session:
             barrier.wait()
-            return session.post(server.base_url + WEBHOOK_PATH, data=body, headers=headers,
-                                timeout=30).json()
+            return session.post(
+                server.base_url + WEBHOOK_PATH, data=body, headers=headers, timeout=30
+            ).json()
 
     with ThreadPoolExecutor(50) as pool:
         answers = list(pool.map(send, range(50)))
@@ -273,6 +291,7 @@ def test_fifty_concurrent_identical_requests_store_one_event(server, clean_bus):
 
 
 # --- health, metrics, logs -------------------------------------------------------------------------
+
 
 def test_healthz_and_metrics(server, clean_bus):
     assert requests.get(server.base_url + "/healthz", timeout=5).json() == {"ok": True}
@@ -297,6 +316,7 @@ def test_request_log_never_holds_secret_signature_or_payload(server, clean_bus):
 
 # --- the database going away -----------------------------------------------------------------------
 
+
 def test_database_stopped_mid_run_gives_503_then_recovers(tmp_path):
     with private_cluster(tmp_path) as (cluster, url):
         with receiver_process(url, tmp_path) as running:
@@ -312,8 +332,11 @@ def test_database_stopped_mid_run_gives_503_then_recovers(tmp_path):
             assert requests.get(running.base_url + "/healthz", timeout=10).status_code == 503
             cluster.ensure_running()
             # The pool waits a moment before it tries a database that stopped answering.
-            wait_until(lambda: post(running.base_url, body, signed(body, key="k-51"))
-                       .status_code == 200, timeout=5, interval=0.2,
-                       what="the receiver to serve again without a restart")
+            wait_until(
+                lambda: post(running.base_url, body, signed(body, key="k-51")).status_code == 200,
+                timeout=5,
+                interval=0.2,
+                what="the receiver to serve again without a restart",
+            )
             assert requests.get(running.base_url + "/healthz", timeout=10).status_code == 200
             assert counts(url) == (2, 2)

@@ -20,8 +20,9 @@ pytestmark = pytest.mark.slow
 
 
 @contextmanager
-def hostile_clients(port: int, *, idle: int, slow: int, interval: float = 0.5
-                    ) -> Iterator[list[socket.socket]]:
+def hostile_clients(
+    port: int, *, idle: int, slow: int, interval: float = 0.5
+) -> Iterator[list[socket.socket]]:
     """``idle`` connections that send nothing, and ``slow`` ones that trickle a request: half
     its head a byte at a time, half a whole head and then its body a byte at a time."""
     sockets = [socket.create_connection(("127.0.0.1", port)) for _ in range(idle + slow)]

@@ -44,8 +44,14 @@ from .sinks import HttpSink, Reply, TricklingSink
 from .test_router import add_events, attempts_of, make_router, state
 
 
-def insert_raw(url: str, *, occurred_at: str | None = None, payload_json: str = '{"amount": 1}',
-               aggregate: str = "poison", event_type: str = "expense.submitted") -> uuid.UUID:
+def insert_raw(
+    url: str,
+    *,
+    occurred_at: str | None = None,
+    payload_json: str = '{"amount": 1}',
+    aggregate: str = "poison",
+    event_type: str = "expense.submitted",
+) -> uuid.UUID:
     """Store an event by SQL, as an older receiver or another ingress could have stored it."""
     conn = psycopg2.connect(url)
     with conn, conn.cursor() as cursor:
@@ -53,7 +59,8 @@ def insert_raw(url: str, *, occurred_at: str | None = None, payload_json: str = 
             "select event_id from integration.insert_outbox_event(p_event_type => %s,"
             " p_aggregate_type => 'hr.expense', p_aggregate_id => %s, p_payload => %s::jsonb,"
             " p_idempotency_key => %s, p_occurred_at => %s::timestamptz)",
-            (event_type, aggregate, payload_json, str(uuid.uuid4()), occurred_at))
+            (event_type, aggregate, payload_json, str(uuid.uuid4()), occurred_at),
+        )
         event_id = cursor.fetchone()[0]
     conn.close()
     return uuid.UUID(str(event_id))
@@ -66,32 +73,38 @@ def run_in_thread(router) -> threading.Thread:
 
 
 def cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "ipai_bus_lib.cli", *args],
-                          env={**os.environ, **env}, capture_output=True, text=True, timeout=60)
+    return subprocess.run(
+        [sys.executable, "-m", "ipai_bus_lib.cli", *args],
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
 
 
 # --- 1. poison at claim -----------------------------------------------------------------------
+
 
 def test_1_poison_events_are_parked_and_everything_queued_after_them_flows(clean_bus, database):
     """Stored data Python cannot represent neither stops the router nor hides the event."""
     early = insert_raw(clean_bus, occurred_at="0001-01-01T00:00:00+14:00", aggregate="7")
     late = insert_raw(clean_bus, occurred_at="9999-12-31T23:59:59-15:59", aggregate="8")
-    unreadable = insert_raw(clean_bus, payload_json='{"amount": %s}' % ("9" * 5000),
-                            aggregate="7")
+    unreadable = insert_raw(clean_bus, payload_json='{"amount": %s}' % ("9" * 5000), aggregate="7")
     behind = add_events(database, 20)
     with HttpSink() as sink:
         router = make_router(database, {"mm": MattermostDestination("mm", sink.url)})
         thread = run_in_thread(router)
         try:
             wait_until(lambda: sink.count() >= 22, what="every readable event to be delivered")
-            wait_until(lambda: state(database, unreadable)["status"] == "dead",
-                       what="the unreadable event to be parked")
+            wait_until(
+                lambda: state(database, unreadable)["status"] == "dead",
+                what="the unreadable event to be parked",
+            )
             assert thread.is_alive(), "the router must keep running"
         finally:
             router.stop()
             thread.join(10)
-    assert all(state(database, event_id)["status"] == "completed"
-               for event_id in [early, late, *behind])
+    assert all(state(database, event_id)["status"] == "completed" for event_id in [early, late, *behind])
     parked = state(database, unreadable)
     assert "payload cannot be read" in parked["last_error"]
     assert "ipai-bus retry" in parked["last_error"], "the reason says what to do"
@@ -102,8 +115,7 @@ def test_1_poison_events_are_parked_and_everything_queued_after_them_flows(clean
 
 def test_1_such_dates_are_refused_at_the_door(clean_bus, tmp_path):
     with receiver_process(clean_bus, tmp_path) as receiver:
-        for moment in ("0001-01-01T00:00:00+14:00", "9999-12-31T23:59:59-15:59",
-                       "9999-12-31T23:00:00Z"):
+        for moment in ("0001-01-01T00:00:00+14:00", "9999-12-31T23:59:59-15:59", "9999-12-31T23:00:00Z"):
             body = event_body("1", occurred_at=moment)
             answer = post(receiver.base_url, body, signed(body, key=moment))
             assert answer.status_code == 400 and "occurred_at" in answer.json()["error"], moment
@@ -111,6 +123,7 @@ def test_1_such_dates_are_refused_at_the_door(clean_bus, tmp_path):
 
 
 # --- 2. an enormous Retry-After -----------------------------------------------------------------
+
 
 @pytest.mark.parametrize("retry_after", ["9" * 40, "Fri, 31 Dec 9999 23:59:59 GMT", "-5", "soon"])
 def test_2_any_retry_after_is_bounded_and_settled(database, retry_after):
@@ -125,6 +138,7 @@ def test_2_any_retry_after_is_bounded_and_settled(database, retry_after):
 
 # --- 3. the breaker's trial -----------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("trial_answer", [429, 400])
 def test_3_breaker_trial_meeting_429_or_400_still_ends_the_pause(database, trial_answer):
     answers = iter([500, 500, trial_answer])
@@ -134,9 +148,14 @@ def test_3_breaker_trial_meeting_429_or_400_still_ends_the_pause(database, trial
         return Reply(status, headers={"Retry-After": "1"} if status == 429 else {})
 
     with HttpSink(respond) as sink:
-        router = make_router(database, {"mm": MattermostDestination("mm", sink.url)},
-                             breaker_threshold=2, breaker_cooldown_seconds=0.5, batch_size=1,
-                             retry_delays=(0,))
+        router = make_router(
+            database,
+            {"mm": MattermostDestination("mm", sink.url)},
+            breaker_threshold=2,
+            breaker_cooldown_seconds=0.5,
+            batch_size=1,
+            retry_delays=(0,),
+        )
         ids = add_events(database, 6)
         thread = run_in_thread(router)
         try:
@@ -162,6 +181,7 @@ def test_3_breaker_trial_meeting_429_or_400_still_ends_the_pause(database, trial
 
 # --- 5. a total deadline per delivery, and leases that hold under it -------------------------------
 
+
 def test_5_a_trickling_destination_cannot_hold_a_delivery_past_its_deadline(database):
     with TricklingSink(interval=0.2) as sink:
         router = make_router(database, {"mm": MattermostDestination("mm", sink.url, timeout=1.0)})
@@ -177,19 +197,27 @@ def test_5_a_trickling_destination_cannot_hold_a_delivery_past_its_deadline(data
 
 def test_5_a_lease_never_runs_out_under_a_delivery_in_progress(database):
     with HttpSink(lambda request: Reply(200, delay=4.0)) as sink:
-        slow = make_router(database, {"mm": MattermostDestination("mm", sink.url, timeout=10)},
-                           lease_seconds=1, worker="slow")
-        other = make_router(database, {"mm": MattermostDestination("mm", sink.url)},
-                            worker="other")
+        slow = make_router(
+            database,
+            {"mm": MattermostDestination("mm", sink.url, timeout=10)},
+            lease_seconds=1,
+            worker="slow",
+        )
+        other = make_router(database, {"mm": MattermostDestination("mm", sink.url)}, worker="other")
         [event_id] = add_events(database)
         thread = run_in_thread(slow)
         try:
-            wait_until(lambda: state(database, event_id)["status"] == "processing",
-                       what="the slow delivery to start")
+            wait_until(
+                lambda: state(database, event_id)["status"] == "processing",
+                what="the slow delivery to start",
+            )
             time.sleep(2.5)  # two and a half leases
             assert other.run_once() == 0, "another router must not take a lease in use"
-            wait_until(lambda: state(database, event_id)["status"] == "completed", timeout=15,
-                       what="the slow delivery to finish")
+            wait_until(
+                lambda: state(database, event_id)["status"] == "completed",
+                timeout=15,
+                what="the slow delivery to finish",
+            )
         finally:
             slow.stop()
             thread.join(10)
@@ -198,14 +226,18 @@ def test_5_a_lease_never_runs_out_under_a_delivery_in_progress(database):
 
 # --- 6. values PostgreSQL cannot store are 400, not 500 -------------------------------------------
 
-@pytest.mark.parametrize("changes", [
-    {"aggregate_id": int("9" * 300)},
-    {"aggregate_id": -1},
-    {"occurred_at": "2026-01-22T07:26:26+24:00"},
-    {"occurred_at": "2026-01-22T07:26:26-23:59"},
-    {"occurred_at": "2026-01-22T07:26:26+99:99"},
-    {"occurred_at": "2026-01-22T07:26:26+14:01"},
-])
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"aggregate_id": int("9" * 300)},
+        {"aggregate_id": -1},
+        {"occurred_at": "2026-01-22T07:26:26+24:00"},
+        {"occurred_at": "2026-01-22T07:26:26-23:59"},
+        {"occurred_at": "2026-01-22T07:26:26+99:99"},
+        {"occurred_at": "2026-01-22T07:26:26+14:01"},
+    ],
+)
 def test_6_unstorable_values_are_refused_with_400(clean_bus, tmp_path, changes, receiver_for_bus):
     body = event_body("6", **changes)
     answer = post(receiver_for_bus.base_url, body, signed(body, key=f"k6-{uuid.uuid4()}"))
@@ -222,6 +254,7 @@ def receiver_for_bus(bus_url, tmp_path_factory):
 
 
 # --- 7. identical resends racing ------------------------------------------------------------------
+
 
 def test_7_byte_identical_resends_racing_are_duplicates_never_replays(clean_bus, receiver_for_bus):
     replays = 0
@@ -250,6 +283,7 @@ def test_7_byte_identical_resends_racing_are_duplicates_never_replays(clean_bus,
 
 # --- 8. the database log is private and holds no payloads ----------------------------------------
 
+
 def test_8_embedded_log_is_private_and_keeps_no_statements(tmp_path):
     cluster = EmbeddedPostgres(tmp_path / "pg", settings={"fsync": "off"})
     url = cluster.ensure_running()
@@ -264,7 +298,8 @@ def test_8_embedded_log_is_private_and_keeps_no_statements(tmp_path):
                     cursor.execute(
                         "select * from integration.insert_outbox_event('expense.paid', 'x', '1',"
                         " %s::jsonb, %s, p_signature_digest => 'same-digest')",
-                        (json.dumps({"secret_note": marker}), key))
+                        (json.dumps({"secret_note": marker}), key),
+                    )
                 except psycopg2.Error as exc:
                     assert exc.pgcode == "IB001"
         conn.close()
@@ -280,6 +315,7 @@ def test_8_embedded_log_is_private_and_keeps_no_statements(tmp_path):
 
 # --- 9. a replaced secret file is private whatever was there --------------------------------------
 
+
 def test_9_secret_new_force_over_a_world_readable_file_makes_it_private(tmp_path):
     target = tmp_path / "secret"
     target.write_text("old secret that was world readable\n")
@@ -292,24 +328,30 @@ def test_9_secret_new_force_over_a_world_readable_file_makes_it_private(tmp_path
 
 # --- 10. a tiny payload cannot make a huge message ------------------------------------------------
 
+
 def test_10_huge_numbers_and_texts_make_bounded_messages(database):
     started = time.monotonic()
-    message = format_event("expense.submitted", {"amount": "1e100000000", "currency": "PHP",
-                                                 "employee_name": "x" * 1_000_000})
+    message = format_event(
+        "expense.submitted",
+        {"amount": "1e100000000", "currency": "PHP", "employee_name": "x" * 1_000_000},
+    )
     assert time.monotonic() - started < 0.5
     assert len(message.markdown) < 2000 and "1e100000000" in message.markdown
     with HttpSink() as sink:
         router = make_router(database, {"mm": MattermostDestination("mm", sink.url)})
         with database.transaction() as cursor:
-            event_id = outbox.insert_event(cursor, Envelope(
-                "expense.submitted", "hr.expense", "10", {"amount": "1e100000000"}),
-                idempotency_key="huge").event_id
+            event_id = outbox.insert_event(
+                cursor,
+                Envelope("expense.submitted", "hr.expense", "10", {"amount": "1e100000000"}),
+                idempotency_key="huge",
+            ).event_id
         router.run_once()
         assert state(database, event_id)["status"] == "completed"
         assert len(sink.received[0].body) < 2000
 
 
 # --- 11. /metrics is cheap and can be protected ---------------------------------------------------
+
 
 def test_11_metrics_read_the_outbox_at_most_every_few_seconds(clean_bus, tmp_path, database):
     add_events(database, 3)
@@ -336,6 +378,7 @@ def test_11_metrics_token_is_required_when_set(clean_bus, tmp_path, monkeypatch)
 
 
 # --- 12. a frozen database answers 503 within 2 s -------------------------------------------------
+
 
 def _cluster_processes(cluster: EmbeddedPostgres) -> list[psutil.Process]:
     pid = int((cluster.data_dir / "postmaster.pid").read_text().splitlines()[0])
@@ -370,8 +413,12 @@ def test_12_frozen_database_gives_503_within_two_seconds_then_recovers(tmp_path)
                 for process in frozen:
                     process.send_signal(signal.SIGCONT)
             body = event_body("12-after")
-            wait_until(lambda: post(receiver.base_url, body, signed(body, key="k-12-after"))
-                       .status_code == 200, timeout=10, interval=0.2, what="recovery")
+            wait_until(
+                lambda: post(receiver.base_url, body, signed(body, key="k-12-after")).status_code == 200,
+                timeout=10,
+                interval=0.2,
+                what="recovery",
+            )
             # The senders retry what got 503. A statement the frozen server had already
             # received may have committed when it woke: the retry then answers duplicate.
             for body, headers in refused:
@@ -381,25 +428,34 @@ def test_12_frozen_database_gives_503_within_two_seconds_then_recovers(tmp_path)
 
 # --- minor: repeated headers, the server's own answers -------------------------------------------
 
+
 def test_two_idempotency_key_headers_are_refused(clean_bus, receiver_for_bus):
     body = event_body("dup-header")
     headers = signed(body, key="k1")
     port = int(receiver_for_bus.base_url.rsplit(":", 1)[1])
-    head = (f"POST {WEBHOOK_PATH} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-            f"x-ipai-timestamp: {headers['x-ipai-timestamp']}\r\n"
-            f"x-ipai-signature: {headers['x-ipai-signature']}\r\n"
-            "x-idempotency-key: k1\r\nx-idempotency-key: k2\r\n"
-            f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n")
+    head = (
+        f"POST {WEBHOOK_PATH} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        f"x-ipai-timestamp: {headers['x-ipai-timestamp']}\r\n"
+        f"x-ipai-signature: {headers['x-ipai-signature']}\r\n"
+        "x-idempotency-key: k1\r\nx-idempotency-key: k2\r\n"
+        f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+    )
     status, answer = _raw_exchange(port, head.encode() + body)
     assert status == 400 and answer["error"] == "x-idempotency-key header must be sent once"
     assert counts(clean_bus) == (0, 0)
 
 
-@pytest.mark.parametrize("request_bytes, status, error", [
-    (b"GARBAGE\r\n\r\n", 400, "malformed HTTP request"),
-    (b"POST / HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 40_000 + b"\r\n\r\n", 431,
-     "request head too large"),
-])
+@pytest.mark.parametrize(
+    "request_bytes, status, error",
+    [
+        (b"GARBAGE\r\n\r\n", 400, "malformed HTTP request"),
+        (
+            b"POST / HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 40_000 + b"\r\n\r\n",
+            431,
+            "request head too large",
+        ),
+    ],
+)
 def test_the_servers_own_refusals_are_json(receiver_for_bus, request_bytes, status, error):
     port = int(receiver_for_bus.base_url.rsplit(":", 1)[1])
     assert _raw_exchange(port, request_bytes) == (status, {"ok": False, "error": error})
@@ -418,8 +474,8 @@ def _raw_exchange(port: int, data: bytes) -> tuple[int, dict]:
     return int(head.split()[1]), json.loads(body)
 
 
-
 # --- the database restarting under a busy router --------------------------------------------------
+
 
 def test_database_restarts_under_a_busy_router_pin_nothing(tmp_path):
     """Batches delivered while the database was away are settled or handed back, never held."""
@@ -432,8 +488,9 @@ def test_database_restarts_under_a_busy_router_pin_nothing(tmp_path):
     try:
         ids = add_events(database, 400)
         with HttpSink(lambda request: Reply(200, delay=0.02)) as sink:
-            router = make_router(database, {"mm": MattermostDestination("mm", sink.url)},
-                                 lease_seconds=3, batch_size=10)
+            router = make_router(
+                database, {"mm": MattermostDestination("mm", sink.url)}, lease_seconds=3, batch_size=10
+            )
             thread = run_in_thread(router)
             try:
                 for _ in range(3):
@@ -443,8 +500,12 @@ def test_database_restarts_under_a_busy_router_pin_nothing(tmp_path):
                     time.sleep(0.5)
                     cluster.ensure_running()
                 checker = Database(url)
-                wait_until(lambda: all(state(checker, i)["status"] == "completed" for i in ids),
-                           timeout=40, interval=0.5, what="every event to be delivered")
+                wait_until(
+                    lambda: all(state(checker, i)["status"] == "completed" for i in ids),
+                    timeout=40,
+                    interval=0.5,
+                    what="every event to be delivered",
+                )
                 checker.close()
             finally:
                 router.stop()
@@ -456,6 +517,7 @@ def test_database_restarts_under_a_busy_router_pin_nothing(tmp_path):
 
 
 # --- minor: the receiver runs as a role that may only ingest ---------------------------------------
+
 
 def test_receiver_runs_as_a_role_that_may_only_ingest(clean_bus, tmp_path, monkeypatch):
     from urllib.parse import urlsplit, urlunsplit
@@ -481,9 +543,11 @@ def test_receiver_runs_as_a_role_that_may_only_ingest(clean_bus, tmp_path, monke
     conn = psycopg2.connect(role_url)
     conn.autocommit = True
     with conn.cursor() as cursor:
-        for statement in ("select * from integration.outbox",
-                          "select * from public.claim_outbox('w', 1, 60)",
-                          "delete from integration.event_log"):
+        for statement in (
+            "select * from integration.outbox",
+            "select * from public.claim_outbox('w', 1, 60)",
+            "delete from integration.event_log",
+        ):
             with pytest.raises(psycopg2.errors.InsufficientPrivilege):
                 cursor.execute(statement)
     conn.close()
@@ -491,13 +555,16 @@ def test_receiver_runs_as_a_role_that_may_only_ingest(clean_bus, tmp_path, monke
 
 # --- several Odoo databases share one bus ---------------------------------------------------------
 
+
 def test_the_same_record_id_from_two_sources_never_waits_for_the_other(database):
     """Record 7 of one Odoo database does not wait behind record 7 of another."""
     with database.transaction() as cursor:
         for source in ("odoo-manila", "odoo-cebu"):
-            outbox.insert_event(cursor, Envelope("expense.submitted", "hr.expense", "7",
-                                                 {"amount": 1}, source=source),
-                                idempotency_key="expense.submitted:7:1")
+            outbox.insert_event(
+                cursor,
+                Envelope("expense.submitted", "hr.expense", "7", {"amount": 1}, source=source),
+                idempotency_key="expense.submitted:7:1",
+            )
     with database.transaction() as cursor:
         [first] = outbox.claim(cursor, worker="w1", limit=1)
     with database.transaction() as cursor:
@@ -507,6 +574,7 @@ def test_the_same_record_id_from_two_sources_never_waits_for_the_other(database)
 
 
 # --- IPAI_MAX_ATTEMPTS reaches what the receiver stores ---------------------------------------------
+
 
 def test_max_attempts_setting_is_what_the_receiver_stores(clean_bus, tmp_path, monkeypatch):
     monkeypatch.setenv("IPAI_MAX_ATTEMPTS", "7")

@@ -31,54 +31,85 @@ FORWARD_SECRET = "whsec_dGVzdC1zdGFuZGFyZC13ZWJob29rcy1rZXk="  # base64 of a tes
 
 
 def routing_to(*names: str, pattern: str = "*") -> RoutingTable:
-    return RoutingTable((Route(pattern, names),),
-                        {name: DestinationSpec(name, "console") for name in names})
+    return RoutingTable(
+        (Route(pattern, names),), {name: DestinationSpec(name, "console") for name in names}
+    )
 
 
-def make_router(database, destinations: dict, *, routing: RoutingTable | None = None,
-                **config) -> Router:
-    settings = {"worker": "test-router", "retry_delays": (2, 4, 6), "listen": False,
-                "poll_seconds": 0.2, **config}
-    return Router(RouterConfig(**settings), database, routing or routing_to(*destinations),
-                  destinations)
+def make_router(
+    database, destinations: dict, *, routing: RoutingTable | None = None, **config
+) -> Router:
+    settings = {
+        "worker": "test-router",
+        "retry_delays": (2, 4, 6),
+        "listen": False,
+        "poll_seconds": 0.2,
+        **config,
+    }
+    return Router(RouterConfig(**settings), database, routing or routing_to(*destinations), destinations)
 
 
-def add_events(database, count: int = 1, *, event_type: str = "expense.submitted",
-               aggregate: str | None = None, max_attempts: int = 4) -> list[uuid.UUID]:
+def add_events(
+    database,
+    count: int = 1,
+    *,
+    event_type: str = "expense.submitted",
+    aggregate: str | None = None,
+    max_attempts: int = 4,
+) -> list[uuid.UUID]:
     ids = []
     with database.transaction() as cursor:
         for number in range(count):
-            envelope = Envelope(event_type, "hr.expense", aggregate or str(number),
-                                {"expense_id": number, "employee_name": "Maria Santos",
-                                 "amount": 100 + number, "currency": "PHP"})
-            ids.append(outbox.insert_event(cursor, envelope, idempotency_key=str(uuid.uuid4()),
-                                           max_attempts=max_attempts).event_id)
+            envelope = Envelope(
+                event_type,
+                "hr.expense",
+                aggregate or str(number),
+                {
+                    "expense_id": number,
+                    "employee_name": "Maria Santos",
+                    "amount": 100 + number,
+                    "currency": "PHP",
+                },
+            )
+            ids.append(
+                outbox.insert_event(
+                    cursor, envelope, idempotency_key=str(uuid.uuid4()), max_attempts=max_attempts
+                ).event_id
+            )
     return ids
 
 
 def state(database, event_id) -> dict:
     with database.transaction() as cursor:
-        cursor.execute("select status, attempts, last_error,"
-                       " extract(epoch from available_at - now()) as due_in"
-                       " from integration.outbox where id = %s", (event_id,))
+        cursor.execute(
+            "select status, attempts, last_error,"
+            " extract(epoch from available_at - now()) as due_in"
+            " from integration.outbox where id = %s",
+            (event_id,),
+        )
         names = [column.name for column in cursor.description]
         return dict(zip(names, cursor.fetchone()))
 
 
 def attempts_of(database, event_id) -> list[tuple]:
     with database.transaction() as cursor:
-        cursor.execute("select destination, outcome, http_status, error from"
-                       " integration.delivery_attempts where event_id = %s order by id", (event_id,))
+        cursor.execute(
+            "select destination, outcome, http_status, error from"
+            " integration.delivery_attempts where event_id = %s order by id",
+            (event_id,),
+        )
         return cursor.fetchall()
 
 
 def make_due(database) -> None:
     with database.transaction() as cursor:
-        cursor.execute("update integration.outbox set available_at = now()"
-                       " where status in ('pending', 'failed')")
+        cursor.execute(
+            "update integration.outbox set available_at = now() where status in ('pending', 'failed')"
+        )
 
 
 # --- Mattermost ---------------------------------------------------------------------------------
+
 
 def test_mattermost_receives_the_formatted_message(database):
     with HttpSink() as sink:
@@ -122,7 +153,9 @@ def test_too_many_requests_honours_retry_after(database):
 
 
 def test_client_error_that_retrying_cannot_fix_is_dead_at_once(database):
-    with HttpSink(lambda request: Reply(400, b'{"message":"Unable to parse the incoming data"}')) as sink:
+    with HttpSink(
+        lambda request: Reply(400, b'{"message":"Unable to parse the incoming data"}')
+    ) as sink:
         router = make_router(database, {"mm": MattermostDestination("mm", sink.url)})
         [event_id] = add_events(database)
         router.run_once()
@@ -149,7 +182,9 @@ def test_connection_closed_by_the_server_while_idle_is_reopened(database):
         second = add_events(database, aggregate="b")[0]
         router.run_once()
     assert [state(database, event_id)["status"] for event_id in (first, second)] == [
-        "completed", "completed"]
+        "completed",
+        "completed",
+    ]
     assert state(database, second)["attempts"] == 1 and sink.count() == 2
 
 
@@ -161,6 +196,7 @@ def test_connection_refused_is_retried(database):
 
 
 # --- HTTP forward (Standard Webhooks) -------------------------------------------------------------
+
 
 def test_http_forward_is_verifiable_with_the_standardwebhooks_library(database):
     with HttpSink() as sink:
@@ -180,8 +216,9 @@ def test_http_forward_is_verifiable_with_the_standardwebhooks_library(database):
 def test_http_forward_client_error_is_dead_and_server_error_retried(database):
     replies = iter([Reply(404, b"no such hook"), Reply(503, b"busy")])
     with HttpSink(lambda request: next(replies)) as sink:
-        router = make_router(database, {"n8n": HttpForwardDestination("n8n", sink.url, FORWARD_SECRET)},
-                             concurrency=1)
+        router = make_router(
+            database, {"n8n": HttpForwardDestination("n8n", sink.url, FORWARD_SECRET)}, concurrency=1
+        )
         [first] = add_events(database, aggregate="a")
         router.run_once()
         [second] = add_events(database, aggregate="b")
@@ -191,6 +228,7 @@ def test_http_forward_client_error_is_dead_and_server_error_retried(database):
 
 
 # --- e-mail (aiosmtpd) ----------------------------------------------------------------------------
+
 
 class SmtpRecorder:
     def __init__(self, reply: str | None = None) -> None:
@@ -221,8 +259,14 @@ def smtp_server():
 
 
 def email_to(port: int, *, security: str = "none") -> EmailDestination:
-    return EmailDestination("ap", host="127.0.0.1", port=port, security=security,
-                            sender="bus@example.ph", recipients=["ap@example.ph"])
+    return EmailDestination(
+        "ap",
+        host="127.0.0.1",
+        port=port,
+        security=security,
+        sender="bus@example.ph",
+        recipients=["ap@example.ph"],
+    )
 
 
 def test_email_sends_one_message_with_text_and_html(database, smtp_server):
@@ -235,8 +279,11 @@ def test_email_sends_one_message_with_text_and_html(database, smtp_server):
     mail = message_from_bytes(raw)
     assert recipients == ["ap@example.ph"]
     assert str(make_header(decode_header(mail["Subject"]))) == "📝 Expense submitted"
-    parts = {part.get_content_type(): part.get_payload(decode=True).decode()
-             for part in mail.walk() if not part.is_multipart()}
+    parts = {
+        part.get_content_type(): part.get_payload(decode=True).decode()
+        for part in mail.walk()
+        if not part.is_multipart()
+    }
     assert "Maria Santos" in parts["text/plain"] and "**" not in parts["text/plain"]
     assert "<strong>Employee:</strong>" in parts["text/html"]
 
@@ -269,6 +316,7 @@ def test_email_starttls_refused_by_a_plain_server_is_retried_not_crashed(databas
 
 # --- console, routing, ordering, breakers ---------------------------------------------------------
 
+
 def test_console_prints_the_message(database):
     stream = io.StringIO()
     router = make_router(database, {"console": ConsoleDestination("console", stream)})
@@ -279,12 +327,18 @@ def test_console_prints_the_message(database):
 
 def test_unrouted_event_is_dead_with_the_reason_not_dropped(database):
     stream = io.StringIO()
-    router = make_router(database, {"console": ConsoleDestination("console", stream)},
-                         routing=routing_to("console", pattern="asset.*"))
+    router = make_router(
+        database,
+        {"console": ConsoleDestination("console", stream)},
+        routing=routing_to("console", pattern="asset.*"),
+    )
     [event_id] = add_events(database)
     router.run_once()
     final = state(database, event_id)
-    assert final["status"] == "dead" and "no route matches event type expense.submitted" in final["last_error"]
+    assert (
+        final["status"] == "dead"
+        and "no route matches event type expense.submitted" in final["last_error"]
+    )
     assert attempts_of(database, event_id)[0][1] == "unrouted"
 
 
@@ -301,24 +355,37 @@ def test_aggregate_order_holds_when_the_first_event_fails_twice(database):
         router = make_router(database, {"n8n": HttpForwardDestination("n8n", sink.url, FORWARD_SECRET)})
         first = add_events(database, aggregate="sheet-9")[0]
         with database.transaction() as cursor:
-            second = outbox.insert_event(cursor, Envelope("expense.approved", "hr.expense", "sheet-9",
-                                                          {"amount": 200}), idempotency_key="second").event_id
+            second = outbox.insert_event(
+                cursor,
+                Envelope("expense.approved", "hr.expense", "sheet-9", {"amount": 200}),
+                idempotency_key="second",
+            ).event_id
         for _ in range(6):
             router.run_once()
             make_due(database)
-    delivered = [request.json()["data"]["event_id"] for request in sink.received
-                 if request.json()["data"]["payload"]["amount"] in (100, 200)]
+    delivered = [
+        request.json()["data"]["event_id"]
+        for request in sink.received
+        if request.json()["data"]["payload"]["amount"] in (100, 200)
+    ]
     assert delivered == [str(first)] * 3 + [str(second)], "the second event waited for the first"
     assert state(database, second)["status"] == "completed"
 
 
 def test_dead_event_stops_blocking_its_aggregate(database):
-    with HttpSink(lambda request: Reply(410, b"gone") if request.json()["data"]["payload"]["amount"] == 100 else Reply(200)) as sink:
+    with HttpSink(
+        lambda request: (
+            Reply(410, b"gone") if request.json()["data"]["payload"]["amount"] == 100 else Reply(200)
+        )
+    ) as sink:
         router = make_router(database, {"n8n": HttpForwardDestination("n8n", sink.url, FORWARD_SECRET)})
         first = add_events(database, aggregate="sheet-1")[0]
         with database.transaction() as cursor:
-            second = outbox.insert_event(cursor, Envelope("expense.paid", "hr.expense", "sheet-1",
-                                                          {"amount": 200}), idempotency_key="2nd").event_id
+            second = outbox.insert_event(
+                cursor,
+                Envelope("expense.paid", "hr.expense", "sheet-1", {"amount": 200}),
+                idempotency_key="2nd",
+            ).event_id
         router.run_once()
         router.run_once()
     assert state(database, first)["status"] == "dead"
@@ -328,8 +395,10 @@ def test_dead_event_stops_blocking_its_aggregate(database):
 def test_partial_delivery_is_not_repeated_on_retry(database):
     good_stream = io.StringIO()
     with HttpSink(lambda request: Reply(503)) as sink:
-        destinations = {"console": ConsoleDestination("console", good_stream),
-                        "mm": MattermostDestination("mm", sink.url)}
+        destinations = {
+            "console": ConsoleDestination("console", good_stream),
+            "mm": MattermostDestination("mm", sink.url),
+        }
         router = make_router(database, destinations, routing=routing_to("console", "mm"))
         [event_id] = add_events(database)
         router.run_once()
@@ -337,7 +406,10 @@ def test_partial_delivery_is_not_repeated_on_retry(database):
         router.run_once()
     assert good_stream.getvalue().count("Expense submitted") == 1, "console got it exactly once"
     assert [row[:2] for row in attempts_of(database, event_id)] == [
-        ("console", "delivered"), ("mm", "failed"), ("mm", "failed")]
+        ("console", "delivered"),
+        ("mm", "failed"),
+        ("mm", "failed"),
+    ]
 
 
 def test_destination_reached_before_a_stop_is_not_sent_again(database):
@@ -353,16 +425,26 @@ def test_destination_reached_before_a_stop_is_not_sent_again(database):
 
     with HttpSink() as sink:
         routing = routing_to("console", "mm")
-        first = make_router(database, {"console": StopsTheRouter("console", stream),
-                                       "mm": MattermostDestination("mm", sink.url)},
-                            routing=routing, concurrency=1)
+        first = make_router(
+            database,
+            {"console": StopsTheRouter("console", stream), "mm": MattermostDestination("mm", sink.url)},
+            routing=routing,
+            concurrency=1,
+        )
         [event_id] = add_events(database)
         first.run_once()
         assert (state(database, event_id)["status"], state(database, event_id)["attempts"]) == (
-            "pending", 0), "handed back with its attempt given back"
-        second = make_router(database, {"console": ConsoleDestination("console", stream),
-                                        "mm": MattermostDestination("mm", sink.url)},
-                             routing=routing)
+            "pending",
+            0,
+        ), "handed back with its attempt given back"
+        second = make_router(
+            database,
+            {
+                "console": ConsoleDestination("console", stream),
+                "mm": MattermostDestination("mm", sink.url),
+            },
+            routing=routing,
+        )
         second.run_once()
     assert stream.getvalue().count("Expense submitted") == 1, "the console got it once"
     assert sink.count() == 1 and state(database, event_id)["status"] == "completed"
@@ -370,9 +452,14 @@ def test_destination_reached_before_a_stop_is_not_sent_again(database):
 
 def test_circuit_breaker_pauses_a_failing_destination_without_spending_attempts(database):
     with HttpSink(lambda request: Reply(503)) as sink:
-        router = make_router(database, {"mm": MattermostDestination("mm", sink.url)},
-                             breaker_threshold=2, breaker_cooldown_seconds=60, concurrency=1,
-                             batch_size=1)
+        router = make_router(
+            database,
+            {"mm": MattermostDestination("mm", sink.url)},
+            breaker_threshold=2,
+            breaker_cooldown_seconds=60,
+            concurrency=1,
+            batch_size=1,
+        )
         ids = add_events(database, 4)
         for _ in range(4):
             router.run_once()
@@ -387,9 +474,14 @@ def test_circuit_breaker_pauses_a_failing_destination_without_spending_attempts(
 def test_circuit_closes_after_a_successful_trial(database):
     replies = iter([Reply(503), Reply(200), Reply(200)])
     with HttpSink(lambda request: next(replies)) as sink:
-        router = make_router(database, {"mm": MattermostDestination("mm", sink.url)},
-                             breaker_threshold=1, breaker_cooldown_seconds=0.5, concurrency=1,
-                             batch_size=1)
+        router = make_router(
+            database,
+            {"mm": MattermostDestination("mm", sink.url)},
+            breaker_threshold=1,
+            breaker_cooldown_seconds=0.5,
+            concurrency=1,
+            batch_size=1,
+        )
         add_events(database, 2)
         router.run_once()
         time.sleep(0.6)
@@ -407,8 +499,13 @@ def test_rate_limit_spaces_deliveries(database):
 
     with HttpSink() as sink:
         destinations = {"mm": MattermostDestination("mm", sink.url)}
-        router = Router(RouterConfig(worker="w", listen=False, batch_size=10), database,
-                        routing_to("mm"), destinations, {"mm": TokenBucket(20, 1)})
+        router = Router(
+            RouterConfig(worker="w", listen=False, batch_size=10),
+            database,
+            routing_to("mm"),
+            destinations,
+            {"mm": TokenBucket(20, 1)},
+        )
         add_events(database, 6)
         router.run_once()
     times = sorted(request.at for request in sink.received)
@@ -419,8 +516,9 @@ def test_notify_wakes_a_waiting_router_at_once(database):
     import threading
 
     with HttpSink() as sink:
-        router = make_router(database, {"mm": MattermostDestination("mm", sink.url)},
-                             listen=True, poll_seconds=30)
+        router = make_router(
+            database, {"mm": MattermostDestination("mm", sink.url)}, listen=True, poll_seconds=30
+        )
         thread = threading.Thread(target=router.run)
         thread.start()
         try:

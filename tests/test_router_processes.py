@@ -38,10 +38,12 @@ def add_events(database_url: str, count: int) -> list[str]:
     ids = []
     with conn, conn.cursor() as cursor:
         for number in range(count):
-            envelope = Envelope("asset.reserved", "maintenance.equipment", str(number),
-                                {"booking_id": number})
-            ids.append(str(outbox.insert_event(cursor, envelope,
-                                               idempotency_key=str(uuid.uuid4())).event_id))
+            envelope = Envelope(
+                "asset.reserved", "maintenance.equipment", str(number), {"booking_id": number}
+            )
+            ids.append(
+                str(outbox.insert_event(cursor, envelope, idempotency_key=str(uuid.uuid4())).event_id)
+            )
     conn.close()
     return ids
 
@@ -62,12 +64,22 @@ def start_router(clean_bus, tmp_path):
     processes = []
 
     def start(sink_url: str, **settings: str) -> subprocess.Popen:
-        env = {**os.environ, "DATABASE_URL": clean_bus, "IPAI_ROUTES_FILE": str(routes),
-               "SINK_URL": sink_url, "SINK_SECRET": SINK_SECRET,
-               "IPAI_ROUTER_POLL_SECONDS": "0.2", **settings}
+        env = {
+            **os.environ,
+            "DATABASE_URL": clean_bus,
+            "IPAI_ROUTES_FILE": str(routes),
+            "SINK_URL": sink_url,
+            "SINK_SECRET": SINK_SECRET,
+            "IPAI_ROUTER_POLL_SECONDS": "0.2",
+            **settings,
+        }
         log = open(tmp_path / f"router-{len(processes)}.log", "w")
-        process = subprocess.Popen([sys.executable, "-m", "ipai_bus_lib.cli", "route"], env=env,
-                                   stdout=log, stderr=subprocess.STDOUT)
+        process = subprocess.Popen(
+            [sys.executable, "-m", "ipai_bus_lib.cli", "route"],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
         processes.append(process)
         return process
 
@@ -87,10 +99,17 @@ def test_four_workers_deliver_two_thousand_events_exactly_once(clean_bus, start_
     ids = add_events(clean_bus, 2000)
     with HttpSink() as sink:
         routers = [start_router(sink.url, IPAI_ROUTER_BATCH_SIZE="50") for _ in range(4)]
-        wait_until(lambda: statuses(clean_bus).total() == sum(
-                       count for (status, _), count in statuses(clean_bus).items()
-                       if status == "completed"),
-                   timeout=120, interval=0.5, what="all 2000 events completed")
+        wait_until(
+            lambda: (
+                statuses(clean_bus).total()
+                == sum(
+                    count for (status, _), count in statuses(clean_bus).items() if status == "completed"
+                )
+            ),
+            timeout=120,
+            interval=0.5,
+            what="all 2000 events completed",
+        )
         assert statuses(clean_bus) == Counter({("completed", 1): 2000}), "none needed a retry"
         for router in routers:
             router.send_signal(signal.SIGTERM)
@@ -103,15 +122,23 @@ def test_four_workers_deliver_two_thousand_events_exactly_once(clean_bus, start_
 def test_worker_killed_mid_batch_loses_nothing(clean_bus, start_router):
     ids = add_events(clean_bus, 60)
     with HttpSink(lambda request: Reply(200, delay=0.05)) as sink:
-        first = start_router(sink.url, IPAI_ROUTER_BATCH_SIZE="20",
-                             IPAI_ROUTER_LEASE_SECONDS="2", IPAI_ROUTER_CONCURRENCY="2")
+        first = start_router(
+            sink.url,
+            IPAI_ROUTER_BATCH_SIZE="20",
+            IPAI_ROUTER_LEASE_SECONDS="2",
+            IPAI_ROUTER_CONCURRENCY="2",
+        )
         wait_until(lambda: sink.count() >= 5, what="the first worker to be mid-batch")
         first.send_signal(signal.SIGKILL)
         first.wait(timeout=10)
         assert statuses(clean_bus)[("processing", 1)] > 0, "the killed worker held leased rows"
         start_router(sink.url, IPAI_ROUTER_BATCH_SIZE="20", IPAI_ROUTER_CONCURRENCY="4")
-        wait_until(lambda: all(status == "completed" for status, _ in statuses(clean_bus)),
-                   timeout=60, interval=0.3, what="every event completed after the lease")
+        wait_until(
+            lambda: all(status == "completed" for status, _ in statuses(clean_bus)),
+            timeout=60,
+            interval=0.3,
+            what="every event completed after the lease",
+        )
         received = set(delivered_ids(sink))
     assert received == set(ids), "every event delivered at least once"
     assert not any(status == "processing" for status, _ in statuses(clean_bus))

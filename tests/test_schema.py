@@ -24,8 +24,7 @@ def envelope(aggregate_id: str = "1", event_type: str = "expense.submitted") -> 
 def insert(conn, key: str, **kwargs) -> outbox.InsertResult:
     """One event of its own aggregate (events of one aggregate are claimed one at a time)."""
     with conn, conn.cursor() as cursor:
-        return outbox.insert_event(cursor, envelope(aggregate_id=key), idempotency_key=key,
-                                   **kwargs)
+        return outbox.insert_event(cursor, envelope(aggregate_id=key), idempotency_key=key, **kwargs)
 
 
 def row(conn, event_id) -> dict:
@@ -48,12 +47,15 @@ def claim(conn, worker: str = "w1", limit: int = 25, lease: int = 60):
 
 def seconds_until_available(conn, event_id) -> float:
     with conn, conn.cursor() as cursor:
-        cursor.execute("select extract(epoch from available_at - now()) from integration.outbox"
-                       " where id = %s", (event_id,))
+        cursor.execute(
+            "select extract(epoch from available_at - now()) from integration.outbox where id = %s",
+            (event_id,),
+        )
         return float(cursor.fetchone()[0])
 
 
 # --- insert_outbox_event --------------------------------------------------------------------
+
 
 def test_insert_stores_a_pending_event(conn):
     result = insert(conn, "k1")
@@ -74,7 +76,8 @@ def test_same_key_from_another_source_is_a_new_event(conn):
     first = insert(conn, "k1")
     with conn, conn.cursor() as cursor:
         other = outbox.insert_event(
-            cursor, Envelope("test", "x", "1", {}, source="n8n"), idempotency_key="k1")
+            cursor, Envelope("test", "x", "1", {}, source="n8n"), idempotency_key="k1"
+        )
     assert other.event_id != first.event_id and not other.duplicate
 
 
@@ -132,6 +135,7 @@ def test_twenty_threads_inserting_one_key_store_one_event(database):
 
 # --- insert_event_log and the append-only guard --------------------------------------------
 
+
 def test_event_log_copies_the_event_once(conn):
     result = insert(conn, "k1")
     with conn, conn.cursor() as cursor:
@@ -143,11 +147,14 @@ def test_event_log_copies_the_event_once(conn):
     assert logged == [("expense.submitted", "k1", {"amount": 1})]
 
 
-@pytest.mark.parametrize("statement", [
-    "update integration.event_log set payload = '{}'",
-    "delete from integration.event_log",
-    "truncate integration.event_log",
-])
+@pytest.mark.parametrize(
+    "statement",
+    [
+        "update integration.event_log set payload = '{}'",
+        "delete from integration.event_log",
+        "truncate integration.event_log",
+    ],
+)
 def test_event_log_refuses_change(conn, statement):
     result = insert(conn, "k1")
     with conn, conn.cursor() as cursor:
@@ -159,6 +166,7 @@ def test_event_log_refuses_change(conn, statement):
 
 
 # --- claim / lease ----------------------------------------------------------------------------
+
 
 def test_claim_leases_due_events_and_counts_an_attempt(conn):
     result = insert(conn, "k1")
@@ -214,8 +222,10 @@ def test_expired_lease_is_taken_back_and_counts_an_attempt(conn):
 def test_lease_expiring_on_the_last_attempt_makes_the_event_dead(conn):
     result = insert(conn, "k1")
     with conn, conn.cursor() as cursor:
-        cursor.execute("update integration.outbox set status = 'processing', attempts = 4,"
-                       " locked_by = 'crashed', lease_expires_at = now() - interval '1 s'")
+        cursor.execute(
+            "update integration.outbox set status = 'processing', attempts = 4,"
+            " locked_by = 'crashed', lease_expires_at = now() - interval '1 s'"
+        )
     assert claim(conn) == []
     stored = row(conn, result.event_id)
     assert stored["status"] == "dead"
@@ -235,6 +245,7 @@ def test_stale_worker_cannot_ack_or_fail_a_row_taken_over(conn):
 
 
 # --- ack / fail / release -------------------------------------------------------------------
+
 
 def test_ack_completes_many_events_in_one_call(conn):
     ids = [insert(conn, f"k{number}").event_id for number in range(5)]
@@ -291,8 +302,9 @@ def test_fail_with_give_up_is_dead_at_once(conn):
     result = insert(conn, "k1")
     claim(conn)
     with conn, conn.cursor() as cursor:
-        assert outbox.fail(cursor, result.event_id, worker="w1", error="HTTP 404",
-                           give_up=True) == "dead"
+        assert (
+            outbox.fail(cursor, result.event_id, worker="w1", error="HTTP 404", give_up=True) == "dead"
+        )
     assert row(conn, result.event_id)["attempts"] == 1
 
 
@@ -316,8 +328,9 @@ BAD_CALLS = {
     "insert: empty key": "select integration.insert_outbox_event('test', 'a', '1', '{}', '')",
     "insert: non-ascii key": "select integration.insert_outbox_event('test', 'a', '1', '{}', 'ké')",
     "insert: bad source": "select integration.insert_outbox_event('test', 'a', '1', '{}', 'k', 'a b')",
-    "insert: zero attempts": ("select integration.insert_outbox_event('test', 'a', '1', '{}', 'k',"
-                              " 'odoo', null, null, 0)"),
+    "insert: zero attempts": (
+        "select integration.insert_outbox_event('test', 'a', '1', '{}', 'k', 'odoo', null, null, 0)"
+    ),
     "log: null id": "select integration.insert_event_log(null)",
     "log: unknown id": "select integration.insert_event_log(gen_random_uuid())",
     "claim: empty worker": "select * from integration.claim_outbox('', 10, 60)",
@@ -353,6 +366,7 @@ def test_bad_arguments_are_translated_to_invalid_argument(database):
 
 # --- the claim path stays an index scan -------------------------------------------------------
 
+
 def test_claim_queries_use_the_partial_indexes(conn):
     """With a realistic table (mostly completed rows) the claim path reads only partial indexes."""
     with conn, conn.cursor() as cursor:
@@ -360,15 +374,20 @@ def test_claim_queries_use_the_partial_indexes(conn):
             "insert into integration.outbox (event_type, aggregate_type, aggregate_id, payload,"
             " idempotency_key, status, completed_at)"
             " select 'test', 'a', g::text, '{}', 'done-' || g, 'completed', now()"
-            " from generate_series(1, 20000) g")
+            " from generate_series(1, 20000) g"
+        )
         for number in range(20):
             outbox.insert_event(cursor, envelope(f"live-{number}"), idempotency_key=f"live-{number}")
         cursor.execute("analyze integration.outbox")
-        cursor.execute("explain select id from integration.outbox where status in"
-                       " ('pending','failed') and available_at <= now() order by available_at limit 25")
+        cursor.execute(
+            "explain select id from integration.outbox where status in"
+            " ('pending','failed') and available_at <= now() order by available_at limit 25"
+        )
         due_plan = " ".join(line for (line,) in cursor.fetchall())
-        cursor.execute("explain select id from integration.outbox where status = 'processing'"
-                       " and lease_expires_at <= now() order by lease_expires_at limit 25")
+        cursor.execute(
+            "explain select id from integration.outbox where status = 'processing'"
+            " and lease_expires_at <= now() order by lease_expires_at limit 25"
+        )
         lease_plan = " ".join(line for (line,) in cursor.fetchall())
     assert "Seq Scan" not in due_plan + lease_plan, (due_plan, lease_plan)
     assert "outbox_due_idx" in due_plan, due_plan
@@ -376,6 +395,7 @@ def test_claim_queries_use_the_partial_indexes(conn):
 
 
 # --- row level security and the PostgREST wrappers --------------------------------------------
+
 
 def as_role(conn, role: str, statement: str):
     with conn, conn.cursor() as cursor:
@@ -390,8 +410,7 @@ def test_authenticated_reads_but_cannot_write(conn):
     with pytest.raises(psycopg2.errors.InsufficientPrivilege):
         as_role(conn, "authenticated", "update integration.outbox set status = 'dead'")
     with pytest.raises(psycopg2.errors.InsufficientPrivilege):
-        as_role(conn, "authenticated",
-                "select public.insert_outbox_event('test', 'a', '1', '{}', 'k2')")
+        as_role(conn, "authenticated", "select public.insert_outbox_event('test', 'a', '1', '{}', 'k2')")
     assert count(conn) == 1 and row(conn, insert(conn, "k1").event_id)["status"] == "pending"
 
 
@@ -405,27 +424,40 @@ def test_anon_sees_nothing(conn):
 
 
 def test_service_role_works_through_the_public_wrappers(conn):
-    as_role(conn, "service_role", "select * from public.insert_outbox_event("
-            "'test', 'a', '1', '{\"x\": 1}', 'svc-1')")
+    as_role(
+        conn,
+        "service_role",
+        "select * from public.insert_outbox_event('test', 'a', '1', '{\"x\": 1}', 'svc-1')",
+    )
     claimed = as_role(conn, "service_role", "select id from public.claim_outbox('svc', 10, 60)")
     assert len(claimed) == 1
     event_id = claimed[0][0]
-    assert as_role(conn, "service_role",
-                   f"select public.insert_event_log('{event_id}')")[0][0] > 0
-    assert as_role(conn, "service_role",
-                   f"select public.ack_outbox(array['{event_id}']::uuid[], 'svc')") == [(1,)]
+    assert as_role(conn, "service_role", f"select public.insert_event_log('{event_id}')")[0][0] > 0
+    assert as_role(
+        conn, "service_role", f"select public.ack_outbox(array['{event_id}']::uuid[], 'svc')"
+    ) == [(1,)]
     assert row(conn, uuid.UUID(str(event_id)))["status"] == "completed"
 
 
-PUBLIC_WRAPPERS = ("insert_outbox_event", "insert_event_log", "claim_outbox", "ack_outbox",
-                   "fail_outbox", "release_outbox", "extend_leases", "outbox_depth")
+PUBLIC_WRAPPERS = (
+    "insert_outbox_event",
+    "insert_event_log",
+    "claim_outbox",
+    "ack_outbox",
+    "fail_outbox",
+    "release_outbox",
+    "extend_leases",
+    "outbox_depth",
+)
 
 
 def test_wrappers_pin_their_search_path(conn):
     with conn, conn.cursor() as cursor:
-        cursor.execute("select proname, prosecdef, proconfig from pg_proc"
-                       " where pronamespace = 'public'::regnamespace and proname = any(%s)",
-                       (list(PUBLIC_WRAPPERS),))
+        cursor.execute(
+            "select proname, prosecdef, proconfig from pg_proc"
+            " where pronamespace = 'public'::regnamespace and proname = any(%s)",
+            (list(PUBLIC_WRAPPERS),),
+        )
         wrappers = cursor.fetchall()
     assert sorted(name for name, _, _ in wrappers) == sorted(PUBLIC_WRAPPERS)
     for name, security_definer, config in wrappers:
@@ -437,8 +469,10 @@ def test_pool_recovers_after_its_connections_are_killed(database, conn):
     with database.transaction() as cursor:
         cursor.execute("select 1")
     with conn, conn.cursor() as cursor:
-        cursor.execute("select pg_terminate_backend(pid) from pg_stat_activity"
-                       " where application_name = 'ipai-bus' and pid <> pg_backend_pid()")
+        cursor.execute(
+            "select pg_terminate_backend(pid) from pg_stat_activity"
+            " where application_name = 'ipai-bus' and pid <> pg_backend_pid()"
+        )
     with pytest.raises(Exception):  # noqa: B017 - the first use finds its connection dead
         with database.transaction() as cursor:
             cursor.execute("select 1")

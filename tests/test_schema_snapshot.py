@@ -20,7 +20,16 @@ def test_schema_snapshot_equals_the_migrations_applied_in_order(bus_url):
     snapshot = _snapshot_module()
     live = snapshot.dump(bus_url)
     kept = snapshot.SNAPSHOT.read_text()
-    diff = "".join(difflib.unified_diff(kept.splitlines(True), live.splitlines(True),
-                                        "supabase/schema.sql", "migrations applied", n=1))
-    assert live == kept, ("supabase/schema.sql is out of date: run "
-                          f"`.venv/bin/python scripts/schema_snapshot.py`\n{diff[:4000]}")
+    diff = "".join(
+        difflib.unified_diff(
+            kept.splitlines(True),
+            live.splitlines(True),
+            "supabase/schema.sql",
+            "migrations applied",
+            n=1,
+        )
+    )
+    assert live == kept, (
+        "supabase/schema.sql is out of date: run "
+        f"`.venv/bin/python scripts/schema_snapshot.py`\n{diff[:4000]}"
+    )

@@ -25,8 +25,13 @@ create sequence base_cache_signaling_default;
 
 
 def run(script: str, *args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
-    return subprocess.run([str(SCRIPTS / script), *args], env={**os.environ, **env},
-                          capture_output=True, text=True, timeout=60)
+    return subprocess.run(
+        [str(SCRIPTS / script), *args],
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
 
 
 @pytest.fixture()
@@ -50,8 +55,11 @@ def parameters(url: str) -> dict[str, str]:
 
 def test_expense_flow_script_passes_against_a_running_receiver(clean_bus, tmp_path):
     with receiver_process(clean_bus, tmp_path) as receiver:
-        result = run("test-expense-flow.sh", receiver.base_url + "/functions/v1/odoo-webhook",
-                     env={"DATABASE_URL": clean_bus, "IPAI_WEBHOOK_SECRET": PRIMARY_SECRET})
+        result = run(
+            "test-expense-flow.sh",
+            receiver.base_url + "/functions/v1/odoo-webhook",
+            env={"DATABASE_URL": clean_bus, "IPAI_WEBHOOK_SECRET": PRIMARY_SECRET},
+        )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "test-expense-flow: OK" in result.stdout
     assert counts(clean_bus) == (1, 1)
@@ -60,51 +68,81 @@ def test_expense_flow_script_passes_against_a_running_receiver(clean_bus, tmp_pa
 
 def test_expense_flow_script_fails_with_a_wrong_secret(clean_bus, tmp_path):
     with receiver_process(clean_bus, tmp_path) as receiver:
-        result = run("test-expense-flow.sh", receiver.base_url + "/functions/v1/odoo-webhook",
-                     env={"DATABASE_URL": clean_bus, "IPAI_WEBHOOK_SECRET": "not-the-receivers-secret"})
+        result = run(
+            "test-expense-flow.sh",
+            receiver.base_url + "/functions/v1/odoo-webhook",
+            env={"DATABASE_URL": clean_bus, "IPAI_WEBHOOK_SECRET": "not-the-receivers-secret"},
+        )
     assert result.returncode == 1
     assert "receiver answered HTTP 401" in result.stderr and "invalid signature" in result.stderr
     assert counts(clean_bus) == (0, 0)
 
 
 def test_expense_flow_script_fails_without_a_receiver(clean_bus):
-    result = run("test-expense-flow.sh", "http://127.0.0.1:1/functions/v1/odoo-webhook",
-                 env={"DATABASE_URL": clean_bus, "IPAI_WEBHOOK_SECRET": PRIMARY_SECRET})
+    result = run(
+        "test-expense-flow.sh",
+        "http://127.0.0.1:1/functions/v1/odoo-webhook",
+        env={"DATABASE_URL": clean_bus, "IPAI_WEBHOOK_SECRET": PRIMARY_SECRET},
+    )
     assert result.returncode == 1 and "no receiver at" in result.stderr
 
 
 def test_configure_odoo_params_sets_both_and_is_idempotent(odoo_like_database, tmp_path):
     secret_file = tmp_path / "secret"
     secret_file.write_text("a-webhook-secret-for-odoo-tests\n")
-    arguments = ("--database", odoo_like_database, "--url",
-                 "https://bus.example.ph/functions/v1/odoo-webhook", "--secret-file", str(secret_file))
+    arguments = (
+        "--database",
+        odoo_like_database,
+        "--url",
+        "https://bus.example.ph/functions/v1/odoo-webhook",
+        "--secret-file",
+        str(secret_file),
+    )
     for _ in range(2):
         result = run("configure-odoo-params.sh", *arguments, env={})
         assert result.returncode == 0, result.stderr
         assert "a-webhook-secret" not in result.stdout + result.stderr, "the secret was echoed"
     assert parameters(odoo_like_database) == {
         "ipai.webhook.secret": "a-webhook-secret-for-odoo-tests",
-        "ipai.webhook.url": "https://bus.example.ph/functions/v1/odoo-webhook"}
+        "ipai.webhook.url": "https://bus.example.ph/functions/v1/odoo-webhook",
+    }
 
 
-@pytest.mark.parametrize(("arguments", "env", "message"), [
-    (("--url", "ftp://bus.example.ph"), {"IPAI_WEBHOOK_SECRET": "sixteen-chars-or-more"},
-     "must be an http(s) URL"),
-    (("--url", "https://bus.example.ph/hook"), {"IPAI_WEBHOOK_SECRET": "short"},
-     "at least 16"),
-    (("--url", "https://bus.example.ph/hook"), {}, "no secret"),
-    (("--bogus",), {}, "unknown argument"),
-])
+@pytest.mark.parametrize(
+    ("arguments", "env", "message"),
+    [
+        (
+            ("--url", "ftp://bus.example.ph"),
+            {"IPAI_WEBHOOK_SECRET": "sixteen-chars-or-more"},
+            "must be an http(s) URL",
+        ),
+        (("--url", "https://bus.example.ph/hook"), {"IPAI_WEBHOOK_SECRET": "short"}, "at least 16"),
+        (("--url", "https://bus.example.ph/hook"), {}, "no secret"),
+        (("--bogus",), {}, "unknown argument"),
+    ],
+)
 def test_configure_odoo_params_refuses_bad_input_and_changes_nothing(
-        odoo_like_database, arguments, env, message):
-    result = run("configure-odoo-params.sh", "--database", odoo_like_database, *arguments,
-                 env={"IPAI_WEBHOOK_SECRET": "", "IPAI_WEBHOOK_SECRET_FILE": "", **env})
+    odoo_like_database, arguments, env, message
+):
+    result = run(
+        "configure-odoo-params.sh",
+        "--database",
+        odoo_like_database,
+        *arguments,
+        env={"IPAI_WEBHOOK_SECRET": "", "IPAI_WEBHOOK_SECRET_FILE": "", **env},
+    )
     assert result.returncode != 0
     assert message in result.stderr, result.stderr
     assert parameters(odoo_like_database) == {}
 
 
 def test_configure_odoo_params_refuses_a_database_without_odoo(make_database):
-    result = run("configure-odoo-params.sh", "--database", make_database(), "--url",
-                 "https://bus.example.ph/hook", env={"IPAI_WEBHOOK_SECRET": "sixteen-chars-or-more"})
+    result = run(
+        "configure-odoo-params.sh",
+        "--database",
+        make_database(),
+        "--url",
+        "https://bus.example.ph/hook",
+        env={"IPAI_WEBHOOK_SECRET": "sixteen-chars-or-more"},
+    )
     assert result.returncode != 0 and "no ir_config_parameter table" in result.stderr

@@ -39,15 +39,18 @@ def test_sign_reproduces_known_digests(vectors_path):
         if vector["expected_digest"] is None or not vector["timestamp"].isdigit():
             continue
         digest = signing.sign(
-            vector["active_secrets"][0], vector["body"].encode(),
+            vector["active_secrets"][0],
+            vector["body"].encode(),
             timestamp_ms=int(vector["timestamp"]),
         )
         assert digest == vector["expected_digest"], f"digest differs for vector {vector['name']}"
 
 
-@pytest.mark.parametrize("vector", load_vectors(
-    __import__("pathlib").Path(__file__).parent / "vectors" / "signing.json"),
-    ids=lambda vector: vector["name"])
+@pytest.mark.parametrize(
+    "vector",
+    load_vectors(__import__("pathlib").Path(__file__).parent / "vectors" / "signing.json"),
+    ids=lambda vector: vector["name"],
+)
 def test_vector_verdict(vector):
     """verify() reaches each vector's expected verdict."""
     headers = {"X-IPAI-Timestamp": vector["timestamp"], "X-Ipai-Signature": vector["signature_header"]}

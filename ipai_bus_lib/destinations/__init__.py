@@ -23,9 +23,23 @@ from .mattermost import MattermostDestination
 from .resilience import CircuitBreaker, TokenBucket
 
 __all__ = [
-    "DEFAULT_TIMEOUT_SECONDS", "MAX_ANSWER_BYTES", "MAX_RETRY_AFTER_SECONDS",
-    "RETRYABLE_CLIENT_ERRORS", "CircuitBreaker", "ConsoleDestination", "DeliveryFailed",
-    "Destination", "EmailDestination", "HttpForwardDestination", "KeepAliveClient",
-    "MattermostDestination", "NoopDestination", "SmtpDefaults", "TokenBucket",
-    "build_destination", "forward_document", "post_json", "retry_after",
+    "DEFAULT_TIMEOUT_SECONDS",
+    "MAX_ANSWER_BYTES",
+    "MAX_RETRY_AFTER_SECONDS",
+    "RETRYABLE_CLIENT_ERRORS",
+    "CircuitBreaker",
+    "ConsoleDestination",
+    "DeliveryFailed",
+    "Destination",
+    "EmailDestination",
+    "HttpForwardDestination",
+    "KeepAliveClient",
+    "MattermostDestination",
+    "NoopDestination",
+    "SmtpDefaults",
+    "TokenBucket",
+    "build_destination",
+    "forward_document",
+    "post_json",
+    "retry_after",
 ]

@@ -15,8 +15,14 @@ DEFAULT_TIMEOUT_SECONDS = 10.0
 class DeliveryFailed(IpaiBusError):
     """A delivery did not succeed; ``retryable`` says whether trying again can help."""
 
-    def __init__(self, message: str, *, retryable: bool = True, http_status: int | None = None,
-                 retry_after_seconds: float | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        retryable: bool = True,
+        http_status: int | None = None,
+        retry_after_seconds: float | None = None,
+    ) -> None:
         super().__init__(message)
         self.retryable = retryable
         self.http_status = http_status

@@ -24,8 +24,7 @@ class ConsoleDestination:
     def deliver(self, event: OutboxEvent, message: Message | None) -> int | None:
         assert message is not None
         with self._lock:
-            print(f"--- {event.event_type} {event.id}\n{message.markdown}", file=self.stream,
-                  flush=True)
+            print(f"--- {event.event_type} {event.id}\n{message.markdown}", file=self.stream, flush=True)
         return None
 
     def close(self) -> None:

@@ -26,9 +26,13 @@ class SmtpDefaults:
     sender: str
 
 
-def build_destination(spec: DestinationSpec, env: Mapping[str, str], *,
-                      smtp: SmtpDefaults,
-                      timeout: float = DEFAULT_TIMEOUT_SECONDS) -> Destination:
+def build_destination(
+    spec: DestinationSpec,
+    env: Mapping[str, str],
+    *,
+    smtp: SmtpDefaults,
+    timeout: float = DEFAULT_TIMEOUT_SECONDS,
+) -> Destination:
     """A destination from its routes-file spec; secrets are read from the variables it names."""
     options = dict(spec.options)
 
@@ -39,26 +43,38 @@ def build_destination(spec: DestinationSpec, env: Mapping[str, str], *,
     if spec.type == "mattermost":
         url = from_env("url")
         if not url:
-            raise ConfigurationError(f"destination {spec.name}: set url_env (e.g. "
-                                     "MATTERMOST_WEBHOOK_URL)", setting="MATTERMOST_WEBHOOK_URL")
-        return MattermostDestination(spec.name, url, channel=options.get("channel"),
-                                     username=options.get("username", "IPAI Bus"),
-                                     icon_url=options.get("icon_url"), timeout=timeout)
+            raise ConfigurationError(
+                f"destination {spec.name}: set url_env (e.g. MATTERMOST_WEBHOOK_URL)",
+                setting="MATTERMOST_WEBHOOK_URL",
+            )
+        return MattermostDestination(
+            spec.name,
+            url,
+            channel=options.get("channel"),
+            username=options.get("username", "IPAI Bus"),
+            icon_url=options.get("icon_url"),
+            timeout=timeout,
+        )
     if spec.type == "http":
         url, secret = from_env("url"), from_env("secret")
         if not url or not secret:
-            raise ConfigurationError(f"destination {spec.name}: needs url (or url_env) and "
-                                     "secret_env (a whsec_… Standard Webhooks secret)")
+            raise ConfigurationError(
+                f"destination {spec.name}: needs url (or url_env) and "
+                "secret_env (a whsec_… Standard Webhooks secret)"
+            )
         return HttpForwardDestination(spec.name, url, secret, timeout=timeout)
     if spec.type == "email":
         return EmailDestination(
-            spec.name, host=from_env("host") or smtp.host,
+            spec.name,
+            host=from_env("host") or smtp.host,
             port=int(from_env("port") or smtp.port),
             sender=options.get("from", smtp.sender),
             recipients=list(options.get("to", [])),
             security=options.get("security", smtp.security),
             username=from_env("username") or smtp.username,
-            password=from_env("password") or smtp.password, timeout=timeout)
+            password=from_env("password") or smtp.password,
+            timeout=timeout,
+        )
     if spec.type == "noop":
         return NoopDestination(spec.name)
     return ConsoleDestination(spec.name)

@@ -40,8 +40,9 @@ class KeepAliveClient:
         self.opened: list[http.client.HTTPConnection] = []
         self.lock = threading.Lock()
 
-    def post(self, url: str, body: bytes, headers: Mapping[str, str]
-             ) -> tuple[int, bytes, http.client.HTTPMessage]:
+    def post(
+        self, url: str, body: bytes, headers: Mapping[str, str]
+    ) -> tuple[int, bytes, http.client.HTTPMessage]:
         """One POST, finished within ``timeout`` seconds in all (TimeoutError otherwise)."""
         started = time.monotonic()
         parts = urlsplit(url)
@@ -57,9 +58,14 @@ class KeepAliveClient:
             connection.close()
             return self._exchange(connection, target, body, headers, started)
 
-    def _exchange(self, connection: http.client.HTTPConnection, target: str, body: bytes,
-                  headers: Mapping[str, str], started: float
-                  ) -> tuple[int, bytes, http.client.HTTPMessage]:
+    def _exchange(
+        self,
+        connection: http.client.HTTPConnection,
+        target: str,
+        body: bytes,
+        headers: Mapping[str, str],
+        started: float,
+    ) -> tuple[int, bytes, http.client.HTTPMessage]:
         def remaining() -> float:
             left = self.timeout - (time.monotonic() - started)
             if left <= 0:
@@ -73,8 +79,9 @@ class KeepAliveClient:
                 connection.connect()
             # The socket timeout bounds each read; the guard bounds the whole exchange, so a
             # destination trickling its answer byte by byte cannot hold the delivery.
-            guard = WATCHDOG.register(remaining(), functools.partial(
-                shutdown_socket, connection.sock.fileno()))
+            guard = WATCHDOG.register(
+                remaining(), functools.partial(shutdown_socket, connection.sock.fileno())
+            )
             connection.request("POST", target, body=body, headers=dict(headers))
             response = connection.getresponse()
             data = response.read(MAX_ANSWER_BYTES)
@@ -101,7 +108,8 @@ class KeepAliveClient:
             return cached[key], cached[key].sock is not None
         if scheme == "https":
             connection: http.client.HTTPConnection = http.client.HTTPSConnection(
-                netloc, timeout=self.timeout, context=self.tls_context)
+                netloc, timeout=self.timeout, context=self.tls_context
+            )
         elif scheme == "http":
             connection = http.client.HTTPConnection(netloc, timeout=self.timeout)
         else:
@@ -122,7 +130,8 @@ def post_json(client: KeepAliveClient, url: str, body: bytes, headers: Mapping[s
     """POST and classify the answer; returns the 2xx status, raises DeliveryFailed otherwise."""
     try:
         status, data, response_headers = client.post(
-            url, body, {"Content-Type": "application/json", **headers})
+            url, body, {"Content-Type": "application/json", **headers}
+        )
     except TimeoutError:
         raise DeliveryFailed(f"no complete answer within {client.timeout:g} s") from None
     except (OSError, http.client.HTTPException) as exc:
@@ -131,8 +140,11 @@ def post_json(client: KeepAliveClient, url: str, body: bytes, headers: Mapping[s
         return status
     detail = f"HTTP {status}: {data[:_ERROR_BODY_CHARS].decode('utf-8', 'replace').strip()}"
     if status == 429:
-        raise DeliveryFailed(detail, http_status=status,
-                             retry_after_seconds=retry_after(response_headers.get("Retry-After")))
+        raise DeliveryFailed(
+            detail,
+            http_status=status,
+            retry_after_seconds=retry_after(response_headers.get("Retry-After")),
+        )
     retryable = status >= 500 or status in RETRYABLE_CLIENT_ERRORS
     raise DeliveryFailed(detail, retryable=retryable, http_status=status)
 

@@ -19,8 +19,9 @@ class HttpForwardDestination:
     needs_message = False
     waits_on_network = True
 
-    def __init__(self, name: str, url: str, secret: str, *,
-                 timeout: float = DEFAULT_TIMEOUT_SECONDS) -> None:
+    def __init__(
+        self, name: str, url: str, secret: str, *, timeout: float = DEFAULT_TIMEOUT_SECONDS
+    ) -> None:
         standard_webhooks_headers(secret, message_id="check", body=b"")  # fail fast on a bad one
         self.name, self.url, self.secret, self.timeout = name, url, secret, timeout
         self.client = KeepAliveClient(timeout)
@@ -40,8 +41,10 @@ def forward_document(event: OutboxEvent) -> dict[str, Any]:
         "type": event.event_type,
         "timestamp": event.created_at.isoformat(),
         "data": {
-            "event_id": str(event.id), "source": event.source,
-            "aggregate_type": event.aggregate_type, "aggregate_id": event.aggregate_id,
+            "event_id": str(event.id),
+            "source": event.source,
+            "aggregate_type": event.aggregate_type,
+            "aggregate_id": event.aggregate_id,
             "occurred_at": _iso(event.occurred_at),
             "payload": event.payload,
         },

@@ -22,10 +22,20 @@ class EmailDestination:
     needs_message = True
     waits_on_network = True
 
-    def __init__(self, name: str, *, host: str, port: int, sender: str, recipients: list[str],
-                 security: str = "starttls", username: str | None = None,
-                 password: str | None = None, timeout: float = DEFAULT_TIMEOUT_SECONDS,
-                 tls_context: ssl.SSLContext | None = None) -> None:
+    def __init__(
+        self,
+        name: str,
+        *,
+        host: str,
+        port: int,
+        sender: str,
+        recipients: list[str],
+        security: str = "starttls",
+        username: str | None = None,
+        password: str | None = None,
+        timeout: float = DEFAULT_TIMEOUT_SECONDS,
+        tls_context: ssl.SSLContext | None = None,
+    ) -> None:
         if security not in ("starttls", "tls", "none"):
             raise ConfigurationError(f"destination {name}: security must be starttls, tls or none")
         if not recipients:
@@ -50,15 +60,15 @@ class EmailDestination:
             with self._connect() as smtp:
                 left = self.timeout - (time.monotonic() - started)
                 assert smtp.sock is not None  # connected by the constructor
-                guard = WATCHDOG.register(max(left, 0.001), functools.partial(
-                    shutdown_socket, smtp.sock.fileno()))
+                guard = WATCHDOG.register(
+                    max(left, 0.001), functools.partial(shutdown_socket, smtp.sock.fileno())
+                )
                 if self.username:
                     smtp.login(self.username, self.password or "")
                 smtp.send_message(mail)
         except (OSError, smtplib.SMTPException) as exc:
             if guard is not None and guard.expired:
-                raise DeliveryFailed(f"SMTP server did not finish within {self.timeout:g} s"
-                                     ) from None
+                raise DeliveryFailed(f"SMTP server did not finish within {self.timeout:g} s") from None
             raise self._failure(exc) from None
         finally:
             if guard is not None:
@@ -70,18 +80,18 @@ class EmailDestination:
         """An SMTP error as a delivery failure: 5xx answers are permanent (but a login refusal)."""
         if isinstance(exc, smtplib.SMTPResponseException):
             permanent = 500 <= exc.smtp_code < 600 and not isinstance(
-                exc, smtplib.SMTPAuthenticationError)
-            return DeliveryFailed(f"SMTP {exc.smtp_code}: {exc.smtp_error!r}"[:_ERROR_BODY_CHARS],
-                                  retryable=not permanent)
+                exc, smtplib.SMTPAuthenticationError
+            )
+            return DeliveryFailed(
+                f"SMTP {exc.smtp_code}: {exc.smtp_error!r}"[:_ERROR_BODY_CHARS], retryable=not permanent
+            )
         if isinstance(exc, smtplib.SMTPRecipientsRefused):
-            return DeliveryFailed(f"recipients refused: {sorted(exc.recipients)}",
-                                  retryable=False)
+            return DeliveryFailed(f"recipients refused: {sorted(exc.recipients)}", retryable=False)
         return DeliveryFailed(f"SMTP connection failed: {type(exc).__name__}: {exc}")
 
     def _connect(self) -> smtplib.SMTP:
         if self.security == "tls":
-            return smtplib.SMTP_SSL(self.host, self.port, timeout=self.timeout,
-                                    context=self.tls_context)
+            return smtplib.SMTP_SSL(self.host, self.port, timeout=self.timeout, context=self.tls_context)
         smtp = smtplib.SMTP(self.host, self.port, timeout=self.timeout)
         if self.security == "starttls":
             smtp.starttls(context=self.tls_context)

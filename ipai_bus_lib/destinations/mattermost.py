@@ -16,13 +16,22 @@ class MattermostDestination:
     needs_message = True
     waits_on_network = True
 
-    def __init__(self, name: str, url: str, *, channel: str | None = None,
-                 username: str = "IPAI Bus", icon_url: str | None = None,
-                 timeout: float = DEFAULT_TIMEOUT_SECONDS) -> None:
+    def __init__(
+        self,
+        name: str,
+        url: str,
+        *,
+        channel: str | None = None,
+        username: str = "IPAI Bus",
+        icon_url: str | None = None,
+        timeout: float = DEFAULT_TIMEOUT_SECONDS,
+    ) -> None:
         self.name, self.url, self.timeout = name, url, timeout
-        self.fields = {key: value for key, value in
-                       {"username": username, "icon_url": icon_url, "channel": channel}.items()
-                       if value}
+        self.fields = {
+            key: value
+            for key, value in {"username": username, "icon_url": icon_url, "channel": channel}.items()
+            if value
+        }
         self.client = KeepAliveClient(timeout)
 
     def deliver(self, event: OutboxEvent, message: Message | None) -> int | None:

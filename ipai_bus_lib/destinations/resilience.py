@@ -45,10 +45,14 @@ class CircuitBreaker:
     delivery is the trial. ``on_change(state, open_until, error)`` is told of every transition.
     """
 
-    def __init__(self, threshold: int = 5, cooldown: float = 30.0,
-                 on_change: Callable[[str, float | None, str | None], None] | None = None,
-                 clock: Callable[[], float] = time.time,
-                 trial_seconds: float = DEFAULT_TIMEOUT_SECONDS + 5) -> None:
+    def __init__(
+        self,
+        threshold: int = 5,
+        cooldown: float = 30.0,
+        on_change: Callable[[str, float | None, str | None], None] | None = None,
+        clock: Callable[[], float] = time.time,
+        trial_seconds: float = DEFAULT_TIMEOUT_SECONDS + 5,
+    ) -> None:
         self.threshold, self.cooldown, self.clock = threshold, cooldown, clock
         self.trial_seconds = trial_seconds
         self.on_change = on_change or (lambda state, until, error: None)

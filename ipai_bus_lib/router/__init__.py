@@ -16,5 +16,15 @@ from .loop import Router
 from .planning import Attempt, unreadable_reason
 from .settling import Verdict, judge, record_attempts
 
-__all__ = ["NOTIFY_CHANNEL", "ROUTER_SESSION_SETTINGS", "Attempt", "Router", "RouterConfig",
-           "Verdict", "default_worker_name", "judge", "record_attempts", "unreadable_reason"]
+__all__ = [
+    "NOTIFY_CHANNEL",
+    "ROUTER_SESSION_SETTINGS",
+    "Attempt",
+    "Router",
+    "RouterConfig",
+    "Verdict",
+    "default_worker_name",
+    "judge",
+    "record_attempts",
+    "unreadable_reason",
+]

@@ -22,6 +22,7 @@ FIRST_RECONNECT_SECONDS = 0.5
 # can never pin events to a router for good.
 MAX_HOLD_SECONDS = 15 * 60
 
+
 def default_worker_name() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
 
@@ -43,5 +44,3 @@ class RouterConfig:
     breaker_threshold: int = DEFAULTS["breaker_threshold"]
     breaker_cooldown_seconds: float = DEFAULTS["breaker_cooldown_seconds"]
     odoo_base_url: str | None = None
-
-

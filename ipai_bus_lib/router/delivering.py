@@ -22,16 +22,25 @@ log = logging.getLogger("ipai_bus.router")
 class Deliverer:
     """Makes the attempts; a stop request leaves the unstarted ones ``not_started``."""
 
-    def __init__(self, config: RouterConfig, database: Database,
-                 destinations: Mapping[str, Destination],
-                 rate_limits: Mapping[str, TokenBucket], stopping: threading.Event) -> None:
+    def __init__(
+        self,
+        config: RouterConfig,
+        database: Database,
+        destinations: Mapping[str, Destination],
+        rate_limits: Mapping[str, TokenBucket],
+        stopping: threading.Event,
+    ) -> None:
         self.config, self.database, self.stopping = config, database, stopping
         self.destinations = dict(destinations)
         self.rate_limits = dict(rate_limits)
-        self.breakers = {name: CircuitBreaker(config.breaker_threshold,
-                                              config.breaker_cooldown_seconds,
-                                              on_change=self._breaker_changed(name))
-                         for name in self.destinations}
+        self.breakers = {
+            name: CircuitBreaker(
+                config.breaker_threshold,
+                config.breaker_cooldown_seconds,
+                on_change=self._breaker_changed(name),
+            )
+            for name in self.destinations
+        }
         self.pool = ThreadPoolExecutor(config.concurrency, thread_name_prefix="deliver")
 
     def close(self) -> None:
@@ -42,8 +51,9 @@ class Deliverer:
     def deliver_all(self, attempts: list[Attempt]) -> None:
         """Concurrently, up to the configured width; inline when nothing waits on the network."""
         attempts = [attempt for attempt in attempts if attempt.outcome == "pending"]
-        if len(attempts) == 1 or not any(self.destinations[a.destination].waits_on_network
-                                         for a in attempts):
+        if len(attempts) == 1 or not any(
+            self.destinations[a.destination].waits_on_network for a in attempts
+        ):
             for attempt in attempts:
                 self._deliver(attempt)
             return
@@ -65,7 +75,8 @@ class Deliverer:
             if attempt.destination in self.rate_limits:
                 self.rate_limits[attempt.destination].acquire()
             attempt.http_status = self.destinations[attempt.destination].deliver(
-                attempt.event, attempt.message)
+                attempt.event, attempt.message
+            )
             attempt.outcome = "delivered"
             breaker.record_success()
         except DeliveryFailed as exc:
@@ -88,8 +99,12 @@ class Deliverer:
 
     def _breaker_changed(self, name: str) -> Callable[[str, float | None, str | None], None]:
         def changed(state: str, open_until: float | None, error: str | None) -> None:
-            log.warning("destination %s circuit %s%s", name, state,
-                        f" until {moment(open_until)}: {error}" if open_until else "")
+            log.warning(
+                "destination %s circuit %s%s",
+                name,
+                state,
+                f" until {moment(open_until)}: {error}" if open_until else "",
+            )
             try:
                 with self.database.transaction() as cursor:
                     cursor.execute(
@@ -100,10 +115,15 @@ class Deliverer:
                         " failures = excluded.failures, open_until = excluded.open_until,"
                         " last_error = coalesce(excluded.last_error, s.last_error),"
                         " updated_at = now()",
-                        {"name": name, "state": state, "until": moment(open_until),
-                         "failures": self.breakers[name].failures, "error": error})
+                        {
+                            "name": name,
+                            "state": state,
+                            "until": moment(open_until),
+                            "failures": self.breakers[name].failures,
+                            "error": error,
+                        },
+                    )
             except DatabaseUnavailable:
                 pass  # the breaker works in memory; status shows it once the database is back
+
         return changed
-
-

@@ -19,8 +19,7 @@ log = logging.getLogger("ipai_bus.router")
 class LeaseKeeper:
     """Holds claimed events until they are settled and renews their leases meanwhile."""
 
-    def __init__(self, config: RouterConfig, database: Database,
-                 stopping: threading.Event) -> None:
+    def __init__(self, config: RouterConfig, database: Database, stopping: threading.Event) -> None:
         self.config, self.database, self._stopping = config, database, stopping
         self._held: dict[uuid.UUID, float] = {}
         self._held_lock = threading.Lock()
@@ -28,8 +27,7 @@ class LeaseKeeper:
 
     def start(self) -> None:
         if self._thread is None or not self._thread.is_alive():
-            self._thread = threading.Thread(target=self._keep_leases, daemon=True,
-                                            name="lease-keeper")
+            self._thread = threading.Thread(target=self._keep_leases, daemon=True, name="lease-keeper")
             self._thread.start()
 
     def _keep_leases(self) -> None:
@@ -43,11 +41,13 @@ class LeaseKeeper:
                 continue
             try:
                 with self.database.autocommit() as cursor:
-                    outbox.extend_leases(cursor, held, worker=self.config.worker,
-                                         lease_seconds=self.config.lease_seconds)
+                    outbox.extend_leases(
+                        cursor, held, worker=self.config.worker, lease_seconds=self.config.lease_seconds
+                    )
             except Exception as exc:  # noqa: BLE001 - retried at the next interval
-                log.warning("router %s: could not renew %d lease(s): %s", self.config.worker,
-                            len(held), exc)
+                log.warning(
+                    "router %s: could not renew %d lease(s): %s", self.config.worker, len(held), exc
+                )
 
     def hold(self, events: list[OutboxEvent]) -> None:
         now = time.monotonic()
@@ -58,4 +58,3 @@ class LeaseKeeper:
         with self._held_lock:
             for event in events:
                 self._held.pop(event.id, None)
-

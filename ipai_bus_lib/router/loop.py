@@ -29,15 +29,19 @@ log = logging.getLogger("ipai_bus.router")
 class Router:
     """A worker: ``run()`` until ``stop()``; ``run_once()`` handles one claimed batch."""
 
-    def __init__(self, config: RouterConfig, database: Database, routing: RoutingTable,
-                 destinations: Mapping[str, Destination],
-                 rate_limits: Mapping[str, TokenBucket] | None = None) -> None:
+    def __init__(
+        self,
+        config: RouterConfig,
+        database: Database,
+        routing: RoutingTable,
+        destinations: Mapping[str, Destination],
+        rate_limits: Mapping[str, TokenBucket] | None = None,
+    ) -> None:
         self.config, self.database, self.routing = config, database, routing
         self._stopping = threading.Event()
         self.leases = LeaseKeeper(config, database, self._stopping)
         self.planner = Planner(config, database, routing, destinations)
-        self.deliverer = Deliverer(config, database, destinations, rate_limits or {},
-                                   self._stopping)
+        self.deliverer = Deliverer(config, database, destinations, rate_limits or {}, self._stopping)
         self.settler = Settler(config, database, on_settled=self.leases.let_go)
         # Settling a batch (ack, fail, attempts) runs on its own connection while the next batch
         # is claimed: the database then works on two cores instead of one.
@@ -68,8 +72,7 @@ class Router:
                 except DatabaseUnavailable as exc:
                     # Soon at first, so delivery resumes within a second or two of the
                     # database's return; then less often, up to the poll interval.
-                    log.warning("router %s: %s; retrying in %.1f s", self.config.worker, exc,
-                                backoff)
+                    log.warning("router %s: %s; retrying in %.1f s", self.config.worker, exc, backoff)
                     _close_quietly(listener)
                     listener = None
                     self._stopping.wait(backoff)
@@ -77,8 +80,11 @@ class Router:
                 except Exception:  # noqa: BLE001 - the router outlives its own bugs
                     # Whatever it was, the claimed events' leases run out and they come back
                     # (and go dead once their attempts are spent): the others keep flowing.
-                    log.exception("router %s: unexpected error; going on in %.0f s",
-                                  self.config.worker, self.config.poll_seconds)
+                    log.exception(
+                        "router %s: unexpected error; going on in %.0f s",
+                        self.config.worker,
+                        self.config.poll_seconds,
+                    )
                     _close_quietly(listener)
                     listener = None
                     self._stopping.wait(self.config.poll_seconds)
@@ -117,8 +123,10 @@ class Router:
 
     def _seconds_until_next_due(self) -> float:
         with self.database.autocommit() as cursor:
-            cursor.execute("select extract(epoch from min(available_at) - now())"
-                           " from integration.outbox where status in ('pending', 'failed')")
+            cursor.execute(
+                "select extract(epoch from min(available_at) - now())"
+                " from integration.outbox where status in ('pending', 'failed')"
+            )
             seconds = cursor.fetchone()[0]
         return self.config.poll_seconds if seconds is None else max(0.0, float(seconds))
 
@@ -138,8 +146,9 @@ class Router:
             self._finish_settling()
         finally:  # even when the previous batch could not be settled, this one is
             if events:
-                self._settling = self._settle_pool.submit(self.settler.settle, events,
-                                                          attempts, unrouted)
+                self._settling = self._settle_pool.submit(
+                    self.settler.settle, events, attempts, unrouted
+                )
         return len(events)
 
     def _finish_settling(self, *, quietly: bool = False) -> None:
@@ -154,9 +163,12 @@ class Router:
 
     def _claim_and_deliver(self) -> tuple[list[OutboxEvent], list[Attempt], list[OutboxEvent]]:
         with self.database.transaction() as cursor:
-            events = outbox.claim(cursor, worker=self.config.worker,
-                                  limit=self.config.batch_size,
-                                  lease_seconds=self.config.lease_seconds)
+            events = outbox.claim(
+                cursor,
+                worker=self.config.worker,
+                limit=self.config.batch_size,
+                lease_seconds=self.config.lease_seconds,
+            )
         if not events:
             return [], [], []
         self.leases.hold(events)

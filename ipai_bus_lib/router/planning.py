@@ -36,8 +36,13 @@ class Attempt:
 class Planner:
     """Turns claimed events into attempts, one per (event, destination) still to reach."""
 
-    def __init__(self, config: RouterConfig, database: Database, routing: RoutingTable,
-                 destinations: Mapping[str, Destination]) -> None:
+    def __init__(
+        self,
+        config: RouterConfig,
+        database: Database,
+        routing: RoutingTable,
+        destinations: Mapping[str, Destination],
+    ) -> None:
         self.config, self.database, self.routing = config, database, routing
         self.destinations = destinations
 
@@ -45,9 +50,13 @@ class Planner:
         routes = {event.id: self.routing.route_for(event.event_type) for event in events}
         # A retried event, or one with several destinations (handed back part-way by a stopping
         # router, its attempt given back), may have reached some destinations already.
-        done = self._already_delivered([
-            event.id for event in events
-            if event.attempts > 1 or len(getattr(routes[event.id], "destinations", ())) > 1])
+        done = self._already_delivered(
+            [
+                event.id
+                for event in events
+                if event.attempts > 1 or len(getattr(routes[event.id], "destinations", ())) > 1
+            ]
+        )
         attempts: list[Attempt] = []
         unrouted: list[OutboxEvent] = []
         for event in events:
@@ -62,27 +71,37 @@ class Planner:
                 log.exception("router: event %s cannot be formatted", event.id)
                 problem = f"the router cannot format it ({type(exc).__name__}: {exc})"
             if problem:
-                attempts.append(Attempt(event, "(router)", outcome="dead",
-                                        error=f"{problem[:500]}; {POISON_HINT}"))
+                attempts.append(
+                    Attempt(event, "(router)", outcome="dead", error=f"{problem[:500]}; {POISON_HINT}")
+                )
                 continue
-            attempts += [Attempt(event, name, message=message) for name in route.destinations
-                         if (event.id, name) not in done]
+            attempts += [
+                Attempt(event, name, message=message)
+                for name in route.destinations
+                if (event.id, name) not in done
+            ]
         return attempts, unrouted
 
     def _message(self, event: OutboxEvent, route: Route) -> Message | None:
         if not any(self.destinations[name].needs_message for name in route.destinations):
             return None
-        return format_event(event.event_type, event.payload, formatter=route.formatter,
-                            odoo_base_url=self.config.odoo_base_url)
+        return format_event(
+            event.event_type,
+            event.payload,
+            formatter=route.formatter,
+            odoo_base_url=self.config.odoo_base_url,
+        )
 
     def _already_delivered(self, event_ids: list[uuid.UUID]) -> set[tuple[uuid.UUID, str]]:
         """(event, destination) pairs delivered on an earlier attempt: not sent twice."""
         if not event_ids:
             return set()
         with self.database.autocommit() as cursor:
-            cursor.execute("select event_id, destination from integration.delivery_attempts"
-                           " where event_id = any(%(ids)s::uuid[]) and outcome = 'delivered'",
-                           {"ids": event_ids})
+            cursor.execute(
+                "select event_id, destination from integration.delivery_attempts"
+                " where event_id = any(%(ids)s::uuid[]) and outcome = 'delivered'",
+                {"ids": event_ids},
+            )
             return {(event_id, name) for event_id, name in cursor.fetchall()}
 
 
@@ -93,5 +112,3 @@ def unreadable_reason(event: OutboxEvent) -> str | None:
     if not isinstance(event.payload, dict):
         return "its payload is not a JSON object"
     return None
-
-

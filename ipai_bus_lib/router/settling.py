@@ -35,65 +35,90 @@ class Verdict:
             acked=[i for i in self.acked if i == event_id],
             failed=[f for f in self.failed if f[0].id == event_id],
             dead=[d for d in self.dead if d[0].id == event_id],
-            released=[r for r in self.released if r[0] == event_id])
+            released=[r for r in self.released if r[0] == event_id],
+        )
 
 
 class Settler:
     """Writes verdicts; tells ``on_settled`` which events it is done with, whatever happened."""
 
-    def __init__(self, config: RouterConfig, database: Database,
-                 on_settled: Callable[[list[OutboxEvent]], None]) -> None:
+    def __init__(
+        self, config: RouterConfig, database: Database, on_settled: Callable[[list[OutboxEvent]], None]
+    ) -> None:
         self.config, self.database, self.on_settled = config, database, on_settled
 
-    def settle(self, events: list[OutboxEvent], attempts: list[Attempt],
-                unrouted: list[OutboxEvent]) -> None:
+    def settle(
+        self, events: list[OutboxEvent], attempts: list[Attempt], unrouted: list[OutboxEvent]
+    ) -> None:
         verdict = judge(events, attempts)
         for event in unrouted:
-            verdict.dead.append((event, f"no route matches event type {event.event_type}; add "
-                                        "one to the routes file, then `ipai-bus retry`"))
+            verdict.dead.append(
+                (
+                    event,
+                    f"no route matches event type {event.event_type}; add "
+                    "one to the routes file, then `ipai-bus retry`",
+                )
+            )
         recorded = [a for a in attempts if a.outcome != "not_started"]
         try:
             self._write_verdict(verdict, recorded, unrouted)
         except DatabaseUnavailable:
             raise  # the leases run out and the events come back: nothing is lost
         except Exception:  # noqa: BLE001 - one event's outcome must not stop the others'
-            log.exception("router %s: settling a batch failed; settling its events one by one",
-                          self.config.worker)
+            log.exception(
+                "router %s: settling a batch failed; settling its events one by one", self.config.worker
+            )
             self._settle_one_by_one(events, verdict, recorded, unrouted)
         finally:
             self.on_settled(events)
 
-    def _settle_one_by_one(self, events: list[OutboxEvent], verdict: Verdict,
-                           recorded: list[Attempt], unrouted: list[OutboxEvent]) -> None:
+    def _settle_one_by_one(
+        self,
+        events: list[OutboxEvent],
+        verdict: Verdict,
+        recorded: list[Attempt],
+        unrouted: list[OutboxEvent],
+    ) -> None:
         for event in events:
             try:
-                self._write_verdict(verdict.only(event.id),
-                                    [a for a in recorded if a.event.id == event.id],
-                                    [e for e in unrouted if e.id == event.id])
+                self._write_verdict(
+                    verdict.only(event.id),
+                    [a for a in recorded if a.event.id == event.id],
+                    [e for e in unrouted if e.id == event.id],
+                )
             except DatabaseUnavailable:
                 raise
             except Exception as exc:  # noqa: BLE001
                 log.exception("router: the outcome of event %s cannot be recorded", event.id)
                 with self.database.transaction() as cursor:
-                    outbox.fail(cursor, event.id, worker=self.config.worker, give_up=True,
-                                error=f"the router could not record its outcome "
-                                      f"({type(exc).__name__}: {str(exc)[:300]}); {POISON_HINT}")
+                    outbox.fail(
+                        cursor,
+                        event.id,
+                        worker=self.config.worker,
+                        give_up=True,
+                        error=f"the router could not record its outcome "
+                        f"({type(exc).__name__}: {str(exc)[:300]}); {POISON_HINT}",
+                    )
 
-    def _write_verdict(self, verdict: Verdict, recorded: list[Attempt],
-                       unrouted: list[OutboxEvent]) -> None:
+    def _write_verdict(
+        self, verdict: Verdict, recorded: list[Attempt], unrouted: list[OutboxEvent]
+    ) -> None:
         with self.database.transaction() as cursor:
             if verdict.acked:
                 outbox.ack(cursor, verdict.acked, worker=self.config.worker)
             for event, error, retry_at in verdict.failed:
-                outbox.fail(cursor, event.id, worker=self.config.worker, error=error,
-                            retry_delays=self.config.retry_delays,
-                            retry_at=moment(retry_at))
+                outbox.fail(
+                    cursor,
+                    event.id,
+                    worker=self.config.worker,
+                    error=error,
+                    retry_delays=self.config.retry_delays,
+                    retry_at=moment(retry_at),
+                )
             for event, error in verdict.dead:
-                outbox.fail(cursor, event.id, worker=self.config.worker, error=error,
-                            give_up=True)
+                outbox.fail(cursor, event.id, worker=self.config.worker, error=error, give_up=True)
             for available_at, ids in _group_releases(verdict.released).items():
-                outbox.release(cursor, ids, worker=self.config.worker,
-                               available_at=moment(available_at))
+                outbox.release(cursor, ids, worker=self.config.worker, available_at=moment(available_at))
             record_attempts(cursor, self.config.worker, recorded, unrouted)
 
 
@@ -123,13 +148,26 @@ def judge(events: list[OutboxEvent], attempts: list[Attempt]) -> Verdict:
     return verdict
 
 
-def record_attempts(cursor: Any, worker: str, attempts: Iterable[Attempt],
-                    unrouted: Iterable[OutboxEvent]) -> None:
+def record_attempts(
+    cursor: Any, worker: str, attempts: Iterable[Attempt], unrouted: Iterable[OutboxEvent]
+) -> None:
     """Write the batch's attempts in one call."""
-    rows = [(a.event.id, a.event.attempts, a.destination, a.outcome, a.http_status, a.error,
-             a.duration_ms) for a in attempts]
-    rows += [(event.id, event.attempts, "(none)", "unrouted", None,
-              f"no route matches event type {event.event_type}", 0.0) for event in unrouted]
+    rows = [
+        (a.event.id, a.event.attempts, a.destination, a.outcome, a.http_status, a.error, a.duration_ms)
+        for a in attempts
+    ]
+    rows += [
+        (
+            event.id,
+            event.attempts,
+            "(none)",
+            "unrouted",
+            None,
+            f"no route matches event type {event.event_type}",
+            0.0,
+        )
+        for event in unrouted
+    ]
     if not rows:
         return
     columns = list(zip(*rows))
@@ -139,14 +177,22 @@ def record_attempts(cursor: Any, worker: str, attempts: Iterable[Attempt],
         " p_destinations => %(destinations)s::text[], p_outcomes => %(outcomes)s::text[],"
         " p_http_status => %(statuses)s::integer[], p_errors => %(errors)s::text[],"
         " p_durations_ms => %(durations)s::real[])",
-        {"worker": worker, "ids": list(columns[0]), "attempts": list(columns[1]),
-         "destinations": list(columns[2]), "outcomes": list(columns[3]),
-         "statuses": list(columns[4]), "errors": list(columns[5]),
-         "durations": list(columns[6])})
+        {
+            "worker": worker,
+            "ids": list(columns[0]),
+            "attempts": list(columns[1]),
+            "destinations": list(columns[2]),
+            "outcomes": list(columns[3]),
+            "statuses": list(columns[4]),
+            "errors": list(columns[5]),
+            "durations": list(columns[6]),
+        },
+    )
 
 
-def _group_releases(released: list[tuple[uuid.UUID, float | None]]
-                    ) -> dict[float | None, list[uuid.UUID]]:
+def _group_releases(
+    released: list[tuple[uuid.UUID, float | None]],
+) -> dict[float | None, list[uuid.UUID]]:
     groups: dict[float | None, list[uuid.UUID]] = {}
     for event_id, available_at in released:
         groups.setdefault(available_at, []).append(event_id)
@@ -157,5 +203,3 @@ def moment(epoch_seconds: float | None) -> datetime | None:
     if epoch_seconds is None:
         return None
     return datetime.fromtimestamp(min(max(epoch_seconds, 0.0), LATEST_EPOCH_SECONDS), timezone.utc)
-
-

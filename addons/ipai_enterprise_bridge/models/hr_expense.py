@@ -11,10 +11,12 @@ class HrExpense(models.Model):
     # Stored copies of the two names the events carry: emitting then reads them with the line's
     # own row, which the submission loads anyway, instead of querying products, templates and
     # currencies on the user's request path. The ORM keeps them current on a rename.
-    ipai_currency_code = fields.Char(related="currency_id.name", store=True,
-                                     string="Currency code (events)")
-    ipai_category_name = fields.Char(compute="_compute_ipai_category_name", store=True,
-                                     string="Category name (events)")
+    ipai_currency_code = fields.Char(
+        related="currency_id.name", store=True, string="Currency code (events)"
+    )
+    ipai_category_name = fields.Char(
+        compute="_compute_ipai_category_name", store=True, string="Category name (events)"
+    )
     # Whether expense.paid was announced for this line; lines paid before the bridge was
     # installed are marked at install (history is not news), so the outbox can be purged.
     ipai_paid_announced = fields.Boolean(string="Payment announced", readonly=True, copy=False)
@@ -27,10 +29,12 @@ class HrExpense(models.Model):
         self.env.cr.execute(
             "UPDATE hr_expense line SET ipai_paid_announced = TRUE FROM hr_expense_sheet sheet"
             " WHERE line.sheet_id = sheet.id AND sheet.payment_state = 'paid'"
-            " AND line.ipai_paid_announced IS NOT TRUE")
+            " AND line.ipai_paid_announced IS NOT TRUE"
+        )
         marked = self.env.cr.rowcount
         self.env["ir.config_parameter"].sudo().set_param(
-            PAID_WATERMARK_PARAMETER, fields.Datetime.to_string(fields.Datetime.now()))
+            PAID_WATERMARK_PARAMETER, fields.Datetime.to_string(fields.Datetime.now())
+        )
         self.invalidate_model(["ipai_paid_announced"])
         return marked
 
@@ -38,7 +42,8 @@ class HrExpense(models.Model):
     def _compute_ipai_category_name(self):
         for expense in self:
             expense.ipai_category_name = (
-                expense.product_id.with_context(lang=EVENT_LANGUAGE).name or False)
+                expense.product_id.with_context(lang=EVENT_LANGUAGE).name or False
+            )
 
     def _ipai_payload(self):
         """The catalog's expense payload for this line."""

@@ -27,28 +27,45 @@ class IpaiEquipmentBooking(models.Model):
     _order = "date_from desc, id desc"
 
     name = fields.Char(compute="_compute_name", store=True)
-    equipment_id = fields.Many2one("maintenance.equipment", required=True, index=True,
-                                   ondelete="restrict")
-    user_id = fields.Many2one("res.users", string="Booked by", required=True,
-                              default=lambda self: self.env.user)
+    equipment_id = fields.Many2one(
+        "maintenance.equipment", required=True, index=True, ondelete="restrict"
+    )
+    user_id = fields.Many2one(
+        "res.users", string="Booked by", required=True, default=lambda self: self.env.user
+    )
     date_from = fields.Datetime(string="From", required=True)
     date_to = fields.Datetime(string="To", required=True)
     state = fields.Selection(
-        [("draft", "Draft"), ("reserved", "Reserved"), ("checked_out", "Checked out"),
-         ("checked_in", "Checked in"), ("cancelled", "Cancelled")],
-        default="draft", required=True, readonly=True, index=True, copy=False)
-    overdue_notified_on = fields.Date(readonly=True, copy=False,
-                                      help="Last day an asset.overdue event was emitted")
+        [
+            ("draft", "Draft"),
+            ("reserved", "Reserved"),
+            ("checked_out", "Checked out"),
+            ("checked_in", "Checked in"),
+            ("cancelled", "Cancelled"),
+        ],
+        default="draft",
+        required=True,
+        readonly=True,
+        index=True,
+        copy=False,
+    )
+    overdue_notified_on = fields.Date(
+        readonly=True, copy=False, help="Last day an asset.overdue event was emitted"
+    )
 
-    is_overdue = fields.Boolean(string="Overdue", compute="_compute_is_overdue",
-                                help="Checked out and past its end: the equipment is late")
+    is_overdue = fields.Boolean(
+        string="Overdue",
+        compute="_compute_is_overdue",
+        help="Checked out and past its end: the equipment is late",
+    )
 
     def init(self):
         # One piece of equipment is in one place: at most one booking has it checked out, even
         # when two check-outs race.
         self.env.cr.execute(  # Odoo 18's create_unique_index takes no WHERE
             "CREATE UNIQUE INDEX IF NOT EXISTS ipai_equipment_booking_one_checked_out"
-            " ON ipai_equipment_booking (equipment_id) WHERE state = 'checked_out'")
+            " ON ipai_equipment_booking (equipment_id) WHERE state = 'checked_out'"
+        )
 
     @api.depends("equipment_id", "date_from")
     def _compute_name(self):
@@ -80,17 +97,27 @@ class IpaiEquipmentBooking(models.Model):
     @api.constrains("equipment_id", "date_from", "date_to", "state")
     def _check_overlap(self):
         for booking in self.filtered(lambda b: b.state in ACTIVE_STATES):
-            clash = self.search([
-                ("id", "!=", booking.id), ("equipment_id", "=", booking.equipment_id.id),
-                ("state", "in", ACTIVE_STATES),
-                ("date_from", "<", booking.date_to), ("date_to", ">", booking.date_from),
-            ], limit=1)
+            clash = self.search(
+                [
+                    ("id", "!=", booking.id),
+                    ("equipment_id", "=", booking.equipment_id.id),
+                    ("state", "in", ACTIVE_STATES),
+                    ("date_from", "<", booking.date_to),
+                    ("date_to", ">", booking.date_from),
+                ],
+                limit=1,
+            )
             if clash:
-                raise ValidationError(_(
-                    "%(equipment)s is already booked by %(user)s from %(start)s to %(end)s. "
-                    "Choose another time or another piece of equipment.",
-                    equipment=booking.equipment_id.name, user=clash.user_id.name,
-                    start=self._ipai_local(clash.date_from), end=self._ipai_local(clash.date_to)))
+                raise ValidationError(
+                    _(
+                        "%(equipment)s is already booked by %(user)s from %(start)s to %(end)s. "
+                        "Choose another time or another piece of equipment.",
+                        equipment=booking.equipment_id.name,
+                        user=clash.user_id.name,
+                        start=self._ipai_local(clash.date_from),
+                        end=self._ipai_local(clash.date_to),
+                    )
+                )
 
     # --- the seed's actions ----------------------------------------------------------------------
 
@@ -106,8 +133,13 @@ class IpaiEquipmentBooking(models.Model):
     def action_cancel(self):
         for booking in self:
             if booking.state not in ("draft", "reserved"):
-                raise UserError(_("Only a draft or reserved booking can be cancelled; %s is %s.",
-                                  booking.name, booking.state))
+                raise UserError(
+                    _(
+                        "Only a draft or reserved booking can be cancelled; %s is %s.",
+                        booking.name,
+                        booking.state,
+                    )
+                )
         self.write({"state": "cancelled"})
 
     def _ipai_move(self, action):
@@ -116,11 +148,14 @@ class IpaiEquipmentBooking(models.Model):
             if booking.state == target:
                 continue  # a double click: the transition already happened, emit nothing
             if booking.state != expected:
-                raise UserError(_(
-                    "%(booking)s is %(state)s; it must be %(expected)s to do that.",
-                    booking=booking.name,
-                    state=dict(self._fields["state"].selection)[booking.state],
-                    expected=dict(self._fields["state"].selection)[expected]))
+                raise UserError(
+                    _(
+                        "%(booking)s is %(state)s; it must be %(expected)s to do that.",
+                        booking=booking.name,
+                        state=dict(self._fields["state"].selection)[booking.state],
+                        expected=dict(self._fields["state"].selection)[expected],
+                    )
+                )
             if action == "checkout":
                 booking._ipai_check_can_leave()
             booking.state = target
@@ -131,36 +166,59 @@ class IpaiEquipmentBooking(models.Model):
         """The equipment can go out for this booking: nobody else has it, and the booking
         starts soon enough (within the allowed early check-out)."""
         self.ensure_one()
-        holder = self.search([("equipment_id", "=", self.equipment_id.id),
-                              ("state", "=", "checked_out"), ("id", "!=", self.id)], limit=1)
+        holder = self.search(
+            [
+                ("equipment_id", "=", self.equipment_id.id),
+                ("state", "=", "checked_out"),
+                ("id", "!=", self.id),
+            ],
+            limit=1,
+        )
         if holder:
-            raise UserError(_(
-                "%(equipment)s is still checked out by %(user)s (%(booking)s). Check it in "
-                "before it goes out again.", equipment=self.equipment_id.name,
-                user=holder.user_id.name, booking=holder.name))
-        minutes = int(self.env["ir.config_parameter"].sudo().get_param(
-            EARLY_CHECKOUT_PARAMETER, DEFAULT_EARLY_CHECKOUT_MINUTES))
+            raise UserError(
+                _(
+                    "%(equipment)s is still checked out by %(user)s (%(booking)s). Check it in "
+                    "before it goes out again.",
+                    equipment=self.equipment_id.name,
+                    user=holder.user_id.name,
+                    booking=holder.name,
+                )
+            )
+        minutes = int(
+            self.env["ir.config_parameter"]
+            .sudo()
+            .get_param(EARLY_CHECKOUT_PARAMETER, DEFAULT_EARLY_CHECKOUT_MINUTES)
+        )
         earliest = self.date_from - timedelta(minutes=minutes)
         if fields.Datetime.now() < earliest:
-            raise UserError(_(
-                "%(booking)s starts at %(start)s; it can be checked out from %(earliest)s "
-                "(%(minutes)s minutes before). Change the booking's start to take it earlier.",
-                booking=self.name, start=self._ipai_local(self.date_from),
-                earliest=self._ipai_local(earliest), minutes=minutes))
+            raise UserError(
+                _(
+                    "%(booking)s starts at %(start)s; it can be checked out from %(earliest)s "
+                    "(%(minutes)s minutes before). Change the booking's start to take it earlier.",
+                    booking=self.name,
+                    start=self._ipai_local(self.date_from),
+                    earliest=self._ipai_local(earliest),
+                    minutes=minutes,
+                )
+            )
 
     def _ipai_emit(self, event_type):
         self.ensure_one()
-        send_ipai_event(self.env, event_type, self, self._ipai_payload(),
-                        aggregate_id=self.equipment_id.id)
+        send_ipai_event(
+            self.env, event_type, self, self._ipai_payload(), aggregate_id=self.equipment_id.id
+        )
 
     def _ipai_payload(self):
         self.ensure_one()
         return {
-            "booking_id": self.id, "asset_id": self.equipment_id.id,
+            "booking_id": self.id,
+            "asset_id": self.equipment_id.id,
             "asset_name": self.equipment_id.name,
             "asset_category": self.equipment_id.category_id.name or None,
-            "reserved_by": self.user_id.id, "reserved_by_name": self.user_id.name,
-            "reserved_from": self.date_from, "reserved_to": self.date_to,
+            "reserved_by": self.user_id.id,
+            "reserved_by_name": self.user_id.name,
+            "reserved_from": self.date_from,
+            "reserved_to": self.date_to,
             "booking_state": self.state,
         }
 
@@ -169,13 +227,24 @@ class IpaiEquipmentBooking(models.Model):
         """asset.overdue for bookings still checked out past their end: once per booking per day."""
         now = now or fields.Datetime.now()
         today = fields.Date.to_date(now)
-        overdue = self.search([("state", "=", "checked_out"), ("date_to", "<", now), "|",
-                               ("overdue_notified_on", "=", False),
-                               ("overdue_notified_on", "<", today)])
+        overdue = self.search(
+            [
+                ("state", "=", "checked_out"),
+                ("date_to", "<", now),
+                "|",
+                ("overdue_notified_on", "=", False),
+                ("overdue_notified_on", "<", today),
+            ]
+        )
         day = datetime.combine(today, time.min)
         for booking in overdue:
             booking.overdue_notified_on = today
-            send_ipai_event(self.env, ASSET.event_type("overdue"), booking,
-                            booking._ipai_payload(),
-                            aggregate_id=booking.equipment_id.id, stamp=day)
+            send_ipai_event(
+                self.env,
+                ASSET.event_type("overdue"),
+                booking,
+                booking._ipai_payload(),
+                aggregate_id=booking.equipment_id.id,
+                stamp=day,
+            )
         return len(overdue)

@@ -33,14 +33,18 @@ DISPATCH_BATCH = 500
 COMMIT_EVERY = 50
 RETENTION_PARAMETER = "ipai.outbox.retention_days"
 DEFAULT_RETENTION_DAYS = 30
-NOT_CONFIGURED = ("bus not configured: set the webhook URL and secret under Settings > IPAI Bus;"
-                  " the events wait and go out once they are saved")
+NOT_CONFIGURED = (
+    "bus not configured: set the webhook URL and secret under Settings > IPAI Bus;"
+    " the events wait and go out once they are saved"
+)
 DISPATCH_CRON = "ipai_enterprise_bridge.ir_cron_dispatch_events"
 WAKE_KEY = "ipai_enterprise_bridge.dispatcher_woken"
 # Appended to the queueing statement: the dispatch cron's trigger row, only if rows were queued.
-WAKE_CTE = (", woken AS (INSERT INTO ir_cron_trigger (cron_id, call_at, create_uid, create_date,"
-            " write_uid, write_date) SELECT %s, %s, %s, %s, %s, %s"
-            " WHERE EXISTS (SELECT FROM queued))")
+WAKE_CTE = (
+    ", woken AS (INSERT INTO ir_cron_trigger (cron_id, call_at, create_uid, create_date,"
+    " write_uid, write_date) SELECT %s, %s, %s, %s, %s, %s"
+    " WHERE EXISTS (SELECT FROM queued))"
+)
 
 
 class IpaiEventOutbox(models.Model):
@@ -61,7 +65,10 @@ class IpaiEventOutbox(models.Model):
     occurred_at = fields.Datetime(required=True, readonly=True, default=fields.Datetime.now)
     state = fields.Selection(
         [("pending", "Pending"), ("sent", "Sent"), ("failed", "Failed, will retry")],
-        default="pending", required=True, readonly=True)
+        default="pending",
+        required=True,
+        readonly=True,
+    )
     attempts = fields.Integer(readonly=True, default=0)
     next_attempt_at = fields.Datetime(readonly=True, default=fields.Datetime.now)
     last_error = fields.Text(readonly=True)
@@ -69,15 +76,23 @@ class IpaiEventOutbox(models.Model):
     bus_event_id = fields.Char(string="Bus event ID", readonly=True)
 
     _sql_constraints = [
-        ("idempotency_key_unique", "unique (idempotency_key)",
-         "This event was already queued (same idempotency key)."),
+        (
+            "idempotency_key_unique",
+            "unique (idempotency_key)",
+            "This event was already queued (same idempotency key).",
+        ),
     ]
 
     def init(self):
         # A partial index instead of one per column: every index is written on the user's
         # request path, and this one covers what is searched (due rows).
-        create_index(self.env.cr, "ipai_event_outbox_due_index", self._table,
-                     ["next_attempt_at"], where="state IN ('pending', 'failed')")
+        create_index(
+            self.env.cr,
+            "ipai_event_outbox_due_index",
+            self._table,
+            ["next_attempt_at"],
+            where="state IN ('pending', 'failed')",
+        )
 
     @api.model
     def _enqueue_many(self, events):
@@ -92,10 +107,26 @@ class IpaiEventOutbox(models.Model):
             return self.browse()
         now = fields.Datetime.now()
         uid = self.env.uid
-        rows = [(event["event_type"], event["aggregate_type"], event["aggregate_id"],
-                 event["record"]._name, event["record"].id, json.dumps(event["payload"]),
-                 event["key"], event.get("occurred_at") or now, "pending", 0, now, uid, now, uid,
-                 now) for event in events]
+        rows = [
+            (
+                event["event_type"],
+                event["aggregate_type"],
+                event["aggregate_id"],
+                event["record"]._name,
+                event["record"].id,
+                json.dumps(event["payload"]),
+                event["key"],
+                event.get("occurred_at") or now,
+                "pending",
+                0,
+                now,
+                uid,
+                now,
+                uid,
+                now,
+            )
+            for event in events
+        ]
         cron_id = self._dispatch_cron_to_wake()
         self.env.cr.execute(
             "WITH queued AS ("  # noqa: UP031 - the %s placeholders are psycopg2's to fill
@@ -103,9 +134,9 @@ class IpaiEventOutbox(models.Model):
             " res_id, payload, idempotency_key, occurred_at, state, attempts, next_attempt_at,"
             " create_uid, create_date, write_uid, write_date) VALUES %s"
             " ON CONFLICT (idempotency_key) DO NOTHING RETURNING id)%s"
-            " SELECT id FROM queued"
-            % (", ".join(["%s"] * len(rows)), cron_id and WAKE_CTE or ""),
-            rows + ([cron_id, now, uid, now, uid, now] if cron_id else []))
+            " SELECT id FROM queued" % (", ".join(["%s"] * len(rows)), cron_id and WAKE_CTE or ""),
+            rows + ([cron_id, now, uid, now, uid, now] if cron_id else []),
+        )
         inserted = self.browse([row[0] for row in self.env.cr.fetchall()])
         if inserted and cron_id:
             self.env.cr.precommit.data[WAKE_KEY] = True
@@ -128,10 +159,13 @@ class IpaiEventOutbox(models.Model):
     def _envelope(self, source=None):
         self.ensure_one()
         return Envelope(
-            event_type=self.event_type, aggregate_type=self.aggregate_type,
-            aggregate_id=self.aggregate_id, payload=json.loads(self.payload),
+            event_type=self.event_type,
+            aggregate_type=self.aggregate_type,
+            aggregate_id=self.aggregate_id,
+            payload=json.loads(self.payload),
             occurred_at=self.occurred_at.strftime("%Y-%m-%dT%H:%M:%SZ"),
-            source=source or self._ipai_source())
+            source=source or self._ipai_source(),
+        )
 
     @api.model
     def _ipai_source(self):
@@ -153,16 +187,26 @@ class IpaiEventOutbox(models.Model):
         self.env.cr.execute(
             "SELECT id FROM ipai_event_outbox WHERE state IN ('pending', 'failed')"
             " AND next_attempt_at <= %s ORDER BY id LIMIT %s"
-            " FOR UPDATE SKIP LOCKED", (fields.Datetime.now(), limit))
+            " FOR UPDATE SKIP LOCKED",
+            (fields.Datetime.now(), limit),
+        )
         due = self.browse([row[0] for row in self.env.cr.fetchall()])
         testing = getattr(threading.current_thread(), "testing", False)
         source = self._ipai_source()
         with RecordOrderedPoster(url, secret) as poster:
             for start in range(0, len(due), COMMIT_EVERY):
-                chunk = due[start:start + COMMIT_EVERY]
-                outcomes = poster.post_all([
-                    (event.id, (event.aggregate_type, event.aggregate_id),
-                     event._envelope(source), event.idempotency_key) for event in chunk])
+                chunk = due[start : start + COMMIT_EVERY]
+                outcomes = poster.post_all(
+                    [
+                        (
+                            event.id,
+                            (event.aggregate_type, event.aggregate_id),
+                            event._envelope(source),
+                            event.idempotency_key,
+                        )
+                        for event in chunk
+                    ]
+                )
                 for event in chunk:
                     event._record_outcome(outcomes[event.id])
                 if not testing:
@@ -172,16 +216,20 @@ class IpaiEventOutbox(models.Model):
 
     def _count_due(self):
         self.flush_model()
-        self.env.cr.execute("SELECT count(*) FROM ipai_event_outbox WHERE state IN"
-                            " ('pending', 'failed') AND next_attempt_at <= %s",
-                            (fields.Datetime.now(),))
+        self.env.cr.execute(
+            "SELECT count(*) FROM ipai_event_outbox WHERE state IN"
+            " ('pending', 'failed') AND next_attempt_at <= %s",
+            (fields.Datetime.now(),),
+        )
         return self.env.cr.fetchone()[0]
 
     def _note_not_configured(self):
         """Waiting events say why, once; nothing is attempted or counted meanwhile."""
         self.env.cr.execute(
             "UPDATE ipai_event_outbox SET last_error = %s WHERE state IN ('pending', 'failed')"
-            " AND last_error IS DISTINCT FROM %s", (NOT_CONFIGURED, NOT_CONFIGURED))
+            " AND last_error IS DISTINCT FROM %s",
+            (NOT_CONFIGURED, NOT_CONFIGURED),
+        )
         self.invalidate_model(["last_error"])
 
     def _record_outcome(self, outcome):
@@ -190,25 +238,40 @@ class IpaiEventOutbox(models.Model):
         self.ensure_one()
         if isinstance(outcome, DeliveryError):
             delay = RETRY_MINUTES[min(self.attempts, len(RETRY_MINUTES) - 1)]
-            self.write({
-                "state": "failed", "attempts": self.attempts + 1, "last_error": str(outcome),
-                "next_attempt_at": fields.Datetime.now() + timedelta(minutes=delay)})
+            self.write(
+                {
+                    "state": "failed",
+                    "attempts": self.attempts + 1,
+                    "last_error": str(outcome),
+                    "next_attempt_at": fields.Datetime.now() + timedelta(minutes=delay),
+                }
+            )
             _logger.warning("IPAI event %s not delivered: %s", self.idempotency_key, outcome)
             return
-        self.write({"state": "sent", "attempts": self.attempts + 1, "last_error": False,
-                    "sent_at": fields.Datetime.now(), "bus_event_id": outcome.get("event_id")})
+        self.write(
+            {
+                "state": "sent",
+                "attempts": self.attempts + 1,
+                "last_error": False,
+                "sent_at": fields.Datetime.now(),
+                "bus_event_id": outcome.get("event_id"),
+            }
+        )
 
     @api.model
     def _cron_purge_sent(self, batch=10000):
         """Delete sent events older than the retention (ipai.outbox.retention_days, default
         30): the bus keeps its own audit copy; nothing in Odoo reads old sent rows."""
-        days = int(self.env["ir.config_parameter"].sudo().get_param(
-            RETENTION_PARAMETER, DEFAULT_RETENTION_DAYS) or DEFAULT_RETENTION_DAYS)
+        days = int(
+            self.env["ir.config_parameter"].sudo().get_param(RETENTION_PARAMETER, DEFAULT_RETENTION_DAYS)
+            or DEFAULT_RETENTION_DAYS
+        )
         self.flush_model()
         self.env.cr.execute(
             "DELETE FROM ipai_event_outbox WHERE id IN (SELECT id FROM ipai_event_outbox"
             " WHERE state = 'sent' AND sent_at < %s LIMIT %s)",
-            (fields.Datetime.now() - timedelta(days=max(days, 1)), batch))
+            (fields.Datetime.now() - timedelta(days=max(days, 1)), batch),
+        )
         deleted = self.env.cr.rowcount
         self.invalidate_model()
         return deleted

@@ -11,27 +11,38 @@ class ResConfigSettings(models.TransientModel):
 
     ipai_webhook_url = fields.Char(string="IPAI webhook URL", config_parameter="ipai.webhook.url")
     ipai_webhook_source = fields.Char(
-        string="Source name", config_parameter="ipai.webhook.source",
+        string="Source name",
+        config_parameter="ipai.webhook.source",
         help="How this database is named on the bus (letters, digits, _ . -). Databases that "
-             "share one bus need different names; empty means this database's name.")
-    ipai_webhook_secret = fields.Char(string="IPAI webhook secret",
-                                      config_parameter="ipai.webhook.secret",
-                                      groups="base.group_system")
+        "share one bus need different names; empty means this database's name.",
+    )
+    ipai_webhook_secret = fields.Char(
+        string="IPAI webhook secret", config_parameter="ipai.webhook.secret", groups="base.group_system"
+    )
 
     def set_values(self):
         for settings in self:
             url = (settings.ipai_webhook_url or "").strip()
             if url and not url.startswith(("http://", "https://")):
-                raise UserError(_("The IPAI webhook URL must start with http:// or https://, "
-                                  "e.g. https://bus.example.ph/functions/v1/odoo-webhook."))
+                raise UserError(
+                    _(
+                        "The IPAI webhook URL must start with http:// or https://, "
+                        "e.g. https://bus.example.ph/functions/v1/odoo-webhook."
+                    )
+                )
             source = (settings.ipai_webhook_source or "").strip()
             if source and not SOURCE_PATTERN.fullmatch(source):
-                raise UserError(_("The source name must be 1-64 letters, digits, '_', '.' or "
-                                  "'-', e.g. odoo-manila."))
+                raise UserError(
+                    _("The source name must be 1-64 letters, digits, '_', '.' or '-', e.g. odoo-manila.")
+                )
             secret = settings.sudo().ipai_webhook_secret or ""
             if secret and (len(secret) < 16 or "," in secret or secret != secret.strip()):
-                raise UserError(_("The IPAI webhook secret must be at least 16 characters, "
-                                  "without commas or surrounding spaces."))
+                raise UserError(
+                    _(
+                        "The IPAI webhook secret must be at least 16 characters, "
+                        "without commas or surrounding spaces."
+                    )
+                )
         result = super().set_values()
         params = self.env["ir.config_parameter"].sudo()
         if params.get_param("ipai.webhook.url") and params.get_param("ipai.webhook.secret"):
@@ -43,17 +54,29 @@ class ResConfigSettings(models.TransientModel):
         self.ensure_one()
         self.execute()  # save what is on the screen first
         params = self.env["ir.config_parameter"].sudo()
-        envelope = Envelope(event_type="test", aggregate_type="res.config.settings",
-                            aggregate_id=str(self.env.uid),
-                            payload={"message": "Test event from Odoo settings",
-                                     "database": self.env.cr.dbname},
-                            occurred_at=fields.Datetime.now().strftime("%Y-%m-%dT%H:%M:%SZ"))
+        envelope = Envelope(
+            event_type="test",
+            aggregate_type="res.config.settings",
+            aggregate_id=str(self.env.uid),
+            payload={"message": "Test event from Odoo settings", "database": self.env.cr.dbname},
+            occurred_at=fields.Datetime.now().strftime("%Y-%m-%dT%H:%M:%SZ"),
+        )
         key = f"test:{self.env.uid}:{fields.Datetime.now().timestamp()}"
         try:
-            answer = post_event(params.get_param("ipai.webhook.url"),
-                                params.get_param("ipai.webhook.secret"), envelope, key)
+            answer = post_event(
+                params.get_param("ipai.webhook.url"),
+                params.get_param("ipai.webhook.secret"),
+                envelope,
+                key,
+            )
         except DeliveryError as error:
             raise UserError(_("The test event was not delivered: %s", error)) from None
-        return {"type": "ir.actions.client", "tag": "display_notification", "params": {
-            "type": "success", "title": _("IPAI bus"),
-            "message": _("The receiver stored the test event %s.", answer.get("event_id"))}}
+        return {
+            "type": "ir.actions.client",
+            "tag": "display_notification",
+            "params": {
+                "type": "success",
+                "title": _("IPAI bus"),
+                "message": _("The receiver stored the test event %s.", answer.get("event_id")),
+            },
+        }

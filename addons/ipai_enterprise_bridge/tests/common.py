@@ -16,8 +16,10 @@ from ipai_bus_lib.catalog import CATALOG
 RECEIVER_URL = os.environ.get("IPAI_TEST_RECEIVER_URL")
 RECEIVER_SECRET = os.environ.get("IPAI_TEST_WEBHOOK_SECRET")
 BUS_DATABASE_URL = os.environ.get("IPAI_TEST_BUS_DATABASE_URL")
-LIVE_RECEIVER_REASON = ("no live receiver: run through the project's harness, which sets "
-                        "IPAI_TEST_RECEIVER_URL, IPAI_TEST_WEBHOOK_SECRET, IPAI_TEST_BUS_DATABASE_URL")
+LIVE_RECEIVER_REASON = (
+    "no live receiver: run through the project's harness, which sets "
+    "IPAI_TEST_RECEIVER_URL, IPAI_TEST_WEBHOOK_SECRET, IPAI_TEST_BUS_DATABASE_URL"
+)
 
 
 def closed_port_url():
@@ -45,8 +47,11 @@ class OutboxAssertions:
 
     def assertCatalogPayload(self, event, msg=None):
         payload = json.loads(event.payload)
-        self.assertEqual(list(payload), list(CATALOG[event.event_type].payload_fields),
-                         msg or f"{event.event_type} payload must have exactly the catalog fields")
+        self.assertEqual(
+            list(payload),
+            list(CATALOG[event.event_type].payload_fields),
+            msg or f"{event.event_type} payload must have exactly the catalog fields",
+        )
         return payload
 
     def configure_receiver(self, url, secret):

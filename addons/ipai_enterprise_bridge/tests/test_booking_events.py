@@ -9,29 +9,41 @@ from .common import BridgeCase
 
 @tagged("post_install", "-at_install")
 class TestBookingEvents(BridgeCase):
-
     @classmethod
     def setUpClass(cls):
         super().setUpClass()
         cls.category = cls.env["maintenance.equipment.category"].create({"name": "AV equipment"})
         cls.projector = cls.env["maintenance.equipment"].create(
-            {"name": "Epson EB-X51", "category_id": cls.category.id})
+            {"name": "Epson EB-X51", "category_id": cls.category.id}
+        )
         cls.user = cls.env["res.users"].create(
-            {"name": "Juan dela Cruz", "login": "juan", "groups_id": [(6, 0, [cls.env.ref("base.group_user").id])]})
+            {
+                "name": "Juan dela Cruz",
+                "login": "juan",
+                "groups_id": [(6, 0, [cls.env.ref("base.group_user").id])],
+            }
+        )
         cls.start = datetime(2026, 1, 26, 1, 0)
 
     def book(self, start=None, hours=8, equipment=None):
         start = start or self.start
-        return self.env["ipai.equipment.booking"].create({
-            "equipment_id": (equipment or self.projector).id, "user_id": self.user.id,
-            "date_from": start, "date_to": start + timedelta(hours=hours)})
+        return self.env["ipai.equipment.booking"].create(
+            {
+                "equipment_id": (equipment or self.projector).id,
+                "user_id": self.user.id,
+                "date_from": start,
+                "date_to": start + timedelta(hours=hours),
+            }
+        )
 
     def test_each_step_emits_once_with_the_catalog_payload(self):
         """Reserve, check out, check in: one event each, payload per the catalog."""
         booking = self.book()
-        for action, event_type in [("action_reserve_asset", "asset.reserved"),
-                                   ("action_checkout_asset", "asset.checked_out"),
-                                   ("action_checkin_asset", "asset.checked_in")]:
+        for action, event_type in [
+            ("action_reserve_asset", "asset.reserved"),
+            ("action_checkout_asset", "asset.checked_out"),
+            ("action_checkin_asset", "asset.checked_in"),
+        ]:
             getattr(booking, action)()
             getattr(booking, action)()  # a double click
             events = self.outbox(event_type)
@@ -96,8 +108,10 @@ class TestBookingEvents(BridgeCase):
     def test_checking_out_long_before_the_start_is_refused(self):
         """Within an hour of the start is fine; days ahead the booking would lie."""
         soon = self.book(start=fields.Datetime.now() + timedelta(minutes=30))
-        later = self.book(start=fields.Datetime.now() + timedelta(days=3),
-                          equipment=self.env["maintenance.equipment"].create({"name": "Mic"}))
+        later = self.book(
+            start=fields.Datetime.now() + timedelta(days=3),
+            equipment=self.env["maintenance.equipment"].create({"name": "Mic"}),
+        )
         (soon | later).action_reserve_asset()
         soon.action_checkout_asset()
         self.assertEqual(soon.state, "checked_out")
@@ -113,9 +127,11 @@ class TestBookingEvents(BridgeCase):
         self.assertEqual(self.projector.ipai_current_booking_state, "reserved")
         booking.action_checkout_asset()
         self.projector.invalidate_recordset()
-        self.assertEqual((self.projector.ipai_current_booking_state,
-                          self.projector.ipai_booking_overdue), ("checked_out", True),
-                         "out since January: late")
+        self.assertEqual(
+            (self.projector.ipai_current_booking_state, self.projector.ipai_booking_overdue),
+            ("checked_out", True),
+            "out since January: late",
+        )
 
     def test_booking_names_and_messages_read_in_the_users_time_zone(self):
         """01:00 UTC is 09:00 in Manila: that is what the name and a refusal say."""

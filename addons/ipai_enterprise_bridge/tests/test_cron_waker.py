@@ -46,8 +46,9 @@ class TestCronWaker(TransactionCase):
         """The NOTIFY is sent without waiting, so the loss shows at the next wake at the latest."""
         cron_waker.wake_cron_workers(self.env.cr.dbname)
         self.notifications()
-        self.listener.cursor().execute("SELECT pg_terminate_backend(%s, 5000)",
-                                       (cron_waker._connection.get_backend_pid(),))
+        self.listener.cursor().execute(
+            "SELECT pg_terminate_backend(%s, 5000)", (cron_waker._connection.get_backend_pid(),)
+        )
         with self.assertLogs(cron_waker.__name__, "WARNING") as logs:
             cron_waker.wake_cron_workers(self.env.cr.dbname)
             cron_waker.wake_cron_workers(self.env.cr.dbname)

@@ -7,23 +7,31 @@ from .common import OutboxAssertions
 
 @tagged("post_install", "-at_install")
 class TestExpenseEvents(OutboxAssertions, TestExpenseCommon):
-
     @classmethod
     def setUpClass(cls):
         super().setUpClass()
         cls.expense_employee.barcode = "20170017"
 
     def two_line_report(self, payment_mode="own_account"):
-        line = {"employee_id": self.expense_employee.id, "product_id": self.product_c.id,
-                "date": self.frozen_today, "payment_mode": payment_mode,
-                "company_id": self.company_data["company"].id,
-                "currency_id": self.company_data["currency"].id}
-        return self.env["hr.expense.sheet"].create({
-            "name": "Client visit", "employee_id": self.expense_employee.id,
+        line = {
+            "employee_id": self.expense_employee.id,
+            "product_id": self.product_c.id,
+            "date": self.frozen_today,
+            "payment_mode": payment_mode,
             "company_id": self.company_data["company"].id,
-            "expense_line_ids": [Command.create({**line, "name": "Taxi", "total_amount_currency": 250.0}),
-                                 Command.create({**line, "name": "Lunch", "total_amount_currency": 480.5})],
-        })
+            "currency_id": self.company_data["currency"].id,
+        }
+        return self.env["hr.expense.sheet"].create(
+            {
+                "name": "Client visit",
+                "employee_id": self.expense_employee.id,
+                "company_id": self.company_data["company"].id,
+                "expense_line_ids": [
+                    Command.create({**line, "name": "Taxi", "total_amount_currency": 250.0}),
+                    Command.create({**line, "name": "Lunch", "total_amount_currency": 480.5}),
+                ],
+            }
+        )
 
     def approved_company_paid_report(self):
         """Paid by the company: posting its journal entry makes it paid at once."""
@@ -49,8 +57,10 @@ class TestExpenseEvents(OutboxAssertions, TestExpenseCommon):
         self.assertEqual(payload["date"], "2022-01-25")
         self.assertEqual(payload["category"], self.product_c.name)
         self.assertEqual(events[0].aggregate_type, "hr.expense")
-        self.assertTrue(all(event.idempotency_key.startswith("expense.submitted:")
-                            for event in events), "key is {event_type}:{record_id}:{timestamp}")
+        self.assertTrue(
+            all(event.idempotency_key.startswith("expense.submitted:") for event in events),
+            "key is {event_type}:{record_id}:{timestamp}",
+        )
 
     def test_a_renamed_category_is_what_the_next_event_carries(self):
         """The stored names the events read follow the product and currency they copy."""
@@ -128,8 +138,9 @@ class TestExpenseEvents(OutboxAssertions, TestExpenseCommon):
         self.env.flush_all()
         self.env.cr.precommit.clear()  # as if these were paid before the bridge existed
         lines = self.env["hr.expense"].union(*(sheet.expense_line_ids for sheet in history))
-        self.env.cr.execute("UPDATE hr_expense SET ipai_paid_announced = FALSE WHERE id = ANY(%s)",
-                            (lines.ids,))
+        self.env.cr.execute(
+            "UPDATE hr_expense SET ipai_paid_announced = FALSE WHERE id = ANY(%s)", (lines.ids,)
+        )
         self.env.invalidate_all()
         self.assertEqual(self.env["hr.expense"]._ipai_mark_paid_history(), 6, "what install runs")
         self.assertEqual(self.env["hr.expense.sheet"]._cron_detect_paid_expenses(), 0)
@@ -146,8 +157,9 @@ class TestExpenseEvents(OutboxAssertions, TestExpenseCommon):
         self.env.cr.precommit.clear()  # noticed later, by the hourly cron
         self.env["hr.expense.sheet"]._cron_detect_paid_expenses()
         events = self.outbox("expense.paid")
-        paid_on = sheet.account_move_ids._get_reconciled_amls().mapped("date") or \
-            sheet.account_move_ids.mapped("date")
+        paid_on = sheet.account_move_ids._get_reconciled_amls().mapped(
+            "date"
+        ) or sheet.account_move_ids.mapped("date")
         self.assertEqual({event.occurred_at.date() for event in events}, {max(paid_on)})
         self.assertNotEqual(max(paid_on), fields.Date.today(), "the test's payment is not today")
 

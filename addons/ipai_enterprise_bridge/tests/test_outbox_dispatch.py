@@ -23,10 +23,12 @@ def bus_rows(idempotency_keys):
     conn = psycopg2.connect(BUS_DATABASE_URL)
     try:
         with conn.cursor() as cursor:
-            cursor.execute("select o.id::text, o.event_type, o.payload, o.signature_digest,"
-                           " (select count(*) from integration.event_log l where l.event_id = o.id)"
-                           " from integration.outbox o where o.idempotency_key = any(%s)",
-                           (list(idempotency_keys),))
+            cursor.execute(
+                "select o.id::text, o.event_type, o.payload, o.signature_digest,"
+                " (select count(*) from integration.event_log l where l.event_id = o.id)"
+                " from integration.outbox o where o.idempotency_key = any(%s)",
+                (list(idempotency_keys),),
+            )
             return cursor.fetchall()
     finally:
         conn.close()
@@ -34,14 +36,18 @@ def bus_rows(idempotency_keys):
 
 @tagged("post_install", "-at_install")
 class TestOutboxDispatch(BridgeCase):
-
     @classmethod
     def setUpClass(cls):
         super().setUpClass()
         equipment = cls.env["maintenance.equipment"].create({"name": "Dispatch test drill"})
-        cls.booking = cls.env["ipai.equipment.booking"].create({
-            "equipment_id": equipment.id, "user_id": cls.env.user.id,
-            "date_from": datetime(2026, 3, 2, 1), "date_to": datetime(2026, 3, 2, 9)})
+        cls.booking = cls.env["ipai.equipment.booking"].create(
+            {
+                "equipment_id": equipment.id,
+                "user_id": cls.env.user.id,
+                "date_from": datetime(2026, 3, 2, 1),
+                "date_to": datetime(2026, 3, 2, 9),
+            }
+        )
 
     def reserve(self):
         self.booking.action_reserve_asset()
@@ -146,9 +152,20 @@ class TestOutboxDispatch(BridgeCase):
         self.booking.action_reserve_asset()  # already reserved: not a transition
         key = self.outbox()[-1].idempotency_key
         send = self.env["ipai.event.outbox"]._enqueue_many
-        self.assertFalse(send([{"event_type": "asset.reserved", "aggregate_type": "x",
-                                "aggregate_id": "1", "payload": {}, "key": key,
-                                "record": self.booking}]))
+        self.assertFalse(
+            send(
+                [
+                    {
+                        "event_type": "asset.reserved",
+                        "aggregate_type": "x",
+                        "aggregate_id": "1",
+                        "payload": {},
+                        "key": key,
+                        "record": self.booking,
+                    }
+                ]
+            )
+        )
         self.assertFalse(self.dispatch_triggers() - before)
         self.assertFalse(self.env.cr.postcommit._funcs, "no notification after commit")
 
@@ -161,18 +178,32 @@ class TestCatchUpAndConfiguration(BridgeCase):
     def setUpClass(cls):
         super().setUpClass()
         equipment = cls.env["maintenance.equipment"].create({"name": "Backlog projector"})
-        cls.booking = cls.env["ipai.equipment.booking"].create({
-            "equipment_id": equipment.id, "user_id": cls.env.user.id,
-            "date_from": datetime(2026, 4, 1, 1), "date_to": datetime(2026, 4, 1, 9)})
+        cls.booking = cls.env["ipai.equipment.booking"].create(
+            {
+                "equipment_id": equipment.id,
+                "user_id": cls.env.user.id,
+                "date_from": datetime(2026, 4, 1, 1),
+                "date_to": datetime(2026, 4, 1, 9),
+            }
+        )
 
     def queue_backlog(self, count):
         """``count`` distinct asset.reserved events, as a busy morning would leave them."""
         from odoo.addons.ipai_enterprise_bridge.utils.ipai_webhook import ipai_event, send_ipai_events
 
         start = datetime(2026, 4, 1)
-        send_ipai_events(self.env, [
-            ipai_event("asset.reserved", self.booking, self.booking._ipai_payload(),
-                       stamp=start + timedelta(seconds=number)) for number in range(count)])
+        send_ipai_events(
+            self.env,
+            [
+                ipai_event(
+                    "asset.reserved",
+                    self.booking,
+                    self.booking._ipai_payload(),
+                    stamp=start + timedelta(seconds=number),
+                )
+                for number in range(count)
+            ],
+        )
         return self.outbox("asset.reserved")
 
     def run_cron_sequence(self):
@@ -219,11 +250,14 @@ class TestCatchUpAndConfiguration(BridgeCase):
 
         cron = self.env.ref("ipai_enterprise_bridge.ir_cron_dispatch_events")
         triggers_before = self.env["ir.cron.trigger"].search_count([("cron_id", "=", cron.id)])
-        self.env["res.config.settings"].create({
-            "ipai_webhook_url": RECEIVER_URL, "ipai_webhook_secret": RECEIVER_SECRET}).execute()
+        self.env["res.config.settings"].create(
+            {"ipai_webhook_url": RECEIVER_URL, "ipai_webhook_secret": RECEIVER_SECRET}
+        ).execute()
         self.assertGreater(
             self.env["ir.cron.trigger"].search_count([("cron_id", "=", cron.id)]),
-            triggers_before, "saving the settings wakes the dispatcher")
+            triggers_before,
+            "saving the settings wakes the dispatcher",
+        )
         self.assertEqual(outbox._cron_dispatch_events(), 1)
         self.assertEqual((event.state, event.attempts), ("sent", 1))
 
@@ -257,19 +291,33 @@ class TestCatchUpAndConfiguration(BridgeCase):
         while other records' go on."""
         self.configure_receiver(RECEIVER_URL, RECEIVER_SECRET)
         first_record = self.queue_backlog(3)
-        other = self.env["ipai.equipment.booking"].create({
-            "equipment_id": self.env["maintenance.equipment"].create({"name": "Other"}).id,
-            "user_id": self.env.user.id,
-            "date_from": datetime(2026, 4, 2, 1), "date_to": datetime(2026, 4, 2, 9)})
+        other = self.env["ipai.equipment.booking"].create(
+            {
+                "equipment_id": self.env["maintenance.equipment"].create({"name": "Other"}).id,
+                "user_id": self.env.user.id,
+                "date_from": datetime(2026, 4, 2, 1),
+                "date_to": datetime(2026, 4, 2, 9),
+            }
+        )
         from odoo.addons.ipai_enterprise_bridge.utils.ipai_webhook import (
             WAITING_BEHIND,
             ipai_event,
             send_ipai_events,
         )
-        second_record = send_ipai_events(self.env, [
-            ipai_event("asset.reserved", other, other._ipai_payload(),
-                       aggregate_id=other.equipment_id.id,
-                       stamp=datetime(2026, 4, 2) + timedelta(seconds=n)) for n in range(3)])
+
+        second_record = send_ipai_events(
+            self.env,
+            [
+                ipai_event(
+                    "asset.reserved",
+                    other,
+                    other._ipai_payload(),
+                    aggregate_id=other.equipment_id.id,
+                    stamp=datetime(2026, 4, 2) + timedelta(seconds=n),
+                )
+                for n in range(3)
+            ],
+        )
         second_record[1].sudo().write({"event_type": "Not.A.Type"})  # the bus refuses it (400)
         self.env["ipai.event.outbox"]._cron_dispatch_events()
         self.assertEqual(set(first_record.mapped("state")), {"sent"})
@@ -278,9 +326,11 @@ class TestCatchUpAndConfiguration(BridgeCase):
         self.assertEqual(second_record[2].last_error, WAITING_BEHIND)
         conn = psycopg2.connect(BUS_DATABASE_URL)
         with conn.cursor() as cursor:
-            cursor.execute("select idempotency_key from integration.outbox"
-                           " where idempotency_key = any(%s) order by seq",
-                           (first_record.mapped("idempotency_key"),))
+            cursor.execute(
+                "select idempotency_key from integration.outbox"
+                " where idempotency_key = any(%s) order by seq",
+                (first_record.mapped("idempotency_key"),),
+            )
             accepted = [row[0] for row in cursor.fetchall()]
         conn.close()
         self.assertEqual(accepted, first_record.mapped("idempotency_key"), "accepted in order")

@@ -8,17 +8,21 @@ from .common import LIVE_RECEIVER_REASON, RECEIVER_SECRET, RECEIVER_URL, BridgeC
 
 @tagged("post_install", "-at_install")
 class TestSettingsAndAccess(BridgeCase):
-
     @classmethod
     def setUpClass(cls):
         super().setUpClass()
-        cls.employee = cls.env["res.users"].create({
-            "name": "Plain Employee", "login": "plain_employee",
-            "groups_id": [(6, 0, [cls.env.ref("base.group_user").id])]})
+        cls.employee = cls.env["res.users"].create(
+            {
+                "name": "Plain Employee",
+                "login": "plain_employee",
+                "groups_id": [(6, 0, [cls.env.ref("base.group_user").id])],
+            }
+        )
 
     def save_settings(self, url, secret):
         settings = self.env["res.config.settings"].create(
-            {"ipai_webhook_url": url, "ipai_webhook_secret": secret})
+            {"ipai_webhook_url": url, "ipai_webhook_secret": secret}
+        )
         settings.execute()
         return settings
 
@@ -27,13 +31,15 @@ class TestSettingsAndAccess(BridgeCase):
         return params.get_param("ipai.webhook.url"), params.get_param("ipai.webhook.secret")
 
     def test_settings_round_trip_through_system_parameters(self):
-        self.save_settings("https://bus.example.ph/functions/v1/odoo-webhook",
-                           "a-secret-of-sixteen-chars")
-        self.assertEqual(self.params(), ("https://bus.example.ph/functions/v1/odoo-webhook",
-                                         "a-secret-of-sixteen-chars"))
+        self.save_settings(
+            "https://bus.example.ph/functions/v1/odoo-webhook", "a-secret-of-sixteen-chars"
+        )
+        self.assertEqual(
+            self.params(),
+            ("https://bus.example.ph/functions/v1/odoo-webhook", "a-secret-of-sixteen-chars"),
+        )
         reopened = self.env["res.config.settings"].create({})
-        self.assertEqual(reopened.ipai_webhook_url,
-                         "https://bus.example.ph/functions/v1/odoo-webhook")
+        self.assertEqual(reopened.ipai_webhook_url, "https://bus.example.ph/functions/v1/odoo-webhook")
 
     def test_bad_url_is_refused_and_nothing_is_saved(self):
         self.save_settings("https://bus.example.ph/hook", "a-secret-of-sixteen-chars")

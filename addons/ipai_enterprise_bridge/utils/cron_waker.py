@@ -39,11 +39,15 @@ def wake_cron_workers(dbname):
     with _lock:
         try:
             _finish(_notify_connection())  # the previous wake's answer, normally there already
-            _cursor.execute(sql.SQL("SELECT {}('cron_trigger', %s)").format(
-                sql.Identifier(ODOO_NOTIFY_FUNCTION)), (dbname,))
+            _cursor.execute(
+                sql.SQL("SELECT {}('cron_trigger', %s)").format(sql.Identifier(ODOO_NOTIFY_FUNCTION)),
+                (dbname,),
+            )
         except (psycopg2.Error, OSError) as error:
-            _logger.warning("Cron workers not woken (%s): events wait for the dispatch cron's "
-                            "next scheduled run.", type(error).__name__)
+            _logger.warning(
+                "Cron workers not woken (%s): events wait for the dispatch cron's next scheduled run.",
+                type(error).__name__,
+            )
             _forget_connection()
 
 

@@ -25,8 +25,7 @@ SOURCE_PARAMETER = "ipai.webhook.source"
 POST_TIMEOUT_SECONDS = 10
 
 
-def send_ipai_event(env, event_type, record, values, *, aggregate_id=None, key_record=None,
-                    stamp=None):
+def send_ipai_event(env, event_type, record, values, *, aggregate_id=None, key_record=None, stamp=None):
     """Queue one catalogued event about ``record`` in Odoo's outbox (same transaction).
 
     ``values`` are the payload fields (catalog order is applied); the idempotency key is
@@ -34,12 +33,19 @@ def send_ipai_event(env, event_type, record, values, *, aggregate_id=None, key_r
     (default ``record``), or ``stamp`` when given (a daily event passes its day, so the key
     itself allows one a day). A transition queued already is skipped. Returns the rows queued.
     """
-    return send_ipai_events(env, [ipai_event(event_type, record, values, aggregate_id=aggregate_id,
-                                             key_record=key_record, stamp=stamp)])
+    return send_ipai_events(
+        env,
+        [
+            ipai_event(
+                event_type, record, values, aggregate_id=aggregate_id, key_record=key_record, stamp=stamp
+            )
+        ],
+    )
 
 
-def ipai_event(event_type, record, values, *, aggregate_id=None, key_record=None, stamp=None,
-               occurred_at=None):
+def ipai_event(
+    event_type, record, values, *, aggregate_id=None, key_record=None, stamp=None, occurred_at=None
+):
     """One event to queue, as send_ipai_events takes them (see send_ipai_event).
 
     ``occurred_at`` is when the business fact happened (naive UTC), when that is not now."""
@@ -72,8 +78,7 @@ class DeliveryError(Exception):
     """The receiver could not be reached or did not accept the event; ``message`` says why."""
 
 
-def post_event(url, secret, envelope: Envelope, key, *, timeout=POST_TIMEOUT_SECONDS,
-               session=None):
+def post_event(url, secret, envelope: Envelope, key, *, timeout=POST_TIMEOUT_SECONDS, session=None):
     """Sign and POST one envelope (over ``session`` when given, to keep its connection alive).
     Returns the receiver's JSON answer on 200.
 
@@ -86,8 +91,8 @@ def post_event(url, secret, envelope: Envelope, key, *, timeout=POST_TIMEOUT_SEC
     body = envelope.to_bytes()
     try:
         response = (session or requests).post(
-            url, data=body, timeout=timeout,
-            headers=signature_headers(secret, body, idempotency_key=key))
+            url, data=body, timeout=timeout, headers=signature_headers(secret, body, idempotency_key=key)
+        )
     except requests.exceptions.InvalidURL:
         raise DeliveryError("the webhook URL is malformed") from None
     except requests.exceptions.Timeout:
@@ -104,8 +109,10 @@ def post_event(url, secret, envelope: Envelope, key, *, timeout=POST_TIMEOUT_SEC
     return answer
 
 
-WAITING_BEHIND = ("not posted: an earlier event of the same record was not delivered, and "
-                  "events of one record go in order")
+WAITING_BEHIND = (
+    "not posted: an earlier event of the same record was not delivered, and "
+    "events of one record go in order"
+)
 POST_THREADS = 4
 
 
@@ -141,8 +148,9 @@ class RecordOrderedPoster:
                 outcomes[item_id] = DeliveryError(WAITING_BEHIND)
                 continue
             try:
-                outcomes[item_id] = post_event(self.url, self.secret, envelope, key,
-                                               timeout=self.timeout, session=self._session())
+                outcomes[item_id] = post_event(
+                    self.url, self.secret, envelope, key, timeout=self.timeout, session=self._session()
+                )
             except DeliveryError as error:
                 outcomes[item_id], blocked = error, True
         return outcomes

@@ -50,17 +50,27 @@ class IpaiBirForm(models.Model):
     code = fields.Char(required=True, help="e.g. 1601-C")
     name = fields.Char(required=True)
     frequency = fields.Selection(
-        [("monthly", "Monthly"), ("quarterly", "Quarterly"), ("annual", "Annual")], required=True)
+        [("monthly", "Monthly"), ("quarterly", "Quarterly"), ("annual", "Annual")], required=True
+    )
     deadline_rule = fields.Selection(
-        [("day_of_month", "A day of a month after the period"),
-         ("days_after", "A number of days after the period")],
-        required=True, default="day_of_month")
+        [
+            ("day_of_month", "A day of a month after the period"),
+            ("days_after", "A number of days after the period"),
+        ],
+        required=True,
+        default="day_of_month",
+    )
     deadline_month_offset = fields.Integer(
-        default=1, help="Months after the period's last month (day_of_month rule)")
+        default=1, help="Months after the period's last month (day_of_month rule)"
+    )
     deadline_day = fields.Integer(
-        default=10, help="Day of that month (capped at its last day) or days after the period")
-    prep_lead_days = fields.Integer(string="Preparation lead (days)", default=5,
-                                    help="The preparation deadline is this many days before filing")
+        default=10, help="Day of that month (capped at its last day) or days after the period"
+    )
+    prep_lead_days = fields.Integer(
+        string="Preparation lead (days)",
+        default=5,
+        help="The preparation deadline is this many days before filing",
+    )
     active = fields.Boolean(default=True)
 
     _sql_constraints = [("code_unique", "unique (code)", "A BIR form code is unique.")]
@@ -69,8 +79,9 @@ class IpaiBirForm(models.Model):
     def _check_rule(self):
         for form in self:
             if form.deadline_day < 1 or form.deadline_month_offset < 0 or form.prep_lead_days < 0:
-                raise ValidationError(_("%s: the deadline day must be at least 1 and the offsets "
-                                        "not negative.", form.code))
+                raise ValidationError(
+                    _("%s: the deadline day must be at least 1 and the offsets not negative.", form.code)
+                )
 
     def filing_deadline(self, period_end):
         """The statutory filing deadline for a period ending on ``period_end``."""
@@ -87,8 +98,15 @@ class IpaiBirForm(models.Model):
         parsed = parse_period(period)
         if not parsed or parsed[0] != self.frequency:
             example = PERIOD_FORMATS[self.frequency][1]
-            raise ValidationError(_("%(form)s is filed %(frequency)s: its period looks like "
-                                    "%(example)s, not %(period)s.", form=self.code,
-                                    frequency=self.frequency, example=example, period=period))
+            raise ValidationError(
+                _(
+                    "%(form)s is filed %(frequency)s: its period looks like "
+                    "%(example)s, not %(period)s.",
+                    form=self.code,
+                    frequency=self.frequency,
+                    example=example,
+                    period=period,
+                )
+            )
         filing = self.filing_deadline(parsed[2])
         return filing - timedelta(days=self.prep_lead_days), filing

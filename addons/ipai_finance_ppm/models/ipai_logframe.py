@@ -33,8 +33,13 @@ class IpaiLogframe(models.Model):
             raise ValidationError(_("A logframe element cannot be its own ancestor."))
         for element in self.filtered("parent_id"):
             if LEVEL_RANK[element.level] <= LEVEL_RANK[element.parent_id.level]:
-                raise ValidationError(_(
-                    "%(name)s (%(level)s) must be a level below its parent %(parent)s "
-                    "(%(parent_level)s): goal → outcome → output → activity.",
-                    name=element.name, level=element.level, parent=element.parent_id.name,
-                    parent_level=element.parent_id.level))
+                raise ValidationError(
+                    _(
+                        "%(name)s (%(level)s) must be a level below its parent %(parent)s "
+                        "(%(parent_level)s): goal → outcome → output → activity.",
+                        name=element.name,
+                        level=element.level,
+                        parent=element.parent_id.name,
+                        parent_level=element.parent_id.level,
+                    )
+                )

@@ -19,18 +19,23 @@ class ProjectTask(models.Model):
 
     ipai_task_code = fields.Char(string="Task code", index=True, copy=False)
     ipai_bir_form_id = fields.Many2one("ipai.bir.form", string="BIR form", index=True)
-    ipai_period_covered = fields.Char(string="Period covered",
-                                      help="2026-01 (monthly), 2026-Q1 (quarterly), 2026 (annual)")
+    ipai_period_covered = fields.Char(
+        string="Period covered", help="2026-01 (monthly), 2026-Q1 (quarterly), 2026 (annual)"
+    )
     ipai_employee_code = fields.Char(string="Employee code")
     ipai_prep_deadline = fields.Date(string="Preparation deadline")
     ipai_filing_deadline = fields.Date(string="Filing deadline", index=True)
     ipai_logframe_id = fields.Many2one("ipai.logframe", string="Logframe element")
     ipai_logframe_level = fields.Selection(related="ipai_logframe_id.level", store=True)
-    ipai_finance_step = fields.Selection(related="stage_id.ipai_finance_step", store=True,
-                                         string="Finance step")
+    ipai_finance_step = fields.Selection(
+        related="stage_id.ipai_finance_step", store=True, string="Finance step"
+    )
     ipai_days_overdue = fields.Integer(
-        string="Days overdue", compute="_compute_ipai_days_overdue", store=True,
-        help="Days past the filing deadline while not filed; refreshed daily")
+        string="Days overdue",
+        compute="_compute_ipai_days_overdue",
+        store=True,
+        help="Days past the filing deadline while not filed; refreshed daily",
+    )
 
     @api.depends("ipai_filing_deadline", "ipai_finance_step", "state")
     def _compute_ipai_days_overdue(self):
@@ -47,12 +52,20 @@ class ProjectTask(models.Model):
     @api.constrains("ipai_prep_deadline", "ipai_filing_deadline")
     def _check_ipai_deadlines(self):
         for task in self:
-            if (task.ipai_prep_deadline and task.ipai_filing_deadline
-                    and task.ipai_filing_deadline < task.ipai_prep_deadline):
-                raise ValidationError(_(
-                    "%(task)s: the filing deadline (%(filing)s) is before the preparation "
-                    "deadline (%(prep)s). Preparation must come first.", task=task.name,
-                    filing=task.ipai_filing_deadline, prep=task.ipai_prep_deadline))
+            if (
+                task.ipai_prep_deadline
+                and task.ipai_filing_deadline
+                and task.ipai_filing_deadline < task.ipai_prep_deadline
+            ):
+                raise ValidationError(
+                    _(
+                        "%(task)s: the filing deadline (%(filing)s) is before the preparation "
+                        "deadline (%(prep)s). Preparation must come first.",
+                        task=task.name,
+                        filing=task.ipai_filing_deadline,
+                        prep=task.ipai_prep_deadline,
+                    )
+                )
 
     @api.constrains("ipai_period_covered", "ipai_bir_form_id")
     def _check_ipai_period(self):
@@ -60,15 +73,25 @@ class ProjectTask(models.Model):
             parsed = parse_period(task.ipai_period_covered)
             form = task.ipai_bir_form_id
             if parsed is None:
-                raise ValidationError(_(
-                    "%(task)s: %(period)s is not a period. Write 2026-01 for a month, 2026-Q1 "
-                    "for a quarter or 2026 for a year.", task=task.name,
-                    period=task.ipai_period_covered))
+                raise ValidationError(
+                    _(
+                        "%(task)s: %(period)s is not a period. Write 2026-01 for a month, 2026-Q1 "
+                        "for a quarter or 2026 for a year.",
+                        task=task.name,
+                        period=task.ipai_period_covered,
+                    )
+                )
             if form and parsed[0] != form.frequency:
-                raise ValidationError(_(
-                    "%(task)s: %(form)s is filed %(frequency)s, so its period looks like "
-                    "%(example)s.", task=task.name, form=form.code, frequency=form.frequency,
-                    example=PERIOD_FORMATS[form.frequency][1]))
+                raise ValidationError(
+                    _(
+                        "%(task)s: %(form)s is filed %(frequency)s, so its period looks like "
+                        "%(example)s.",
+                        task=task.name,
+                        form=form.code,
+                        frequency=form.frequency,
+                        example=PERIOD_FORMATS[form.frequency][1],
+                    )
+                )
 
     # --- events: one per real transition ---------------------------------------------------------
 
@@ -82,11 +105,18 @@ class ProjectTask(models.Model):
         finance = tasks.filtered(lambda task: task._ipai_is_finance())
         # A task created straight into a mapped stage (kanban quick-create, an import) has
         # reached that step too: created first, then the step, as if it had been moved there.
-        send_ipai_events(self.env, [
-            ipai_event(FINANCE_TASK.event_type("created"), task, task._ipai_payload())
-            for task in finance] + [
-            ipai_event(FINANCE_TASK.event_type(task.ipai_finance_step), task,
-                       task._ipai_payload()) for task in finance if task.ipai_finance_step])
+        send_ipai_events(
+            self.env,
+            [
+                ipai_event(FINANCE_TASK.event_type("created"), task, task._ipai_payload())
+                for task in finance
+            ]
+            + [
+                ipai_event(FINANCE_TASK.event_type(task.ipai_finance_step), task, task._ipai_payload())
+                for task in finance
+                if task.ipai_finance_step
+            ],
+        )
         return tasks
 
     def write(self, vals):
@@ -94,21 +124,30 @@ class ProjectTask(models.Model):
             return super().write(vals)
         steps_before = {task.id: task.stage_id.ipai_finance_step for task in self}
         result = super().write(vals)
-        moved = self.filtered(lambda task: task._ipai_is_finance() and task.ipai_finance_step
-                              and task.ipai_finance_step != steps_before.get(task.id))
+        moved = self.filtered(
+            lambda task: (
+                task._ipai_is_finance()
+                and task.ipai_finance_step
+                and task.ipai_finance_step != steps_before.get(task.id)
+            )
+        )
         for step in {task.ipai_finance_step for task in moved}:
             moved.filtered(lambda task, step=step: task.ipai_finance_step == step)._ipai_emit(
-                FINANCE_TASK.event_type(step))
+                FINANCE_TASK.event_type(step)
+            )
         return result
 
     def _ipai_emit(self, event_type, stamp=None):
-        send_ipai_events(self.env, [ipai_event(event_type, task, task._ipai_payload(),
-                                               stamp=stamp) for task in self])
+        send_ipai_events(
+            self.env, [ipai_event(event_type, task, task._ipai_payload(), stamp=stamp) for task in self]
+        )
 
     def _ipai_payload(self):
         self.ensure_one()
         return {
-            "task_id": self.id, "task_name": self.name, "task_code": self.ipai_task_code or None,
+            "task_id": self.id,
+            "task_name": self.name,
+            "task_code": self.ipai_task_code or None,
             "bir_form": self.ipai_bir_form_id.code or None,
             "period_covered": self.ipai_period_covered or None,
             "employee_code": self.ipai_employee_code or None,
@@ -128,14 +167,19 @@ class ProjectTask(models.Model):
     def _cron_detect_overdue_finance_tasks(self, today=None):
         """finance_task.overdue for unfiled tasks past their filing deadline: once a task a day."""
         today = today or fields.Date.context_today(self)
-        late = self.with_context(ipai_today=today).search([
-            ("ipai_filing_deadline", "<", today), ("ipai_bir_form_id", "!=", False),
-            ("state", "not in", list(CLOSED_STATES)),
-            "|", ("ipai_finance_step", "=", False), ("ipai_finance_step", "!=", "filed")])
+        late = self.with_context(ipai_today=today).search(
+            [
+                ("ipai_filing_deadline", "<", today),
+                ("ipai_bir_form_id", "!=", False),
+                ("state", "not in", list(CLOSED_STATES)),
+                "|",
+                ("ipai_finance_step", "=", False),
+                ("ipai_finance_step", "!=", "filed"),
+            ]
+        )
         late._compute_ipai_days_overdue()
         # The key carries the day, so a second run the same day queues nothing new.
-        late._ipai_emit(FINANCE_TASK.event_type("overdue"),
-                        stamp=datetime.combine(today, time.min))
+        late._ipai_emit(FINANCE_TASK.event_type("overdue"), stamp=datetime.combine(today, time.min))
         return len(late)
 
     @api.model
@@ -143,19 +187,26 @@ class ProjectTask(models.Model):
         """The filing tasks of ``period`` for ``project``, one per active form of that frequency,
         skipping forms that already have a task for that period. Returns the tasks created."""
         forms = self.env["ipai.bir.form"].search([("frequency", "=", frequency)])
-        existing = set(self.search([("project_id", "=", project.id),
-                                    ("ipai_period_covered", "=", period)]
-                                   ).mapped("ipai_bir_form_id").ids)
+        existing = set(
+            self.search([("project_id", "=", project.id), ("ipai_period_covered", "=", period)])
+            .mapped("ipai_bir_form_id")
+            .ids
+        )
         values = []
         for form in forms.filtered(lambda form: form.id not in existing):
             prep, filing = form.deadlines(period)
-            values.append({
-                "name": f"{form.code} {form.name} — {period}", "project_id": project.id,
-                "ipai_bir_form_id": form.id, "ipai_period_covered": period,
-                "ipai_task_code": f"BIR-{form.code.replace('-', '')}-{period}",
-                "ipai_prep_deadline": prep, "ipai_filing_deadline": filing,
-                "date_deadline": self._ipai_local_to_utc(filing, FILING_HOUR),
-            })
+            values.append(
+                {
+                    "name": f"{form.code} {form.name} — {period}",
+                    "project_id": project.id,
+                    "ipai_bir_form_id": form.id,
+                    "ipai_period_covered": period,
+                    "ipai_task_code": f"BIR-{form.code.replace('-', '')}-{period}",
+                    "ipai_prep_deadline": prep,
+                    "ipai_filing_deadline": filing,
+                    "date_deadline": self._ipai_local_to_utc(filing, FILING_HOUR),
+                }
+            )
         return self.create(values)
 
     @api.model

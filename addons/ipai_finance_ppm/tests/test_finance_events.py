@@ -7,7 +7,6 @@ from .common import FinanceCase
 
 @tagged("post_install", "-at_install")
 class TestFinanceEvents(FinanceCase):
-
     def test_created_once_with_the_catalog_payload(self):
         """A finance task announces itself once, with every catalog field."""
         task = self.new_task()
@@ -36,7 +35,8 @@ class TestFinanceEvents(FinanceCase):
     def test_unmapped_stage_and_other_writes_emit_nothing(self):
         task = self.new_task()
         unmapped = self.env["project.task.type"].create(
-            {"name": "Waiting for documents", "project_ids": [(4, self.project.id)]})
+            {"name": "Waiting for documents", "project_ids": [(4, self.project.id)]}
+        )
         task.stage_id = unmapped
         task.name = "1601-C January (renamed)"
         self.assertEqual(len(self.outbox()), 1, "only the created event")
@@ -62,7 +62,8 @@ class TestFinanceEvents(FinanceCase):
         task = self.new_task()
         task.stage_id = self.stages["filed"]
         self.assertEqual(
-            self.env["project.task"]._cron_detect_overdue_finance_tasks(today=date(2026, 3, 1)), 0)
+            self.env["project.task"]._cron_detect_overdue_finance_tasks(today=date(2026, 3, 1)), 0
+        )
         self.assertFalse(self.outbox("finance_task.overdue"))
 
     def test_overdue_cron_never_fires_for_done_or_cancelled_tasks(self):
@@ -74,16 +75,20 @@ class TestFinanceEvents(FinanceCase):
         self.assertEqual(count, 1, "only the open task is overdue")
         [event] = self.outbox("finance_task.overdue")
         self.assertEqual(event.res_id, still_open.id)
-        self.assertEqual((done.ipai_days_overdue, cancelled.ipai_days_overdue), (0, 0),
-                         "closed tasks show no days overdue")
+        self.assertEqual(
+            (done.ipai_days_overdue, cancelled.ipai_days_overdue),
+            (0, 0),
+            "closed tasks show no days overdue",
+        )
 
     def test_created_straight_into_a_mapped_stage_announces_created_then_that_step(self):
         """Quick-create in the Preparing column: created, then in_progress, in that order;
         status is the step code and the stage's name travels in its own field."""
         task = self.new_task(stage_id=self.stages["in_progress"].id)
         events = self.outbox()
-        self.assertEqual(events.mapped("event_type"),
-                         ["finance_task.created", "finance_task.in_progress"])
+        self.assertEqual(
+            events.mapped("event_type"), ["finance_task.created", "finance_task.in_progress"]
+        )
         payload = self.assertCatalogPayload(events[1])
         self.assertEqual((payload["status"], payload["stage_name"]), ("in_progress", "Preparing"))
         self.assertEqual(events.mapped("res_id"), [task.id, task.id])

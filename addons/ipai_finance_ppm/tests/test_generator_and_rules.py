@@ -9,33 +9,43 @@ from .common import FinanceCase
 
 @tagged("post_install", "-at_install")
 class TestGeneratorAndRules(FinanceCase):
-
     def generate(self, period_type, **values):
         wizard = self.env["ipai.filing.task.generator"].create(
-            {"project_id": self.project.id, "period_type": period_type, "year": 2026, **values})
+            {"project_id": self.project.id, "period_type": period_type, "year": 2026, **values}
+        )
         action = wizard.action_generate()
         return self.env["project.task"].search(action["domain"], order="ipai_filing_deadline, id")
 
     def deadlines(self, tasks):
-        return {task.ipai_bir_form_id.code: (task.ipai_prep_deadline, task.ipai_filing_deadline)
-                for task in tasks}
+        return {
+            task.ipai_bir_form_id.code: (task.ipai_prep_deadline, task.ipai_filing_deadline)
+            for task in tasks
+        }
 
     def test_month_generates_the_monthly_forms_with_their_deadlines(self):
         tasks = self.generate("month", month="1")
-        self.assertEqual(self.deadlines(tasks), {
-            "1601-C": (date(2026, 2, 5), date(2026, 2, 10)),
-            "0619-E": (date(2026, 2, 5), date(2026, 2, 10)),
-        })
+        self.assertEqual(
+            self.deadlines(tasks),
+            {
+                "1601-C": (date(2026, 2, 5), date(2026, 2, 10)),
+                "0619-E": (date(2026, 2, 5), date(2026, 2, 10)),
+            },
+        )
         self.assertEqual(set(tasks.mapped("ipai_period_covered")), {"2026-01"})
-        self.assertEqual(len(self.outbox("finance_task.created")), 2, "generated tasks announce themselves")
+        self.assertEqual(
+            len(self.outbox("finance_task.created")), 2, "generated tasks announce themselves"
+        )
 
     def test_quarter_generates_the_quarterly_forms_with_their_deadlines(self):
         tasks = self.generate("quarter", quarter="1")
-        self.assertEqual(self.deadlines(tasks), {
-            "1601-EQ": (date(2026, 4, 25), date(2026, 4, 30)),  # last day of the next month
-            "2550Q": (date(2026, 4, 20), date(2026, 4, 25)),    # 25 days after the quarter
-            "1702Q": (date(2026, 5, 25), date(2026, 5, 30)),    # 60 days after the quarter
-        })
+        self.assertEqual(
+            self.deadlines(tasks),
+            {
+                "1601-EQ": (date(2026, 4, 25), date(2026, 4, 30)),  # last day of the next month
+                "2550Q": (date(2026, 4, 20), date(2026, 4, 25)),  # 25 days after the quarter
+                "1702Q": (date(2026, 5, 25), date(2026, 5, 30)),  # 60 days after the quarter
+            },
+        )
         self.assertEqual(tasks.mapped("ipai_task_code")[0][:4], "BIR-")
 
     def test_generated_deadlines_fall_on_the_filing_day_where_the_company_is(self):
@@ -43,8 +53,9 @@ class TestGeneratorAndRules(FinanceCase):
         self.env.company.partner_id.tz = "Asia/Manila"
         tasks = self.generate("quarter", quarter="1")
         task = tasks.filtered(lambda t: t.ipai_bir_form_id.code == "2550Q")
-        local = fields.Datetime.context_timestamp(task.with_context(tz="Asia/Manila"),
-                                                  task.date_deadline)
+        local = fields.Datetime.context_timestamp(
+            task.with_context(tz="Asia/Manila"), task.date_deadline
+        )
         self.assertEqual((local.date(), local.hour), (date(2026, 4, 25), 9))
 
     def test_generator_is_idempotent(self):
@@ -72,16 +83,21 @@ class TestGeneratorAndRules(FinanceCase):
 
     def test_stage_mapped_twice_is_refused(self):
         with self.assertRaises(ValidationError) as caught:
-            self.env["project.task.type"].create({
-                "name": "Also filed", "ipai_finance_step": "filed",
-                "project_ids": [(4, self.project.id)]})
+            self.env["project.task.type"].create(
+                {
+                    "name": "Also filed",
+                    "ipai_finance_step": "filed",
+                    "project_ids": [(4, self.project.id)],
+                }
+            )
         self.assertIn("already mapped to the stage Filed", str(caught.exception))
 
     def test_logframe_levels_must_descend(self):
         goal = self.env["ipai.logframe"].create({"name": "Compliance", "level": "goal"})
         with self.assertRaises(ValidationError):
-            self.env["ipai.logframe"].create({"name": "Backwards", "level": "goal",
-                                              "parent_id": goal.id})
+            self.env["ipai.logframe"].create(
+                {"name": "Backwards", "level": "goal", "parent_id": goal.id}
+            )
 
     def test_project_users_read_the_calendar_and_managers_edit_it(self):
         as_user = self.env(user=self.accountant)
@@ -90,8 +106,12 @@ class TestGeneratorAndRules(FinanceCase):
             as_user["ipai.bir.form"].browse(self.form_1601c.id).write({"deadline_day": 15})
         with self.assertRaises(AccessError):
             as_user["ipai.filing.task.generator"].create({"project_id": self.project.id})
-        manager = self.env["res.users"].create({
-            "name": "Finance Manager", "login": "finance.manager",
-            "groups_id": [(6, 0, [self.env.ref("project.group_project_manager").id])]})
+        manager = self.env["res.users"].create(
+            {
+                "name": "Finance Manager",
+                "login": "finance.manager",
+                "groups_id": [(6, 0, [self.env.ref("project.group_project_manager").id])],
+            }
+        )
         self.env(user=manager)["ipai.bir.form"].browse(self.form_1601c.id).write({"deadline_day": 12})
         self.assertEqual(self.form_1601c.deadline_day, 12)

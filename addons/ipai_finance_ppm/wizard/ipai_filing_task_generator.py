@@ -12,13 +12,17 @@ class IpaiFilingTaskGenerator(models.TransientModel):
     _name = "ipai.filing.task.generator"
     _description = "Generate BIR filing tasks"
 
-    project_id = fields.Many2one("project.project", required=True,
-                                 domain=[("ipai_is_finance_ppm", "=", True)])
-    period_type = fields.Selection([("month", "Month"), ("quarter", "Quarter"), ("year", "Year")],
-                                   required=True, default="month")
+    project_id = fields.Many2one(
+        "project.project", required=True, domain=[("ipai_is_finance_ppm", "=", True)]
+    )
+    period_type = fields.Selection(
+        [("month", "Month"), ("quarter", "Quarter"), ("year", "Year")], required=True, default="month"
+    )
     year = fields.Integer(required=True, default=lambda self: fields.Date.context_today(self).year)
-    month = fields.Selection([(str(n), str(n)) for n in range(1, 13)],
-                             default=lambda self: str(fields.Date.context_today(self).month))
+    month = fields.Selection(
+        [(str(n), str(n)) for n in range(1, 13)],
+        default=lambda self: str(fields.Date.context_today(self).month),
+    )
     quarter = fields.Selection([(str(n), f"Q{n}") for n in range(1, 5)], default="1")
 
     @api.model
@@ -38,9 +42,12 @@ class IpaiFilingTaskGenerator(models.TransientModel):
     def action_generate(self):
         self.ensure_one()
         tasks = self.env["project.task"]._ipai_generate_filing_tasks(
-            self.project_id, FREQUENCY_OF[self.period_type], self.period())
+            self.project_id, FREQUENCY_OF[self.period_type], self.period()
+        )
         return {
-            "type": "ir.actions.act_window", "res_model": "project.task",
+            "type": "ir.actions.act_window",
+            "res_model": "project.task",
             "name": _("Filing tasks created for %s", self.period()),
-            "view_mode": "list,form", "domain": [("id", "in", tasks.ids)],
+            "view_mode": "list,form",
+            "domain": [("id", "in", tasks.ids)],
         }
