@@ -24,6 +24,7 @@ test: $(BIN)/.installed
 lint: $(BIN)/.installed
 	$(BIN)/pip install --quiet ruff mypy
 	$(BIN)/ruff check ipai_bus_lib tests bench scripts addons
+	$(BIN)/ruff format --check ipai_bus_lib tests bench scripts addons
 	$(BIN)/mypy
 
 clean:
