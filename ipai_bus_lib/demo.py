@@ -10,6 +10,7 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
+from . import operations
 from .catalog import Envelope
 from .database_location import running_database_url
 from .db import connect
@@ -73,11 +74,7 @@ def wait_for_delivery(database_url: str, event_ids: list[str], timeout: float) -
     try:
         while True:
             with conn.cursor() as cursor:
-                cursor.execute(
-                    "select id::text, status from integration.outbox where id = any(%s::uuid[])",
-                    (event_ids,),
-                )
-                statuses = dict(cursor.fetchall())
+                statuses = operations.statuses_of(cursor, event_ids)
             settled = all(statuses.get(event_id) in ("completed", "dead") for event_id in event_ids)
             if settled or time.monotonic() > deadline:
                 return statuses

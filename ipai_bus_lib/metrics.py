@@ -27,6 +27,7 @@ from prometheus_client.registry import Collector
 from .db import Database
 from .errors import DatabaseError
 from .outbox import STATUSES
+from .queries import load
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 
@@ -60,7 +61,7 @@ class OutboxDepthCollector(Collector):
                 return self._counts
             try:
                 with self.database.transaction() as cursor:
-                    cursor.execute("select status, events from public.outbox_depth()")
+                    cursor.execute(load("receiver")["outbox_depth"])
                     self._counts = dict(cursor.fetchall())
             except DatabaseError:  # unreachable, or a role without the right: no gauge
                 self._counts = None

@@ -15,6 +15,9 @@ from typing import Any
 
 from .errors import InvalidArgument
 from .outbox import STATUSES
+from .queries import load
+
+SQL = load("operations")
 
 _DURATION = re.compile(r"^(\d+)\s*(s|m|h|d|w)$")
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
@@ -79,41 +82,17 @@ class Status:
 
 def status(cursor: Any, *, dead_limit: int = 10) -> Status:
     """Counts by status and type, the oldest pending age, expired leases, the latest dead."""
-    cursor.execute("select status, count(*) from integration.outbox group by status")
+    cursor.execute(SQL["count_by_status"])
     by_status = {name: 0 for name in STATUSES} | dict(cursor.fetchall())
-    by_type = _rows(
-        cursor,
-        "select event_type, status, count(*) as events from integration.outbox"
-        " where status <> 'completed' group by 1, 2 order by 1, 2",
-    )
-    cursor.execute(
-        "select extract(epoch from now() - min(created_at)) from integration.outbox"
-        " where status in ('pending', 'failed')"
-    )
+    by_type = _rows(cursor, SQL["waiting_by_type"])
+    cursor.execute(SQL["oldest_waiting_seconds"])
     oldest = cursor.fetchone()[0]
-    cursor.execute(
-        "select count(*) from integration.outbox"
-        " where status = 'processing' and lease_expires_at < now()"
-    )
+    cursor.execute(SQL["expired_leases"])
     expired = int(cursor.fetchone()[0])
-    dead = _rows(
-        cursor,
-        "select id, event_type, aggregate_id, attempts, last_error, updated_at"
-        " from integration.outbox where status = 'dead'"
-        " order by updated_at desc limit %s",
-        (dead_limit,),
-    )
-    cursor.execute(
-        "select event_type, count(*) from integration.event_log"
-        " where received_at > now() - interval '1 hour' group by 1 order by 1"
-    )
+    dead = _rows(cursor, SQL["latest_dead"], (dead_limit,))
+    cursor.execute(SQL["logged_last_hour"])
     logged = dict(cursor.fetchall())
-    circuits = _rows(
-        cursor,
-        "select destination, failures, open_until, last_error,"
-        " open_until <= now() as trial_due from integration.destination_state"
-        " where state = 'open' order by 1",
-    )
+    circuits = _rows(cursor, SQL["open_circuits"])
     return Status(
         by_status,
         by_type,
@@ -128,46 +107,25 @@ def status(cursor: Any, *, dead_limit: int = 10) -> Status:
 
 def event_history(cursor: Any, event_id: uuid.UUID) -> dict[str, Any] | None:
     """One event: its outbox row (or None if purged), audit copy, and every delivery attempt."""
-    outbox_rows = _rows(cursor, "select * from integration.outbox where id = %s", (event_id,))
-    logged = _rows(cursor, "select * from integration.event_log where event_id = %s", (event_id,))
+    outbox_rows = _rows(cursor, SQL["outbox_row"], (event_id,))
+    logged = _rows(cursor, SQL["event_log_row"], (event_id,))
     if not outbox_rows and not logged:
         return None
-    attempts = _rows(
-        cursor,
-        "select attempted_at, attempt, worker, destination, outcome,"
-        " http_status, error, duration_ms from integration.delivery_attempts"
-        " where event_id = %s order by id",
-        (event_id,),
-    )
-    actions = _rows(
-        cursor,
-        "select acted_at, action, actor, reason from"
-        " integration.operator_actions where %s = any(event_ids)"
-        " order by id",
-        (event_id,),
-    )
     return {
         "outbox": outbox_rows[0] if outbox_rows else None,
         "event_log": logged[0] if logged else None,
-        "attempts": attempts,
-        "actions": actions,
+        "attempts": _rows(cursor, SQL["delivery_attempts_of"], (event_id,)),
+        "actions": _rows(cursor, SQL["operator_actions_on"], (event_id,)),
     }
 
 
 def events_since(cursor: Any, after_id: int, limit: int = 100) -> list[dict[str, Any]]:
     """Accepted events with an event_log id above ``after_id``, oldest first (for ``tail``)."""
-    return _rows(
-        cursor,
-        "select l.id as log_id, l.event_id, l.event_type, l.aggregate_id,"
-        " l.received_at, o.status from integration.event_log l"
-        " left join integration.outbox o on o.id = l.event_id"
-        " where l.id > %s order by l.id limit %s",
-        (after_id, limit),
-    )
+    return _rows(cursor, SQL["events_since"], (after_id, limit))
 
 
 def last_log_id(cursor: Any) -> int:
-    cursor.execute("select coalesce(max(id), 0) from integration.event_log")
+    cursor.execute(SQL["last_log_id"])
     return int(cursor.fetchone()[0])
 
 
@@ -183,36 +141,31 @@ def select_for_retry(
     like = None
     if type_pattern and type_pattern != "*":
         like = type_pattern[:-1] + "%" if type_pattern.endswith(".*") else type_pattern
-    cursor.execute(
-        "select id from integration.outbox where status = any(%s)"
-        " and (%s::text is null or event_type like %s)"
-        " and (%s::interval is null or updated_at > now() - %s::interval)"
-        " order by seq",
-        (statuses, like, like, since, since),
-    )
+    cursor.execute(SQL["select_for_retry"], (statuses, like, like, since, since))
     return [row[0] for row in cursor.fetchall()]
 
 
 def retry(cursor: Any, event_ids: list[uuid.UUID], *, actor: str, reason: str | None) -> int:
     """Put failed/dead events back to pending (attempts reset); audited. Returns how many."""
-    cursor.execute(
-        "select integration.retry_events(p_ids => %s::uuid[], p_actor => %s, p_reason => %s)",
-        (event_ids, actor, reason),
-    )
+    cursor.execute(SQL["retry_events"], (event_ids, actor, reason))
     return int(cursor.fetchone()[0])
 
 
 def purge_completed(cursor: Any, older_than: timedelta, *, actor: str) -> int:
     """Delete completed outbox rows older than ``older_than`` (the event_log stays); audited."""
-    cursor.execute(
-        "select integration.purge_completed(p_older_than => %s, p_actor => %s)", (older_than, actor)
-    )
+    cursor.execute(SQL["purge_completed"], (older_than, actor))
     return int(cursor.fetchone()[0])
 
 
 def existing_ids(cursor: Any, event_ids: list[uuid.UUID]) -> set[uuid.UUID]:
-    cursor.execute("select id from integration.outbox where id = any(%s::uuid[])", (event_ids,))
+    cursor.execute(SQL["existing_ids"], (event_ids,))
     return {row[0] for row in cursor.fetchall()}
+
+
+def statuses_of(cursor: Any, event_ids: list[str]) -> dict[str, str]:
+    """The outbox status of each of ``event_ids`` still in the outbox."""
+    cursor.execute(SQL["statuses_of"], (event_ids,))
+    return dict(cursor.fetchall())
 
 
 def parse_event_ids(texts: list[str]) -> list[uuid.UUID]:

@@ -27,9 +27,11 @@ from .errors import (
     SignatureError,
 )
 from .metrics import ReceiverMetrics
+from .queries import load
 
 WEBHOOK_PATH = "/functions/v1/odoo-webhook"
 HEALTH_PATH = "/healthz"
+SQL = load("receiver")
 MAX_BODY_BYTES = 256 * 1024
 _READ_CHUNK = 64 * 1024
 _QUICK_FAILURE_SECONDS = 0.25
@@ -203,7 +205,7 @@ class Receiver:
     def _healthz(self, start_response: StartResponse) -> Iterable[bytes]:
         try:
             with self.database.autocommit() as cursor:
-                cursor.execute("select 1")
+                cursor.execute(SQL["health_check"])
         except DatabaseUnavailable:
             return _json(start_response, 503, {"ok": False, "error": "database unavailable"})
         return _json(start_response, 200, {"ok": True})

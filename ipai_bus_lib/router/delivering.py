@@ -12,11 +12,13 @@ from concurrent.futures import ThreadPoolExecutor
 from ..db import Database
 from ..destinations import CircuitBreaker, DeliveryFailed, Destination, TokenBucket
 from ..errors import DatabaseUnavailable
+from ..queries import load
 from .config import RouterConfig
 from .planning import Attempt
 from .settling import moment
 
 log = logging.getLogger("ipai_bus.router")
+SQL = load("router")
 
 
 class Deliverer:
@@ -108,13 +110,7 @@ class Deliverer:
             try:
                 with self.database.transaction() as cursor:
                     cursor.execute(
-                        "insert into integration.destination_state as s"
-                        " (destination, state, failures, open_until, last_error)"
-                        " values (%(name)s, %(state)s, %(failures)s, %(until)s, %(error)s)"
-                        " on conflict (destination) do update set state = excluded.state,"
-                        " failures = excluded.failures, open_until = excluded.open_until,"
-                        " last_error = coalesce(excluded.last_error, s.last_error),"
-                        " updated_at = now()",
+                        SQL["save_breaker_state"],
                         {
                             "name": name,
                             "state": state,

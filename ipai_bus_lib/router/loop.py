@@ -16,14 +16,16 @@ from ..db import Database, connect
 from ..destinations import Destination, TokenBucket
 from ..errors import DatabaseUnavailable
 from ..outbox import OutboxEvent
+from ..queries import load
 from ..routes import RoutingTable
-from .config import FIRST_RECONNECT_SECONDS, NOTIFY_CHANNEL, RouterConfig
+from .config import FIRST_RECONNECT_SECONDS, RouterConfig
 from .delivering import Deliverer
 from .leases import LeaseKeeper
 from .planning import Attempt, Planner
 from .settling import Settler
 
 log = logging.getLogger("ipai_bus.router")
+SQL = load("router")
 
 
 class Router:
@@ -98,7 +100,7 @@ class Router:
         listener = connect(self.database.dsn, application_name="ipai-bus router listener")
         listener.autocommit = True
         with listener.cursor() as cursor:
-            cursor.execute(f"listen {NOTIFY_CHANNEL}")
+            cursor.execute(SQL["listen"])
         return listener
 
     def _wait_for_work(self, listener: Any) -> None:
@@ -123,10 +125,7 @@ class Router:
 
     def _seconds_until_next_due(self) -> float:
         with self.database.autocommit() as cursor:
-            cursor.execute(
-                "select extract(epoch from min(available_at) - now())"
-                " from integration.outbox where status in ('pending', 'failed')"
-            )
+            cursor.execute(SQL["seconds_until_next_due"])
             seconds = cursor.fetchone()[0]
         return self.config.poll_seconds if seconds is None else max(0.0, float(seconds))
 

@@ -12,10 +12,12 @@ from ..db import Database, UnreadableValue
 from ..destinations import Destination
 from ..formatters import Message, format_event
 from ..outbox import OutboxEvent
+from ..queries import load
 from ..routes import Route, RoutingTable
 from .config import RouterConfig
 
 log = logging.getLogger("ipai_bus.router")
+SQL = load("router")
 POISON_HINT = "fix the data or the routes, then `ipai-bus retry` it (or purge it)"
 
 
@@ -97,11 +99,7 @@ class Planner:
         if not event_ids:
             return set()
         with self.database.autocommit() as cursor:
-            cursor.execute(
-                "select event_id, destination from integration.delivery_attempts"
-                " where event_id = any(%(ids)s::uuid[]) and outcome = 'delivered'",
-                {"ids": event_ids},
-            )
+            cursor.execute(SQL["delivered_pairs"], {"ids": event_ids})
             return {(event_id, name) for event_id, name in cursor.fetchall()}
 
 

@@ -14,10 +14,12 @@ from .. import outbox
 from ..db import Database
 from ..errors import DatabaseUnavailable
 from ..outbox import OutboxEvent
+from ..queries import load
 from .config import LATEST_EPOCH_SECONDS, RouterConfig
 from .planning import POISON_HINT, Attempt
 
 log = logging.getLogger("ipai_bus.router")
+SQL = load("router")
 
 
 @dataclass
@@ -172,11 +174,7 @@ def record_attempts(
         return
     columns = list(zip(*rows))
     cursor.execute(
-        "select integration.record_delivery_attempts(p_worker => %(worker)s,"
-        " p_event_ids => %(ids)s::uuid[], p_attempts => %(attempts)s::integer[],"
-        " p_destinations => %(destinations)s::text[], p_outcomes => %(outcomes)s::text[],"
-        " p_http_status => %(statuses)s::integer[], p_errors => %(errors)s::text[],"
-        " p_durations_ms => %(durations)s::real[])",
+        SQL["record_delivery_attempts"],
         {
             "worker": worker,
             "ids": list(columns[0]),

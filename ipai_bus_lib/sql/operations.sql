@@ -1,0 +1,68 @@
+-- What operators read and do: `ipai-bus status`, `events`, `retry`, `purge`, and the demo.
+
+-- name: count_by_status
+select status, count(*) from integration.outbox group by status;
+
+-- name: waiting_by_type
+select event_type, status, count(*) as events from integration.outbox
+ where status <> 'completed' group by 1, 2 order by 1, 2;
+
+-- name: oldest_waiting_seconds
+select extract(epoch from now() - min(created_at)) from integration.outbox
+ where status in ('pending', 'failed');
+
+-- name: expired_leases
+select count(*) from integration.outbox
+ where status = 'processing' and lease_expires_at < now();
+
+-- name: latest_dead
+select id, event_type, aggregate_id, attempts, last_error, updated_at
+  from integration.outbox where status = 'dead' order by updated_at desc limit %s;
+
+-- name: logged_last_hour
+select event_type, count(*) from integration.event_log
+ where received_at > now() - interval '1 hour' group by 1 order by 1;
+
+-- name: open_circuits
+select destination, failures, open_until, last_error, open_until <= now() as trial_due
+  from integration.destination_state where state = 'open' order by 1;
+
+-- name: outbox_row
+select * from integration.outbox where id = %s;
+
+-- name: event_log_row
+select * from integration.event_log where event_id = %s;
+
+-- name: delivery_attempts_of
+select attempted_at, attempt, worker, destination, outcome, http_status, error, duration_ms
+  from integration.delivery_attempts where event_id = %s order by id;
+
+-- name: operator_actions_on
+select acted_at, action, actor, reason from integration.operator_actions
+ where %s = any(event_ids) order by id;
+
+-- name: events_since
+select l.id as log_id, l.event_id, l.event_type, l.aggregate_id, l.received_at, o.status
+  from integration.event_log l left join integration.outbox o on o.id = l.event_id
+ where l.id > %s order by l.id limit %s;
+
+-- name: last_log_id
+select coalesce(max(id), 0) from integration.event_log;
+
+-- name: select_for_retry
+select id from integration.outbox where status = any(%s)
+   and (%s::text is null or event_type like %s)
+   and (%s::interval is null or updated_at > now() - %s::interval)
+ order by seq;
+
+-- name: retry_events
+select integration.retry_events(p_ids => %s::uuid[], p_actor => %s, p_reason => %s);
+
+-- name: purge_completed
+select integration.purge_completed(p_older_than => %s, p_actor => %s);
+
+-- name: existing_ids
+select id from integration.outbox where id = any(%s::uuid[]);
+
+-- name: statuses_of
+select id::text, status from integration.outbox where id = any(%s::uuid[]);
