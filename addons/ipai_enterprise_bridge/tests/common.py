@@ -8,6 +8,7 @@ need the far side skip, saying so, when those are absent (e.g. a bare odoo-bin r
 import json
 import os
 import socket
+from datetime import timedelta
 
 from odoo.tests import TransactionCase
 
@@ -62,3 +63,16 @@ class OutboxAssertions:
 
 class BridgeCase(OutboxAssertions, TransactionCase):
     """A TransactionCase with the outbox helpers."""
+
+    @classmethod
+    def new_booking(cls, equipment_name, start, hours=8):
+        """A draft booking of a new piece of equipment by the current user."""
+        equipment = cls.env["maintenance.equipment"].create({"name": equipment_name})
+        return cls.env["ipai.equipment.booking"].create(
+            {
+                "equipment_id": equipment.id,
+                "user_id": cls.env.user.id,
+                "date_from": start,
+                "date_to": start + timedelta(hours=hours),
+            }
+        )

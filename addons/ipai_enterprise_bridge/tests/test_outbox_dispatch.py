@@ -39,15 +39,7 @@ class TestOutboxDispatch(BridgeCase):
     @classmethod
     def setUpClass(cls):
         super().setUpClass()
-        equipment = cls.env["maintenance.equipment"].create({"name": "Dispatch test drill"})
-        cls.booking = cls.env["ipai.equipment.booking"].create(
-            {
-                "equipment_id": equipment.id,
-                "user_id": cls.env.user.id,
-                "date_from": datetime(2026, 3, 2, 1),
-                "date_to": datetime(2026, 3, 2, 9),
-            }
-        )
+        cls.booking = cls.new_booking("Dispatch test drill", datetime(2026, 3, 2, 1))
 
     def reserve(self):
         self.booking.action_reserve_asset()
@@ -177,15 +169,7 @@ class TestCatchUpAndConfiguration(BridgeCase):
     @classmethod
     def setUpClass(cls):
         super().setUpClass()
-        equipment = cls.env["maintenance.equipment"].create({"name": "Backlog projector"})
-        cls.booking = cls.env["ipai.equipment.booking"].create(
-            {
-                "equipment_id": equipment.id,
-                "user_id": cls.env.user.id,
-                "date_from": datetime(2026, 4, 1, 1),
-                "date_to": datetime(2026, 4, 1, 9),
-            }
-        )
+        cls.booking = cls.new_booking("Backlog projector", datetime(2026, 4, 1, 1))
 
     def queue_backlog(self, count):
         """``count`` distinct asset.reserved events, as a busy morning would leave them."""
@@ -291,14 +275,7 @@ class TestCatchUpAndConfiguration(BridgeCase):
         while other records' go on."""
         self.configure_receiver(RECEIVER_URL, RECEIVER_SECRET)
         first_record = self.queue_backlog(3)
-        other = self.env["ipai.equipment.booking"].create(
-            {
-                "equipment_id": self.env["maintenance.equipment"].create({"name": "Other"}).id,
-                "user_id": self.env.user.id,
-                "date_from": datetime(2026, 4, 2, 1),
-                "date_to": datetime(2026, 4, 2, 9),
-            }
-        )
+        other = self.new_booking("Other", datetime(2026, 4, 2, 1))
         from odoo.addons.ipai_enterprise_bridge.utils.ipai_webhook import (
             WAITING_BEHIND,
             ipai_event,
