@@ -82,7 +82,9 @@ def _tolerant_json(text: str) -> Any:
     try:
         return json.loads(text)
     except (ValueError, RecursionError) as exc:
-        return UnreadableValue(text[:1000], f"{type(exc).__name__}: {str(exc)[:200]}")
+        # Python's own advice after the ";" (raise an interpreter limit) is not the operator's.
+        reason = str(exc).split(";")[0][:200]
+        return UnreadableValue(text[:1000], f"{type(exc).__name__}: {reason}")
 
 
 def _read_values_tolerantly(conn: Any) -> None:

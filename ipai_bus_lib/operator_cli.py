@@ -14,7 +14,7 @@ from datetime import timedelta
 from typing import Any
 
 from . import operations
-from .db import connect, translate_error
+from .db import UnreadableValue, connect, translate_error
 from .errors import ConfigurationError, InvalidArgument
 from .settings import Settings
 
@@ -115,6 +115,13 @@ def cmd_events_show(args: argparse.Namespace, settings: Settings, resolve_url: U
     return _with_cursor(settings, resolve_url, work)
 
 
+def _payload_text(payload: Any) -> str:
+    """The payload as JSON; one the bus cannot read, as stored (cut), saying so."""
+    if isinstance(payload, UnreadableValue):
+        return f"(cannot be read: {payload.reason}) {payload.text[:200]}…"
+    return json.dumps(payload, ensure_ascii=False)
+
+
 def _pause(circuit: dict) -> str:
     if circuit.get("trial_due"):  # the pause is over; the next event for it is the trial
         return "pause over, next delivery is a trial"
@@ -141,7 +148,7 @@ def render_history(event_id: Any, history: dict[str, Any]) -> str:
             lines.append(f"  last error: {row['last_error']}")
     else:
         lines.append("  (outbox row purged; the audit copy remains)")
-    lines.append(f"  payload {json.dumps(source.get('payload'), ensure_ascii=False, default=str)}")
+    lines.append(f"  payload {_payload_text(source.get('payload'))}")
     lines.append("Delivery attempts" if history["attempts"] else "No delivery attempt yet")
     for attempt in history["attempts"]:
         status = f" HTTP {attempt['http_status']}" if attempt["http_status"] else ""
