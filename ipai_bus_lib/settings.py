@@ -155,7 +155,7 @@ SETTINGS: tuple[Setting, ...] = (
         None,
         _path,
         "the embedded PostgreSQL's data, log and password",
-        "~/.local/share/ipai-bus",
+        "~/.local/share/ipai-bus (under root: /var/lib/ipai-bus)",
     ),
     Setting(
         "IPAI_BUS_CONFIG_DIR",

@@ -28,7 +28,6 @@ def pytest_configure(config: pytest.Config) -> None:
     """
     if config.option.basetemp is None and not hasattr(config, "workerinput"):
         base = tempfile.mkdtemp(prefix="ipai-bus-tests-")
-        os.chmod(base, 0o711)
         config.option.basetemp = base
         config._ipai_private_basetemp = base  # type: ignore[attr-defined]
 
@@ -37,6 +36,23 @@ def pytest_unconfigure(config: pytest.Config) -> None:
     base = getattr(config, "_ipai_private_basetemp", None)
     if base:
         shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _reachable_base_directory(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """The base directory searchable by others, not listable: pytest makes it 0700."""
+    os.chmod(tmp_path_factory.getbasetemp(), 0o711)
+
+
+@pytest.fixture
+def tmp_path(tmp_path: Path) -> Path:
+    """pytest's per-test directory, searchable by others (not listable) like the base above.
+
+    Under root the embedded PostgreSQL runs as a system user, and the bus never opens up a
+    parent directory it does not own: the harness makes its own directories reachable.
+    """
+    os.chmod(tmp_path, 0o711)
+    return tmp_path
 
 
 # A throw-away cluster need not survive a power cut: tests run faster without fsync.
@@ -57,7 +73,9 @@ def server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     if configured:
         yield configured
         return
-    cluster = EmbeddedPostgres(tmp_path_factory.mktemp("pg"), settings=_FAST_TEST_SETTINGS)
+    base = tmp_path_factory.mktemp("pg")
+    os.chmod(base, 0o711)  # as tmp_path: reachable by the service user under root
+    cluster = EmbeddedPostgres(base / "home", settings=_FAST_TEST_SETTINGS)
     url = cluster.ensure_running()
     yield url
     cluster.stop()

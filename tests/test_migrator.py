@@ -10,7 +10,7 @@ import pytest
 
 from ipai_bus_lib import migrator
 from ipai_bus_lib.embedded import EmbeddedPostgres
-from ipai_bus_lib.errors import DatabaseUnavailable, MigrationError
+from ipai_bus_lib.errors import DatabaseUnavailable, EmbeddedPostgresError, MigrationError
 
 
 def applied_versions(url: str) -> list[str]:
@@ -108,6 +108,19 @@ def test_embedded_cluster_starts_restarts_and_keeps_its_data(tmp_path):
         assert migrator.migrate(url) == [], "the data survived the restart"
     finally:
         cluster.stop()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="only root hands the cluster to a service user")
+def test_embedded_cluster_under_root_refuses_a_home_it_cannot_reach_and_opens_up_nothing(
+    tmp_path,
+):
+    private_parent = tmp_path / "private"
+    private_parent.mkdir(mode=0o700)
+    cluster = EmbeddedPostgres(private_parent / "home", settings={"fsync": "off"})
+    with pytest.raises(EmbeddedPostgresError, match="is not searchable by it. Set IPAI_BUS_HOME"):
+        cluster.ensure_running()
+    assert stat.S_IMODE(os.stat(private_parent).st_mode) == 0o700, "no permission was changed"
+    assert not (private_parent / "home").exists(), "nothing was written"
 
 
 def test_embedded_cluster_refuses_a_wrong_password(tmp_path):
