@@ -37,9 +37,9 @@ import psycopg2
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from ipai_bus_lib import signing  # noqa: E402
-from ipai_bus_lib.embedded import EmbeddedPostgres  # noqa: E402
-from ipai_bus_lib.migrator import migrate  # noqa: E402
+from ipai_bus_lib.core import signing  # noqa: E402
+from ipai_bus_lib.storage.embedded import EmbeddedPostgres  # noqa: E402
+from ipai_bus_lib.storage.migrator import migrate  # noqa: E402
 from tests.helpers import free_port, receiver_ready, wait_until  # noqa: E402
 
 SECRET = "chaos-secret-not-for-production"
@@ -239,7 +239,7 @@ class Bus:
     def _start(self, *args: str) -> subprocess.Popen:
         log = open(self.logs / f"{args[0]}-{time.monotonic_ns()}.log", "w")  # noqa: SIM115
         return subprocess.Popen(
-            [sys.executable, "-m", "ipai_bus_lib.cli", *args],
+            [sys.executable, "-m", "ipai_bus_lib.ops.cli", *args],
             env=self.env,
             stdout=log,
             stderr=subprocess.STDOUT,

@@ -27,8 +27,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from odoo_expense_bench import ODOO_PATH, PASSWORD, ROLE, create_database, odoo  # noqa: E402
 
-from ipai_bus_lib.embedded import EmbeddedPostgres  # noqa: E402
-from ipai_bus_lib.migrator import migrate  # noqa: E402
+from ipai_bus_lib.storage.embedded import EmbeddedPostgres  # noqa: E402
+from ipai_bus_lib.storage.migrator import migrate  # noqa: E402
 from tests.helpers import free_port, receiver_ready, wait_until  # noqa: E402
 
 SECRET = "catch-up-benchmark-secret-not-for-production"
@@ -98,7 +98,7 @@ def main() -> None:
             migrate(bus_url)
             port = free_port()
             receiver = subprocess.Popen(
-                [sys.executable, "-m", "ipai_bus_lib.cli", "serve", "--port", str(port)],
+                [sys.executable, "-m", "ipai_bus_lib.ops.cli", "serve", "--port", str(port)],
                 env={**os.environ, "DATABASE_URL": bus_url, "IPAI_WEBHOOK_SECRET": SECRET},
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,

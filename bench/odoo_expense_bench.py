@@ -36,7 +36,7 @@ import requests
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from ipai_bus_lib.embedded import EmbeddedPostgres  # noqa: E402
+from ipai_bus_lib.storage.embedded import EmbeddedPostgres  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 ODOO_PATH = Path(os.environ.get("ODOO_PATH", "~/odoo18")).expanduser()

@@ -26,9 +26,9 @@ import psycopg2
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from ipai_bus_lib import signing  # noqa: E402
-from ipai_bus_lib.embedded import EmbeddedPostgres  # noqa: E402
-from ipai_bus_lib.migrator import migrate  # noqa: E402
+from ipai_bus_lib.core import signing  # noqa: E402
+from ipai_bus_lib.storage.embedded import EmbeddedPostgres  # noqa: E402
+from ipai_bus_lib.storage.migrator import migrate  # noqa: E402
 from tests.helpers import free_port, receiver_ready, wait_until  # noqa: E402
 from tests.test_receiver_flood import hostile_clients  # noqa: E402
 
@@ -172,7 +172,7 @@ def main() -> None:
             [
                 sys.executable,
                 "-m",
-                "ipai_bus_lib.cli",
+                "ipai_bus_lib.ops.cli",
                 "serve",
                 "--port",
                 str(port),

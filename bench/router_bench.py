@@ -24,12 +24,12 @@ import psycopg2
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from ipai_bus_lib.db import Database  # noqa: E402
-from ipai_bus_lib.destinations import HttpForwardDestination, NoopDestination  # noqa: E402
-from ipai_bus_lib.embedded import EmbeddedPostgres  # noqa: E402
-from ipai_bus_lib.migrator import migrate  # noqa: E402
-from ipai_bus_lib.router import ROUTER_SESSION_SETTINGS, Router, RouterConfig  # noqa: E402
-from ipai_bus_lib.routes import DestinationSpec, Route, RoutingTable  # noqa: E402
+from ipai_bus_lib.delivery.destinations import HttpForwardDestination, NoopDestination  # noqa: E402
+from ipai_bus_lib.delivery.router import ROUTER_SESSION_SETTINGS, Router, RouterConfig  # noqa: E402
+from ipai_bus_lib.delivery.routes import DestinationSpec, Route, RoutingTable  # noqa: E402
+from ipai_bus_lib.storage.db import Database  # noqa: E402
+from ipai_bus_lib.storage.embedded import EmbeddedPostgres  # noqa: E402
+from ipai_bus_lib.storage.migrator import migrate  # noqa: E402
 from tests.helpers import free_port  # noqa: E402
 
 FORWARD_SECRET = "whsec_YmVuY2htYXJrLWtleS1ub3QtZm9yLXByb2R1Y3Rpb24="

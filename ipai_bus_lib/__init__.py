@@ -4,9 +4,9 @@ The core (catalog, signing, outbox access, migrations) needs only psycopg2, so O
 it is; the receiver, router and embedded PostgreSQL come with the ``server`` extra.
 """
 
-from .catalog import CATALOG, Envelope, new_envelope, parse_envelope
-from .errors import IpaiBusError
-from .signing import sign, signature_headers, verify
+from .core.catalog import CATALOG, Envelope, new_envelope, parse_envelope
+from .core.errors import IpaiBusError
+from .core.signing import sign, signature_headers, verify
 
 __version__ = "0.1.0"
 

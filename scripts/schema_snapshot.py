@@ -31,7 +31,7 @@ _NOISE = re.compile(r"^(--.*|\\(un)?restrict .*|SET .*|SELECT pg_catalog\.set_co
 def dump(database_url: str) -> str:
     """The schema of a migrated database, normalised (no comments, no session settings)."""
     sys.path.insert(0, str(REPO))
-    from ipai_bus_lib.embedded import _bin_dir
+    from ipai_bus_lib.storage.embedded import _bin_dir
 
     result = subprocess.run(
         [
@@ -55,8 +55,8 @@ def dump(database_url: str) -> str:
 
 def main() -> None:
     sys.path.insert(0, str(REPO))
-    from ipai_bus_lib.embedded import EmbeddedPostgres
-    from ipai_bus_lib.migrator import migrate
+    from ipai_bus_lib.storage.embedded import EmbeddedPostgres
+    from ipai_bus_lib.storage.migrator import migrate
 
     with tempfile.TemporaryDirectory(prefix="ipai-schema-") as home:
         cluster = EmbeddedPostgres(Path(home), settings={"fsync": "off"})

@@ -14,9 +14,9 @@ from urllib.parse import urlsplit, urlunsplit
 import psycopg2
 import pytest
 
-from ipai_bus_lib.db import Database
-from ipai_bus_lib.embedded import EmbeddedPostgres
-from ipai_bus_lib.migrator import migrate
+from ipai_bus_lib.storage.db import Database
+from ipai_bus_lib.storage.embedded import EmbeddedPostgres
+from ipai_bus_lib.storage.migrator import migrate
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -16,7 +16,7 @@ from typing import Any
 import psycopg2
 import requests
 
-from ipai_bus_lib import signing
+from ipai_bus_lib.core import signing
 
 PRIMARY_SECRET = "receiver-test-secret-primary"
 OLD_SECRET = "receiver-test-secret-being-retired"
@@ -69,8 +69,8 @@ def receiver_ready(port: int) -> bool:
 @contextlib.contextmanager
 def private_cluster(tmp_path) -> Iterator[tuple[Any, str]]:
     """A migrated embedded PostgreSQL of the test's own, for tests that stop or freeze it."""
-    from ipai_bus_lib.embedded import EmbeddedPostgres
-    from ipai_bus_lib.migrator import migrate
+    from ipai_bus_lib.storage.embedded import EmbeddedPostgres
+    from ipai_bus_lib.storage.migrator import migrate
 
     cluster = EmbeddedPostgres(tmp_path / "pg", settings={"fsync": "off"})
     url = cluster.ensure_running()
@@ -99,7 +99,7 @@ def receiver_process(
             [
                 sys.executable,
                 "-m",
-                "ipai_bus_lib.cli",
+                "ipai_bus_lib.ops.cli",
                 "serve",
                 "--port",
                 str(port),

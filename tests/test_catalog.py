@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from ipai_bus_lib import catalog
-from ipai_bus_lib.errors import EnvelopeError
+from ipai_bus_lib.core import catalog
+from ipai_bus_lib.core.errors import EnvelopeError
 
 VALID = {
     "event_type": "expense.submitted",
@@ -125,7 +125,7 @@ def test_odoo_idempotency_key_reads_naive_write_date_as_utc():
 
 def _sources_outside_the_catalog():
     root = Path(__file__).resolve().parent.parent
-    library = [path for path in (root / "ipai_bus_lib").glob("*.py") if path.name != "catalog.py"]
+    library = [path for path in (root / "ipai_bus_lib").rglob("*.py") if path.name != "catalog.py"]
     addons = [path for path in (root / "addons").rglob("*.py") if "tests" not in path.parts]
     return [*library, *addons, root / "supabase" / "functions" / "odoo-webhook" / "handler.ts"]
 
@@ -147,7 +147,7 @@ def test_no_event_type_is_known_anywhere_but_the_catalog():
 
 
 def test_every_type_has_its_emoji_title_link_and_a_valid_sample():
-    from ipai_bus_lib.samples import sample_envelope
+    from ipai_bus_lib.core.samples import sample_envelope
 
     for name, spec in catalog.CATALOG.items():
         assert spec.emoji and spec.title.startswith(spec.domain.title.split()[0]), name

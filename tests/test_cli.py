@@ -15,8 +15,8 @@ import psutil
 import psycopg2
 import pytest
 
-from ipai_bus_lib import outbox
-from ipai_bus_lib.catalog import Envelope
+from ipai_bus_lib.core.catalog import Envelope
+from ipai_bus_lib.storage import outbox
 
 from .helpers import free_port, snapshot, wait_until
 
@@ -25,7 +25,7 @@ def cli(
     *args: str, env: dict[str, str] | None = None, timeout: float = 90
 ) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "ipai_bus_lib.cli", *args],
+        [sys.executable, "-m", "ipai_bus_lib.ops.cli", *args],
         env={**os.environ, **(env or {})},
         capture_output=True,
         text=True,
@@ -247,7 +247,7 @@ def processes_mentioning(text: str) -> list[psutil.Process]:
 def test_up_from_an_empty_machine_delivers_and_stops_cleanly(fresh_home, tmp_path):
     log = open(tmp_path / "up.log", "w")
     up = subprocess.Popen(
-        [sys.executable, "-m", "ipai_bus_lib.cli", "up"],
+        [sys.executable, "-m", "ipai_bus_lib.ops.cli", "up"],
         env={**os.environ, **fresh_home},
         stdout=log,
         stderr=subprocess.STDOUT,

@@ -14,8 +14,8 @@ import psycopg2
 import pytest
 import requests
 
-from ipai_bus_lib import signing
-from ipai_bus_lib.migrator import migrate
+from ipai_bus_lib.core import signing
+from ipai_bus_lib.storage.migrator import migrate
 
 from .helpers import (
     OLD_SECRET,

@@ -12,8 +12,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ipai_bus_lib.catalog import CATALOG
-from ipai_bus_lib.destinations import MattermostDestination
+from ipai_bus_lib.core.catalog import CATALOG
+from ipai_bus_lib.delivery.destinations import MattermostDestination
 
 from .helpers import post, receiver_process, signed, wait_until
 from .sinks import HttpSink

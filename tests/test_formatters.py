@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from ipai_bus_lib.catalog import CATALOG
-from ipai_bus_lib.errors import ConfigurationError
-from ipai_bus_lib.formatters import format_event
-from ipai_bus_lib.routes import default_routing, load_routing, parse_routing
+from ipai_bus_lib.core.catalog import CATALOG
+from ipai_bus_lib.core.errors import ConfigurationError
+from ipai_bus_lib.delivery.formatters import format_event
+from ipai_bus_lib.delivery.routes import default_routing, load_routing, parse_routing
 
 FULL_PAYLOADS = {
     "expense": {

@@ -8,9 +8,9 @@ import stat
 import psycopg2
 import pytest
 
-from ipai_bus_lib import migrator
-from ipai_bus_lib.embedded import EmbeddedPostgres
-from ipai_bus_lib.errors import DatabaseUnavailable, EmbeddedPostgresError, MigrationError
+from ipai_bus_lib.core.errors import DatabaseUnavailable, EmbeddedPostgresError, MigrationError
+from ipai_bus_lib.storage import migrator
+from ipai_bus_lib.storage.embedded import EmbeddedPostgres
 
 
 def applied_versions(url: str) -> list[str]:

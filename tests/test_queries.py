@@ -1,11 +1,11 @@
-"""The SQL the library runs lives in one place per concern: ipai_bus_lib/sql/*.sql, by name."""
+"""The SQL the library runs lives in one place per concern: ipai_bus_lib/storage/sql/*.sql, by name."""
 
 from __future__ import annotations
 
 import re
 from pathlib import Path
 
-from ipai_bus_lib.queries import load
+from ipai_bus_lib.storage.queries import load
 
 LIBRARY = Path(__file__).resolve().parent.parent / "ipai_bus_lib"
 # Modules that are themselves the one place of their concern's statements.
@@ -21,7 +21,7 @@ def test_no_statement_is_written_inline_outside_its_place():
         for number, line in enumerate(path.read_text().splitlines(), 1)
         if inline.search(line)
     ]
-    assert not found, "SQL written inline (put it in ipai_bus_lib/sql/): " + ", ".join(found)
+    assert not found, "SQL written inline (put it in ipai_bus_lib/storage/sql/): " + ", ".join(found)
 
 
 def test_every_named_statement_is_used_somewhere():

@@ -11,7 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import requests
 
-from ipai_bus_lib import signing
+from ipai_bus_lib.core import signing
 
 from .helpers import (
     OLD_SECRET,

@@ -10,7 +10,7 @@ import requests
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ipai_bus_lib import signing
+from ipai_bus_lib.core import signing
 
 from .helpers import PRIMARY_SECRET, WEBHOOK_PATH, receiver_process
 

@@ -23,12 +23,12 @@ import psycopg2
 import pytest
 import requests
 
-from ipai_bus_lib import outbox
-from ipai_bus_lib.catalog import Envelope
-from ipai_bus_lib.destinations import MattermostDestination
-from ipai_bus_lib.embedded import EmbeddedPostgres
-from ipai_bus_lib.formatters import format_event
-from ipai_bus_lib.migrator import migrate
+from ipai_bus_lib.core.catalog import Envelope
+from ipai_bus_lib.delivery.destinations import MattermostDestination
+from ipai_bus_lib.delivery.formatters import format_event
+from ipai_bus_lib.storage import outbox
+from ipai_bus_lib.storage.embedded import EmbeddedPostgres
+from ipai_bus_lib.storage.migrator import migrate
 
 from .helpers import (
     WEBHOOK_PATH,
@@ -74,7 +74,7 @@ def run_in_thread(router) -> threading.Thread:
 
 def cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "ipai_bus_lib.cli", *args],
+        [sys.executable, "-m", "ipai_bus_lib.ops.cli", *args],
         env={**os.environ, **env},
         capture_output=True,
         text=True,
@@ -479,7 +479,7 @@ def _raw_exchange(port: int, data: bytes) -> tuple[int, dict]:
 
 def test_database_restarts_under_a_busy_router_pin_nothing(tmp_path):
     """Batches delivered while the database was away are settled or handed back, never held."""
-    from ipai_bus_lib.db import Database
+    from ipai_bus_lib.storage.db import Database
 
     cluster = EmbeddedPostgres(tmp_path / "pg", settings={"fsync": "off"})
     url = cluster.ensure_running()

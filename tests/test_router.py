@@ -13,16 +13,16 @@ import pytest
 from aiosmtpd.controller import Controller
 from standardwebhooks.webhooks import Webhook
 
-from ipai_bus_lib import outbox
-from ipai_bus_lib.catalog import Envelope
-from ipai_bus_lib.destinations import (
+from ipai_bus_lib.core.catalog import Envelope
+from ipai_bus_lib.delivery.destinations import (
     ConsoleDestination,
     EmailDestination,
     HttpForwardDestination,
     MattermostDestination,
 )
-from ipai_bus_lib.router import Router, RouterConfig
-from ipai_bus_lib.routes import DestinationSpec, Route, RoutingTable
+from ipai_bus_lib.delivery.router import Router, RouterConfig
+from ipai_bus_lib.delivery.routes import DestinationSpec, Route, RoutingTable
+from ipai_bus_lib.storage import outbox
 
 from .helpers import free_port
 from .sinks import HttpSink, Reply
@@ -495,7 +495,7 @@ def test_circuit_closes_after_a_successful_trial(database):
 
 
 def test_rate_limit_spaces_deliveries(database):
-    from ipai_bus_lib.destinations import TokenBucket
+    from ipai_bus_lib.delivery.destinations import TokenBucket
 
     with HttpSink() as sink:
         destinations = {"mm": MattermostDestination("mm", sink.url)}
@@ -536,7 +536,7 @@ def test_notify_wakes_a_waiting_router_at_once(database):
 
 
 def test_forward_document_is_json(database):
-    from ipai_bus_lib.destinations import forward_document
+    from ipai_bus_lib.delivery.destinations import forward_document
 
     add_events(database)
     with database.transaction() as cursor:

@@ -12,8 +12,8 @@ from collections import Counter
 import psycopg2
 import pytest
 
-from ipai_bus_lib import outbox
-from ipai_bus_lib.catalog import Envelope
+from ipai_bus_lib.core.catalog import Envelope
+from ipai_bus_lib.storage import outbox
 
 from .helpers import wait_until
 from .sinks import HttpSink, Reply
@@ -75,7 +75,7 @@ def start_router(clean_bus, tmp_path):
         }
         log = open(tmp_path / f"router-{len(processes)}.log", "w")
         process = subprocess.Popen(
-            [sys.executable, "-m", "ipai_bus_lib.cli", "route"],
+            [sys.executable, "-m", "ipai_bus_lib.ops.cli", "route"],
             env=env,
             stdout=log,
             stderr=subprocess.STDOUT,

@@ -11,10 +11,10 @@ import psycopg2
 import psycopg2.errors
 import pytest
 
-from ipai_bus_lib import outbox
-from ipai_bus_lib.catalog import Envelope
-from ipai_bus_lib.db import Database
-from ipai_bus_lib.errors import InvalidArgument, ReplayedSignature
+from ipai_bus_lib.core.catalog import Envelope
+from ipai_bus_lib.core.errors import InvalidArgument, ReplayedSignature
+from ipai_bus_lib.storage import outbox
+from ipai_bus_lib.storage.db import Database
 
 
 def envelope(aggregate_id: str = "1", event_type: str = "expense.submitted") -> Envelope:
@@ -482,7 +482,7 @@ def test_pool_recovers_after_its_connections_are_killed(database, conn):
 
 
 def test_pool_reports_an_unreachable_server_clearly():
-    from ipai_bus_lib.errors import DatabaseUnavailable
+    from ipai_bus_lib.core.errors import DatabaseUnavailable
 
     pool = Database("postgresql://nobody@127.0.0.1:1/none", connect_timeout=2)
     with pytest.raises(DatabaseUnavailable, match="database unreachable"), pool.transaction():

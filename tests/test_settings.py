@@ -1,4 +1,4 @@
-"""Every setting is declared once, in ipai_bus_lib.settings.SETTINGS: the README's configuration
+"""Every setting is declared once, in ipai_bus_lib.core.settings.SETTINGS: the README's configuration
 table lists exactly those variables with those defaults, and each one reaches Settings."""
 
 from __future__ import annotations
@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from ipai_bus_lib.errors import ConfigurationError
-from ipai_bus_lib.settings import SETTINGS, Settings
+from ipai_bus_lib.core.errors import ConfigurationError
+from ipai_bus_lib.core.settings import SETTINGS, Settings
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 

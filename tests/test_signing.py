@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from ipai_bus_lib import errors, signing
+from ipai_bus_lib.core import errors, signing
 
 SECRET = "test-secret-for-unit-tests-only"
 BODY = b'{"event_type":"test","aggregate_type":"t","aggregate_id":"1","payload":{}}'

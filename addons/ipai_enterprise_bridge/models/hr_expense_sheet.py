@@ -2,7 +2,7 @@ from datetime import datetime, time
 
 from odoo import api, models
 
-from ipai_bus_lib.catalog import EXPENSE
+from ipai_bus_lib.core.catalog import EXPENSE
 
 from ..utils.ipai_webhook import ipai_event, send_ipai_events
 

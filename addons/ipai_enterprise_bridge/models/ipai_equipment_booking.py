@@ -3,7 +3,7 @@ from datetime import datetime, time, timedelta
 from odoo import _, api, fields, models
 from odoo.exceptions import UserError, ValidationError
 
-from ipai_bus_lib.catalog import ASSET
+from ipai_bus_lib.core.catalog import ASSET
 
 from ..utils.ipai_webhook import send_ipai_event
 

@@ -8,7 +8,7 @@ from odoo import _, api, fields, models
 from odoo.exceptions import UserError
 from odoo.tools.sql import create_index
 
-from ipai_bus_lib.catalog import Envelope
+from ipai_bus_lib.core.catalog import Envelope
 
 from ..utils.cron_waker import wake_cron_workers
 from ..utils.ipai_webhook import (

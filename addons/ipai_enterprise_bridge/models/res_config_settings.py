@@ -1,7 +1,7 @@
 from odoo import _, fields, models
 from odoo.exceptions import UserError
 
-from ipai_bus_lib.catalog import SOURCE_PATTERN, Envelope
+from ipai_bus_lib.core.catalog import SOURCE_PATTERN, Envelope
 
 from ..utils.ipai_webhook import DeliveryError, post_event
 

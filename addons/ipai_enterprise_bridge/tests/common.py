@@ -12,7 +12,7 @@ from datetime import timedelta
 
 from odoo.tests import TransactionCase
 
-from ipai_bus_lib.catalog import CATALOG
+from ipai_bus_lib.core.catalog import CATALOG
 
 RECEIVER_URL = os.environ.get("IPAI_TEST_RECEIVER_URL")
 RECEIVER_SECRET = os.environ.get("IPAI_TEST_WEBHOOK_SECRET")

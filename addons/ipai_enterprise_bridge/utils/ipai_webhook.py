@@ -14,8 +14,8 @@ from concurrent.futures import ThreadPoolExecutor
 import requests
 from odoo import fields
 
-from ipai_bus_lib.catalog import Envelope, build_payload, idempotency_key, lookup
-from ipai_bus_lib.signing import signature_headers
+from ipai_bus_lib.core.catalog import Envelope, build_payload, idempotency_key, lookup
+from ipai_bus_lib.core.signing import signature_headers
 
 _logger = logging.getLogger(__name__)
 

@@ -6,7 +6,7 @@ from odoo.addons.ipai_enterprise_bridge.utils.ipai_webhook import ipai_event, se
 from odoo.addons.project.models.project_task import CLOSED_STATES
 from odoo.exceptions import ValidationError
 
-from ipai_bus_lib.catalog import FINANCE_TASK
+from ipai_bus_lib.core.catalog import FINANCE_TASK
 
 from .ipai_bir_form import PERIOD_FORMATS, parse_period, period_label
 

@@ -1,5 +1,5 @@
 // The odoo-webhook receiver for Supabase Edge Functions: the same wire contract, checks in the same
-// order and the same answers as the Python receiver (ipai_bus_lib/receiver.py), writing through the
+// order and the same answers as the Python receiver (ipai_bus_lib/ingest/receiver.py), writing through the
 // same public SQL functions of supabase/migrations/. tests/test_edge_function.py proves them alike.
 //
 // Environment: IPAI_WEBHOOK_SECRET (several, comma-separated, while rotating) and SUPABASE_DB_URL.
@@ -128,7 +128,7 @@ function requiredText(doc: Record<string, Json>, name: string): string {
   return value;
 }
 
-// occurred_at's bounds, as in ipai_bus_lib.catalog: real zone offsets (-12:00 to +14:00), and a
+// occurred_at's bounds, as in ipai_bus_lib.core.catalog: real zone offsets (-12:00 to +14:00), and a
 // moment from 0001-01-02 to 9999-12-31 in UTC, so a reader in any time zone can represent it.
 const MAX_OFFSET_MINUTES = 14 * 60;
 const MIN_OFFSET_MINUTES = -12 * 60;
@@ -161,7 +161,7 @@ function badRequest(message: string): Refusal {
   return new Refusal(400, message, "bad_request");
 }
 
-/** The envelope checks of ipai_bus_lib.catalog.parse_envelope, with the same messages. */
+/** The envelope checks of ipai_bus_lib.core.catalog.parse_envelope, with the same messages. */
 export function parseEnvelope(doc: Json): Envelope {
   if (doc === null || typeof doc !== "object" || Array.isArray(doc)) {
     throw badRequest("body must be a JSON object");

@@ -1,0 +1,57 @@
+"""Any HTTP endpoint: the event as JSON, signed per Standard Webhooks."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from typing import Any
+
+from ...core.signing import standard_webhooks_headers
+from ...storage.outbox import OutboxEvent
+from ..formatters import Message
+from .base import DEFAULT_TIMEOUT_SECONDS
+from .http_client import KeepAliveClient, post_json
+
+
+class HttpForwardDestination:
+    """Any HTTP endpoint (n8n, a service): the event as JSON, signed per Standard Webhooks."""
+
+    needs_message = False
+    waits_on_network = True
+
+    def __init__(
+        self, name: str, url: str, secret: str, *, timeout: float = DEFAULT_TIMEOUT_SECONDS
+    ) -> None:
+        standard_webhooks_headers(secret, message_id="check", body=b"")  # fail fast on a bad one
+        self.name, self.url, self.secret, self.timeout = name, url, secret, timeout
+        self.client = KeepAliveClient(timeout)
+
+    def deliver(self, event: OutboxEvent, message: Message | None) -> int | None:
+        body = json.dumps(forward_document(event), separators=(",", ":")).encode()
+        headers = standard_webhooks_headers(self.secret, message_id=str(event.id), body=body)
+        return post_json(self.client, self.url, body, headers)
+
+    def close(self) -> None:
+        self.client.close()
+
+
+def forward_document(event: OutboxEvent) -> dict[str, Any]:
+    """The JSON an HTTP forward sends: Standard Webhooks' type/timestamp/data shape."""
+    return {
+        "type": event.event_type,
+        "timestamp": event.created_at.isoformat(),
+        "data": {
+            "event_id": str(event.id),
+            "source": event.source,
+            "aggregate_type": event.aggregate_type,
+            "aggregate_id": event.aggregate_id,
+            "occurred_at": _iso(event.occurred_at),
+            "payload": event.payload,
+        },
+    }
+
+
+def _iso(moment: Any) -> str | None:
+    if moment is None:
+        return None
+    return moment.isoformat() if isinstance(moment, datetime) else str(moment)

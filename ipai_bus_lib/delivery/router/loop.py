@@ -1,0 +1,188 @@
+"""The router's loop: claim a batch, plan it, deliver it, settle it while the next is claimed;
+wake on the outbox NOTIFY, poll only as a fallback, come back after the database does."""
+
+from __future__ import annotations
+
+import logging
+import select
+import threading
+import time
+from collections.abc import Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any
+
+from ...core.errors import DatabaseUnavailable
+from ...storage import outbox
+from ...storage.db import Database, connect
+from ...storage.outbox import OutboxEvent
+from ...storage.queries import load
+from ..destinations import Destination, TokenBucket
+from ..routes import RoutingTable
+from .config import FIRST_RECONNECT_SECONDS, RouterConfig
+from .delivering import Deliverer
+from .leases import LeaseKeeper
+from .planning import Attempt, Planner
+from .settling import Settler
+
+log = logging.getLogger("ipai_bus.router")
+SQL = load("router")
+
+
+class Router:
+    """A worker: ``run()`` until ``stop()``; ``run_once()`` handles one claimed batch."""
+
+    def __init__(
+        self,
+        config: RouterConfig,
+        database: Database,
+        routing: RoutingTable,
+        destinations: Mapping[str, Destination],
+        rate_limits: Mapping[str, TokenBucket] | None = None,
+    ) -> None:
+        self.config, self.database, self.routing = config, database, routing
+        self._stopping = threading.Event()
+        self.leases = LeaseKeeper(config, database, self._stopping)
+        self.planner = Planner(config, database, routing, destinations)
+        self.deliverer = Deliverer(config, database, destinations, rate_limits or {}, self._stopping)
+        self.settler = Settler(config, database, on_settled=self.leases.let_go)
+        # Settling a batch (ack, fail, attempts) runs on its own connection while the next batch
+        # is claimed: the database then works on two cores instead of one.
+        self._settle_pool = ThreadPoolExecutor(1, thread_name_prefix="settle")
+        self._settling: Future[None] | None = None
+
+    # --- the loop ---------------------------------------------------------------------------
+
+    def stop(self) -> None:
+        """Ask the loop to end: in-flight deliveries finish, unstarted ones are handed back."""
+        self._stopping.set()
+
+    def run(self) -> None:
+        """Deliver until stop() is called; survives the database going away and coming back."""
+        listener = None
+        self.leases.start()
+        backoff = FIRST_RECONNECT_SECONDS
+        try:
+            while not self._stopping.is_set():
+                try:
+                    if listener is None and self.config.listen:
+                        listener = self._listen()
+                    handled = self._run_pipelined()
+                    backoff = FIRST_RECONNECT_SECONDS
+                    if handled < self.config.batch_size or not self.config.drain:
+                        self._finish_settling()
+                        self._wait_for_work(listener)
+                except DatabaseUnavailable as exc:
+                    # Soon at first, so delivery resumes within a second or two of the
+                    # database's return; then less often, up to the poll interval.
+                    log.warning("router %s: %s; retrying in %.1f s", self.config.worker, exc, backoff)
+                    _close_quietly(listener)
+                    listener = None
+                    self._stopping.wait(backoff)
+                    backoff = min(backoff * 2, self.config.poll_seconds)
+                except Exception:  # noqa: BLE001 - the router outlives its own bugs
+                    # Whatever it was, the claimed events' leases run out and they come back
+                    # (and go dead once their attempts are spent): the others keep flowing.
+                    log.exception(
+                        "router %s: unexpected error; going on in %.0f s",
+                        self.config.worker,
+                        self.config.poll_seconds,
+                    )
+                    _close_quietly(listener)
+                    listener = None
+                    self._stopping.wait(self.config.poll_seconds)
+        finally:
+            _close_quietly(listener)
+            self._finish_settling(quietly=True)
+            self._settle_pool.shutdown(wait=True)
+            self.deliverer.close()
+
+    def _listen(self) -> Any:  # a psycopg2 connection in autocommit, LISTENing
+        listener = connect(self.database.dsn, application_name="ipai-bus router listener")
+        listener.autocommit = True
+        with listener.cursor() as cursor:
+            cursor.execute(SQL["listen"])
+        return listener
+
+    def _wait_for_work(self, listener: Any) -> None:
+        timeout = self.config.poll_seconds
+        if self.config.drain:  # wake for the next scheduled retry rather than the next poll
+            timeout = min(timeout, self._seconds_until_next_due())
+        if listener is None:
+            self._stopping.wait(timeout)
+            return
+        deadline = time.monotonic() + timeout
+        while not self._stopping.is_set():
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return
+            # Short slices, so a stop request is noticed within 0.2 s.
+            readable, _, _ = select.select([listener], [], [], min(remaining, 0.2))
+            if readable:
+                listener.poll()
+                if listener.notifies:
+                    listener.notifies.clear()
+                    return
+
+    def _seconds_until_next_due(self) -> float:
+        with self.database.autocommit() as cursor:
+            cursor.execute(SQL["seconds_until_next_due"])
+            seconds = cursor.fetchone()[0]
+        return self.config.poll_seconds if seconds is None else max(0.0, float(seconds))
+
+    # --- one batch ----------------------------------------------------------------------------
+
+    def run_once(self) -> int:
+        """Claim one batch, deliver it, settle it; returns how many events were claimed."""
+        events, attempts, unrouted = self._claim_and_deliver()
+        if events:
+            self.settler.settle(events, attempts, unrouted)
+        return len(events)
+
+    def _run_pipelined(self) -> int:
+        """As run_once, but the batch is settled in the background while the next is claimed."""
+        events, attempts, unrouted = self._claim_and_deliver()
+        try:
+            self._finish_settling()
+        finally:  # even when the previous batch could not be settled, this one is
+            if events:
+                self._settling = self._settle_pool.submit(
+                    self.settler.settle, events, attempts, unrouted
+                )
+        return len(events)
+
+    def _finish_settling(self, *, quietly: bool = False) -> None:
+        settling, self._settling = self._settling, None
+        if settling is None:
+            return
+        try:
+            settling.result()
+        except DatabaseUnavailable:
+            if not quietly:
+                raise  # the batch's leases run out and its events come back: nothing is lost
+
+    def _claim_and_deliver(self) -> tuple[list[OutboxEvent], list[Attempt], list[OutboxEvent]]:
+        with self.database.transaction() as cursor:
+            events = outbox.claim(
+                cursor,
+                worker=self.config.worker,
+                limit=self.config.batch_size,
+                lease_seconds=self.config.lease_seconds,
+            )
+        if not events:
+            return [], [], []
+        self.leases.hold(events)
+        try:
+            attempts, unrouted = self.planner.plan(events)
+            self.deliverer.deliver_all(attempts)
+        except BaseException:
+            self.leases.let_go(events)  # their leases run out and they come back
+            raise
+        return events, attempts, unrouted
+
+
+def _close_quietly(connection: Any) -> None:
+    if connection is not None:
+        try:
+            connection.close()
+        except Exception:  # noqa: BLE001 - closing a dead connection
+            pass

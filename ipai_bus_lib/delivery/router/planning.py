@@ -1,0 +1,112 @@
+"""Planning a claimed batch: which destinations each event goes to, with what message, and
+which events cannot be delivered at all (parked dead with the reason)."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from ...storage.db import Database, UnreadableValue
+from ...storage.outbox import OutboxEvent
+from ...storage.queries import load
+from ..destinations import Destination
+from ..formatters import Message, format_event
+from ..routes import Route, RoutingTable
+from .config import RouterConfig
+
+log = logging.getLogger("ipai_bus.router")
+SQL = load("router")
+POISON_HINT = "fix the data or the routes, then `ipai-bus retry` it (or purge it)"
+
+
+@dataclass
+class Attempt:
+    """One (event, destination) delivery try and how it ended."""
+
+    event: OutboxEvent
+    destination: str
+    outcome: str = "pending"  # delivered | failed | dead | deferred | not_started
+    http_status: int | None = None
+    error: str | None = None
+    duration_ms: float = 0.0
+    retry_at: float | None = None
+    message: Message | None = None
+
+
+class Planner:
+    """Turns claimed events into attempts, one per (event, destination) still to reach."""
+
+    def __init__(
+        self,
+        config: RouterConfig,
+        database: Database,
+        routing: RoutingTable,
+        destinations: Mapping[str, Destination],
+    ) -> None:
+        self.config, self.database, self.routing = config, database, routing
+        self.destinations = destinations
+
+    def plan(self, events: list[OutboxEvent]) -> tuple[list[Attempt], list[OutboxEvent]]:
+        routes = {event.id: self.routing.route_for(event.event_type) for event in events}
+        # A retried event, or one with several destinations (handed back part-way by a stopping
+        # router, its attempt given back), may have reached some destinations already.
+        done = self._already_delivered(
+            [
+                event.id
+                for event in events
+                if event.attempts > 1 or len(getattr(routes[event.id], "destinations", ())) > 1
+            ]
+        )
+        attempts: list[Attempt] = []
+        unrouted: list[OutboxEvent] = []
+        for event in events:
+            route = routes[event.id]
+            if route is None:
+                unrouted.append(event)
+                continue
+            try:
+                problem = unreadable_reason(event)
+                message = None if problem else self._message(event, route)
+            except Exception as exc:  # noqa: BLE001 - one event's data must not stop the batch
+                log.exception("router: event %s cannot be formatted", event.id)
+                problem = f"the router cannot format it ({type(exc).__name__}: {exc})"
+            if problem:
+                attempts.append(
+                    Attempt(event, "(router)", outcome="dead", error=f"{problem[:500]}; {POISON_HINT}")
+                )
+                continue
+            attempts += [
+                Attempt(event, name, message=message)
+                for name in route.destinations
+                if (event.id, name) not in done
+            ]
+        return attempts, unrouted
+
+    def _message(self, event: OutboxEvent, route: Route) -> Message | None:
+        if not any(self.destinations[name].needs_message for name in route.destinations):
+            return None
+        return format_event(
+            event.event_type,
+            event.payload,
+            formatter=route.formatter,
+            odoo_base_url=self.config.odoo_base_url,
+        )
+
+    def _already_delivered(self, event_ids: list[uuid.UUID]) -> set[tuple[uuid.UUID, str]]:
+        """(event, destination) pairs delivered on an earlier attempt: not sent twice."""
+        if not event_ids:
+            return set()
+        with self.database.autocommit() as cursor:
+            cursor.execute(SQL["delivered_pairs"], {"ids": event_ids})
+            return {(event_id, name) for event_id, name in cursor.fetchall()}
+
+
+def unreadable_reason(event: OutboxEvent) -> str | None:
+    """Why an event's stored data cannot be delivered (None when it can)."""
+    if isinstance(event.payload, UnreadableValue):
+        return f"its payload cannot be read ({event.payload.reason})"
+    if not isinstance(event.payload, dict):
+        return "its payload is not a JSON object"
+    return None

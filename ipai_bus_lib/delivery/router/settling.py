@@ -1,0 +1,203 @@
+"""Settling a batch: each event's fate from its attempts (acknowledged, retried, dead or handed
+back), written with every attempt in one transaction, event by event if that fails."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+from ...core.errors import DatabaseUnavailable
+from ...storage import outbox
+from ...storage.db import Database
+from ...storage.outbox import OutboxEvent
+from ...storage.queries import load
+from .config import LATEST_EPOCH_SECONDS, RouterConfig
+from .planning import POISON_HINT, Attempt
+
+log = logging.getLogger("ipai_bus.router")
+SQL = load("router")
+
+
+@dataclass
+class Verdict:
+    """What one claimed event comes to after its attempts."""
+
+    acked: list[uuid.UUID] = field(default_factory=list)
+    failed: list[tuple[OutboxEvent, str, float | None]] = field(default_factory=list)
+    dead: list[tuple[OutboxEvent, str]] = field(default_factory=list)
+    released: list[tuple[uuid.UUID, float | None]] = field(default_factory=list)
+
+    def only(self, event_id: uuid.UUID) -> Verdict:
+        """The part of this verdict about one event."""
+        return Verdict(
+            acked=[i for i in self.acked if i == event_id],
+            failed=[f for f in self.failed if f[0].id == event_id],
+            dead=[d for d in self.dead if d[0].id == event_id],
+            released=[r for r in self.released if r[0] == event_id],
+        )
+
+
+class Settler:
+    """Writes verdicts; tells ``on_settled`` which events it is done with, whatever happened."""
+
+    def __init__(
+        self, config: RouterConfig, database: Database, on_settled: Callable[[list[OutboxEvent]], None]
+    ) -> None:
+        self.config, self.database, self.on_settled = config, database, on_settled
+
+    def settle(
+        self, events: list[OutboxEvent], attempts: list[Attempt], unrouted: list[OutboxEvent]
+    ) -> None:
+        verdict = judge(events, attempts)
+        for event in unrouted:
+            verdict.dead.append(
+                (
+                    event,
+                    f"no route matches event type {event.event_type}; add "
+                    "one to the routes file, then `ipai-bus retry`",
+                )
+            )
+        recorded = [a for a in attempts if a.outcome != "not_started"]
+        try:
+            self._write_verdict(verdict, recorded, unrouted)
+        except DatabaseUnavailable:
+            raise  # the leases run out and the events come back: nothing is lost
+        except Exception:  # noqa: BLE001 - one event's outcome must not stop the others'
+            log.exception(
+                "router %s: settling a batch failed; settling its events one by one", self.config.worker
+            )
+            self._settle_one_by_one(events, verdict, recorded, unrouted)
+        finally:
+            self.on_settled(events)
+
+    def _settle_one_by_one(
+        self,
+        events: list[OutboxEvent],
+        verdict: Verdict,
+        recorded: list[Attempt],
+        unrouted: list[OutboxEvent],
+    ) -> None:
+        for event in events:
+            try:
+                self._write_verdict(
+                    verdict.only(event.id),
+                    [a for a in recorded if a.event.id == event.id],
+                    [e for e in unrouted if e.id == event.id],
+                )
+            except DatabaseUnavailable:
+                raise
+            except Exception as exc:  # noqa: BLE001
+                log.exception("router: the outcome of event %s cannot be recorded", event.id)
+                with self.database.transaction() as cursor:
+                    outbox.fail(
+                        cursor,
+                        event.id,
+                        worker=self.config.worker,
+                        give_up=True,
+                        error=f"the router could not record its outcome "
+                        f"({type(exc).__name__}: {str(exc)[:300]}); {POISON_HINT}",
+                    )
+
+    def _write_verdict(
+        self, verdict: Verdict, recorded: list[Attempt], unrouted: list[OutboxEvent]
+    ) -> None:
+        with self.database.transaction() as cursor:
+            if verdict.acked:
+                outbox.ack(cursor, verdict.acked, worker=self.config.worker)
+            for event, error, retry_at in verdict.failed:
+                outbox.fail(
+                    cursor,
+                    event.id,
+                    worker=self.config.worker,
+                    error=error,
+                    retry_delays=self.config.retry_delays,
+                    retry_at=moment(retry_at),
+                )
+            for event, error in verdict.dead:
+                outbox.fail(cursor, event.id, worker=self.config.worker, error=error, give_up=True)
+            for available_at, ids in _group_releases(verdict.released).items():
+                outbox.release(cursor, ids, worker=self.config.worker, available_at=moment(available_at))
+            record_attempts(cursor, self.config.worker, recorded, unrouted)
+
+
+def judge(events: list[OutboxEvent], attempts: list[Attempt]) -> Verdict:
+    """Each event's fate from its attempts: all delivered → ack; any dead → dead; any failed →
+    retry (at the latest Retry-After); otherwise deferred or not started → handed back."""
+    verdict = Verdict()
+    by_event: dict[uuid.UUID, list[Attempt]] = {event.id: [] for event in events}
+    for attempt in attempts:
+        by_event[attempt.event.id].append(attempt)
+    for event in events:
+        mine = by_event[event.id]
+        if not mine:
+            continue  # unrouted, handled by the caller
+        outcomes = {attempt.outcome for attempt in mine}
+        errors = "; ".join(f"{a.destination}: {a.error}" for a in mine if a.error)
+        if outcomes == {"delivered"}:
+            verdict.acked.append(event.id)
+        elif "dead" in outcomes:
+            verdict.dead.append((event, errors))
+        elif "failed" in outcomes:
+            retry_ats = [a.retry_at for a in mine if a.retry_at is not None]
+            verdict.failed.append((event, errors, max(retry_ats) if retry_ats else None))
+        else:
+            retry_ats = [a.retry_at for a in mine if a.retry_at is not None]
+            verdict.released.append((event.id, max(retry_ats) if retry_ats else None))
+    return verdict
+
+
+def record_attempts(
+    cursor: Any, worker: str, attempts: Iterable[Attempt], unrouted: Iterable[OutboxEvent]
+) -> None:
+    """Write the batch's attempts in one call."""
+    rows = [
+        (a.event.id, a.event.attempts, a.destination, a.outcome, a.http_status, a.error, a.duration_ms)
+        for a in attempts
+    ]
+    rows += [
+        (
+            event.id,
+            event.attempts,
+            "(none)",
+            "unrouted",
+            None,
+            f"no route matches event type {event.event_type}",
+            0.0,
+        )
+        for event in unrouted
+    ]
+    if not rows:
+        return
+    columns = list(zip(*rows))
+    cursor.execute(
+        SQL["record_delivery_attempts"],
+        {
+            "worker": worker,
+            "ids": list(columns[0]),
+            "attempts": list(columns[1]),
+            "destinations": list(columns[2]),
+            "outcomes": list(columns[3]),
+            "statuses": list(columns[4]),
+            "errors": list(columns[5]),
+            "durations": list(columns[6]),
+        },
+    )
+
+
+def _group_releases(
+    released: list[tuple[uuid.UUID, float | None]],
+) -> dict[float | None, list[uuid.UUID]]:
+    groups: dict[float | None, list[uuid.UUID]] = {}
+    for event_id, available_at in released:
+        groups.setdefault(available_at, []).append(event_id)
+    return groups
+
+
+def moment(epoch_seconds: float | None) -> datetime | None:
+    if epoch_seconds is None:
+        return None
+    return datetime.fromtimestamp(min(max(epoch_seconds, 0.0), LATEST_EPOCH_SECONDS), timezone.utc)

@@ -1,0 +1,187 @@
+"""Routing: which formatter and which destinations each event type goes to.
+
+Routes come from a TOML file (IPAI_ROUTES_FILE) or, without one, from the built-in default that
+mirrors the seed's n8n router: expense.*, asset.* and finance_task.* each to their own formatter,
+delivered to Mattermost when MATTERMOST_WEBHOOK_URL is set, else to the console. The first route
+whose pattern matches wins. Secrets are never in the file: it names environment variables.
+
+    [destinations.finance]
+    type = "mattermost"            # mattermost | email | http | console | noop
+    url_env = "MATTERMOST_WEBHOOK_URL"
+    channel = "finance-ops"        # optional
+    rate_per_second = 10           # optional token bucket
+    burst = 100
+
+    [[routes]]
+    match = "expense.*"            # exact name, prefix.*, or *
+    formatter = "expense"          # optional: chosen from the event's domain
+    destinations = ["finance"]
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..core.catalog import DOMAINS, EVENT_TYPE_PATTERN
+from ..core.errors import ConfigurationError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10
+    import tomli as tomllib
+
+DESTINATION_TYPES = ("mattermost", "email", "http", "console", "noop")
+FORMATTERS = ("expense", "asset", "finance_task", "generic", "auto")
+
+
+@dataclass(frozen=True)
+class DestinationSpec:
+    """One named destination: its type and options (secrets by environment variable name)."""
+
+    name: str
+    type: str
+    options: Mapping[str, Any] = field(default_factory=dict)
+    rate_per_second: float | None = None
+    burst: int = 1
+
+
+@dataclass(frozen=True)
+class Route:
+    """Events whose type matches ``pattern`` go through ``formatter`` to ``destinations``."""
+
+    pattern: str
+    destinations: tuple[str, ...]
+    formatter: str = "auto"
+
+    def matches(self, event_type: str) -> bool:
+        if self.pattern == "*":
+            return True
+        if self.pattern.endswith(".*"):
+            return event_type.startswith(self.pattern[:-1])
+        return event_type == self.pattern
+
+
+@dataclass(frozen=True)
+class RoutingTable:
+    """The routes in order and the destinations they name."""
+
+    routes: tuple[Route, ...]
+    destinations: Mapping[str, DestinationSpec]
+
+    def route_for(self, event_type: str) -> Route | None:
+        """The first route matching ``event_type``, or None (the event is then unrouted)."""
+        return next((route for route in self.routes if route.matches(event_type)), None)
+
+
+def default_routing(env: Mapping[str, str]) -> RoutingTable:
+    """The seed's routing: a route per catalog domain, to Mattermost (or the console without a
+    URL), then everything else."""
+    if env.get("MATTERMOST_WEBHOOK_URL"):
+        target = DestinationSpec("mattermost", "mattermost", {"url_env": "MATTERMOST_WEBHOOK_URL"})
+    else:
+        target = DestinationSpec("console", "console")
+    routes = tuple(Route(f"{domain.name}.*", (target.name,), domain.name) for domain in DOMAINS)
+    return RoutingTable(routes + (Route("*", (target.name,), "generic"),), {target.name: target})
+
+
+def load_routing(path: str | Path | None, env: Mapping[str, str]) -> RoutingTable:
+    """The routes file at ``path``, or the default routing when ``path`` is None.
+
+    Raises ConfigurationError naming the file and the entry that is wrong.
+    """
+    if path is None:
+        return default_routing(env)
+    try:
+        document = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigurationError(
+            f"routes file {path}: {exc.strerror}", setting="IPAI_ROUTES_FILE"
+        ) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigurationError(
+            f"routes file {path}: not valid TOML: {exc}", setting="IPAI_ROUTES_FILE"
+        ) from None
+    return parse_routing(document, env, origin=str(path))
+
+
+def parse_routing(
+    document: Mapping[str, Any], env: Mapping[str, str], *, origin: str = "routes"
+) -> RoutingTable:
+    """Validate a decoded routes document; raises ConfigurationError on the first problem."""
+    destinations = {
+        name: _destination(name, spec, env, origin)
+        for name, spec in _table(document.get("destinations", {}), origin, "[destinations]").items()
+    }
+    raw_routes = document.get("routes", [])
+    if not isinstance(raw_routes, list) or not raw_routes:
+        raise _problem(origin, "needs at least one [[routes]] entry")
+    routes = tuple(
+        _route(index, raw, destinations, origin) for index, raw in enumerate(raw_routes, start=1)
+    )
+    return RoutingTable(routes, destinations)
+
+
+def _table(value: Any, origin: str, where: str) -> Mapping[str, Any]:
+    if not isinstance(value, dict):
+        raise _problem(origin, f"{where} must be a table")
+    return value
+
+
+def _destination(name: str, raw: Any, env: Mapping[str, str], origin: str) -> DestinationSpec:
+    spec = dict(_table(raw, origin, f"[destinations.{name}]"))
+    kind = spec.pop("type", None)
+    if kind not in DESTINATION_TYPES:
+        raise _problem(
+            origin,
+            f"[destinations.{name}] type must be one of {', '.join(DESTINATION_TYPES)}; got {kind!r}",
+        )
+    for key, value in spec.items():
+        if key.endswith("_env") and not env.get(str(value)):
+            raise _problem(
+                origin, f"[destinations.{name}] {key} names {value}, which is not set in the environment"
+            )
+    rate = spec.pop("rate_per_second", None)
+    burst = spec.pop("burst", 1 if rate is None else max(1, int(rate)))
+    if rate is not None and (not isinstance(rate, (int, float)) or rate <= 0):
+        raise _problem(origin, f"[destinations.{name}] rate_per_second must be a positive number")
+    if not isinstance(burst, int) or burst < 1:
+        raise _problem(origin, f"[destinations.{name}] burst must be a whole number >= 1")
+    return DestinationSpec(name, kind, spec, float(rate) if rate else None, burst)
+
+
+def _route(index: int, raw: Any, destinations: Mapping[str, DestinationSpec], origin: str) -> Route:
+    entry = _table(raw, origin, f"route #{index}")
+    pattern = entry.get("match")
+    if not isinstance(pattern, str) or not _valid_pattern(pattern):
+        raise _problem(
+            origin, f"route #{index}: match must be an event type, a prefix.* or *; got {pattern!r}"
+        )
+    names = entry.get("destinations")
+    if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
+        raise _problem(
+            origin, f"route #{index} ({pattern}): destinations must be a non-empty list of names"
+        )
+    unknown = [name for name in names if name not in destinations]
+    if unknown:
+        raise _problem(origin, f"route #{index} ({pattern}): no destination named {', '.join(unknown)}")
+    formatter = entry.get("formatter", "auto")
+    if formatter not in FORMATTERS:
+        raise _problem(
+            origin, f"route #{index} ({pattern}): formatter must be one of {', '.join(FORMATTERS)}"
+        )
+    return Route(pattern, tuple(names), formatter)
+
+
+def _valid_pattern(pattern: str) -> bool:
+    if pattern == "*":
+        return True
+    stem = pattern[:-2] if pattern.endswith(".*") else pattern
+    return bool(EVENT_TYPE_PATTERN.fullmatch(stem))
+
+
+def _problem(origin: str, message: str) -> ConfigurationError:
+    return ConfigurationError(f"routes file {origin}: {message}", setting="IPAI_ROUTES_FILE")

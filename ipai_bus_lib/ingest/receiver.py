@@ -1,0 +1,306 @@
+"""The receiver: a WSGI application that verifies signed Odoo events and stores them durably.
+
+Serves ``POST /functions/v1/odoo-webhook`` (the Edge Function's path), ``GET /healthz`` and
+``GET /metrics``. Checks run in the wire contract's order and stop at the first failure; only a
+request that passes all of them reaches the database, where one transaction writes the outbox row
+and its event_log copy.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+import math
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from ..core import catalog, signing
+from ..core.errors import (
+    DatabaseUnavailable,
+    EnvelopeError,
+    InvalidArgument,
+    ReplayedSignature,
+    SignatureError,
+)
+from ..storage import outbox
+from ..storage.db import Database
+from ..storage.queries import load
+from .metrics import ReceiverMetrics
+
+WEBHOOK_PATH = "/functions/v1/odoo-webhook"
+HEALTH_PATH = "/healthz"
+SQL = load("receiver")
+MAX_BODY_BYTES = 256 * 1024
+_READ_CHUNK = 64 * 1024
+_QUICK_FAILURE_SECONDS = 0.25
+
+log = logging.getLogger("ipai_bus.receiver")
+
+StartResponse = Callable[..., Any]
+
+
+@dataclass(frozen=True)
+class ReceiverConfig:
+    """What the receiver needs to know besides its database."""
+
+    secrets: tuple[str, ...]
+    max_body_bytes: int = MAX_BODY_BYTES
+    tolerance_seconds: int = signing.TOLERANCE_SECONDS
+    max_attempts: int = outbox.DEFAULT_MAX_ATTEMPTS
+    # When set, GET /metrics asks for ``Authorization: Bearer <token>``.
+    metrics_token: str | None = None
+
+
+class Refusal(Exception):
+    """A request the contract answers with an error status; carries the status and the reason."""
+
+    def __init__(self, status: int, error: str, outcome: str) -> None:
+        super().__init__(error)
+        self.status = status
+        self.error = error
+        self.outcome = outcome
+
+
+@dataclass(frozen=True)
+class Accepted:
+    """What a stored (or duplicate) event answers."""
+
+    event_id: str
+    event_type: str
+    duplicate: bool
+
+
+_REASONS = {
+    200: "OK",
+    400: "Bad Request",
+    401: "Unauthorized",
+    404: "Not Found",
+    405: "Method Not Allowed",
+    413: "Content Too Large",
+    415: "Unsupported Media Type",
+    500: "Internal Server Error",
+    503: "Service Unavailable",
+}
+
+
+class Receiver:
+    """The WSGI application. Thread-safe: one instance serves every request of a process."""
+
+    def __init__(
+        self, config: ReceiverConfig, database: Database, metrics: ReceiverMetrics | None = None
+    ) -> None:
+        if not config.secrets:
+            raise ValueError("the receiver needs at least one webhook secret")
+        self.config = config
+        self.database = database
+        self.metrics = metrics or ReceiverMetrics(database)
+
+    def __call__(self, environ: Mapping[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+        path = environ.get("PATH_INFO", "")
+        if path == WEBHOOK_PATH:
+            return self._webhook(environ, start_response)
+        if path == HEALTH_PATH and environ.get("REQUEST_METHOD") in ("GET", "HEAD"):
+            return self._healthz(start_response)
+        if path == "/metrics" and environ.get("REQUEST_METHOD") == "GET":
+            if not self._metrics_allowed(environ):
+                return _json(
+                    start_response,
+                    401,
+                    {"ok": False, "error": "metrics need the bearer token (IPAI_METRICS_TOKEN)"},
+                    [("WWW-Authenticate", "Bearer")],
+                )
+            body, content_type = self.metrics.render()
+            return _respond(start_response, 200, body, content_type)
+        return _json(start_response, 404, {"ok": False, "error": "not found"})
+
+    def _metrics_allowed(self, environ: Mapping[str, Any]) -> bool:
+        token = self.config.metrics_token
+        if not token:
+            return True
+        offered = str(environ.get("HTTP_AUTHORIZATION", ""))
+        return hmac.compare_digest(offered.encode(), f"Bearer {token}".encode())
+
+    # --- the webhook ------------------------------------------------------------------------
+
+    def _webhook(self, environ: Mapping[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+        started = time.perf_counter()
+        try:
+            accepted = self._accept(environ)
+        except Refusal as refusal:
+            self._finish(refusal.outcome, refusal.status, started, None)
+            headers = [("Allow", "POST")] if refusal.status == 405 else []
+            return _json(start_response, refusal.status, {"ok": False, "error": refusal.error}, headers)
+        except Exception:  # noqa: BLE001 - an answer, never a traceback page
+            log.exception("receiver: unexpected error")
+            self._finish("error", 500, started, None)
+            return _json(start_response, 500, {"ok": False, "error": "internal error"})
+        outcome = "duplicate" if accepted.duplicate else "stored"
+        self._finish(outcome, 200, started, accepted)
+        return _json(
+            start_response,
+            200,
+            {"ok": True, "event_id": accepted.event_id, "duplicate": accepted.duplicate},
+        )
+
+    def _accept(self, environ: Mapping[str, Any]) -> Accepted:
+        _check_method_and_type(environ)
+        _check_single_headers(environ)
+        body = _read_body(environ, self.config.max_body_bytes)
+        headers = _signature_headers(environ)
+        try:
+            verified = signing.verify(
+                self.config.secrets, body, headers, tolerance_seconds=self.config.tolerance_seconds
+            )
+        except SignatureError as exc:
+            raise Refusal(401, str(exc), "unauthorized") from None
+        envelope = _parse_body(body)
+        try:
+            key = catalog.check_idempotency_key(environ.get("HTTP_X_IDEMPOTENCY_KEY"))
+        except EnvelopeError as exc:
+            raise Refusal(400, str(exc), "bad_request") from None
+        return self._store(envelope, key, verified.fingerprint)
+
+    def _store(self, envelope: catalog.Envelope, key: str, fingerprint: str) -> Accepted:
+        # Storing is idempotent on the key, so a retry after a dropped connection is safe: at
+        # worst the second try answers "duplicate" for the row the first one committed. Only a
+        # quick failure (a pooled connection the server closed) is retried: a slow one means
+        # the database is not answering, and the sender is told so at once.
+        started = time.monotonic()
+        for attempt in (1, 2):
+            try:
+                with self.database.autocommit() as cursor:
+                    result = outbox.record_event(
+                        cursor,
+                        envelope,
+                        idempotency_key=key,
+                        signature_digest=fingerprint,
+                        max_attempts=self.config.max_attempts,
+                    )
+                return Accepted(str(result.event_id), envelope.event_type, result.duplicate)
+            except ReplayedSignature as exc:
+                raise Refusal(401, str(exc), "replayed") from None
+            except InvalidArgument as exc:  # a value the envelope checks let through
+                raise Refusal(400, str(exc), "bad_request") from None
+            except DatabaseUnavailable:
+                if attempt == 2 or time.monotonic() - started > _QUICK_FAILURE_SECONDS:
+                    raise Refusal(503, "database unavailable, retry later", "unavailable") from None
+        raise AssertionError("unreachable")
+
+    def _finish(self, outcome: str, status: int, started: float, accepted: Accepted | None) -> None:
+        elapsed = time.perf_counter() - started
+        self.metrics.observe(outcome, elapsed)
+        fields: dict[str, Any] = {
+            "outcome": outcome,
+            "status": status,
+            "latency_ms": round(elapsed * 1000, 2),
+        }
+        if accepted is not None:
+            fields.update(event_id=accepted.event_id, event_type=accepted.event_type)
+        log.info(json.dumps(fields))
+
+    # --- health -----------------------------------------------------------------------------
+
+    def _healthz(self, start_response: StartResponse) -> Iterable[bytes]:
+        try:
+            with self.database.autocommit() as cursor:
+                cursor.execute(SQL["health_check"])
+        except DatabaseUnavailable:
+            return _json(start_response, 503, {"ok": False, "error": "database unavailable"})
+        return _json(start_response, 200, {"ok": True})
+
+
+def _check_method_and_type(environ: Mapping[str, Any]) -> None:
+    if environ.get("REQUEST_METHOD") != "POST":
+        raise Refusal(405, "method not allowed: use POST", "method_not_allowed")
+    media_type = environ.get("CONTENT_TYPE", "").split(";")[0].strip().lower()
+    if media_type != "application/json":
+        raise Refusal(415, "content type must be application/json", "unsupported_media_type")
+
+
+def _check_single_headers(environ: Mapping[str, Any]) -> None:
+    """The HTTP front lists headers that came more than once; these must come once."""
+    repeated = sorted(environ.get("ipai.repeated_headers") or ())
+    if repeated:
+        raise Refusal(400, f"{repeated[0]} header must be sent once", "bad_request")
+
+
+def _read_body(environ: Mapping[str, Any], limit: int) -> bytes:
+    """The raw body, refused with 413 from Content-Length alone when it announces too much."""
+    declared = environ.get("CONTENT_LENGTH") or ""
+    stream = environ["wsgi.input"]
+    if declared:
+        if not declared.isdigit():
+            raise Refusal(400, "invalid Content-Length", "bad_request")
+        if int(declared) > limit:
+            raise Refusal(413, f"body larger than {limit} bytes", "too_large")
+        return bytes(stream.read(int(declared)))
+    chunks, size = [], 0
+    while size <= limit:  # no length given (chunked): read no more than one byte past the limit
+        chunk = stream.read(min(_READ_CHUNK, limit + 1 - size))
+        if not chunk:
+            break
+        chunks.append(chunk)
+        size += len(chunk)
+    if size > limit:
+        raise Refusal(413, f"body larger than {limit} bytes", "too_large")
+    return b"".join(chunks)
+
+
+def _signature_headers(environ: Mapping[str, Any]) -> dict[str, str]:
+    names = {
+        signing.TIMESTAMP_HEADER: "HTTP_X_IPAI_TIMESTAMP",
+        signing.SIGNATURE_HEADER: "HTTP_X_IPAI_SIGNATURE",
+    }
+    return {header: environ[key] for header, key in names.items() if key in environ}
+
+
+def _reject_constant(name: str) -> float:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError("number out of range")
+    return value
+
+
+def _parse_body(body: bytes) -> catalog.Envelope:
+    try:
+        document = json.loads(
+            body.decode("utf-8"), parse_constant=_reject_constant, parse_float=_finite_float
+        )
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        raise Refusal(400, "body is not valid UTF-8 JSON", "bad_request") from None
+    try:
+        return catalog.parse_envelope(document)
+    except EnvelopeError as exc:
+        raise Refusal(400, str(exc), "bad_request") from None
+    except RecursionError:
+        raise Refusal(400, "payload nested too deeply", "bad_request") from None
+
+
+def _json(
+    start_response: StartResponse,
+    status: int,
+    document: Mapping[str, Any],
+    headers: list[tuple[str, str]] | None = None,
+) -> Iterable[bytes]:
+    return _respond(start_response, status, json.dumps(document).encode(), "application/json", headers)
+
+
+def _respond(
+    start_response: StartResponse,
+    status: int,
+    body: bytes,
+    content_type: str,
+    headers: list[tuple[str, str]] | None = None,
+) -> Iterable[bytes]:
+    start_response(
+        f"{status} {_REASONS.get(status, '')}".strip(),
+        [("Content-Type", content_type), ("Content-Length", str(len(body))), *(headers or [])],
+    )
+    return [body]

@@ -1,0 +1,109 @@
+"""Serving the receiver with gunicorn: worker processes, each an asyncio HTTP front with a few
+threads for the application and one connection pool (see http_worker)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import sys
+import tempfile
+from dataclasses import dataclass
+from typing import Any
+
+from gunicorn.app.base import BaseApplication
+
+from ..core.settings import DEFAULTS
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """Where and how wide the receiver listens."""
+
+    host: str = DEFAULTS["receiver_host"]
+    port: int = DEFAULTS["receiver_port"]
+    workers: int = DEFAULTS["receiver_workers"]
+    threads: int = DEFAULTS["receiver_threads"]
+    # Each request's database work, connecting included, ends within this: past it the sender
+    # is answered 503 and retries later.
+    database_deadline_seconds: float = 1.5
+    max_attempts: int = DEFAULTS["max_attempts"]
+    metrics_token: str | None = None
+
+
+def configure_request_log() -> None:
+    """One JSON line per request on stderr (the receiver writes the JSON itself)."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    logger = logging.getLogger("ipai_bus")
+    logger.handlers[:] = [handler]
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+
+
+class _ReceiverApplication(BaseApplication):  # type: ignore[misc]
+    def __init__(self, config: ServerConfig, database_url: str, secrets: tuple[str, ...]) -> None:
+        self._config = config
+        self._database_url = database_url
+        self._secrets = secrets
+        super().__init__()
+
+    def load_config(self) -> None:
+        config = self._config
+        for name, value in {
+            "bind": f"{config.host}:{config.port}",
+            "workers": config.workers,
+            "threads": config.threads,
+            "worker_class": "ipai_bus_lib.ingest.http_worker.AsyncReceiverWorker",
+            "backlog": 2048,
+            "timeout": 60,
+            "graceful_timeout": 20,
+            "accesslog": None,
+            "proc_name": "ipai-bus-receiver",
+            "child_exit": _forget_worker_metrics,
+        }.items():
+            self.cfg.set(name, value)
+        if "control_socket_disable" in self.cfg.settings:  # gunicorn >= 26: no control socket
+            self.cfg.set("control_socket_disable", True)
+
+    def load(self) -> Any:
+        # Runs in each worker after the fork: each gets its own pool.
+        from ..storage.db import Database
+        from .metrics import ReceiverMetrics
+        from .receiver import Receiver, ReceiverConfig
+
+        configure_request_log()
+        config = self._config
+        database = Database(
+            self._database_url,
+            max_size=config.threads,
+            connect_timeout=2,
+            application_name="ipai-bus receiver",
+            deadline_seconds=config.database_deadline_seconds,
+        )
+        return Receiver(
+            ReceiverConfig(
+                secrets=self._secrets,
+                max_attempts=config.max_attempts,
+                metrics_token=config.metrics_token,
+            ),
+            database,
+            ReceiverMetrics(database, multiprocess=True),
+        )
+
+
+def _forget_worker_metrics(server: Any, worker: Any) -> None:
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid)
+
+
+def serve(config: ServerConfig, *, database_url: str, secrets: tuple[str, ...]) -> None:
+    """Run the receiver until SIGTERM/SIGINT (gunicorn finishes in-flight requests first)."""
+    metrics_dir = tempfile.mkdtemp(prefix="ipai-bus-metrics-")
+    # prometheus_client reads this when first imported, which must happen after it is set.
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
+    try:
+        _ReceiverApplication(config, database_url, secrets).run()
+    finally:
+        shutil.rmtree(metrics_dir, ignore_errors=True)

@@ -1,0 +1,315 @@
+"""The ``ipai-bus`` command line: one subcommand per operator task, one clear line on error."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from .. import __version__
+from ..core.errors import ConfigurationError, DatabaseUnavailable, IpaiBusError
+from ..core.settings import Settings
+from ..storage.database_location import database_url, embedded_cluster, running_database_url
+from .operator_cli import add_operator_commands
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+EXIT_UNAVAILABLE = 3
+
+if TYPE_CHECKING:  # the server extra: imported when a command needs it
+    from ..delivery.router import Router
+    from .stack import Stack
+
+
+def cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:
+    from ..storage.migrator import migrate
+
+    applied = migrate(database_url(settings))
+    print(
+        f"applied {len(applied)} migration(s): {', '.join(applied)}"
+        if applied
+        else "database is up to date"
+    )
+    return EXIT_OK
+
+
+def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
+    from ..ingest.server import ServerConfig, serve
+
+    if not settings.webhook_secrets:
+        raise ConfigurationError(
+            "no webhook secret: set IPAI_WEBHOOK_SECRET (or IPAI_WEBHOOK_SECRET_FILE);"
+            " `ipai-bus secret new` makes one",
+            setting="IPAI_WEBHOOK_SECRET",
+        )
+    url = settings.receiver_database_url or database_url(settings)
+    config = ServerConfig(
+        host=args.host or settings.receiver_host,
+        port=args.port or settings.receiver_port,
+        workers=args.workers or settings.receiver_workers,
+        threads=args.threads or settings.receiver_threads,
+        max_attempts=settings.max_attempts,
+        metrics_token=settings.metrics_token,
+    )
+    serve(config, database_url=url, secrets=settings.webhook_secrets)
+    return EXIT_OK
+
+
+def make_router(settings: Settings, url: str, *, worker: str | None = None) -> Router:
+    """A router wired from the settings: routes file (or the default), destinations, limits."""
+    from ..delivery.destinations import SmtpDefaults, TokenBucket, build_destination
+    from ..delivery.router import ROUTER_SESSION_SETTINGS, Router, RouterConfig
+    from ..delivery.routes import load_routing
+    from ..storage.db import Database
+
+    routing = load_routing(settings.routes_file, settings.environment)
+    smtp = SmtpDefaults(
+        host=settings.smtp_host,
+        port=settings.smtp_port,
+        security=settings.smtp_security,
+        username=settings.smtp_username,
+        password=settings.smtp_password,
+        sender=settings.smtp_from,
+    )
+    destinations = {
+        name: build_destination(
+            spec, settings.environment, smtp=smtp, timeout=settings.delivery_timeout_seconds
+        )
+        for name, spec in routing.destinations.items()
+    }
+    limits = {
+        name: TokenBucket(spec.rate_per_second, spec.burst)
+        for name, spec in routing.destinations.items()
+        if spec.rate_per_second
+    }
+    config = RouterConfig(
+        batch_size=settings.router_batch_size,
+        lease_seconds=settings.router_lease_seconds,
+        poll_seconds=settings.router_poll_seconds,
+        concurrency=settings.router_concurrency,
+        listen=settings.router_listen,
+        retry_delays=settings.retry_delays,
+        breaker_threshold=settings.breaker_threshold,
+        breaker_cooldown_seconds=settings.breaker_cooldown_seconds,
+        odoo_base_url=settings.odoo_base_url,
+    )
+    if worker:
+        config = replace(config, worker=worker)
+    database = Database(
+        url,
+        max_size=4,
+        application_name="ipai-bus router",
+        settings=ROUTER_SESSION_SETTINGS,
+        deadline_seconds=settings.router_lease_seconds,
+    )
+    return Router(config, database, routing, destinations, limits)
+
+
+def cmd_route(args: argparse.Namespace, settings: Settings) -> int:
+    import logging
+    import signal
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    router = make_router(settings, database_url(settings), worker=args.worker)
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: router.stop())
+    print(
+        f"router {router.config.worker}: batch {router.config.batch_size}, "
+        f"{'LISTEN + ' if router.config.listen else ''}poll every "
+        f"{router.config.poll_seconds:g} s",
+        file=sys.stderr,
+        flush=True,
+    )
+    router.run()
+    return EXIT_OK
+
+
+def cmd_db(args: argparse.Namespace, settings: Settings) -> int:
+    if settings.database_url and args.action != "url":
+        raise ConfigurationError(
+            "DATABASE_URL is set: the embedded PostgreSQL is not in use", setting="DATABASE_URL"
+        )
+    if args.action == "stop":
+        embedded_cluster(settings).stop()
+        print("embedded PostgreSQL stopped")
+        return EXIT_OK
+    url = database_url(settings)
+    print(url if args.action == "url" else "embedded PostgreSQL running")
+    return EXIT_OK
+
+
+def cmd_secret_new(args: argparse.Namespace, settings: Settings) -> int:
+    from ..core.secret_files import new_webhook_secret, write_private_file
+
+    secret = new_webhook_secret()
+    if args.output:
+        try:
+            write_private_file(Path(args.output), secret + "\n", exclusive=not args.force)
+        except FileExistsError:
+            raise ConfigurationError(f"{args.output} exists; pass --force to replace it") from None
+        print(f"new secret written to {args.output} (mode 0600)")
+    else:
+        print(secret)
+    return EXIT_OK
+
+
+def cmd_up(args: argparse.Namespace, settings: Settings) -> int:
+    import signal
+    import threading
+
+    from .stack import Stack, require_free_port
+
+    require_free_port(settings)
+    stopping = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stopping.set())
+    print("ipai-bus: starting…", file=sys.stderr, flush=True)
+    with Stack(settings) as stack:
+        print(describe_stack(stack), flush=True)
+        while not stopping.wait(0.5):
+            assert stack.supervisor is not None
+            stack.supervisor.check()
+        print("ipai-bus: stopping…", file=sys.stderr, flush=True)
+    print("ipai-bus: stopped", file=sys.stderr)
+    return EXIT_OK
+
+
+def describe_stack(stack: Stack) -> str:
+    from ..core.secret_files import masked
+
+    settings = stack.settings
+    where = f"from {stack.secret_file} (mode 0600)" if stack.secret_file else "from IPAI_WEBHOOK_SECRET"
+    database = (
+        "DATABASE_URL"
+        if settings.database_url
+        else f"embedded PostgreSQL in {embedded_cluster(settings).data_dir}"
+    )
+    routes = settings.routes_file or (
+        "default routes → Mattermost" if settings.mattermost_webhook_url else "default routes → console"
+    )
+    return (
+        f"ipai-bus is up (Ctrl-C stops it)\n"
+        f"  webhook URL  {stack.webhook_url}\n"
+        f"  secret       {masked(stack.secret())} {where}\n"
+        f"  database     {database}\n"
+        f"  routing      {routes}\n"
+        f"  status       ipai-bus status"
+    )
+
+
+def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
+    from .demo import run_demo
+
+    return run_demo(settings, timeout=args.timeout)
+
+
+def cmd_send(args: argparse.Namespace, settings: Settings) -> int:
+    from ..ingest.sender import send_from_arguments
+
+    return send_from_arguments(args, settings)
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"want a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"want at least 1, got {value}")
+    return value
+
+
+def _port(text: str) -> int:
+    value = _positive(text)
+    if value > 65535:
+        raise argparse.ArgumentTypeError(f"a port is at most 65535, got {value}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ipai-bus",
+        description="IPAI integration bus: receive signed Odoo events, store them, route them.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    migrate = commands.add_parser("migrate", help="apply the database migrations (idempotent)")
+    migrate.set_defaults(handler=cmd_migrate)
+
+    serve = commands.add_parser("serve", help="run the receiver (the webhook endpoint)")
+    serve.add_argument("--host", help="address to listen on (default IPAI_RECEIVER_HOST or 127.0.0.1)")
+    serve.add_argument("--port", type=_port, help="port (default IPAI_RECEIVER_PORT or 8787)")
+    serve.add_argument("--workers", type=_positive, help="worker processes (default 2)")
+    serve.add_argument("--threads", type=_positive, help="threads per worker (default 8)")
+    serve.set_defaults(handler=cmd_serve)
+
+    route = commands.add_parser("route", help="run a router worker (run several to scale out)")
+    route.add_argument("--worker", help="this worker's name (default host:pid:random)")
+    route.set_defaults(handler=cmd_route)
+
+    up = commands.add_parser("up", help="run the whole bus (database, receiver, router) until Ctrl-C")
+    up.set_defaults(handler=cmd_up)
+
+    demo = commands.add_parser(
+        "demo",
+        help="send one signed sample of each of the 14 event "
+        "types through the bus and show their delivery",
+    )
+    demo.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for delivery")
+    demo.set_defaults(handler=cmd_demo)
+
+    send = commands.add_parser("send", help="sign and send one event to a receiver")
+    what = send.add_mutually_exclusive_group(required=True)
+    what.add_argument("--type", dest="event_type", help="event type, e.g. expense.submitted")
+    what.add_argument("--file", help="a JSON file holding the whole event envelope")
+    send.add_argument("--aggregate-id", help="the record's id (with --type)")
+    send.add_argument("--aggregate-type", help="default: the catalog's for --type")
+    send.add_argument("--payload", help="the payload as a JSON object (with --type)")
+    send.add_argument("--sample", action="store_true", help="with --type: a realistic sample payload")
+    send.add_argument("--key", help="idempotency key (default: a new one)")
+    send.add_argument("--url", help="receiver URL (default: this machine's receiver)")
+    send.set_defaults(handler=cmd_send)
+
+    add_operator_commands(commands, running_database_url)
+
+    db = commands.add_parser("db", help="the embedded PostgreSQL: start, stop, print its URL")
+    db.add_argument("action", choices=["start", "stop", "url"])
+    db.set_defaults(handler=cmd_db)
+
+    secret = commands.add_parser("secret", help="webhook secrets")
+    secret_commands = secret.add_subparsers(dest="secret_command", metavar="ACTION", required=True)
+    secret_new = secret_commands.add_parser("new", help="make a new random webhook secret")
+    secret_new.add_argument(
+        "--output", "-o", metavar="FILE", help="write it to FILE (mode 0600) instead of printing it"
+    )
+    secret_new.add_argument("--force", action="store_true", help="replace FILE if it exists")
+    secret_new.set_defaults(handler=cmd_secret_new)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run one subcommand; returns the process exit code."""
+    args = build_parser().parse_args(argv)
+    try:
+        settings = Settings.from_env()
+        return int(args.handler(args, settings))
+    except ConfigurationError as exc:
+        print(f"ipai-bus: configuration error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except DatabaseUnavailable as exc:
+        print(f"ipai-bus: {exc}", file=sys.stderr)
+        return EXIT_UNAVAILABLE
+    except IpaiBusError as exc:
+        print(f"ipai-bus: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,199 @@
+"""Operator queries and actions: what is pending, stuck or dead, one event's history, retry, purge.
+
+Reads go straight to the tables; actions go through the SQL functions that keep the audit trail.
+"""
+
+from __future__ import annotations
+
+import getpass
+import re
+import socket
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from ..core.errors import InvalidArgument
+from ..storage.outbox import STATUSES
+from ..storage.queries import load
+
+SQL = load("operations")
+
+_DURATION = re.compile(r"^(\d+)\s*(s|m|h|d|w)$")
+_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+
+
+def parse_duration(text: str) -> timedelta:
+    """``30d``, ``12h``, ``15m``, ``90s``, ``2w`` as a timedelta; raises ValueError otherwise."""
+    match = _DURATION.match(text.strip().lower())
+    if not match:
+        raise ValueError(f"{text!r} is not a duration like 30d, 12h, 15m, 90s or 2w")
+    return timedelta(**{_UNITS[match[2]]: int(match[1])})
+
+
+def current_actor() -> str:
+    """Who is acting, for the audit trail: ``user@host``."""
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = "unknown"
+    return f"{user}@{socket.gethostname()}"
+
+
+def _rows(cursor: Any, sql: str, params: Any = None) -> list[dict[str, Any]]:
+    cursor.execute(sql, params)
+    names = [column.name for column in cursor.description]
+    return [dict(zip(names, row)) for row in cursor.fetchall()]
+
+
+@dataclass(frozen=True)
+class Status:
+    """The bus at a glance."""
+
+    by_status: dict[str, int]
+    by_type: list[dict[str, Any]]
+    oldest_pending_seconds: float | None
+    expired_leases: int
+    latest_dead: list[dict[str, Any]]
+    logged_last_hour: int
+    logged_last_hour_by_type: dict[str, int]
+    open_circuits: list[dict[str, Any]]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "by_status": self.by_status,
+            "by_type": self.by_type,
+            "oldest_pending_seconds": self.oldest_pending_seconds,
+            "expired_leases": self.expired_leases,
+            "latest_dead": [
+                {**row, "id": str(row["id"]), "updated_at": row["updated_at"].isoformat()}
+                for row in self.latest_dead
+            ],
+            "event_log_last_hour": {
+                "total": self.logged_last_hour,
+                "by_type": self.logged_last_hour_by_type,
+            },
+            "open_circuits": [
+                {**row, "open_until": row["open_until"].isoformat() if row["open_until"] else None}
+                for row in self.open_circuits
+            ],
+        }
+
+
+def status(cursor: Any, *, dead_limit: int = 10) -> Status:
+    """Counts by status and type, the oldest pending age, expired leases, the latest dead."""
+    cursor.execute(SQL["count_by_status"])
+    by_status = {name: 0 for name in STATUSES} | dict(cursor.fetchall())
+    by_type = _rows(cursor, SQL["waiting_by_type"])
+    cursor.execute(SQL["oldest_waiting_seconds"])
+    oldest = cursor.fetchone()[0]
+    cursor.execute(SQL["expired_leases"])
+    expired = int(cursor.fetchone()[0])
+    dead = _rows(cursor, SQL["latest_dead"], (dead_limit,))
+    cursor.execute(SQL["logged_last_hour"])
+    logged = dict(cursor.fetchall())
+    circuits = _rows(cursor, SQL["open_circuits"])
+    return Status(
+        by_status,
+        by_type,
+        float(oldest) if oldest is not None else None,
+        expired,
+        dead,
+        sum(logged.values()),
+        logged,
+        circuits,
+    )
+
+
+def event_history(cursor: Any, event_id: uuid.UUID) -> dict[str, Any] | None:
+    """One event: its outbox row (or None if purged), audit copy, and every delivery attempt."""
+    outbox_rows = _rows(cursor, SQL["outbox_row"], (event_id,))
+    logged = _rows(cursor, SQL["event_log_row"], (event_id,))
+    if not outbox_rows and not logged:
+        return None
+    return {
+        "outbox": outbox_rows[0] if outbox_rows else None,
+        "event_log": logged[0] if logged else None,
+        "attempts": _rows(cursor, SQL["delivery_attempts_of"], (event_id,)),
+        "actions": _rows(cursor, SQL["operator_actions_on"], (event_id,)),
+    }
+
+
+def events_since(cursor: Any, after_id: int, limit: int = 100) -> list[dict[str, Any]]:
+    """Accepted events with an event_log id above ``after_id``, oldest first (for ``tail``)."""
+    return _rows(cursor, SQL["events_since"], (after_id, limit))
+
+
+def last_log_id(cursor: Any) -> int:
+    cursor.execute(SQL["last_log_id"])
+    return int(cursor.fetchone()[0])
+
+
+def select_for_retry(
+    cursor: Any,
+    *,
+    type_pattern: str | None = None,
+    since: timedelta | None = None,
+    include_failed: bool = False,
+) -> list[uuid.UUID]:
+    """Dead (and, if asked, failed) events matching a type pattern (``expense.*``) and age."""
+    statuses = ["dead", "failed"] if include_failed else ["dead"]
+    like = None
+    if type_pattern and type_pattern != "*":
+        like = type_pattern[:-1] + "%" if type_pattern.endswith(".*") else type_pattern
+    cursor.execute(SQL["select_for_retry"], (statuses, like, like, since, since))
+    return [row[0] for row in cursor.fetchall()]
+
+
+def retry(cursor: Any, event_ids: list[uuid.UUID], *, actor: str, reason: str | None) -> int:
+    """Put failed/dead events back to pending (attempts reset); audited. Returns how many."""
+    cursor.execute(SQL["retry_events"], (event_ids, actor, reason))
+    return int(cursor.fetchone()[0])
+
+
+def purge_completed(cursor: Any, older_than: timedelta, *, actor: str) -> int:
+    """Delete completed outbox rows older than ``older_than`` (the event_log stays); audited."""
+    cursor.execute(SQL["purge_completed"], (older_than, actor))
+    return int(cursor.fetchone()[0])
+
+
+def existing_ids(cursor: Any, event_ids: list[uuid.UUID]) -> set[uuid.UUID]:
+    cursor.execute(SQL["existing_ids"], (event_ids,))
+    return {row[0] for row in cursor.fetchall()}
+
+
+def statuses_of(cursor: Any, event_ids: list[str]) -> dict[str, str]:
+    """The outbox status of each of ``event_ids`` still in the outbox."""
+    cursor.execute(SQL["statuses_of"], (event_ids,))
+    return dict(cursor.fetchall())
+
+
+def parse_event_ids(texts: list[str]) -> list[uuid.UUID]:
+    """Event ids from the command line; raises InvalidArgument naming the first bad one."""
+    ids = []
+    for text in texts:
+        try:
+            ids.append(uuid.UUID(text))
+        except ValueError:
+            raise InvalidArgument(f"{text!r} is not an event id (a UUID)") from None
+    return ids
+
+
+def age(seconds: float | None) -> str:
+    """``3d 4h``, ``12m 5s``: an age a person reads at a glance."""
+    if seconds is None:
+        return "—"
+    remaining = int(seconds)
+    parts: list[str] = []
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
+        if remaining >= size or (unit == "s" and not parts):
+            parts.append(f"{remaining // size}{unit}")
+            remaining %= size
+    return " ".join(parts[:2])
+
+
+def when(moment: datetime | None) -> str:
+    """A stored moment as an operator reads it; one Python cannot represent, as stored."""
+    if not moment:
+        return "—"
+    return moment.strftime("%Y-%m-%d %H:%M:%S") if isinstance(moment, datetime) else str(moment)

@@ -1,0 +1,296 @@
+"""The operator's subcommands of ``ipai-bus``: status, events show/tail, retry, purge.
+
+They read and act on the database only; none of them starts a service.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Callable
+from datetime import timedelta
+from typing import Any
+
+from ..core.errors import ConfigurationError, InvalidArgument
+from ..core.settings import Settings
+from ..storage.db import UnreadableValue, connect, translate_error
+from . import operations
+
+UrlResolver = Callable[[Settings], str]
+
+
+def _with_cursor(settings: Settings, resolve_url: UrlResolver, work: Callable[[Any], int]) -> int:
+    """Run ``work`` with a cursor on an autocommit connection made for this one command."""
+    import psycopg2
+
+    conn = connect(resolve_url(settings), application_name="ipai-bus cli")
+    conn.autocommit = True
+    try:
+        with conn.cursor() as cursor:
+            return work(cursor)
+    except psycopg2.Error as exc:
+        raise translate_error(exc) from exc
+    finally:
+        conn.close()
+
+
+def _print_json(document: Any) -> None:
+    print(json.dumps(document, indent=2, default=str, ensure_ascii=False))
+
+
+# --- status -----------------------------------------------------------------------------------
+
+
+def cmd_status(args: argparse.Namespace, settings: Settings, resolve_url: UrlResolver) -> int:
+    def work(cursor: Any) -> int:
+        report = operations.status(cursor)
+        if args.json:
+            _print_json(report.to_json())
+        else:
+            print(render_status(report))
+        return 0
+
+    return _with_cursor(settings, resolve_url, work)
+
+
+def render_status(report: operations.Status) -> str:
+    counts = report.by_status
+    lines = [
+        "Outbox",
+        "  " + "  ".join(f"{name} {counts[name]}" for name in counts),
+        f"  oldest pending: {operations.age(report.oldest_pending_seconds)}"
+        f"   expired leases: {report.expired_leases}"
+        + (
+            "  ← a router died holding these; they return on the next claim"
+            if report.expired_leases
+            else ""
+        ),
+    ]
+    if report.by_type:
+        lines += ["", "Not completed, by type", f"  {'event type':<28}{'status':<12}events"]
+        lines += [
+            f"  {row['event_type']:<28}{row['status']:<12}{row['events']}" for row in report.by_type
+        ]
+    if report.latest_dead:
+        lines += ["", "Latest dead (ipai-bus events show ID; ipai-bus retry ID)"]
+        for row in report.latest_dead:
+            error = (row["last_error"] or "").splitlines()[0][:90] if row["last_error"] else "—"
+            lines.append(
+                f"  {row['id']}  {row['event_type']:<24} {operations.when(row['updated_at'])}"
+                f"  attempts {row['attempts']}\n      {error}"
+            )
+    if report.open_circuits:
+        lines += ["", "Paused destinations (circuit open)"]
+        lines += [
+            f"  {row['destination']} {_pause(row)}: {(row['last_error'] or '')[:90]}"
+            for row in report.open_circuits
+        ]
+    lines += [
+        "",
+        f"Event log, last hour: {report.logged_last_hour} accepted"
+        + "".join(f"\n  {name:<28}{count}" for name, count in report.logged_last_hour_by_type.items()),
+    ]
+    return "\n".join(lines)
+
+
+# --- events -------------------------------------------------------------------------------------
+
+
+def cmd_events_show(args: argparse.Namespace, settings: Settings, resolve_url: UrlResolver) -> int:
+    [event_id] = operations.parse_event_ids([args.id])
+
+    def work(cursor: Any) -> int:
+        history = operations.event_history(cursor, event_id)
+        if history is None:
+            print(f"ipai-bus: no event {event_id}", file=sys.stderr)
+            return 1
+        if args.json:
+            _print_json(history)
+        else:
+            print(render_history(event_id, history))
+        return 0
+
+    return _with_cursor(settings, resolve_url, work)
+
+
+def _payload_text(payload: Any) -> str:
+    """The payload as JSON; one the bus cannot read, as stored (cut), saying so."""
+    if isinstance(payload, UnreadableValue):
+        return f"(cannot be read: {payload.reason}) {payload.text[:200]}…"
+    return json.dumps(payload, ensure_ascii=False)
+
+
+def _pause(circuit: dict) -> str:
+    if circuit.get("trial_due"):  # the pause is over; the next event for it is the trial
+        return "pause over, next delivery is a trial"
+    return f"until {operations.when(circuit['open_until'])}"
+
+
+def render_history(event_id: Any, history: dict[str, Any]) -> str:
+    row = history["outbox"] or {}
+    logged = history["event_log"] or {}
+    source = row or logged
+    lines = [
+        f"Event {event_id}",
+        f"  type {source.get('event_type')}   aggregate {source.get('aggregate_type')}"
+        f" {source.get('aggregate_id')}   source {source.get('source')}",
+        f"  idempotency key {source.get('idempotency_key')}",
+    ]
+    if row:
+        lines.append(
+            f"  status {row['status']}   attempts {row['attempts']}/{row['max_attempts']}"
+            f"   next try {operations.when(row['available_at'])}"
+            f"   accepted {operations.when(row['created_at'])}"
+        )
+        if row.get("last_error"):
+            lines.append(f"  last error: {row['last_error']}")
+    else:
+        lines.append("  (outbox row purged; the audit copy remains)")
+    lines.append(f"  payload {_payload_text(source.get('payload'))}")
+    lines.append("Delivery attempts" if history["attempts"] else "No delivery attempt yet")
+    for attempt in history["attempts"]:
+        status = f" HTTP {attempt['http_status']}" if attempt["http_status"] else ""
+        lines.append(
+            f"  {operations.when(attempt['attempted_at'])}  #{attempt['attempt']}"
+            f"  {attempt['destination']:<14} {attempt['outcome']:<10}{status}"
+            f"  {attempt['duration_ms']:.0f} ms  {attempt['worker']}"
+            + (f"\n      {attempt['error']}" if attempt["error"] else "")
+        )
+    for action in history["actions"]:
+        lines.append(
+            f"  {operations.when(action['acted_at'])}  {action['action']} by "
+            f"{action['actor']}" + (f": {action['reason']}" if action["reason"] else "")
+        )
+    return "\n".join(lines)
+
+
+def cmd_events_tail(args: argparse.Namespace, settings: Settings, resolve_url: UrlResolver) -> int:
+    def work(cursor: Any) -> int:
+        after = max(0, operations.last_log_id(cursor) - args.lines)
+        try:
+            while True:
+                for row in operations.events_since(cursor, after):
+                    after = row["log_id"]
+                    print(
+                        f"{operations.when(row['received_at'])}  {row['event_id']}  "
+                        f"{row['event_type']:<26} {row['aggregate_id']:<12} "
+                        f"{row['status'] or 'purged'}",
+                        flush=True,
+                    )
+                if not args.follow:
+                    return 0
+                time.sleep(args.interval)
+        except KeyboardInterrupt:
+            return 0
+
+    return _with_cursor(settings, resolve_url, work)
+
+
+# --- retry and purge ----------------------------------------------------------------------------
+
+
+def cmd_retry(args: argparse.Namespace, settings: Settings, resolve_url: UrlResolver) -> int:
+    if bool(args.ids) == bool(args.dead):
+        raise ConfigurationError("name event ids, or use --dead (with --type/--since), not both")
+    if args.ids and (args.type or args.since or args.include_failed):
+        raise ConfigurationError("--type, --since and --include-failed go with --dead")
+    since = _duration(args.since) if args.since else None
+    explicit = operations.parse_event_ids(args.ids) if args.ids else []
+    actor = args.by or operations.current_actor()
+
+    def work(cursor: Any) -> int:
+        ids = explicit
+        if explicit:
+            missing = [
+                str(event_id)
+                for event_id in explicit
+                if event_id not in operations.existing_ids(cursor, explicit)
+            ]
+            if missing:
+                raise InvalidArgument(f"no such event: {', '.join(missing)}; nothing retried")
+        else:
+            ids = operations.select_for_retry(
+                cursor, type_pattern=args.type, since=since, include_failed=args.include_failed
+            )
+            print(f"retrying {len(ids)} event(s)…", file=sys.stderr, flush=True)
+        retried = operations.retry(cursor, ids, actor=actor, reason=args.reason)
+        skipped = len(ids) - retried
+        print(
+            f"{retried} event(s) back to pending (attempts reset), recorded as retried by "
+            f"{actor}" + (f"; {skipped} left alone: not failed or dead" if skipped else "")
+        )
+        return 0
+
+    return _with_cursor(settings, resolve_url, work)
+
+
+def cmd_purge(args: argparse.Namespace, settings: Settings, resolve_url: UrlResolver) -> int:
+    older_than = _duration(args.completed_older_than)
+    actor = args.by or operations.current_actor()
+
+    def work(cursor: Any) -> int:
+        print(
+            f"purging completed events older than {args.completed_older_than}…",
+            file=sys.stderr,
+            flush=True,
+        )
+        deleted = operations.purge_completed(cursor, older_than, actor=actor)
+        print(f"{deleted} completed event(s) purged from the outbox; the event_log keeps them")
+        return 0
+
+    return _with_cursor(settings, resolve_url, work)
+
+
+def _duration(text: str) -> timedelta:
+    try:
+        return operations.parse_duration(text)
+    except ValueError as exc:
+        raise ConfigurationError(str(exc)) from None
+
+
+def add_operator_commands(commands: Any, resolve_url: UrlResolver) -> None:
+    """Register status, events, retry and purge on the main parser's subcommands."""
+
+    def bind(handler: Callable[..., int]) -> Callable[[argparse.Namespace, Settings], int]:
+        return lambda args, settings: handler(args, settings, resolve_url)
+
+    status = commands.add_parser("status", help="what is pending, stuck or dead")
+    status.add_argument("--json", action="store_true", help="machine-readable output")
+    status.set_defaults(handler=bind(cmd_status))
+
+    events = commands.add_parser("events", help="one event's history, or the latest events")
+    actions = events.add_subparsers(dest="events_command", metavar="ACTION", required=True)
+    show = actions.add_parser("show", help="an event, its outbox state and every attempt")
+    show.add_argument("id", help="the event id (a UUID)")
+    show.add_argument("--json", action="store_true", help="machine-readable output")
+    show.set_defaults(handler=bind(cmd_events_show))
+    tail = actions.add_parser("tail", help="the latest accepted events")
+    tail.add_argument("-n", "--lines", type=int, default=20, help="how many to show first")
+    tail.add_argument("-f", "--follow", action="store_true", help="keep printing new ones")
+    tail.add_argument("--interval", type=float, default=1.0, help=argparse.SUPPRESS)
+    tail.set_defaults(handler=bind(cmd_events_tail))
+
+    retry = commands.add_parser("retry", help="put failed or dead events back to pending")
+    retry.add_argument("ids", nargs="*", metavar="ID", help="event ids")
+    retry.add_argument(
+        "--dead", action="store_true", help="every dead event (narrow with --type and --since)"
+    )
+    retry.add_argument("--type", metavar="PATTERN", help="event type or prefix.*, with --dead")
+    retry.add_argument("--since", metavar="AGE", help="only those that died within AGE (30m, 2d)")
+    retry.add_argument(
+        "--include-failed",
+        action="store_true",
+        help="with --dead: also retry failed events now instead of waiting",
+    )
+    retry.add_argument("--reason", help="why, for the audit trail")
+    retry.add_argument("--by", help="who, for the audit trail (default user@host)")
+    retry.set_defaults(handler=bind(cmd_retry))
+
+    purge = commands.add_parser("purge", help="delete old completed outbox rows (not the log)")
+    purge.add_argument(
+        "--completed-older-than", required=True, metavar="AGE", help="e.g. 30d; at least 1h"
+    )
+    purge.add_argument("--by", help="who, for the audit trail (default user@host)")
+    purge.set_defaults(handler=bind(cmd_purge))

@@ -1,0 +1,219 @@
+"""Outbox access: thin typed wrappers over the integration schema's SQL functions.
+
+Each function takes a psycopg2 cursor, so the caller decides what one transaction covers (the
+receiver writes the outbox row and its event_log copy in one). The SQL lives in the migration.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from psycopg2.extras import Json
+
+from ..core.catalog import Envelope
+
+DEFAULT_RETRY_DELAYS_SECONDS: tuple[int, ...] = (30, 90, 300)
+DEFAULT_MAX_ATTEMPTS = 4
+DEFAULT_LEASE_SECONDS = 60
+STATUSES = ("pending", "processing", "completed", "failed", "dead")
+
+
+@dataclass(frozen=True)
+class InsertResult:
+    """The answer of insert_outbox_event: the event's id, and whether it was already stored."""
+
+    event_id: uuid.UUID
+    duplicate: bool
+
+
+@dataclass(frozen=True)
+class OutboxEvent:
+    """One outbox row as claim_outbox hands it to a worker."""
+
+    id: uuid.UUID
+    source: str
+    event_type: str
+    aggregate_type: str
+    aggregate_id: str
+    payload: dict[str, Any]
+    idempotency_key: str
+    status: str
+    attempts: int
+    max_attempts: int
+    available_at: datetime
+    created_at: datetime
+    occurred_at: datetime | None = None
+    locked_by: str | None = None
+    lease_expires_at: datetime | None = None
+    last_error: str | None = None
+
+    @classmethod
+    def from_row(cls, row: dict[str, Any]) -> OutboxEvent:
+        names = cls.__dataclass_fields__
+        return cls(**{key: value for key, value in row.items() if key in names})
+
+
+_INSERT_ARGUMENTS = (
+    " p_event_type => %(event_type)s, p_aggregate_type => %(aggregate_type)s,"
+    " p_aggregate_id => %(aggregate_id)s, p_payload => %(payload)s,"
+    " p_idempotency_key => %(idempotency_key)s, p_source => %(source)s,"
+    " p_occurred_at => %(occurred_at)s, p_signature_digest => %(signature_digest)s,"
+    " p_max_attempts => %(max_attempts)s"
+)
+
+
+def _insert_parameters(
+    envelope: Envelope, idempotency_key: str, signature_digest: str | None, max_attempts: int
+) -> dict[str, Any]:
+    return {
+        "event_type": envelope.event_type,
+        "aggregate_type": envelope.aggregate_type,
+        "aggregate_id": envelope.aggregate_id,
+        "payload": Json(dict(envelope.payload)),
+        "idempotency_key": idempotency_key,
+        "source": envelope.source,
+        "occurred_at": envelope.occurred_at,
+        "signature_digest": signature_digest,
+        "max_attempts": max_attempts,
+    }
+
+
+def insert_event(
+    cursor: Any,
+    envelope: Envelope,
+    *,
+    idempotency_key: str,
+    signature_digest: str | None = None,
+    max_attempts: int = DEFAULT_MAX_ATTEMPTS,
+) -> InsertResult:
+    """Store one event (idempotent on source + key); a duplicate writes nothing.
+
+    A signature digest already accepted under another key raises (SQLSTATE IB001), which the
+    database module translates to ReplayedSignature.
+    """
+    cursor.execute(
+        f"select event_id, duplicate from integration.insert_outbox_event({_INSERT_ARGUMENTS})",
+        _insert_parameters(envelope, idempotency_key, signature_digest, max_attempts),
+    )
+    event_id, duplicate = cursor.fetchone()
+    return InsertResult(event_id=event_id, duplicate=duplicate)
+
+
+def insert_event_log(cursor: Any, event_id: uuid.UUID) -> int:
+    """Copy an outbox event into the append-only event_log; returns the log row's id."""
+    cursor.execute(
+        "select integration.insert_event_log(p_event_id => %(event_id)s)", {"event_id": event_id}
+    )
+    return int(cursor.fetchone()[0])
+
+
+def record_event(
+    cursor: Any,
+    envelope: Envelope,
+    *,
+    idempotency_key: str,
+    signature_digest: str | None = None,
+    max_attempts: int = DEFAULT_MAX_ATTEMPTS,
+) -> InsertResult:
+    """Store a new event and its audit copy (what an ingress does); a duplicate writes nothing.
+
+    One statement does both, so on an autocommit connection it is one round trip and still one
+    transaction. It calls the public wrappers only, so a receiver can run as a member of
+    ``ipai_bus_ingest``, which may do nothing else.
+    """
+    cursor.execute(
+        "select stored.event_id, stored.duplicate,"
+        " case when not stored.duplicate then public.insert_event_log(stored.event_id) end"
+        f" from public.insert_outbox_event({_INSERT_ARGUMENTS}) as stored",
+        _insert_parameters(envelope, idempotency_key, signature_digest, max_attempts),
+    )
+    event_id, duplicate, _log_id = cursor.fetchone()
+    return InsertResult(event_id=event_id, duplicate=duplicate)
+
+
+def claim(
+    cursor: Any,
+    *,
+    worker: str,
+    limit: int = 25,
+    lease_seconds: int = DEFAULT_LEASE_SECONDS,
+) -> list[OutboxEvent]:
+    """Lease up to ``limit`` due events to ``worker`` (each claim counts one attempt)."""
+    cursor.execute(
+        "select * from integration.claim_outbox("
+        " p_worker => %(worker)s, p_limit => %(limit)s, p_lease_seconds => %(lease)s)",
+        {"worker": worker, "limit": limit, "lease": lease_seconds},
+    )
+    names = [column.name for column in cursor.description]
+    return [OutboxEvent.from_row(dict(zip(names, row))) for row in cursor.fetchall()]
+
+
+def ack(cursor: Any, event_ids: Sequence[uuid.UUID], *, worker: str) -> int:
+    """Mark delivered events completed; returns how many ``worker`` still held."""
+    cursor.execute(
+        "select integration.ack_outbox(p_ids => %(ids)s::uuid[], p_worker => %(worker)s)",
+        {"ids": list(event_ids), "worker": worker},
+    )
+    return int(cursor.fetchone()[0])
+
+
+def fail(
+    cursor: Any,
+    event_id: uuid.UUID,
+    *,
+    worker: str,
+    error: str,
+    retry_delays: Sequence[int] = DEFAULT_RETRY_DELAYS_SECONDS,
+    retry_at: datetime | None = None,
+    give_up: bool = False,
+) -> str | None:
+    """Record a failed delivery; returns the new status ('failed' or 'dead'), or None when
+    ``worker`` no longer held the event."""
+    cursor.execute(
+        "select integration.fail_outbox(p_id => %(id)s, p_worker => %(worker)s,"
+        " p_error => %(error)s, p_retry_delay_seconds => %(delays)s::integer[],"
+        " p_retry_at => %(retry_at)s, p_give_up => %(give_up)s)",
+        {
+            "id": event_id,
+            "worker": worker,
+            "error": error,
+            "delays": list(retry_delays),
+            "retry_at": retry_at,
+            "give_up": give_up,
+        },
+    )
+    status = cursor.fetchone()[0]
+    return str(status) if status is not None else None
+
+
+def extend_leases(
+    cursor: Any,
+    event_ids: Sequence[uuid.UUID],
+    *,
+    worker: str,
+    lease_seconds: int = DEFAULT_LEASE_SECONDS,
+) -> int:
+    """Renew the leases ``worker`` still holds on ``event_ids``; returns how many it renewed."""
+    cursor.execute(
+        "select integration.extend_leases(p_ids => %(ids)s::uuid[], p_worker => %(worker)s,"
+        " p_lease_seconds => %(lease)s)",
+        {"ids": list(event_ids), "worker": worker, "lease": lease_seconds},
+    )
+    return int(cursor.fetchone()[0])
+
+
+def release(
+    cursor: Any, event_ids: Sequence[uuid.UUID], *, worker: str, available_at: datetime | None = None
+) -> int:
+    """Hand claimed, unstarted events back with their attempt given back: due at once, or at
+    ``available_at`` (a paused destination's reopening)."""
+    cursor.execute(
+        "select integration.release_outbox(p_ids => %(ids)s::uuid[], p_worker => %(worker)s,"
+        " p_available_at => %(available_at)s)",
+        {"ids": list(event_ids), "worker": worker, "available_at": available_at},
+    )
+    return int(cursor.fetchone()[0])
