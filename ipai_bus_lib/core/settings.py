@@ -9,10 +9,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..storage.outbox import DEFAULT_LEASE_SECONDS, DEFAULT_MAX_ATTEMPTS, DEFAULT_RETRY_DELAYS_SECONDS
 from .errors import ConfigurationError
 
 MIN_SECRET_LENGTH = 16
+# Delivery policy defaults; the SQL functions' own defaults (migrations) are the same numbers.
+DEFAULT_RETRY_DELAYS_SECONDS: tuple[int, ...] = (30, 90, 300)
+DEFAULT_MAX_ATTEMPTS = 4
+DEFAULT_LEASE_SECONDS = 60
 
 
 def parse_secrets(raw: str | None, *, setting: str = "IPAI_WEBHOOK_SECRET") -> tuple[str, ...]:

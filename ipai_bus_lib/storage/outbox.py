@@ -15,10 +15,8 @@ from typing import Any
 from psycopg2.extras import Json
 
 from ..core.catalog import Envelope
+from ..core.settings import DEFAULT_LEASE_SECONDS, DEFAULT_MAX_ATTEMPTS, DEFAULT_RETRY_DELAYS_SECONDS
 
-DEFAULT_RETRY_DELAYS_SECONDS: tuple[int, ...] = (30, 90, 300)
-DEFAULT_MAX_ATTEMPTS = 4
-DEFAULT_LEASE_SECONDS = 60
 STATUSES = ("pending", "processing", "completed", "failed", "dead")
 
 
