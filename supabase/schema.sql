@@ -215,6 +215,93 @@ $$;
 
 COMMENT ON FUNCTION integration.insert_event_log(p_event_id uuid) IS 'Copies an outbox event into the append-only event_log (idempotent). Returns the log row id.';
 
+CREATE FUNCTION integration.insert_outbox_batch(p_batch_key text, p_signature_digest text, p_events jsonb, p_max_attempts integer DEFAULT 4) RETURNS TABLE(event_position integer, event_id uuid, duplicate boolean)
+    LANGUAGE plpgsql
+    AS $_$
+declare
+    v_bound_key text;
+    v_new_ids   uuid[];
+begin
+    perform integration.require(p_batch_key ~ '^[ -~]{1,255}$',
+        'insert_outbox_batch: batch_key must be 1-255 printable ASCII characters');
+    perform integration.require(p_signature_digest is not null,
+        'insert_outbox_batch: signature_digest is required');
+    perform integration.require(jsonb_typeof(p_events) = 'array',
+        'insert_outbox_batch: events must be a JSON array');
+    perform integration.require(p_max_attempts between 1 and 100,
+        'insert_outbox_batch: max_attempts must be between 1 and 100');
+
+    -- Two identical batches at once: the second waits here for the first to commit.
+    insert into integration.ingest_batch (signature_digest, batch_key, events)
+    values (p_signature_digest, p_batch_key, jsonb_array_length(p_events))
+    on conflict (signature_digest) do nothing;
+    if not found then
+        select b.batch_key into v_bound_key
+          from integration.ingest_batch b where b.signature_digest = p_signature_digest;
+        if v_bound_key is distinct from p_batch_key then
+            raise exception 'replayed signature' using errcode = 'IB001',
+                detail = 'a request with this signature was already accepted under another key';
+        end if;
+    end if;
+
+    with incoming as (
+        select (e.position - 1)::integer as event_position,
+               coalesce(e.value->>'source', 'odoo') as source,
+               e.value->>'event_type' as event_type,
+               e.value->>'aggregate_type' as aggregate_type,
+               e.value->>'aggregate_id' as aggregate_id,
+               e.value->'payload' as payload,
+               e.value->>'idempotency_key' as idempotency_key,
+               (e.value->>'occurred_at')::timestamptz as occurred_at
+          from jsonb_array_elements(p_events) with ordinality as e(value, position)
+    ), inserted as (
+        insert into integration.outbox as o
+            (source, event_type, aggregate_type, aggregate_id, payload, idempotency_key,
+             signature_digest, occurred_at, max_attempts)
+        select i.source, i.event_type, i.aggregate_type, i.aggregate_id, i.payload,
+               i.idempotency_key, p_signature_digest || '/' || i.event_position, i.occurred_at,
+               p_max_attempts
+          from incoming i order by i.event_position
+        on conflict (source, idempotency_key) do nothing
+        returning o.id, o.source, o.event_type, o.aggregate_type, o.aggregate_id, o.payload,
+                  o.idempotency_key, o.signature_digest, o.occurred_at
+    ), logged as (
+        insert into integration.event_log
+            (event_id, source, event_type, aggregate_type, aggregate_id, payload,
+             idempotency_key, signature_digest, occurred_at)
+        select n.id, n.source, n.event_type, n.aggregate_type, n.aggregate_id, n.payload,
+               n.idempotency_key, n.signature_digest, n.occurred_at
+          from inserted n
+    )
+    select array_agg(n.id) into v_new_ids from inserted n;
+
+    if v_new_ids is not null then
+        perform pg_notify('integration_outbox', v_new_ids[1]::text);
+    end if;
+    if random() < 0.01 then
+        delete from integration.ingest_batch where received_at < now() - interval '1 day';
+    end if;
+
+    -- A new statement sees what concurrent requests committed: their rows are our duplicates.
+    return query
+        select e.event_position, o.id,
+               not (o.id = any(coalesce(v_new_ids, '{}'))) or e.earlier_copy
+          from (select (x.position - 1)::integer as event_position,
+                       coalesce(x.value->>'source', 'odoo') as source,
+                       x.value->>'idempotency_key' as idempotency_key,
+                       row_number() over (
+                           partition by coalesce(x.value->>'source', 'odoo'),
+                                        x.value->>'idempotency_key'
+                           order by x.position) > 1 as earlier_copy
+                  from jsonb_array_elements(p_events) with ordinality as x(value, position)) e
+          left join integration.outbox o
+            on o.source = e.source and o.idempotency_key = e.idempotency_key
+         order by e.event_position;
+end;
+$_$;
+
+COMMENT ON FUNCTION integration.insert_outbox_batch(p_batch_key text, p_signature_digest text, p_events jsonb, p_max_attempts integer) IS 'Stores a batch of checked events and their event_log copies in one statement; idempotent per (source, idempotency_key). Returns per element its event id and whether it was a duplicate. Raises IB001 when the batch signature was accepted under another batch key.';
+
 CREATE FUNCTION integration.insert_outbox_event(p_event_type text, p_aggregate_type text, p_aggregate_id text, p_payload jsonb, p_idempotency_key text, p_source text DEFAULT 'odoo'::text, p_occurred_at timestamp with time zone DEFAULT NULL::timestamp with time zone, p_signature_digest text DEFAULT NULL::text, p_max_attempts integer DEFAULT 4) RETURNS TABLE(event_id uuid, duplicate boolean)
     LANGUAGE plpgsql
     SET plan_cache_mode TO 'force_custom_plan'
@@ -420,6 +507,14 @@ CREATE FUNCTION public.insert_event_log(p_event_id uuid) RETURNS bigint
     SET search_path TO 'pg_catalog', 'pg_temp'
     AS $$ select integration.insert_event_log(p_event_id); $$;
 
+CREATE FUNCTION public.insert_outbox_batch(p_batch_key text, p_signature_digest text, p_events jsonb, p_max_attempts integer DEFAULT 4) RETURNS TABLE(event_position integer, event_id uuid, duplicate boolean)
+    LANGUAGE sql SECURITY DEFINER
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+    select * from integration.insert_outbox_batch(
+        p_batch_key, p_signature_digest, p_events, p_max_attempts);
+$$;
+
 CREATE FUNCTION public.insert_outbox_event(p_event_type text, p_aggregate_type text, p_aggregate_id text, p_payload jsonb, p_idempotency_key text, p_source text DEFAULT 'odoo'::text, p_occurred_at timestamp with time zone DEFAULT NULL::timestamp with time zone, p_signature_digest text DEFAULT NULL::text, p_max_attempts integer DEFAULT 4) RETURNS TABLE(event_id uuid, duplicate boolean)
     LANGUAGE sql SECURITY DEFINER
     SET search_path TO 'pg_catalog', 'pg_temp'
@@ -501,6 +596,15 @@ ALTER TABLE integration.event_log ALTER COLUMN id ADD GENERATED ALWAYS AS IDENTI
     CACHE 1
 );
 
+CREATE TABLE integration.ingest_batch (
+    signature_digest text NOT NULL,
+    batch_key text NOT NULL,
+    events integer NOT NULL,
+    received_at timestamp with time zone DEFAULT now() NOT NULL
+);
+
+COMMENT ON TABLE integration.ingest_batch IS 'Signature digests of accepted batch requests and the batch key each was accepted under.';
+
 CREATE TABLE integration.operator_actions (
     id bigint NOT NULL,
     action text NOT NULL,
@@ -544,6 +648,9 @@ ALTER TABLE ONLY integration.event_log
 ALTER TABLE ONLY integration.event_log
     ADD CONSTRAINT event_log_pkey PRIMARY KEY (id);
 
+ALTER TABLE ONLY integration.ingest_batch
+    ADD CONSTRAINT ingest_batch_pkey PRIMARY KEY (signature_digest);
+
 ALTER TABLE ONLY integration.operator_actions
     ADD CONSTRAINT operator_actions_pkey PRIMARY KEY (id);
 
@@ -560,6 +667,8 @@ CREATE INDEX delivery_attempts_time_idx ON integration.delivery_attempts USING b
 CREATE INDEX event_log_event_type_idx ON integration.event_log USING btree (event_type, received_at);
 
 CREATE INDEX event_log_received_at_idx ON integration.event_log USING btree (received_at);
+
+CREATE INDEX ingest_batch_received_at_idx ON integration.ingest_batch USING btree (received_at);
 
 CREATE INDEX operator_actions_time_idx ON integration.operator_actions USING btree (acted_at);
 
@@ -628,6 +737,9 @@ GRANT ALL ON FUNCTION integration.fail_outbox(p_id uuid, p_worker text, p_error 
 REVOKE ALL ON FUNCTION integration.insert_event_log(p_event_id uuid) FROM PUBLIC;
 GRANT ALL ON FUNCTION integration.insert_event_log(p_event_id uuid) TO service_role;
 
+REVOKE ALL ON FUNCTION integration.insert_outbox_batch(p_batch_key text, p_signature_digest text, p_events jsonb, p_max_attempts integer) FROM PUBLIC;
+GRANT ALL ON FUNCTION integration.insert_outbox_batch(p_batch_key text, p_signature_digest text, p_events jsonb, p_max_attempts integer) TO service_role;
+
 REVOKE ALL ON FUNCTION integration.insert_outbox_event(p_event_type text, p_aggregate_type text, p_aggregate_id text, p_payload jsonb, p_idempotency_key text, p_source text, p_occurred_at timestamp with time zone, p_signature_digest text, p_max_attempts integer) FROM PUBLIC;
 GRANT ALL ON FUNCTION integration.insert_outbox_event(p_event_type text, p_aggregate_type text, p_aggregate_id text, p_payload jsonb, p_idempotency_key text, p_source text, p_occurred_at timestamp with time zone, p_signature_digest text, p_max_attempts integer) TO service_role;
 
@@ -664,6 +776,10 @@ GRANT ALL ON FUNCTION public.fail_outbox(p_id uuid, p_worker text, p_error text,
 REVOKE ALL ON FUNCTION public.insert_event_log(p_event_id uuid) FROM PUBLIC;
 GRANT ALL ON FUNCTION public.insert_event_log(p_event_id uuid) TO service_role;
 GRANT ALL ON FUNCTION public.insert_event_log(p_event_id uuid) TO ipai_bus_ingest;
+
+REVOKE ALL ON FUNCTION public.insert_outbox_batch(p_batch_key text, p_signature_digest text, p_events jsonb, p_max_attempts integer) FROM PUBLIC;
+GRANT ALL ON FUNCTION public.insert_outbox_batch(p_batch_key text, p_signature_digest text, p_events jsonb, p_max_attempts integer) TO service_role;
+GRANT ALL ON FUNCTION public.insert_outbox_batch(p_batch_key text, p_signature_digest text, p_events jsonb, p_max_attempts integer) TO ipai_bus_ingest;
 
 REVOKE ALL ON FUNCTION public.insert_outbox_event(p_event_type text, p_aggregate_type text, p_aggregate_id text, p_payload jsonb, p_idempotency_key text, p_source text, p_occurred_at timestamp with time zone, p_signature_digest text, p_max_attempts integer) FROM PUBLIC;
 GRANT ALL ON FUNCTION public.insert_outbox_event(p_event_type text, p_aggregate_type text, p_aggregate_id text, p_payload jsonb, p_idempotency_key text, p_source text, p_occurred_at timestamp with time zone, p_signature_digest text, p_max_attempts integer) TO service_role;

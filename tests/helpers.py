@@ -22,6 +22,7 @@ PRIMARY_SECRET = "receiver-test-secret-primary"
 OLD_SECRET = "receiver-test-secret-being-retired"
 RETIRED_SECRET = "receiver-test-secret-no-longer-active"
 WEBHOOK_PATH = "/functions/v1/odoo-webhook"
+BATCH_PATH = WEBHOOK_PATH + "/batch"
 
 
 def free_port() -> int:
@@ -175,6 +176,19 @@ def snapshot(database_url: str) -> dict[str, Any]:
 def counts(database_url: str) -> tuple[int, int]:
     stored = snapshot(database_url)
     return len(stored["outbox"]), len(stored["event_log"])
+
+
+def batch_event(key: str, **changes: Any) -> dict[str, Any]:
+    """One element of a batch body: event_body's envelope with its idempotency key."""
+    return {**json.loads(event_body(key)), "idempotency_key": key, **changes}
+
+
+def batch_body(events: list[Any]) -> bytes:
+    return json.dumps({"events": events}).encode()
+
+
+def post_batch(base_url: str, body: bytes, headers: Mapping[str, str]) -> requests.Response:
+    return requests.post(base_url + BATCH_PATH, data=body, headers=dict(headers), timeout=30)
 
 
 def post(base_url: str, body: bytes, headers: Mapping[str, str], **kwargs) -> requests.Response:

@@ -18,10 +18,13 @@ from ipai_bus_lib.core import signing
 from ipai_bus_lib.storage.migrator import migrate
 
 from .helpers import (
+    BATCH_PATH,
     OLD_SECRET,
     PRIMARY_SECRET,
     RETIRED_SECRET,
     WEBHOOK_PATH,
+    batch_body,
+    batch_event,
     event_body,
     free_port,
     receiver_process,
@@ -108,8 +111,47 @@ def edge_function(make_database, tmp_path):
         log.close()
 
 
-def parity_cases() -> list[tuple[str, str, bytes, dict[str, str]]]:
-    """(name, method, body, headers): the same bytes go to both receivers."""
+def batch_parity_cases() -> list[tuple[str, str, str, bytes, dict[str, str]]]:
+    """(name, method, path, body, headers) of the batch path: the same bytes to both receivers."""
+    events = [batch_event(f"b-{i}", aggregate_id="930") for i in range(3)]
+    body = batch_body(events)
+    valid = signed(body, key="batch-1")
+    mixed = batch_body(
+        [
+            batch_event("b-new"),
+            events[0],
+            batch_event("b-bad-type", event_type="Bad Type"),
+            "not an object",
+            batch_event("b-key", idempotency_key=""),
+            batch_event("b-new"),
+        ]
+    )
+    many = batch_body([batch_event(f"b-many-{i}") for i in range(1001)])
+    heavy = batch_body([batch_event("b-heavy", payload={"blob": "x" * (4 * 1024 * 1024)})])
+    empty = b'{"events": []}'
+    cases = [
+        ("batch: all valid", body, valid),
+        ("batch: sent again", body, valid),
+        ("batch: mixed", mixed, signed(mixed, key="batch-2")),
+        ("batch: replayed, new key", body, {**valid, "x-idempotency-key": "batch-1b"}),
+        ("batch: tampered", body.replace(b"Maria", b"Mario"), valid),
+        ("batch: 1001 events", many, signed(many, key="batch-3")),
+        ("batch: over 4 MiB", heavy, signed(heavy, key="batch-4")),
+        ("batch: empty", empty, signed(empty, key="batch-5")),
+    ]
+    return [(name, "POST", BATCH_PATH, data, headers) for name, data, headers in cases]
+
+
+def parity_cases() -> list[tuple[str, str, str, bytes, dict[str, str]]]:
+    """(name, method, path, body, headers): the same bytes go to both receivers."""
+    return [
+        (name, method, WEBHOOK_PATH, body, headers)
+        for name, method, body, headers in single_parity_cases()
+    ] + batch_parity_cases()
+
+
+def single_parity_cases() -> list[tuple[str, str, bytes, dict[str, str]]]:
+    """(name, method, body, headers) of the single-event path."""
     body = event_body("900")
     valid = signed(body, key="parity-1")
     rotated = signing.signature_headers(OLD_SECRET, event_body("901"), idempotency_key="parity-2")
@@ -186,25 +228,49 @@ def test_edge_function_and_python_receiver_answer_alike(edge_function, make_data
     edge_base, edge_db = edge_function
     python_db = make_database()
     migrate(python_db)
-    table = [f"{'case':<28} {'python':>7} {'edge':>5}  same JSON keys  same error"]
+    table = [
+        f"{'case':<34} {'python':>7} {'edge':>5}  same JSON keys  same error"
+        " same per-event results (stored/duplicate/refused)"
+    ]
     mismatches = []
     with receiver_process(python_db, tmp_path, secrets=SECRETS) as python:
-        for name, method, body, headers in parity_cases():
+        for name, method, path, body, headers in parity_cases():
             answers = [
-                requests.request(method, base + WEBHOOK_PATH, data=body, headers=headers, timeout=30)
+                requests.request(method, base + path, data=body, headers=headers, timeout=30)
                 for base in (python.base_url, edge_base)
             ]
             documents = [answer.json() for answer in answers]
             same_status = answers[0].status_code == answers[1].status_code
             same_keys = set(documents[0]) == set(documents[1])
             same_error = documents[0].get("error") == documents[1].get("error")
+            results = [_results_without_ids(document) for document in documents]
+            same_results = results[0] == results[1]
             table.append(
-                f"{name:<28} {answers[0].status_code:>7} {answers[1].status_code:>5}"
-                f"  {'yes' if same_keys else 'NO':<14} {'yes' if same_error else 'NO'}"
+                f"{name:<34} {answers[0].status_code:>7} {answers[1].status_code:>5}"
+                f"  {'yes' if same_keys else 'NO':<14} {'yes' if same_error else 'NO':<10}"
+                f" {_summary(documents[0]) if same_results else 'NO'}"
             )
-            if not (same_status and same_keys and same_error):
+            if not (same_status and same_keys and same_error and same_results):
                 mismatches.append((name, documents))
     print("\n" + "\n".join(table))
     assert not mismatches, json.dumps(mismatches, indent=1)
     assert stored_rows(python_db) == stored_rows(edge_db), "the stored rows differ"
-    assert len(stored_rows(python_db)) == 4, "valid, rotated secret, numeric id, year 0099"
+    assert len(stored_rows(python_db)) == 4 + 3 + 1, (
+        "valid, rotated secret, numeric id, year 0099; the batch's three; the mixed batch's new one"
+    )
+
+
+def _results_without_ids(document: dict) -> list[dict] | None:
+    """A batch answer's results with event ids reduced to their presence (ids differ)."""
+    if "results" not in document:
+        return None
+    return [
+        {**result, "event_id": "event_id" in result} if "event_id" in result else result
+        for result in document["results"]
+    ]
+
+
+def _summary(document: dict) -> str:
+    if "results" not in document:
+        return "-"
+    return f"yes ({document['stored']}/{document['duplicates']}/{document['refused']})"

@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta, timezone
 from types import MappingProxyType
 from typing import Any
 
-from .errors import EnvelopeError
+from .errors import BatchTooLarge, EnvelopeError
 
 EVENT_TYPE_PATTERN = re.compile(r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)*$")
 IDEMPOTENCY_KEY_PATTERN = re.compile(r"^[\x20-\x7e]{1,255}$")
@@ -32,7 +32,11 @@ MAX_UTC_OFFSET = timedelta(hours=14)
 EARLIEST_OCCURRED_AT = datetime(1, 1, 2, tzinfo=timezone.utc)
 LATEST_OCCURRED_AT = datetime(9999, 12, 31, tzinfo=timezone.utc)
 MAX_PAYLOAD_DEPTH = 32
+TOO_DEEP = "payload nested too deeply"
 DEFAULT_SOURCE = "odoo"
+# One batch request: at most this many events and bytes (413 beyond either).
+MAX_BATCH_EVENTS = 1000
+MAX_BATCH_BYTES = 4 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -450,6 +454,55 @@ def check_idempotency_key(key: str | None) -> str:
             field="x-idempotency-key",
         )
     return key
+
+
+@dataclass(frozen=True)
+class BatchEvent:
+    """One element of a batch body: its envelope and idempotency key, or why it was refused."""
+
+    envelope: Envelope | None = None
+    idempotency_key: str | None = None
+    refusal: str | None = None
+
+
+def parse_batch(document: Any, *, max_events: int = MAX_BATCH_EVENTS) -> list[BatchEvent]:
+    """The elements of a batch body ``{"events": [envelope + "idempotency_key", ...]}``, in order.
+
+    Each element is checked as the single-event path checks its body, with the same reasons; a
+    bad element is refused alone. Raises EnvelopeError when the body is not a batch, and
+    BatchTooLarge beyond ``max_events``.
+    """
+    events = document.get("events") if isinstance(document, dict) else None
+    if not isinstance(events, list) or not events:
+        raise EnvelopeError(
+            'body must be a JSON object {"events": [...]} with at least one event', field="events"
+        )
+    if len(events) > max_events:
+        raise BatchTooLarge(f"batch of {len(events)} events: at most {max_events} per request")
+    return [_batch_event(item) for item in events]
+
+
+def _batch_event(item: Any) -> BatchEvent:
+    if not isinstance(item, dict):
+        return BatchEvent(refusal="event must be a JSON object")
+    try:
+        envelope = parse_envelope(item)
+        key = item.get("idempotency_key")
+        if not isinstance(key, str) or not IDEMPOTENCY_KEY_PATTERN.fullmatch(key):
+            raise EnvelopeError(
+                "idempotency_key must be 1-255 printable ASCII characters", field="idempotency_key"
+            )
+    except EnvelopeError as exc:
+        return BatchEvent(refusal=str(exc))
+    except RecursionError:
+        return BatchEvent(refusal=TOO_DEEP)
+    return BatchEvent(envelope=envelope, idempotency_key=key)
+
+
+def batch_body(events: Sequence[tuple[Envelope, str]]) -> bytes:
+    """Compact UTF-8 JSON of a batch of (envelope, idempotency key): the bytes a sender signs."""
+    document = {"events": [{**envelope.to_json(), "idempotency_key": key} for envelope, key in events]}
+    return json.dumps(document, separators=(",", ":"), ensure_ascii=False).encode()
 
 
 def idempotency_key(event_type: str, record_id: int | str, write_date: datetime) -> str:

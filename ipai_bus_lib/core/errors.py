@@ -23,6 +23,10 @@ class EnvelopeError(IpaiBusError):
         self.field = field
 
 
+class BatchTooLarge(EnvelopeError):
+    """A batch request holds more events than one request may carry (answered 413)."""
+
+
 class SignatureError(IpaiBusError):
     """A request's signature headers do not prove it came from a holder of an active secret."""
 

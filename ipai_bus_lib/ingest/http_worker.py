@@ -29,6 +29,8 @@ from urllib.parse import unquote
 import h11
 from gunicorn.workers.base import Worker
 
+from ..core.catalog import MAX_BATCH_BYTES
+
 SERVER_NAME = "ipai-bus"
 MAX_HEAD_BYTES = 16 * 1024
 # Only these headers must come once; others are joined with "," as WSGI servers do.
@@ -42,7 +44,8 @@ _READ_SIZE = 64 * 1024
 class FrontLimits:
     """Deadlines and sizes of the HTTP front (per worker process)."""
 
-    max_body_bytes: int = 256 * 1024
+    # The largest body any path accepts (a batch); the receiver holds each path to its own.
+    max_body_bytes: int = MAX_BATCH_BYTES
     head_seconds: float = 10.0
     body_seconds: float = 30.0
     idle_seconds: float = 5.0

@@ -1,9 +1,9 @@
 """The receiver: a WSGI application that verifies signed Odoo events and stores them durably.
 
-Serves ``POST /functions/v1/odoo-webhook`` (the Edge Function's path), ``GET /healthz`` and
-``GET /metrics``. Checks run in the wire contract's order and stop at the first failure; only a
-request that passes all of them reaches the database, where one transaction writes the outbox row
-and its event_log copy.
+Serves ``POST /functions/v1/odoo-webhook`` (the Edge Function's path), its batch sibling
+``POST /functions/v1/odoo-webhook/batch``, ``GET /healthz`` and ``GET /metrics``. Checks run in
+the wire contract's order and stop at the first failure; only a request that passes all of them
+reaches the database, where one transaction writes the outbox rows and their event_log copies.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from typing import Any
 
 from ..core import catalog, signing
 from ..core.errors import (
+    BatchTooLarge,
     DatabaseUnavailable,
     EnvelopeError,
     InvalidArgument,
@@ -31,6 +32,7 @@ from ..storage.queries import load
 from .metrics import ReceiverMetrics
 
 WEBHOOK_PATH = "/functions/v1/odoo-webhook"
+BATCH_PATH = WEBHOOK_PATH + "/batch"
 HEALTH_PATH = "/healthz"
 SQL = load("receiver")
 MAX_BODY_BYTES = 256 * 1024
@@ -48,6 +50,8 @@ class ReceiverConfig:
 
     secrets: tuple[str, ...]
     max_body_bytes: int = MAX_BODY_BYTES
+    max_batch_bytes: int = catalog.MAX_BATCH_BYTES
+    max_batch_events: int = catalog.MAX_BATCH_EVENTS
     tolerance_seconds: int = signing.TOLERANCE_SECONDS
     max_attempts: int = outbox.DEFAULT_MAX_ATTEMPTS
     # When set, GET /metrics asks for ``Authorization: Bearer <token>``.
@@ -71,6 +75,25 @@ class Accepted:
     event_id: str
     event_type: str
     duplicate: bool
+
+
+@dataclass(frozen=True)
+class BatchAccepted:
+    """What a batch answers: one result per event, in the request's order."""
+
+    results: list[dict[str, str]]
+
+    def count(self, status: str) -> int:
+        return sum(1 for result in self.results if result["status"] == status)
+
+    def document(self) -> dict[str, Any]:
+        return {
+            "ok": True,
+            "stored": self.count("stored"),
+            "duplicates": self.count("duplicate"),
+            "refused": self.count("refused"),
+            "results": self.results,
+        }
 
 
 _REASONS = {
@@ -102,6 +125,8 @@ class Receiver:
         path = environ.get("PATH_INFO", "")
         if path == WEBHOOK_PATH:
             return self._webhook(environ, start_response)
+        if path == BATCH_PATH:
+            return self._webhook(environ, start_response, batch=True)
         if path == HEALTH_PATH and environ.get("REQUEST_METHOD") in ("GET", "HEAD"):
             return self._healthz(start_response)
         if path == "/metrics" and environ.get("REQUEST_METHOD") == "GET":
@@ -125,10 +150,12 @@ class Receiver:
 
     # --- the webhook ------------------------------------------------------------------------
 
-    def _webhook(self, environ: Mapping[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+    def _webhook(
+        self, environ: Mapping[str, Any], start_response: StartResponse, *, batch: bool = False
+    ) -> Iterable[bytes]:
         started = time.perf_counter()
         try:
-            accepted = self._accept(environ)
+            accepted = self._accept_batch(environ) if batch else self._accept(environ)
         except Refusal as refusal:
             self._finish(refusal.outcome, refusal.status, started, None)
             headers = [("Allow", "POST")] if refusal.status == 405 else []
@@ -137,6 +164,9 @@ class Receiver:
             log.exception("receiver: unexpected error")
             self._finish("error", 500, started, None)
             return _json(start_response, 500, {"ok": False, "error": "internal error"})
+        if isinstance(accepted, BatchAccepted):
+            self._finish("batch", 200, started, None, accepted)
+            return _json(start_response, 200, accepted.document())
         outcome = "duplicate" if accepted.duplicate else "stored"
         self._finish(outcome, 200, started, accepted)
         return _json(
@@ -145,10 +175,11 @@ class Receiver:
             {"ok": True, "event_id": accepted.event_id, "duplicate": accepted.duplicate},
         )
 
-    def _accept(self, environ: Mapping[str, Any]) -> Accepted:
+    def _verified_body(self, environ: Mapping[str, Any], limit: int) -> tuple[bytes, str]:
+        """The request's body and signature fingerprint, after the checks before parsing."""
         _check_method_and_type(environ)
         _check_single_headers(environ)
-        body = _read_body(environ, self.config.max_body_bytes)
+        body = _read_body(environ, limit)
         headers = _signature_headers(environ)
         try:
             verified = signing.verify(
@@ -156,30 +187,68 @@ class Receiver:
             )
         except SignatureError as exc:
             raise Refusal(401, str(exc), "unauthorized") from None
-        envelope = _parse_body(body)
+        return body, verified.fingerprint
+
+    def _accept(self, environ: Mapping[str, Any]) -> Accepted:
+        body, fingerprint = self._verified_body(environ, self.config.max_body_bytes)
+        envelope = _parse_envelope(_parse_json(body))
+        key = _idempotency_key(environ)
+        return self._store(envelope, key, fingerprint)
+
+    def _accept_batch(self, environ: Mapping[str, Any]) -> BatchAccepted:
+        body, fingerprint = self._verified_body(environ, self.config.max_batch_bytes)
+        document = _parse_json(body)
         try:
-            key = catalog.check_idempotency_key(environ.get("HTTP_X_IDEMPOTENCY_KEY"))
+            events = catalog.parse_batch(document, max_events=self.config.max_batch_events)
+        except BatchTooLarge as exc:
+            raise Refusal(413, str(exc), "too_large") from None
         except EnvelopeError as exc:
             raise Refusal(400, str(exc), "bad_request") from None
-        return self._store(envelope, key, verified.fingerprint)
+        batch_key = _idempotency_key(environ)
+        stored = self._store_batch(events, batch_key, fingerprint)
+        return BatchAccepted([_batch_result(event, stored.get(i)) for i, event in enumerate(events)])
 
     def _store(self, envelope: catalog.Envelope, key: str, fingerprint: str) -> Accepted:
-        # Storing is idempotent on the key, so a retry after a dropped connection is safe: at
-        # worst the second try answers "duplicate" for the row the first one committed. Only a
+        result = self._with_database(
+            lambda cursor: outbox.record_event(
+                cursor,
+                envelope,
+                idempotency_key=key,
+                signature_digest=fingerprint,
+                max_attempts=self.config.max_attempts,
+            )
+        )
+        return Accepted(str(result.event_id), envelope.event_type, result.duplicate)
+
+    def _store_batch(
+        self, events: list[catalog.BatchEvent], batch_key: str, fingerprint: str
+    ) -> dict[int, outbox.InsertResult]:
+        """Store the batch's valid events in one statement; their results by position."""
+        valid = [(i, event) for i, event in enumerate(events) if event.envelope is not None]
+        if not valid:
+            return {}
+        items = [(event.envelope, event.idempotency_key) for _, event in valid]
+        results = self._with_database(
+            lambda cursor: outbox.record_batch(
+                cursor,
+                items,  # type: ignore[arg-type]  # valid events have both
+                batch_key=batch_key,
+                signature_digest=fingerprint,
+                max_attempts=self.config.max_attempts,
+            )
+        )
+        return {position: result for (position, _), result in zip(valid, results)}
+
+    def _with_database(self, work: Callable[[Any], Any]) -> Any:
+        # Storing is idempotent on the keys, so a retry after a dropped connection is safe: at
+        # worst the second try answers "duplicate" for what the first one committed. Only a
         # quick failure (a pooled connection the server closed) is retried: a slow one means
         # the database is not answering, and the sender is told so at once.
         started = time.monotonic()
         for attempt in (1, 2):
             try:
                 with self.database.autocommit() as cursor:
-                    result = outbox.record_event(
-                        cursor,
-                        envelope,
-                        idempotency_key=key,
-                        signature_digest=fingerprint,
-                        max_attempts=self.config.max_attempts,
-                    )
-                return Accepted(str(result.event_id), envelope.event_type, result.duplicate)
+                    return work(cursor)
             except ReplayedSignature as exc:
                 raise Refusal(401, str(exc), "replayed") from None
             except InvalidArgument as exc:  # a value the envelope checks let through
@@ -189,7 +258,14 @@ class Receiver:
                     raise Refusal(503, "database unavailable, retry later", "unavailable") from None
         raise AssertionError("unreachable")
 
-    def _finish(self, outcome: str, status: int, started: float, accepted: Accepted | None) -> None:
+    def _finish(
+        self,
+        outcome: str,
+        status: int,
+        started: float,
+        accepted: Accepted | None,
+        batch: BatchAccepted | None = None,
+    ) -> None:
         elapsed = time.perf_counter() - started
         self.metrics.observe(outcome, elapsed)
         fields: dict[str, Any] = {
@@ -199,6 +275,12 @@ class Receiver:
         }
         if accepted is not None:
             fields.update(event_id=accepted.event_id, event_type=accepted.event_type)
+        if batch is not None:
+            fields.update(
+                stored=batch.count("stored"),
+                duplicates=batch.count("duplicate"),
+                refused=batch.count("refused"),
+            )
         log.info(json.dumps(fields))
 
     # --- health -----------------------------------------------------------------------------
@@ -268,19 +350,36 @@ def _finite_float(text: str) -> float:
     return value
 
 
-def _parse_body(body: bytes) -> catalog.Envelope:
+def _parse_json(body: bytes) -> Any:
     try:
-        document = json.loads(
+        return json.loads(
             body.decode("utf-8"), parse_constant=_reject_constant, parse_float=_finite_float
         )
     except (UnicodeDecodeError, ValueError, RecursionError):
         raise Refusal(400, "body is not valid UTF-8 JSON", "bad_request") from None
+
+
+def _parse_envelope(document: Any) -> catalog.Envelope:
     try:
         return catalog.parse_envelope(document)
     except EnvelopeError as exc:
         raise Refusal(400, str(exc), "bad_request") from None
     except RecursionError:
-        raise Refusal(400, "payload nested too deeply", "bad_request") from None
+        raise Refusal(400, catalog.TOO_DEEP, "bad_request") from None
+
+
+def _idempotency_key(environ: Mapping[str, Any]) -> str:
+    try:
+        return catalog.check_idempotency_key(environ.get("HTTP_X_IDEMPOTENCY_KEY"))
+    except EnvelopeError as exc:
+        raise Refusal(400, str(exc), "bad_request") from None
+
+
+def _batch_result(event: catalog.BatchEvent, stored: outbox.InsertResult | None) -> dict[str, str]:
+    if stored is None:
+        return {"status": "refused", "error": event.refusal or "not stored"}
+    status = "duplicate" if stored.duplicate else "stored"
+    return {"status": status, "event_id": str(stored.event_id)}
 
 
 def _json(

@@ -133,6 +133,36 @@ def record_event(
     return InsertResult(event_id=event_id, duplicate=duplicate)
 
 
+def record_batch(
+    cursor: Any,
+    events: Sequence[tuple[Envelope, str]],
+    *,
+    batch_key: str,
+    signature_digest: str,
+    max_attempts: int = DEFAULT_MAX_ATTEMPTS,
+) -> list[InsertResult]:
+    """Store checked (envelope, idempotency key) pairs and their audit copies in one statement
+    (one round trip, one transaction); results in the same order.
+
+    A key already stored, or repeated earlier in ``events``, is a duplicate and writes nothing.
+    A signature digest already accepted under another batch key raises ReplayedSignature.
+    """
+    document = [{**envelope.to_json(), "idempotency_key": key} for envelope, key in events]
+    cursor.execute(
+        "select event_position, event_id, duplicate from public.insert_outbox_batch("
+        " p_batch_key => %(batch_key)s, p_signature_digest => %(digest)s,"
+        " p_events => %(events)s, p_max_attempts => %(max_attempts)s)",
+        {
+            "batch_key": batch_key,
+            "digest": signature_digest,
+            "events": Json(document),
+            "max_attempts": max_attempts,
+        },
+    )
+    rows = sorted(cursor.fetchall())
+    return [InsertResult(event_id=event_id, duplicate=duplicate) for _, event_id, duplicate in rows]
+
+
 def claim(
     cursor: Any,
     *,

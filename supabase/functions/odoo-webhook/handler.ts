@@ -7,6 +7,10 @@
 import postgres from "npm:postgres@3.4.5";
 
 export const MAX_BODY_BYTES = 256 * 1024;
+// One batch request (POST …/odoo-webhook/batch): at most this many events and bytes, as in
+// ipai_bus_lib.core.catalog.
+export const MAX_BATCH_EVENTS = 1000;
+export const MAX_BATCH_BYTES = 4 * 1024 * 1024;
 export const TOLERANCE_MS = 300_000;
 const MAX_DIGESTS = 8;
 const MAX_TEXT = 255;
@@ -203,12 +207,12 @@ export function parseEnvelope(doc: Json): Envelope {
   };
 }
 
-async function readBody(req: Request): Promise<Bytes> {
+async function readBody(req: Request, limit: number): Promise<Bytes> {
   const declared = req.headers.get("content-length");
   if (declared !== null) {
     if (!/^[0-9]+$/.test(declared)) throw badRequest("invalid Content-Length");
-    if (Number(declared) > MAX_BODY_BYTES) {
-      throw new Refusal(413, `body larger than ${MAX_BODY_BYTES} bytes`, "too_large");
+    if (Number(declared) > limit) {
+      throw new Refusal(413, `body larger than ${limit} bytes`, "too_large");
     }
   }
   const chunks: Uint8Array[] = [];
@@ -218,9 +222,9 @@ async function readBody(req: Request): Promise<Bytes> {
     const { done, value } = await reader.read();
     if (done) break;
     size += value.length;
-    if (size > MAX_BODY_BYTES) {
+    if (size > limit) {
       await reader.cancel();
-      throw new Refusal(413, `body larger than ${MAX_BODY_BYTES} bytes`, "too_large");
+      throw new Refusal(413, `body larger than ${limit} bytes`, "too_large");
     }
     chunks.push(value);
   }
@@ -233,7 +237,7 @@ async function readBody(req: Request): Promise<Bytes> {
   return body;
 }
 
-function parseBody(body: Bytes): Envelope {
+function parseJson(body: Bytes): Json {
   let doc: Json;
   try {
     doc = JSON.parse(new TextDecoder("utf-8", { fatal: true, ignoreBOM: true }).decode(body));
@@ -241,7 +245,39 @@ function parseBody(body: Bytes): Envelope {
     throw badRequest("body is not valid UTF-8 JSON");
   }
   if (hasNonFiniteNumber(doc)) throw badRequest("body is not valid UTF-8 JSON");
-  return parseEnvelope(doc);
+  return doc;
+}
+
+/** One element of a batch: the envelope and its key, or why it was refused. */
+export type BatchEvent = { envelope: Envelope; key: string } | { refusal: string };
+
+/** The batch checks of ipai_bus_lib.core.catalog.parse_batch, with the same messages. */
+export function parseBatch(doc: Json): BatchEvent[] {
+  const events = doc !== null && typeof doc === "object" && !Array.isArray(doc)
+    ? doc["events"] : undefined;
+  if (!Array.isArray(events) || events.length === 0) {
+    throw badRequest('body must be a JSON object {"events": [...]} with at least one event');
+  }
+  if (events.length > MAX_BATCH_EVENTS) {
+    throw new Refusal(413, `batch of ${events.length} events: at most ${MAX_BATCH_EVENTS} per request`,
+      "too_large");
+  }
+  return events.map((item) => {
+    if (item === null || typeof item !== "object" || Array.isArray(item)) {
+      return { refusal: "event must be a JSON object" };
+    }
+    try {
+      const envelope = parseEnvelope(item);
+      const key = item["idempotency_key"];
+      if (typeof key !== "string" || !KEY.test(key)) {
+        throw badRequest("idempotency_key must be 1-255 printable ASCII characters");
+      }
+      return { envelope, key };
+    } catch (error) {
+      if (error instanceof Refusal) return { refusal: error.message };
+      throw error;
+    }
+  });
 }
 
 // deno-lint-ignore no-explicit-any
@@ -277,27 +313,74 @@ async function store(envelope: Envelope, key: string, fingerprint: string) {
   return rows[0] as { event_id: string; duplicate: boolean };
 }
 
+async function storeBatch(
+  items: { envelope: Envelope; key: string }[], batchKey: string, fingerprint: string,
+) {
+  // One statement: every new event and its event_log copy commit together, as in Python.
+  const events = items.map(({ envelope, key }) => ({ ...envelope, idempotency_key: key }));
+  const rows = await db()`
+    select event_position, event_id::text as event_id, duplicate
+    from public.insert_outbox_batch(
+      p_batch_key => ${batchKey}, p_signature_digest => ${fingerprint},
+      p_events => ${db().json(events)})`;
+  return rows as { event_position: number; event_id: string; duplicate: boolean }[];
+}
+
 function secrets(): string[] {
   return (Deno.env.get("IPAI_WEBHOOK_SECRET") ?? "").split(",").map((s) => s.trim())
     .filter((s) => s);
 }
 
-async function accept(req: Request) {
+/** The checks before parsing, in the Python receiver's order: the body and its fingerprint. */
+async function verifiedBody(req: Request, limit: number) {
   if (req.method !== "POST") throw new Refusal(405, "method not allowed: use POST", "method_not_allowed");
   const mediaType = (req.headers.get("content-type") ?? "").split(";")[0].trim().toLowerCase();
   if (mediaType !== "application/json") {
     throw new Refusal(415, "content type must be application/json", "unsupported_media_type");
   }
-  const body = await readBody(req);
+  const body = await readBody(req, limit);
   const message = await verify(secrets(), body, req.headers);
-  const envelope = parseBody(body);
+  return { body, fingerprint: hex(await crypto.subtle.digest("SHA-256", message)) };
+}
+
+function idempotencyKey(req: Request): string {
   const key = req.headers.get("x-idempotency-key");
   if (key === null || !KEY.test(key)) {
     throw badRequest("x-idempotency-key header must be 1-255 printable ASCII characters");
   }
-  const fingerprint = hex(await crypto.subtle.digest("SHA-256", message));
+  return key;
+}
+
+async function accept(req: Request) {
+  const { body, fingerprint } = await verifiedBody(req, MAX_BODY_BYTES);
+  const envelope = parseEnvelope(parseJson(body));
+  const key = idempotencyKey(req);
+  return { ...(await withDatabase(() => store(envelope, key, fingerprint))),
+    event_type: envelope.event_type };
+}
+
+type BatchResult = { status: string; event_id?: string; error?: string };
+
+async function acceptBatch(req: Request): Promise<BatchResult[]> {
+  const { body, fingerprint } = await verifiedBody(req, MAX_BATCH_BYTES);
+  const events = parseBatch(parseJson(body));
+  const batchKey = idempotencyKey(req);
+  const valid = events.flatMap((event, position) => "refusal" in event ? [] : [{ ...event, position }]);
+  const stored = new Map<number, { event_id: string; duplicate: boolean }>();
+  if (valid.length > 0) {
+    const rows = await withDatabase(() => storeBatch(valid, batchKey, fingerprint));
+    rows.forEach((row) => stored.set(valid[row.event_position].position, row));
+  }
+  return events.map((event, position) => {
+    const row = stored.get(position);
+    if (row === undefined) return { status: "refused", error: "refusal" in event ? event.refusal : "not stored" };
+    return { status: row.duplicate ? "duplicate" : "stored", event_id: row.event_id };
+  });
+}
+
+async function withDatabase<T>(work: () => Promise<T>): Promise<T> {
   try {
-    return { ...(await store(envelope, key, fingerprint)), event_type: envelope.event_type };
+    return await work();
   } catch (error) {
     const code = String((error as { code?: string }).code ?? "");
     if (code === "IB001") throw new Refusal(401, "replayed signature", "replayed");
@@ -317,10 +400,12 @@ function answer(status: number, document: Record<string, Json>, extra: HeadersIn
   });
 }
 
-/** The function: POST …/odoo-webhook. */
+/** The function: POST …/odoo-webhook, and its batch sibling POST …/odoo-webhook/batch. */
 export async function handleRequest(req: Request): Promise<Response> {
   const started = performance.now();
-  if (!new URL(req.url).pathname.endsWith("/odoo-webhook")) {
+  const path = new URL(req.url).pathname;
+  const batch = path.endsWith("/odoo-webhook/batch");
+  if (!batch && !path.endsWith("/odoo-webhook")) {
     return answer(404, { ok: false, error: "not found" });
   }
   const log = (outcome: string, status: number, extra: Record<string, Json> = {}) =>
@@ -332,6 +417,13 @@ export async function handleRequest(req: Request): Promise<Response> {
     return answer(503, { ok: false, error: "no webhook secret is configured" });
   }
   try {
+    if (batch) {
+      const results = await acceptBatch(req);
+      const count = (status: string) => results.filter((r) => r.status === status).length;
+      const counts = { stored: count("stored"), duplicates: count("duplicate"), refused: count("refused") };
+      log("batch", 200, counts);
+      return answer(200, { ok: true, ...counts, results });
+    }
     const stored = await accept(req);
     log(stored.duplicate ? "duplicate" : "stored", 200,
       { event_id: stored.event_id, event_type: stored.event_type });

@@ -96,6 +96,25 @@ Deno.test({ name: "stored, then duplicate, writes once", ...live, fn: async () =
     "payload and signature fingerprint stored");
 }});
 
+Deno.test({ name: "a batch stores its valid events together and refuses a bad one alone", ...live,
+  fn: async () => {
+    const run = crypto.randomUUID();
+    const good = [1, 2, 3].map((n) => ({ ...JSON.parse(event(`20${n}`)), idempotency_key: `${run}-${n}` }));
+    const body = JSON.stringify({ events: [good[0], { ...good[1], event_type: "Bad" }, good[2], good[0]] });
+    const before = await counts();
+    const response = await handleRequest(new Request(`${URL_}/batch`, {
+      method: "POST", body, headers: await signed(body, `batch-${run}`),
+    }));
+    const answer = await response.json();
+    assert(response.status === 200, JSON.stringify(answer));
+    const statuses = answer.results.map((r: { status: string }) => r.status);
+    assert(JSON.stringify(statuses) === '["stored","refused","stored","duplicate"]', statuses);
+    assert(answer.results[3].event_id === answer.results[0].event_id, "a repeated key is a duplicate");
+    assert(answer.results[1].error.startsWith("event_type must be lowercase"), answer.results[1].error);
+    const after = await counts();
+    assert(after[0] === before[0] + 2 && after[1] === before[1] + 2, `rows ${before} -> ${after}`);
+  }});
+
 Deno.test({ name: "every refusal answers per the contract and stores nothing", ...live,
   fn: async () => {
     const body = event("102");
