@@ -25,6 +25,19 @@ WEBHOOK_PATH = "/functions/v1/odoo-webhook"
 BATCH_PATH = WEBHOOK_PATH + "/batch"
 
 
+def cli(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 90
+) -> subprocess.CompletedProcess:
+    """`ipai-bus ARGS` as a subprocess, with ``env`` over this environment."""
+    return subprocess.run(
+        [sys.executable, "-m", "ipai_bus_lib.ops.cli", *args],
+        env={**os.environ, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
 def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))

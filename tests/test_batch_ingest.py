@@ -14,8 +14,10 @@ from ipai_bus_lib.core import catalog
 from ipai_bus_lib.storage import outbox
 
 from .helpers import (
+    PRIMARY_SECRET,
     batch_body,
     batch_event,
+    cli,
     post_batch,
     receiver_process,
     signed,
@@ -233,3 +235,39 @@ def test_the_least_privileged_ingest_role_may_store_batches(bus_url, clean_bus):
         with conn.cursor() as cursor:
             cursor.execute("drop role if exists batch_tester")
         conn.close()
+
+
+# --- the sender and `ipai-bus send` ----------------------------------------------------------------
+
+
+def test_send_file_sends_a_batch_and_refuses_a_bad_one_up_front(receiver, clean_bus, tmp_path):
+    env = {"IPAI_WEBHOOK_SECRET": PRIMARY_SECRET}
+    url = receiver.base_url + "/functions/v1/odoo-webhook"
+    good = tmp_path / "batch.json"
+    good.write_text(batch_body([batch_event("file-1"), batch_event("file-2")]).decode())
+    sent = cli("send", "--file", str(good), "--url", url, env=env)
+    assert sent.returncode == 0, sent.stderr
+    assert '"stored": 2' in sent.stdout and len(stored_rows(clean_bus)[0]) == 2
+
+    bad = tmp_path / "bad.json"
+    bad.write_text(batch_body([batch_event("file-3"), batch_event("file-4", payload=[])]).decode())
+    refused = cli("send", "--file", str(bad), "--url", url, env=env)
+    assert refused.returncode == 2
+    assert "event 1 of" in refused.stderr and "payload must be a JSON object" in refused.stderr
+    assert len(stored_rows(clean_bus)[0]) == 2, "nothing of a refused file was sent"
+
+    too_big = cli("send", "--type", "expense.paid", "--sample", "--count", "5", "--batch-size", "1001")
+    assert too_big.returncode == 2 and "at most 1000" in too_big.stderr
+
+
+def test_send_count_loads_the_receiver_in_batches_and_prints_the_rate(receiver, clean_bus):
+    env = {"IPAI_WEBHOOK_SECRET": PRIMARY_SECRET}
+    url = receiver.base_url + "/functions/v1/odoo-webhook"
+    args = ("send", "--type", "expense.submitted", "--sample", "--url", url)
+    loaded = cli(*args, "--count", "1200", "--batch-size", "500", env=env)
+    assert loaded.returncode == 0, loaded.stderr
+    assert "sent 1200 events in" in loaded.stdout
+    assert "1200 stored, 0 duplicates, 0 refused, 0 failed requests" in loaded.stdout
+    queued, log = stored_rows(clean_bus)
+    assert len(queued) == 1200 and log == queued
+    assert len({row[1] for row in queued.values()}) == 1200, "each event its own record"

@@ -18,19 +18,7 @@ import pytest
 from ipai_bus_lib.core.catalog import Envelope
 from ipai_bus_lib.storage import outbox
 
-from .helpers import free_port, snapshot, wait_until
-
-
-def cli(
-    *args: str, env: dict[str, str] | None = None, timeout: float = 90
-) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "ipai_bus_lib.ops.cli", *args],
-        env={**os.environ, **(env or {})},
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
+from .helpers import cli, free_port, snapshot, wait_until
 
 
 @pytest.fixture()
@@ -265,6 +253,8 @@ def test_up_from_an_empty_machine_delivers_and_stops_cleanly(fresh_home, tmp_pat
         assert stat.S_IMODE((tmp_path / "config" / "webhook-secret").stat().st_mode) == 0o600
         sent = cli("send", "--type", "expense.submitted", "--sample", env=fresh_home)
         assert sent.returncode == 0, sent.stderr
+        batch = cli("send", "--type", "expense.paid", "--sample", "--count", "3", env=fresh_home)
+        assert batch.returncode == 0 and "3 stored" in batch.stdout, batch.stdout + batch.stderr
         wait_until(
             lambda: "📝 **Expense submitted**" in (tmp_path / "up.log").read_text(),
             timeout=20,

@@ -8,12 +8,9 @@ The numbers in the names are the items of the issue that asked for them.
 from __future__ import annotations
 
 import json
-import os
 import signal
 import socket
 import stat
-import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -32,6 +29,7 @@ from ipai_bus_lib.storage.migrator import migrate
 
 from .helpers import (
     WEBHOOK_PATH,
+    cli,
     counts,
     event_body,
     post,
@@ -70,16 +68,6 @@ def run_in_thread(router) -> threading.Thread:
     thread = threading.Thread(target=router.run, daemon=True)
     thread.start()
     return thread
-
-
-def cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "ipai_bus_lib.ops.cli", *args],
-        env={**os.environ, **env},
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
 
 
 # --- 1. poison at claim -----------------------------------------------------------------------

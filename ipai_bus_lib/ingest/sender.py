@@ -1,22 +1,33 @@
-"""Sending one signed event to a receiver: `ipai-bus send`, the demo, and scripts."""
+"""Sending signed events to a receiver, one or a batch at a time: `ipai-bus send`, the demo,
+and scripts."""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
+import time
 import urllib.error
 import urllib.request
 import uuid
 from pathlib import Path
 from typing import Any
 
-from ..core.catalog import Envelope, lookup, new_envelope, parse_envelope
+from ..core.catalog import (
+    MAX_BATCH_EVENTS,
+    Envelope,
+    batch_body,
+    lookup,
+    new_envelope,
+    parse_batch,
+    parse_envelope,
+)
 from ..core.errors import ConfigurationError, EnvelopeError, IpaiBusError
 from ..core.samples import sample_envelope
 from ..core.secret_files import config_dir
 from ..core.settings import Settings, read_secret_file
 from ..core.signing import signature_headers
-from .receiver import WEBHOOK_PATH
+from .receiver import BATCH_PATH, WEBHOOK_PATH
 
 
 class ReceiverUnreachable(IpaiBusError):
@@ -45,7 +56,32 @@ def post_event(
     url: str, envelope: Envelope, *, secret: str, key: str, timeout: float = 10.0
 ) -> tuple[int, dict[str, Any]]:
     """Sign and POST one envelope; returns the HTTP status and the receiver's JSON answer."""
-    body = envelope.to_bytes()
+    return _post_signed(url, envelope.to_bytes(), secret=secret, key=key, timeout=timeout)
+
+
+def post_batch(
+    url: str,
+    events: list[tuple[Envelope, str]],
+    *,
+    secret: str,
+    batch_key: str | None = None,
+    timeout: float = 30.0,
+) -> tuple[int, dict[str, Any]]:
+    """Sign and POST (envelope, idempotency key) pairs as one batch to the receiver's batch
+    path (``url`` is the webhook's); returns the status and the answer, a result per event."""
+    key = batch_key or f"batch:{uuid.uuid4()}"
+    return _post_signed(batch_url(url), batch_body(events), secret=secret, key=key, timeout=timeout)
+
+
+def batch_url(webhook_url: str) -> str:
+    """The batch sibling of a webhook URL: ``…/odoo-webhook`` → ``…/odoo-webhook/batch``."""
+    suffix = BATCH_PATH[len(WEBHOOK_PATH) :]
+    return webhook_url if webhook_url.endswith(suffix) else webhook_url.rstrip("/") + suffix
+
+
+def _post_signed(
+    url: str, body: bytes, *, secret: str, key: str, timeout: float
+) -> tuple[int, dict[str, Any]]:
     request = urllib.request.Request(
         url, data=body, method="POST", headers=signature_headers(secret, body, idempotency_key=key)
     )
@@ -97,10 +133,91 @@ def envelope_from_arguments(args: argparse.Namespace) -> Envelope:
         raise ConfigurationError(f"not valid JSON: {exc}") from None
 
 
+def batch_from_file(path: str) -> list[tuple[Envelope, str]] | None:
+    """A file holding ``{"events": [...]}`` as (envelope, key) pairs; None for a single envelope.
+
+    Raises ConfigurationError naming the first event the receiver would refuse.
+    """
+    try:
+        document = json.loads(Path(path).read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigurationError(f"cannot read {path}: {exc.strerror}") from None
+    except ValueError as exc:
+        raise ConfigurationError(f"not valid JSON: {exc}") from None
+    if not (isinstance(document, dict) and "events" in document):
+        return None
+    try:
+        events = parse_batch(document)
+    except EnvelopeError as exc:
+        raise ConfigurationError(f"not a valid batch: {exc}") from None
+    for position, event in enumerate(events):
+        if event.refusal:
+            raise ConfigurationError(f"event {position} of {path} is not valid: {event.refusal}")
+    return [(event.envelope, event.idempotency_key) for event in events]  # type: ignore[misc]
+
+
+@dataclasses.dataclass
+class LoadReport:
+    """What a `send --count` run did."""
+
+    sent: int = 0
+    stored: int = 0
+    duplicates: int = 0
+    refused: int = 0
+    failed_requests: int = 0
+    seconds: float = 0.0
+
+    def line(self) -> str:
+        rate = self.sent / self.seconds if self.seconds else 0.0
+        return (
+            f"sent {self.sent} events in {self.seconds:.2f} s ({rate:,.0f} events/s): "
+            f"{self.stored} stored, {self.duplicates} duplicates, {self.refused} refused, "
+            f"{self.failed_requests} failed requests"
+        )
+
+
+def send_load(url: str, envelope: Envelope, *, count: int, batch_size: int, secret: str) -> LoadReport:
+    """Send ``count`` copies of ``envelope`` (each its own record and key) in batches."""
+    run = uuid.uuid4().hex[:8]
+    report = LoadReport()
+    started = time.perf_counter()
+    for first in range(0, count, batch_size):
+        numbers = range(first, min(first + batch_size, count))
+        events = [
+            (dataclasses.replace(envelope, aggregate_id=f"load-{run}-{n}"), f"load:{run}:{n}")
+            for n in numbers
+        ]
+        status, answer = post_batch(url, events, secret=secret)
+        report.sent += len(events)
+        if status != 200:
+            report.failed_requests += 1
+            print(f"HTTP {status} {json.dumps(answer)}")
+            continue
+        report.stored += answer["stored"]
+        report.duplicates += answer["duplicates"]
+        report.refused += answer["refused"]
+    report.seconds = time.perf_counter() - started
+    return report
+
+
 def send_from_arguments(args: argparse.Namespace, settings: Settings) -> int:
-    envelope = envelope_from_arguments(args)
-    key = args.key or f"manual:{envelope.event_type}:{uuid.uuid4()}"
     url = args.url or receiver_url(settings)
-    status, answer = post_event(url, envelope, secret=signing_secret(settings), key=key)
+    secret = signing_secret(settings)
+    batch = batch_from_file(args.file) if args.file else None
+    if batch is not None:
+        if len(batch) > MAX_BATCH_EVENTS:
+            raise ConfigurationError(
+                f"{args.file} holds {len(batch)} events: at most {MAX_BATCH_EVENTS}"
+            )
+        status, answer = post_batch(url, batch, secret=secret, batch_key=args.key)
+        print(f"HTTP {status} {json.dumps(answer)}")
+        return 0 if status == 200 and not answer.get("refused") else 1
+    envelope = envelope_from_arguments(args)
+    if args.count:
+        report = send_load(url, envelope, count=args.count, batch_size=args.batch_size, secret=secret)
+        print(report.line())
+        return 0 if report.stored == report.sent else 1
+    key = args.key or f"manual:{envelope.event_type}:{uuid.uuid4()}"
+    status, answer = post_event(url, envelope, secret=secret, key=key)
     print(f"HTTP {status} {json.dumps(answer)}")
     return 0 if status == 200 else 1

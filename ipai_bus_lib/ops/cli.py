@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .. import __version__
+from ..core.catalog import MAX_BATCH_EVENTS
 from ..core.errors import ConfigurationError, DatabaseUnavailable, IpaiBusError
 from ..core.settings import Settings
 from ..storage.database_location import database_url, embedded_cluster, running_database_url
@@ -223,6 +224,13 @@ def _positive(text: str) -> int:
     return value
 
 
+def _batch_size(text: str) -> int:
+    value = _positive(text)
+    if value > MAX_BATCH_EVENTS:
+        raise argparse.ArgumentTypeError(f"a batch holds at most {MAX_BATCH_EVENTS} events, got {value}")
+    return value
+
+
 def _port(text: str) -> int:
     value = _positive(text)
     if value > 65535:
@@ -263,16 +271,34 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for delivery")
     demo.set_defaults(handler=cmd_demo)
 
-    send = commands.add_parser("send", help="sign and send one event to a receiver")
+    send = commands.add_parser(
+        "send", help="sign and send one event, a batch, or a load of events to a receiver"
+    )
     what = send.add_mutually_exclusive_group(required=True)
     what.add_argument("--type", dest="event_type", help="event type, e.g. expense.submitted")
-    what.add_argument("--file", help="a JSON file holding the whole event envelope")
+    what.add_argument(
+        "--file",
+        help='a JSON file holding one event envelope, or a batch {"events": [...]} (each event'
+        " with its idempotency_key)",
+    )
     send.add_argument("--aggregate-id", help="the record's id (with --type)")
     send.add_argument("--aggregate-type", help="default: the catalog's for --type")
     send.add_argument("--payload", help="the payload as a JSON object (with --type)")
     send.add_argument("--sample", action="store_true", help="with --type: a realistic sample payload")
     send.add_argument("--key", help="idempotency key (default: a new one)")
     send.add_argument("--url", help="receiver URL (default: this machine's receiver)")
+    send.add_argument(
+        "--count",
+        type=_positive,
+        help="load mode: send this many events like the one described (each its own record and"
+        " key) in batches, and print the rate",
+    )
+    send.add_argument(
+        "--batch-size",
+        type=_batch_size,
+        default=500,
+        help="events per request with --count (default 500, at most 1000)",
+    )
     send.set_defaults(handler=cmd_send)
 
     add_operator_commands(commands, running_database_url)
