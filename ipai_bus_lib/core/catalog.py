@@ -479,10 +479,11 @@ def parse_batch(document: Any, *, max_events: int = MAX_BATCH_EVENTS) -> list[Ba
         )
     if len(events) > max_events:
         raise BatchTooLarge(f"batch of {len(events)} events: at most {max_events} per request")
-    return [_batch_event(item) for item in events]
+    return [parse_batch_event(item) for item in events]
 
 
-def _batch_event(item: Any) -> BatchEvent:
+def parse_batch_event(item: Any) -> BatchEvent:
+    """One batch element checked as the receiver checks it (see parse_batch)."""
     if not isinstance(item, dict):
         return BatchEvent(refusal="event must be a JSON object")
     try:

@@ -12,11 +12,12 @@ from ipai_bus_lib.core.catalog import Envelope
 
 from ..utils.cron_waker import wake_cron_workers
 from ..utils.ipai_webhook import (
+    BATCH_EVENTS,
     SECRET_PARAMETER,
     SOURCE_PARAMETER,
     URL_PARAMETER,
+    BatchPoster,
     DeliveryError,
-    RecordOrderedPoster,
     default_source,
 )
 
@@ -28,9 +29,8 @@ RETRY_MINUTES = (1, 2, 5, 10, 30, 60)
 # Events taken per cron run; the cron reports what remains (Odoo's progress API), so it runs
 # again at once while a backlog lasts instead of waiting for its next minute.
 DISPATCH_BATCH = 500
-# Outcomes are committed every this many events: a worker killed mid-batch resends at most
-# these, which the bus answers as duplicates (same idempotency key), storing nothing twice.
-COMMIT_EVERY = 50
+# Outcomes are committed after every batch request (BATCH_EVENTS): a worker killed mid-run
+# resends at most one batch, which the bus answers as duplicates, storing nothing twice.
 RETENTION_PARAMETER = "ipai.outbox.retention_days"
 DEFAULT_RETENTION_DAYS = 30
 NOT_CONFIGURED = (
@@ -193,24 +193,24 @@ class IpaiEventOutbox(models.Model):
         due = self.browse([row[0] for row in self.env.cr.fetchall()])
         testing = getattr(threading.current_thread(), "testing", False)
         source = self._ipai_source()
-        with RecordOrderedPoster(url, secret) as poster:
-            for start in range(0, len(due), COMMIT_EVERY):
-                chunk = due[start : start + COMMIT_EVERY]
-                outcomes = poster.post_all(
-                    [
-                        (
-                            event.id,
-                            (event.aggregate_type, event.aggregate_id),
-                            event._envelope(source),
-                            event.idempotency_key,
-                        )
-                        for event in chunk
-                    ]
-                )
-                for event in chunk:
-                    event._record_outcome(outcomes[event.id])
-                if not testing:
-                    self.env.cr.commit()
+        items = [
+            (
+                event.id,
+                (event.aggregate_type, event.aggregate_id),
+                event._envelope(source),
+                event.idempotency_key,
+            )
+            for event in due
+        ]
+        with BatchPoster(url, secret) as poster:
+            outcomes = poster.post_all(items)
+        # Written batch by batch, each committed: what a crash loses is resent as duplicates.
+        for start in range(0, len(items), BATCH_EVENTS):
+            self._record_outcomes(
+                {item[0]: outcomes[item[0]] for item in items[start : start + BATCH_EVENTS]}
+            )
+            if not testing:
+                self.env.cr.commit()
         self.env["ir.cron"]._notify_progress(done=len(due), remaining=self._count_due())
         return len(due)
 
@@ -232,31 +232,41 @@ class IpaiEventOutbox(models.Model):
         )
         self.invalidate_model(["last_error"])
 
-    def _record_outcome(self, outcome):
-        """Write what posting came to: sent (with the bus's event id), or failed and when to
-        try again."""
-        self.ensure_one()
-        if isinstance(outcome, DeliveryError):
-            delay = RETRY_MINUTES[min(self.attempts, len(RETRY_MINUTES) - 1)]
-            self.write(
-                {
-                    "state": "failed",
-                    "attempts": self.attempts + 1,
-                    "last_error": str(outcome),
-                    "next_attempt_at": fields.Datetime.now() + timedelta(minutes=delay),
-                }
+    @api.model
+    def _record_outcomes(self, outcomes):
+        """Write what posting came to, set-based: sent (with the bus's event id), or failed
+        with the reason and when to try again (RETRY_MINUTES by attempts so far).
+
+        ``outcomes``: {outbox id: the bus's answer for it, or a DeliveryError}.
+        """
+        now = fields.Datetime.now()
+        sent = [
+            (event_id, answer.get("event_id"))
+            for event_id, answer in outcomes.items()
+            if isinstance(answer, dict)
+        ]
+        if sent:
+            self.env.cr.execute(
+                "UPDATE ipai_event_outbox o SET state = 'sent', attempts = o.attempts + 1,"  # noqa: UP031
+                " last_error = NULL, sent_at = %s, bus_event_id = v.bus_id, write_date = %s,"
+                " write_uid = %s FROM (VALUES " + ", ".join(["%s"] * len(sent)) + ") AS v(id, bus_id)"
+                " WHERE o.id = v.id",
+                [now, now, self.env.uid, *sent],
             )
-            _logger.warning("IPAI event %s not delivered: %s", self.idempotency_key, outcome)
-            return
-        self.write(
-            {
-                "state": "sent",
-                "attempts": self.attempts + 1,
-                "last_error": False,
-                "sent_at": fields.Datetime.now(),
-                "bus_event_id": outcome.get("event_id"),
-            }
-        )
+        failures = {}
+        for event_id, outcome in outcomes.items():
+            if isinstance(outcome, DeliveryError):
+                failures.setdefault(str(outcome), []).append(event_id)
+        for error, event_ids in failures.items():
+            self.env.cr.execute(
+                "UPDATE ipai_event_outbox SET state = 'failed', attempts = attempts + 1,"
+                " last_error = %s, next_attempt_at = %s + make_interval(mins =>"
+                " (%s::int[])[least(attempts + 1, %s)]), write_date = %s, write_uid = %s"
+                " WHERE id = ANY(%s)",
+                (error, now, list(RETRY_MINUTES), len(RETRY_MINUTES), now, self.env.uid, event_ids),
+            )
+            _logger.warning("%d IPAI event(s) not delivered: %s", len(event_ids), error)
+        self.invalidate_model()
 
     @api.model
     def _cron_purge_sent(self, batch=10000):
