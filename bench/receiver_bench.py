@@ -3,10 +3,13 @@
 Starts a durable embedded PostgreSQL of its own (fsync on) and `ipai-bus serve` on loopback, then:
   1. direct: N threads, each with its own psycopg2 connection, calling insert_outbox_event;
   2. receiver: N concurrent keep-alive HTTP clients (asyncio, one process) posting signed events.
-  3. with --flood: the receiver run again while 500 idle and 32 slow connections are held open.
-Prints the rates, p50/p99 latency, and the ratios receiver/direct and flood/no flood.
+  3. with --batch N: the receiver's batch path, N events per signed request, a few clients;
+  4. with --flood: the receiver run again while 500 idle and 32 slow connections are held open.
+Prints the rates, p50/p99 latency (per request), the ratios against direct inserts, and checks
+that every event sent was stored.
 
     python bench/receiver_bench.py --events 4000 --clients 16 --flood
+    python bench/receiver_bench.py --events 30000 --clients 16 --batch 500
 """
 
 from __future__ import annotations
@@ -100,19 +103,45 @@ def run_direct(url: str, events: int, clients: int) -> tuple[float, list[float]]
 
 
 def signed_requests(events: int, port: int, run: str = "http") -> list[bytes]:
+    return [
+        http_request(port, "/functions/v1/odoo-webhook", body_of(number, run), f"{run}-{number}")
+        for number in range(events)
+    ]
+
+
+def signed_batch_requests(events: int, port: int, batch: int, run: str = "batch") -> list[bytes]:
     requests = []
-    for number in range(events):
-        body = body_of(number, run)
-        headers = signing.signature_headers(SECRET, body, idempotency_key=f"{run}-{number}")
-        head = "".join(f"{name}: {value}\r\n" for name, value in headers.items())
-        requests.append(
-            (
-                f"POST /functions/v1/odoo-webhook HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
-                f"{head}Content-Length: {len(body)}\r\n\r\n"
-            ).encode()
-            + body
-        )
+    for first in range(0, events, batch):
+        elements = [
+            {**json.loads(body_of(number, run)), "idempotency_key": f"{run}-{number}"}
+            for number in range(first, min(first + batch, events))
+        ]
+        body = json.dumps({"events": elements}, separators=(",", ":")).encode()
+        requests.append(http_request(port, "/functions/v1/odoo-webhook/batch", body, f"{run}-b{first}"))
     return requests
+
+
+def http_request(port: int, path: str, body: bytes, key: str) -> bytes:
+    headers = signing.signature_headers(SECRET, body, idempotency_key=key)
+    head = "".join(f"{name}: {value}\r\n" for name, value in headers.items())
+    return (
+        f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n{head}Content-Length: {len(body)}\r\n\r\n"
+    ).encode() + body
+
+
+def stored_events(url: str, source: str) -> int:
+    conn = psycopg2.connect(url)
+    try:
+        with conn.cursor() as cursor:
+            cursor.execute(
+                "select count(*), (select count(*) from integration.event_log where source = %s)"
+                " from integration.outbox where source = %s",
+                (source, source),
+            )
+            outbox, log = cursor.fetchone()
+        return outbox if outbox == log else -1
+    finally:
+        conn.close()
 
 
 async def run_http(port: int, requests: list[bytes], clients: int) -> tuple[float, list[float]]:
@@ -160,6 +189,8 @@ def main() -> None:
     parser.add_argument(
         "--flood", action="store_true", help="also measure under 500 idle and 32 slow connections"
     )
+    parser.add_argument("--batch", type=int, default=0, help="also measure batches of this many events")
+    parser.add_argument("--batch-clients", type=int, default=4, help="concurrent batch clients")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="ipai-bench-") as home:
@@ -198,6 +229,21 @@ def main() -> None:
             http_rate, http_latencies = asyncio.run(run_http(port, prepared, args.clients))
             report("receiver (verify+outbox+log)", http_rate, http_latencies)
             print(f"ratio receiver/direct: {http_rate / direct_rate:.2f}")
+            if args.batch:
+                batches = signed_batch_requests(args.events, port, args.batch)
+                request_rate, batch_latencies = asyncio.run(run_http(port, batches, args.batch_clients))
+                batch_rate = request_rate * args.events / len(batches)
+                report(
+                    f"receiver batch ({args.batch}/request, {args.batch_clients} clients)",
+                    batch_rate,
+                    batch_latencies,
+                )
+                stored = stored_events(url, "batch")
+                print(
+                    f"ratio batch/single-event receiver: {batch_rate / http_rate:.2f};"
+                    f" batch/direct: {batch_rate / direct_rate:.2f};"
+                    f" stored with audit copies: {stored} of {args.events}"
+                )
             if args.flood:
                 flooded = signed_requests(args.events, port, run="flood")
                 with hostile_clients(port, idle=500, slow=32):
