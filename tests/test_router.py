@@ -535,6 +535,46 @@ def test_notify_wakes_a_waiting_router_at_once(database):
     assert not thread.is_alive()
 
 
+class StopsTheRouterAfter:
+    """A destination that accepts events and asks the router to stop at the n-th one."""
+
+    needs_message = False
+    waits_on_network = False
+
+    def __init__(self, name: str, count: int) -> None:
+        self.name, self.count, self.delivered, self.router = name, count, 0, None
+
+    def deliver(self, event, message) -> None:
+        self.delivered += 1
+        if self.delivered == self.count:
+            self.router.stop()
+
+    def close(self) -> None:
+        pass
+
+
+def test_a_stopping_router_hands_back_the_batch_it_claimed_ahead(database):
+    """With a backlog the next batch is claimed while one is delivered; a stop gives it back
+    at once, attempts untouched, instead of leaving it to its leases."""
+    import threading
+
+    ids = add_events(database, 60)
+    destination = StopsTheRouterAfter("stopper", count=5)
+    router = make_router(database, {"stopper": destination}, batch_size=10)
+    destination.router = router
+    thread = threading.Thread(target=router.run)
+    thread.start()
+    thread.join(timeout=20)
+    assert not thread.is_alive()
+    states = [state(database, event_id) for event_id in ids]
+    statuses = [s["status"] for s in states]
+    assert "processing" not in statuses, "nothing is left to a lease"
+    assert statuses.count("completed") == destination.delivered >= 5
+    assert all(s["attempts"] == 0 for s in states if s["status"] == "pending"), (
+        "events claimed but never started got their attempt back"
+    )
+
+
 def test_forward_document_is_json(database):
     from ipai_bus_lib.delivery.destinations import forward_document
 

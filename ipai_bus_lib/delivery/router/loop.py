@@ -49,6 +49,10 @@ class Router:
         # is claimed: the database then works on two cores instead of one.
         self._settle_pool = ThreadPoolExecutor(1, thread_name_prefix="settle")
         self._settling: Future[None] | None = None
+        # While a full batch is planned and delivered, the next one is claimed: a backlog keeps
+        # the database busy claiming, delivering's Python and settling all at once.
+        self._claim_pool = ThreadPoolExecutor(1, thread_name_prefix="claim")
+        self._claimed_ahead: Future[list[OutboxEvent]] | None = None
 
     # --- the loop ---------------------------------------------------------------------------
 
@@ -92,8 +96,10 @@ class Router:
                     self._stopping.wait(self.config.poll_seconds)
         finally:
             _close_quietly(listener)
+            self._hand_back_claimed_ahead()
             self._finish_settling(quietly=True)
             self._settle_pool.shutdown(wait=True)
+            self._claim_pool.shutdown(wait=True)
             self.deliverer.close()
 
     def _listen(self) -> Any:  # a psycopg2 connection in autocommit, LISTENing
@@ -160,7 +166,7 @@ class Router:
             if not quietly:
                 raise  # the batch's leases run out and its events come back: nothing is lost
 
-    def _claim_and_deliver(self) -> tuple[list[OutboxEvent], list[Attempt], list[OutboxEvent]]:
+    def _claim(self) -> list[OutboxEvent]:
         with self.database.transaction() as cursor:
             events = outbox.claim(
                 cursor,
@@ -168,9 +174,36 @@ class Router:
                 limit=self.config.batch_size,
                 lease_seconds=self.config.lease_seconds,
             )
+        self.leases.hold(events)
+        return events
+
+    def _next_batch(self) -> list[OutboxEvent]:
+        """The batch claimed ahead, else one claimed now; a full batch claims the next ahead."""
+        ahead, self._claimed_ahead = self._claimed_ahead, None
+        events = ahead.result() if ahead is not None else self._claim()
+        backlog = len(events) == self.config.batch_size and self.config.drain
+        if backlog and not self._stopping.is_set():
+            self._claimed_ahead = self._claim_pool.submit(self._claim)
+        return events
+
+    def _hand_back_claimed_ahead(self) -> None:
+        """A batch claimed ahead and never started goes back at once, its attempt given back."""
+        ahead, self._claimed_ahead = self._claimed_ahead, None
+        if ahead is None:
+            return
+        try:
+            events = ahead.result()
+            if events:
+                with self.database.transaction() as cursor:
+                    outbox.release(cursor, [event.id for event in events], worker=self.config.worker)
+                self.leases.let_go(events)
+        except Exception:  # noqa: BLE001 - their leases run out and they come back
+            log.warning("router %s: a batch claimed ahead is left to its leases", self.config.worker)
+
+    def _claim_and_deliver(self) -> tuple[list[OutboxEvent], list[Attempt], list[OutboxEvent]]:
+        events = self._next_batch()
         if not events:
             return [], [], []
-        self.leases.hold(events)
         try:
             attempts, unrouted = self.planner.plan(events)
             self.deliverer.deliver_all(attempts)

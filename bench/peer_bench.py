@@ -1,0 +1,119 @@
+"""Peer benchmark: our router against PgQueuer, claim → no-op → acknowledge, same database, one run.
+
+One durable embedded PostgreSQL (fsync on) holds both schemas. Each side gets the same number of
+jobs queued up front and one worker to drain them:
+  * PgQueuer (the current release, asyncpg driver) at several batch sizes; its best counts;
+  * our router with a no-op destination (claim, plan, deliver, settle with attempt history).
+Prints both rates and their ratio. PgQueuer comes from the bench extra, never a runtime
+dependency:
+
+    pip install -e '.[server,bench]'
+    python bench/peer_bench.py --jobs 30000
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import multiprocessing
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import psycopg2
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from router_bench import completed, drain_rate, make_router, reset  # noqa: E402
+
+from ipai_bus_lib.delivery.destinations import NoopDestination  # noqa: E402
+from ipai_bus_lib.storage.embedded import EmbeddedPostgres  # noqa: E402
+from ipai_bus_lib.storage.migrator import migrate  # noqa: E402
+
+try:
+    import asyncpg
+    import pgqueuer
+    from pgqueuer.adapters.drivers.asyncpg import AsyncpgDriver
+    from pgqueuer.adapters.persistence.queries import Queries
+    from pgqueuer.domain.types import QueueExecutionMode
+    from pgqueuer.qm import QueueManager
+except ImportError:  # pragma: no cover - a bench extra
+    sys.exit("peer_bench needs the bench extra: pip install -e '.[server,bench]'")
+
+ENQUEUE_CHUNK = 5000
+
+
+async def pgqueuer_rate(url: str, jobs: int, batch_size: int) -> float:
+    """Queue ``jobs`` no-op jobs, then drain them with one QueueManager; jobs per second."""
+    connection = await asyncpg.connect(url)
+    try:
+        queries = Queries(AsyncpgDriver(connection))
+        await queries.clear_queue()
+        for start in range(0, jobs, ENQUEUE_CHUNK):
+            count = min(ENQUEUE_CHUNK, jobs - start)
+            await queries.enqueue(["noop"] * count, [None] * count, [0] * count)
+        manager = QueueManager(queries)
+        done = 0
+
+        @manager.entrypoint("noop")
+        async def noop(job: object) -> None:
+            nonlocal done
+            done += 1
+
+        started = time.perf_counter()
+        await manager.run(batch_size=batch_size, mode=QueueExecutionMode.drain)
+        elapsed = time.perf_counter() - started
+        if done != jobs:
+            raise RuntimeError(f"PgQueuer ran {done} of {jobs} jobs")
+        return jobs / elapsed
+    finally:
+        await connection.close()
+
+
+async def install_pgqueuer(url: str) -> None:
+    connection = await asyncpg.connect(url)
+    try:
+        await Queries(AsyncpgDriver(connection)).install()
+    finally:
+        await connection.close()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--jobs", type=int, default=30000)
+    parser.add_argument("--pgqueuer-batches", default="10,100,500", help="batch sizes to try")
+    parser.add_argument("--router-batch", type=int, default=1000)
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory(prefix="ipai-peer-bench-") as home:
+        cluster = EmbeddedPostgres(Path(home))
+        url = cluster.ensure_running()
+        try:
+            migrate(url)
+            asyncio.run(install_pgqueuer(url))
+            conn = psycopg2.connect(url)
+            conn.autocommit = True
+            print(
+                f"{args.jobs} jobs each side; one worker each; PostgreSQL durable (fsync on);"
+                f" {multiprocessing.cpu_count()} cores; PgQueuer {pgqueuer.__version__} (asyncpg)"
+            )
+            best = 0.0
+            for batch in (int(size) for size in args.pgqueuer_batches.split(",")):
+                rate = asyncio.run(pgqueuer_rate(url, args.jobs, batch))
+                print(f"{f'PgQueuer, batch {batch}':<36} {rate:9.0f} jobs/s")
+                best = max(best, rate)
+            router = make_router(url, NoopDestination(), batch_size=args.router_batch)
+            ours = drain_rate(conn, url, router, args.jobs, "peer")
+            assert completed(conn) == args.jobs
+            print(f"{f'ipai-bus router, batch {args.router_batch}':<36} {ours:9.0f} events/s")
+            print(f"ratio ipai-bus / best PgQueuer: {ours / best:.2f}")
+            reset(conn)
+            conn.close()
+        finally:
+            cluster.stop()
+
+
+if __name__ == "__main__":
+    main()
