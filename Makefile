@@ -22,10 +22,12 @@ test: $(BIN)/.installed
 	$(BIN)/pytest
 
 lint: $(BIN)/.installed
-	$(BIN)/pip install --quiet ruff mypy
+	$(BIN)/pip install --quiet ruff mypy pylint-odoo
 	$(BIN)/ruff check ipai_bus_lib tests bench scripts addons
 	$(BIN)/ruff format --check ipai_bus_lib tests bench scripts addons
 	$(BIN)/mypy
+	$(BIN)/pylint --rcfile=addons/.pylintrc addons/ipai_enterprise_bridge addons/ipai_finance_ppm
+	$(BIN)/python scripts/addon_readme.py --check
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis

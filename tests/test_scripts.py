@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 import psycopg2
@@ -146,3 +147,10 @@ def test_configure_odoo_params_refuses_a_database_without_odoo(make_database):
         env={"IPAI_WEBHOOK_SECRET": "sixteen-chars-or-more"},
     )
     assert result.returncode != 0 and "no ir_config_parameter table" in result.stderr
+
+
+def test_each_addons_readme_rst_is_made_from_its_fragments():
+    """README.rst is generated (scripts/addon_readme.py); a fragment edited without it fails."""
+    script = Path(__file__).resolve().parent.parent / "scripts" / "addon_readme.py"
+    result = subprocess.run([sys.executable, str(script), "--check"], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr

@@ -5,6 +5,7 @@
     "category": "Productivity",
     "license": "LGPL-3",
     "author": "IPAI",
+    "development_status": "Beta",
     "depends": ["hr_expense", "maintenance"],
     "external_dependencies": {"python": ["ipai_bus_lib"]},
     "data": [
@@ -18,6 +19,4 @@
         "data/ir_cron.xml",
     ],
     "post_init_hook": "post_init_hook",
-    "installable": True,
-    "application": False,
 }

@@ -5,6 +5,7 @@
     "category": "Services/Project",
     "license": "LGPL-3",
     "author": "IPAI",
+    "development_status": "Beta",
     "depends": ["project", "ipai_enterprise_bridge"],
     "data": [
         "security/ir.model.access.csv",
@@ -19,6 +20,4 @@
         "views/menus.xml",
     ],
     "demo": ["demo/finance_ppm_demo.xml"],
-    "installable": True,
-    "application": False,
 }

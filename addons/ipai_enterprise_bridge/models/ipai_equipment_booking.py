@@ -1,6 +1,6 @@
 from datetime import datetime, time, timedelta
 
-from odoo import _, api, fields, models
+from odoo import api, fields, models
 from odoo.exceptions import UserError, ValidationError
 
 from ipai_bus_lib.core.catalog import ASSET
@@ -92,7 +92,9 @@ class IpaiEquipmentBooking(models.Model):
     def _check_dates(self):
         for booking in self:
             if booking.date_to <= booking.date_from:
-                raise ValidationError(_("A booking must end after it starts (%s).", booking.name))
+                raise ValidationError(
+                    self.env._("A booking must end after it starts (%s).", booking.name)
+                )
 
     @api.constrains("equipment_id", "date_from", "date_to", "state")
     def _check_overlap(self):
@@ -109,7 +111,7 @@ class IpaiEquipmentBooking(models.Model):
             )
             if clash:
                 raise ValidationError(
-                    _(
+                    self.env._(
                         "%(equipment)s is already booked by %(user)s from %(start)s to %(end)s. "
                         "Choose another time or another piece of equipment.",
                         equipment=booking.equipment_id.name,
@@ -134,10 +136,10 @@ class IpaiEquipmentBooking(models.Model):
         for booking in self:
             if booking.state not in ("draft", "reserved"):
                 raise UserError(
-                    _(
-                        "Only a draft or reserved booking can be cancelled; %s is %s.",
-                        booking.name,
-                        booking.state,
+                    self.env._(
+                        "Only a draft or reserved booking can be cancelled; %(booking)s is %(state)s.",
+                        booking=booking.name,
+                        state=booking.state,
                     )
                 )
         self.write({"state": "cancelled"})
@@ -149,7 +151,7 @@ class IpaiEquipmentBooking(models.Model):
                 continue  # a double click: the transition already happened, emit nothing
             if booking.state != expected:
                 raise UserError(
-                    _(
+                    self.env._(
                         "%(booking)s is %(state)s; it must be %(expected)s to do that.",
                         booking=booking.name,
                         state=dict(self._fields["state"].selection)[booking.state],
@@ -176,7 +178,7 @@ class IpaiEquipmentBooking(models.Model):
         )
         if holder:
             raise UserError(
-                _(
+                self.env._(
                     "%(equipment)s is still checked out by %(user)s (%(booking)s). Check it in "
                     "before it goes out again.",
                     equipment=self.equipment_id.name,
@@ -192,7 +194,7 @@ class IpaiEquipmentBooking(models.Model):
         earliest = self.date_from - timedelta(minutes=minutes)
         if fields.Datetime.now() < earliest:
             raise UserError(
-                _(
+                self.env._(
                     "%(booking)s starts at %(start)s; it can be checked out from %(earliest)s "
                     "(%(minutes)s minutes before). Change the booking's start to take it earlier.",
                     booking=self.name,

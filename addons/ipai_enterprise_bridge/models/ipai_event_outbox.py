@@ -4,7 +4,7 @@ import threading
 from datetime import timedelta
 from functools import partial
 
-from odoo import _, api, fields, models
+from odoo import api, fields, models
 from odoo.exceptions import UserError
 from odoo.tools.sql import create_index
 
@@ -203,14 +203,12 @@ class IpaiEventOutbox(models.Model):
             for event in due
         ]
         with BatchPoster(url, secret) as poster:
-            outcomes = poster.post_all(items)
-        # Written batch by batch, each committed: what a crash loses is resent as duplicates.
-        for start in range(0, len(items), BATCH_EVENTS):
-            self._record_outcomes(
-                {item[0]: outcomes[item[0]] for item in items[start : start + BATCH_EVENTS]}
-            )
-            if not testing:
-                self.env.cr.commit()
+            for start in range(0, len(items), BATCH_EVENTS):
+                self._record_outcomes(poster.post_all(items[start : start + BATCH_EVENTS]))
+                if not testing:
+                    # Each batch's outcomes are kept before the next is posted: a crash resends
+                    # at most one batch, which the bus answers as duplicates.
+                    self.env.cr.commit()  # pylint: disable=invalid-commit
         self.env["ir.cron"]._notify_progress(done=len(due), remaining=self._count_due())
         return len(due)
 
@@ -295,6 +293,8 @@ class IpaiEventOutbox(models.Model):
         """Make the selected undelivered events due now and wake the dispatcher."""
         undelivered = self.filtered(lambda event: event.state != "sent")
         if not undelivered:
-            raise UserError(_("These events were already delivered; there is nothing to retry."))
+            raise UserError(
+                self.env._("These events were already delivered; there is nothing to retry.")
+            )
         undelivered.write({"state": "pending", "next_attempt_at": fields.Datetime.now()})
         self._wake_dispatcher()

@@ -1,4 +1,4 @@
-from odoo import _, api, fields, models
+from odoo import api, fields, models
 from odoo.exceptions import UserError
 
 
@@ -39,7 +39,7 @@ class MaintenanceEquipment(models.Model):
             "res_model": "ipai.equipment.booking",
             "view_mode": "form",
             "target": "new",
-            "name": _("Reserve %s", self.name),
+            "name": self.env._("Reserve %s", self.name),
             "context": {"default_equipment_id": self.id},
         }
 
@@ -52,5 +52,7 @@ class MaintenanceEquipment(models.Model):
     def _ipai_current_booking(self):
         self.ensure_one()
         if not self.ipai_current_booking_id:
-            raise UserError(_("%s has no reserved or checked-out booking. Reserve it first.", self.name))
+            raise UserError(
+                self.env._("%s has no reserved or checked-out booking. Reserve it first.", self.name)
+            )
         return self.ipai_current_booking_id

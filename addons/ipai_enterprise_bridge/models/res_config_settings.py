@@ -1,4 +1,4 @@
-from odoo import _, fields, models
+from odoo import fields, models
 from odoo.exceptions import UserError
 
 from ipai_bus_lib.core.catalog import SOURCE_PATTERN, Envelope
@@ -25,7 +25,7 @@ class ResConfigSettings(models.TransientModel):
             url = (settings.ipai_webhook_url or "").strip()
             if url and not url.startswith(("http://", "https://")):
                 raise UserError(
-                    _(
+                    self.env._(
                         "The IPAI webhook URL must start with http:// or https://, "
                         "e.g. https://bus.example.ph/functions/v1/odoo-webhook."
                     )
@@ -33,12 +33,15 @@ class ResConfigSettings(models.TransientModel):
             source = (settings.ipai_webhook_source or "").strip()
             if source and not SOURCE_PATTERN.fullmatch(source):
                 raise UserError(
-                    _("The source name must be 1-64 letters, digits, '_', '.' or '-', e.g. odoo-manila.")
+                    self.env._(
+                        "The source name must be 1-64 letters, digits, '_', '.' or '-',"
+                        " e.g. odoo-manila."
+                    )
                 )
             secret = settings.sudo().ipai_webhook_secret or ""
             if secret and (len(secret) < 16 or "," in secret or secret != secret.strip()):
                 raise UserError(
-                    _(
+                    self.env._(
                         "The IPAI webhook secret must be at least 16 characters, "
                         "without commas or surrounding spaces."
                     )
@@ -70,13 +73,13 @@ class ResConfigSettings(models.TransientModel):
                 key,
             )
         except DeliveryError as error:
-            raise UserError(_("The test event was not delivered: %s", error)) from None
+            raise UserError(self.env._("The test event was not delivered: %s", error)) from None
         return {
             "type": "ir.actions.client",
             "tag": "display_notification",
             "params": {
                 "type": "success",
-                "title": _("IPAI bus"),
-                "message": _("The receiver stored the test event %s.", answer.get("event_id")),
+                "title": self.env._("IPAI bus"),
+                "message": self.env._("The receiver stored the test event %s.", answer.get("event_id")),
             },
         }

@@ -166,13 +166,10 @@ class TestExpenseEvents(OutboxAssertions, TestExpenseCommon):
     def test_rolled_back_transaction_emits_nothing(self):
         """Events live in the business transaction: a rollback takes them away too."""
         sheet = self.two_line_report()
-        try:
-            with self.env.cr.savepoint():
-                sheet.action_submit_sheet()
-                self.env.flush_all()
-                self.assertEqual(len(self.outbox("expense.submitted")), 2)
-                raise RuntimeError("the user's transaction fails after submitting")
-        except RuntimeError:
-            pass
+        with self.assertRaises(RuntimeError), self.env.cr.savepoint():
+            sheet.action_submit_sheet()
+            self.env.flush_all()
+            self.assertEqual(len(self.outbox("expense.submitted")), 2)
+            raise RuntimeError("the user's transaction fails after submitting")
         self.env.invalidate_all()
         self.assertFalse(self.outbox("expense.submitted"), "no event leaves a rolled-back transaction")

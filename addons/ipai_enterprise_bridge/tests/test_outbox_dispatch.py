@@ -4,10 +4,10 @@ from datetime import datetime, timedelta
 
 import psycopg2
 from odoo import fields
-from odoo.addons.ipai_enterprise_bridge.utils.ipai_webhook import default_source
 from odoo.exceptions import UserError
 from odoo.tests import tagged
 
+from ..utils.ipai_webhook import default_source
 from .common import (
     BUS_DATABASE_URL,
     LIVE_RECEIVER_REASON,
@@ -173,7 +173,7 @@ class TestCatchUpAndConfiguration(BridgeCase):
 
     def queue_backlog(self, count):
         """``count`` distinct asset.reserved events, as a busy morning would leave them."""
-        from odoo.addons.ipai_enterprise_bridge.utils.ipai_webhook import ipai_event, send_ipai_events
+        from ..utils.ipai_webhook import ipai_event, send_ipai_events
 
         start = datetime(2026, 4, 1)
         send_ipai_events(
@@ -276,7 +276,7 @@ class TestCatchUpAndConfiguration(BridgeCase):
         self.configure_receiver(RECEIVER_URL, RECEIVER_SECRET)
         first_record = self.queue_backlog(3)
         other = self.new_booking("Other", datetime(2026, 4, 2, 1))
-        from odoo.addons.ipai_enterprise_bridge.utils.ipai_webhook import (
+        from ..utils.ipai_webhook import (
             WAITING_BEHIND,
             ipai_event,
             send_ipai_events,

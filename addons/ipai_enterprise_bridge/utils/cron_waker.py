@@ -82,6 +82,6 @@ def _forget_connection():
     if _connection is not None:
         try:
             _connection.close()
-        except psycopg2.Error:
-            pass
+        except psycopg2.Error as error:  # already broken: that is why it is being forgotten
+            _logger.debug("IPAI cron waker: closing a broken connection: %s", error)
     _connection = _cursor = None

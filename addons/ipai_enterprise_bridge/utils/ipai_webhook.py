@@ -148,18 +148,22 @@ class BatchPoster:
         self.url, self.secret, self.timeout = url, secret, timeout
         self.batch_events = batch_events
         self._session = requests.Session()
+        self._held_back = set()  # records with an undelivered event in this run
 
     def post_all(self, items):
-        """``items``: (id, record, envelope, key) tuples. Returns {id: answer or DeliveryError}."""
-        outcomes, ready, held_back = {}, [], set()
+        """``items``: (id, record, envelope, key) tuples. Returns {id: answer or DeliveryError}.
+
+        Call it again with the next items of the same run: a record held back stays held back.
+        """
+        outcomes, ready = {}, []
         for item in items:
             item_id, record, envelope, key = item
             check = parse_batch_event({**envelope.to_json(), "idempotency_key": key})
-            if record in held_back:
+            if record in self._held_back:
                 outcomes[item_id] = DeliveryError(WAITING_BEHIND)
             elif check.refusal:
                 outcomes[item_id] = DeliveryError(f"the bus would refuse this event: {check.refusal}")
-                held_back.add(record)
+                self._held_back.add(record)
             else:
                 ready.append(item)
         for start in range(0, len(ready), self.batch_events):
@@ -178,11 +182,13 @@ class BatchPoster:
                 session=self._session,
             )
         except DeliveryError as error:
+            self._held_back.update(item[1] for item in items)
             return {item[0]: error for item in items}
         outcomes = {}
         for item, result in zip(items, answer["results"]):
             if result["status"] == "refused":
                 outcomes[item[0]] = DeliveryError(f"the receiver refused this event: {result['error']}")
+                self._held_back.add(item[1])
             else:
                 outcomes[item[0]] = {
                     "event_id": result["event_id"],

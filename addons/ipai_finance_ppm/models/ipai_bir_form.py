@@ -3,7 +3,7 @@ import re
 from datetime import date, timedelta
 
 from dateutil.relativedelta import relativedelta
-from odoo import _, api, fields, models
+from odoo import api, fields, models
 from odoo.exceptions import ValidationError
 
 PERIOD_FORMATS = {
@@ -80,7 +80,10 @@ class IpaiBirForm(models.Model):
         for form in self:
             if form.deadline_day < 1 or form.deadline_month_offset < 0 or form.prep_lead_days < 0:
                 raise ValidationError(
-                    _("%s: the deadline day must be at least 1 and the offsets not negative.", form.code)
+                    self.env._(
+                        "%s: the deadline day must be at least 1 and the offsets not negative.",
+                        form.code,
+                    )
                 )
 
     def filing_deadline(self, period_end):
@@ -99,7 +102,7 @@ class IpaiBirForm(models.Model):
         if not parsed or parsed[0] != self.frequency:
             example = PERIOD_FORMATS[self.frequency][1]
             raise ValidationError(
-                _(
+                self.env._(
                     "%(form)s is filed %(frequency)s: its period looks like "
                     "%(example)s, not %(period)s.",
                     form=self.code,

@@ -1,4 +1,4 @@
-from odoo import _, api, fields, models
+from odoo import api, fields, models
 from odoo.exceptions import ValidationError
 
 LEVELS = [("goal", "Goal"), ("outcome", "Outcome"), ("output", "Output"), ("activity", "Activity")]
@@ -30,11 +30,11 @@ class IpaiLogframe(models.Model):
     @api.constrains("level", "parent_id")
     def _check_hierarchy(self):
         if self._has_cycle():
-            raise ValidationError(_("A logframe element cannot be its own ancestor."))
+            raise ValidationError(self.env._("A logframe element cannot be its own ancestor."))
         for element in self.filtered("parent_id"):
             if LEVEL_RANK[element.level] <= LEVEL_RANK[element.parent_id.level]:
                 raise ValidationError(
-                    _(
+                    self.env._(
                         "%(name)s (%(level)s) must be a level below its parent %(parent)s "
                         "(%(parent_level)s): goal → outcome → output → activity.",
                         name=element.name,

@@ -1,7 +1,7 @@
 from datetime import datetime, time, timedelta
 
 import pytz
-from odoo import _, api, fields, models
+from odoo import api, fields, models
 from odoo.addons.ipai_enterprise_bridge.utils.ipai_webhook import ipai_event, send_ipai_events
 from odoo.addons.project.models.project_task import CLOSED_STATES
 from odoo.exceptions import ValidationError
@@ -58,7 +58,7 @@ class ProjectTask(models.Model):
                 and task.ipai_filing_deadline < task.ipai_prep_deadline
             ):
                 raise ValidationError(
-                    _(
+                    self.env._(
                         "%(task)s: the filing deadline (%(filing)s) is before the preparation "
                         "deadline (%(prep)s). Preparation must come first.",
                         task=task.name,
@@ -74,7 +74,7 @@ class ProjectTask(models.Model):
             form = task.ipai_bir_form_id
             if parsed is None:
                 raise ValidationError(
-                    _(
+                    self.env._(
                         "%(task)s: %(period)s is not a period. Write 2026-01 for a month, 2026-Q1 "
                         "for a quarter or 2026 for a year.",
                         task=task.name,
@@ -83,7 +83,7 @@ class ProjectTask(models.Model):
                 )
             if form and parsed[0] != form.frequency:
                 raise ValidationError(
-                    _(
+                    self.env._(
                         "%(task)s: %(form)s is filed %(frequency)s, so its period looks like "
                         "%(example)s.",
                         task=task.name,

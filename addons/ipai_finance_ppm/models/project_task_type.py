@@ -1,4 +1,4 @@
-from odoo import _, api, fields, models
+from odoo import api, fields, models
 from odoo.exceptions import ValidationError
 
 FINANCE_STEPS = [
@@ -32,7 +32,7 @@ class ProjectTaskType(models.Model):
                 )
                 if twin:
                     raise ValidationError(
-                        _(
+                        self.env._(
                             "In %(project)s the step %(step)s is already mapped to the stage "
                             "%(twin)s; map each step to one stage only.",
                             project=project.name,

@@ -1,4 +1,4 @@
-from odoo import _, api, fields, models
+from odoo import api, fields, models
 from odoo.exceptions import UserError
 
 from ..models.ipai_bir_form import period_label
@@ -28,7 +28,7 @@ class IpaiFilingTaskGenerator(models.TransientModel):
     @api.model
     def _check_year(self, year):
         if not 2000 <= year <= 2100:
-            raise UserError(_("Choose a year between 2000 and 2100."))
+            raise UserError(self.env._("Choose a year between 2000 and 2100."))
 
     def period(self):
         """The period these settings name: ``2026-01``, ``2026-Q1`` or ``2026``."""
@@ -36,7 +36,7 @@ class IpaiFilingTaskGenerator(models.TransientModel):
         self._check_year(self.year)
         number = {"month": self.month, "quarter": self.quarter}.get(self.period_type)
         if self.period_type != "year" and not number:
-            raise UserError(_("Choose the %s.", self.period_type))
+            raise UserError(self.env._("Choose the %s.", self.period_type))
         return period_label(FREQUENCY_OF[self.period_type], self.year, int(number or 0))
 
     def action_generate(self):
@@ -47,7 +47,7 @@ class IpaiFilingTaskGenerator(models.TransientModel):
         return {
             "type": "ir.actions.act_window",
             "res_model": "project.task",
-            "name": _("Filing tasks created for %s", self.period()),
+            "name": self.env._("Filing tasks created for %s", self.period()),
             "view_mode": "list,form",
             "domain": [("id", "in", tasks.ids)],
         }
