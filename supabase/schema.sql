@@ -484,6 +484,20 @@ CREATE FUNCTION public.ack_outbox(p_ids uuid[], p_worker text) RETURNS integer
     SET search_path TO 'pg_catalog', 'pg_temp'
     AS $$ select integration.ack_outbox(p_ids, p_worker); $$;
 
+CREATE FUNCTION public.applied_migrations() RETURNS TABLE(version text)
+    LANGUAGE plpgsql STABLE SECURITY DEFINER
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+begin
+    if to_regclass('integration.schema_migrations') is not null then  -- `ipai-bus migrate`'s
+        return query execute 'select version from integration.schema_migrations';
+    end if;
+    if to_regclass('supabase_migrations.schema_migrations') is not null then
+        return query execute 'select version::text from supabase_migrations.schema_migrations';
+    end if;
+end;
+$$;
+
 CREATE FUNCTION public.claim_outbox(p_worker text, p_limit integer DEFAULT 25, p_lease_seconds integer DEFAULT 60) RETURNS SETOF integration.outbox
     LANGUAGE sql SECURITY DEFINER
     SET search_path TO 'pg_catalog', 'pg_temp'
@@ -668,6 +682,10 @@ CREATE INDEX event_log_event_type_idx ON integration.event_log USING btree (even
 
 CREATE INDEX event_log_received_at_idx ON integration.event_log USING btree (received_at);
 
+CREATE INDEX event_log_record_idx ON integration.event_log USING btree (aggregate_id, received_at DESC);
+
+CREATE INDEX event_log_source_idx ON integration.event_log USING btree (source, received_at DESC);
+
 CREATE INDEX ingest_batch_received_at_idx ON integration.ingest_batch USING btree (received_at);
 
 CREATE INDEX operator_actions_time_idx ON integration.operator_actions USING btree (acted_at);
@@ -763,6 +781,11 @@ GRANT ALL ON FUNCTION integration.retry_events(p_ids uuid[], p_actor text, p_rea
 
 REVOKE ALL ON FUNCTION public.ack_outbox(p_ids uuid[], p_worker text) FROM PUBLIC;
 GRANT ALL ON FUNCTION public.ack_outbox(p_ids uuid[], p_worker text) TO service_role;
+
+REVOKE ALL ON FUNCTION public.applied_migrations() FROM PUBLIC;
+GRANT ALL ON FUNCTION public.applied_migrations() TO service_role;
+GRANT ALL ON FUNCTION public.applied_migrations() TO authenticated;
+GRANT ALL ON FUNCTION public.applied_migrations() TO ipai_bus_ingest;
 
 REVOKE ALL ON FUNCTION public.claim_outbox(p_worker text, p_limit integer, p_lease_seconds integer) FROM PUBLIC;
 GRANT ALL ON FUNCTION public.claim_outbox(p_worker text, p_limit integer, p_lease_seconds integer) TO service_role;

@@ -98,7 +98,7 @@ def test_events_show_of_an_unknown_or_malformed_id(bus_env, clean_bus):
     unknown = cli("events", "show", str(uuid.uuid4()), env=bus_env)
     assert unknown.returncode == 1 and "no event" in unknown.stderr
     malformed = cli("events", "show", "not-a-uuid", env=bus_env)
-    assert malformed.returncode == 1 and "is not an event id" in malformed.stderr
+    assert malformed.returncode == 2 and "is not an event id" in malformed.stderr, "a usage error"
 
 
 # --- retry, purge ---------------------------------------------------------------------------------
@@ -126,14 +126,33 @@ def test_retry_dead_by_type_leaves_others_alone(bus_env, clean_bus):
 
 def test_retry_of_a_pending_event_changes_nothing(bus_env, clean_bus):
     ids = seed_states(clean_bus)
+    before = snapshot(clean_bus)
     result = cli("retry", str(ids["pending"]), env=bus_env)
-    assert result.returncode == 0 and "left alone: not failed or dead" in result.stdout
+    assert result.returncode == 0
+    assert result.stdout.strip() == (
+        "nothing retried: only failed or dead events are (1 pending left alone); no audit record written"
+    )
+    assert snapshot(clean_bus) == before
+
+
+def test_retry_of_a_completed_event_claims_no_audit_record(bus_env, clean_bus):
+    ids = seed_states(clean_bus)
+    result = cli("retry", str(ids["completed"]), str(ids["dead"]), "--by", "ops@test", env=bus_env)
+    assert "1 event(s) back to pending (attempts reset), recorded as retried by ops@test" in (
+        result.stdout
+    )
+    assert "left alone (only failed or dead events are retried): 1 completed" in result.stdout
+    shown = cli("events", "show", str(ids["completed"]), env=bus_env).stdout
+    assert "retry by" not in shown, "the completed event's history holds no retry"
 
 
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (("retry",), "name event ids, or use --dead"),
+        (("retry",), "say what to retry: event ids (ipai-bus retry ID…), or --dead"),
+        (("retry", "--dead", "00000000-0000-0000-0000-000000000000"), "not both"),
+        (("purge", "--completed-older-than", "5m"), "--completed-older-than 5m: at least 1h"),
+        (("events", "show", "17"), "'17' is not an event id (a UUID)"),
         (("retry", "--type", "x.*", "00000000-0000-0000-0000-000000000000"), "go with --dead"),
         (("retry", "--dead", "--since", "yesterday"), "is not a duration"),
         (("purge", "--completed-older-than", "soon"), "is not a duration"),
@@ -152,7 +171,7 @@ def test_retry_of_an_unknown_id_changes_nothing(bus_env, clean_bus):
     ids = seed_states(clean_bus)
     before = snapshot(clean_bus)
     result = cli("retry", str(ids["dead"]), str(uuid.uuid4()), env=bus_env)
-    assert result.returncode == 1 and "no such event" in result.stderr
+    assert result.returncode == 2 and "no such event" in result.stderr
     assert snapshot(clean_bus) == before
 
 
@@ -163,7 +182,7 @@ def test_purge_removes_old_completed_rows_but_keeps_the_log(bus_env, clean_bus):
     assert status_of(clean_bus, ids["completed"]) is None
     shown = cli("events", "show", str(ids["completed"]), env=bus_env)
     assert shown.returncode == 0 and "outbox row purged; the audit copy remains" in shown.stdout
-    assert cli("purge", "--completed-older-than", "10m", env=bus_env).returncode == 1
+    assert cli("purge", "--completed-older-than", "10m", env=bus_env).returncode == 2
 
 
 def test_unreachable_database_is_reported_with_exit_code_3():

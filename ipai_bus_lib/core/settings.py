@@ -43,6 +43,27 @@ def _webhook_secrets(text: str | None, path: Path | None) -> tuple[str, ...]:
     return read_secret_file(path, setting="IPAI_WEBHOOK_SECRET_FILE")
 
 
+GENERATED_SECRET_FILE = "webhook-secret"
+
+
+def generated_secret_file(settings: Settings) -> Path:
+    """Where `ipai-bus up` keeps the secret it generates: the config directory."""
+    from .secret_files import config_dir
+
+    return config_dir(settings.config_dir) / GENERATED_SECRET_FILE
+
+
+def active_secrets(settings: Settings) -> tuple[str, ...]:
+    """The webhook secrets in force: IPAI_WEBHOOK_SECRET(_FILE), else the one `ipai-bus up`
+    generated (when there is one), else none. `serve`, `send` and `up` all read them so."""
+    if settings.webhook_secrets:
+        return settings.webhook_secrets
+    path = generated_secret_file(settings)
+    if path.exists():
+        return read_secret_file(path, setting=str(path))
+    return ()
+
+
 def read_secret_file(path: Path, *, setting: str) -> tuple[str, ...]:
     """The secrets a file holds (one per line, or comma-separated): the one way they are read.
 

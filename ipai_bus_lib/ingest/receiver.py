@@ -15,6 +15,7 @@ import math
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from typing import Any
 
 from ..core import catalog, signing
@@ -157,18 +158,18 @@ class Receiver:
         try:
             accepted = self._accept_batch(environ) if batch else self._accept(environ)
         except Refusal as refusal:
-            self._finish(refusal.outcome, refusal.status, started, None)
+            self._finish(refusal.outcome, refusal.status, started, environ, error=refusal.error)
             headers = [("Allow", "POST")] if refusal.status == 405 else []
             return _json(start_response, refusal.status, {"ok": False, "error": refusal.error}, headers)
         except Exception:  # noqa: BLE001 - an answer, never a traceback page
             log.exception("receiver: unexpected error")
-            self._finish("error", 500, started, None)
+            self._finish("error", 500, started, environ, error="internal error")
             return _json(start_response, 500, {"ok": False, "error": "internal error"})
         if isinstance(accepted, BatchAccepted):
-            self._finish("batch", 200, started, None, accepted)
+            self._finish("batch", 200, started, environ, batch=accepted)
             return _json(start_response, 200, accepted.document())
         outcome = "duplicate" if accepted.duplicate else "stored"
-        self._finish(outcome, 200, started, accepted)
+        self._finish(outcome, 200, started, environ, accepted=accepted)
         return _json(
             start_response,
             200,
@@ -263,16 +264,28 @@ class Receiver:
         outcome: str,
         status: int,
         started: float,
-        accepted: Accepted | None,
+        environ: Mapping[str, Any],
+        *,
+        accepted: Accepted | None = None,
         batch: BatchAccepted | None = None,
+        error: str | None = None,
     ) -> None:
+        """Count the request and log it as one JSON line: when, from where, what came of it,
+        and for a refusal why (never the secret, the signature or the payload)."""
         elapsed = time.perf_counter() - started
         self.metrics.observe(outcome, elapsed)
         fields: dict[str, Any] = {
+            "time": datetime.now(timezone.utc).isoformat(timespec="milliseconds"),
+            "client": environ.get("REMOTE_ADDR", ""),
+            "path": environ.get("PATH_INFO", ""),
             "outcome": outcome,
             "status": status,
             "latency_ms": round(elapsed * 1000, 2),
         }
+        if environ.get("HTTP_X_FORWARDED_FOR"):  # as a proxy says: the sender may have set it
+            fields["forwarded_for"] = str(environ["HTTP_X_FORWARDED_FOR"])[:200]
+        if error is not None:
+            fields["error"] = error
         if accepted is not None:
             fields.update(event_id=accepted.event_id, event_type=accepted.event_type)
         if batch is not None:

@@ -24,8 +24,7 @@ from ..core.catalog import (
 )
 from ..core.errors import ConfigurationError, EnvelopeError, IpaiBusError
 from ..core.samples import sample_envelope
-from ..core.secret_files import config_dir
-from ..core.settings import Settings, read_secret_file
+from ..core.settings import Settings, active_secrets
 from ..core.signing import signature_headers
 from .receiver import BATCH_PATH, WEBHOOK_PATH
 
@@ -41,11 +40,9 @@ def receiver_url(settings: Settings, path: str = WEBHOOK_PATH) -> str:
 
 def signing_secret(settings: Settings) -> str:
     """The secret to sign with: IPAI_WEBHOOK_SECRET(_FILE), else the one `ipai-bus up` made."""
-    if settings.webhook_secrets:
-        return settings.webhook_secrets[0]
-    path = config_dir(settings.config_dir) / "webhook-secret"
-    if path.exists():
-        return read_secret_file(path, setting=str(path))[0]
+    secrets = active_secrets(settings)
+    if secrets:
+        return secrets[0]
     raise ConfigurationError(
         "no webhook secret: set IPAI_WEBHOOK_SECRET, or run `ipai-bus up` once to make one",
         setting="IPAI_WEBHOOK_SECRET",

@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from .. import __version__
 from ..core.catalog import MAX_BATCH_EVENTS
-from ..core.errors import ConfigurationError, DatabaseUnavailable, IpaiBusError
-from ..core.settings import Settings
+from ..core.errors import ConfigurationError, DatabaseUnavailable, InvalidArgument, IpaiBusError
+from ..core.settings import Settings, active_secrets
 from ..storage.database_location import database_url, embedded_cluster, running_database_url
 from .operator_cli import add_operator_commands
 
@@ -41,10 +42,11 @@ def cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     from ..ingest.server import ServerConfig, serve
 
-    if not settings.webhook_secrets:
+    secrets = active_secrets(settings)
+    if not secrets:
         raise ConfigurationError(
-            "no webhook secret: set IPAI_WEBHOOK_SECRET (or IPAI_WEBHOOK_SECRET_FILE);"
-            " `ipai-bus secret new` makes one",
+            "no webhook secret: set IPAI_WEBHOOK_SECRET (or IPAI_WEBHOOK_SECRET_FILE), or run"
+            " `ipai-bus up` once to make one; `ipai-bus secret new` prints a new one",
             setting="IPAI_WEBHOOK_SECRET",
         )
     url = settings.receiver_database_url or database_url(settings)
@@ -56,37 +58,16 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
         max_attempts=settings.max_attempts,
         metrics_token=settings.metrics_token,
     )
-    serve(config, database_url=url, secrets=settings.webhook_secrets)
+    serve(config, database_url=url, secrets=secrets)
     return EXIT_OK
 
 
 def make_router(settings: Settings, url: str, *, worker: str | None = None) -> Router:
     """A router wired from the settings: routes file (or the default), destinations, limits."""
-    from ..delivery.destinations import SmtpDefaults, TokenBucket, build_destination
     from ..delivery.router import ROUTER_SESSION_SETTINGS, Router, RouterConfig
-    from ..delivery.routes import load_routing
     from ..storage.db import Database
 
-    routing = load_routing(settings.routes_file, settings.environment)
-    smtp = SmtpDefaults(
-        host=settings.smtp_host,
-        port=settings.smtp_port,
-        security=settings.smtp_security,
-        username=settings.smtp_username,
-        password=settings.smtp_password,
-        sender=settings.smtp_from,
-    )
-    destinations = {
-        name: build_destination(
-            spec, settings.environment, smtp=smtp, timeout=settings.delivery_timeout_seconds
-        )
-        for name, spec in routing.destinations.items()
-    }
-    limits = {
-        name: TokenBucket(spec.rate_per_second, spec.burst)
-        for name, spec in routing.destinations.items()
-        if spec.rate_per_second
-    }
+    routing, destinations, limits = routing_from(settings)
     config = RouterConfig(
         batch_size=settings.router_batch_size,
         lease_seconds=settings.router_lease_seconds,
@@ -110,12 +91,80 @@ def make_router(settings: Settings, url: str, *, worker: str | None = None) -> R
     return Router(config, database, routing, destinations, limits)
 
 
+def routing_from(settings: Settings) -> tuple[Any, dict[str, Any], dict[str, Any]]:
+    """The routes (file or default), their destinations and rate limits, all checked: raises
+    ConfigurationError naming the problem before anything is started."""
+    from ..delivery.destinations import SmtpDefaults, TokenBucket, build_destination
+    from ..delivery.routes import load_routing
+
+    routing = load_routing(settings.routes_file, settings.environment)
+    smtp = SmtpDefaults(
+        host=settings.smtp_host,
+        port=settings.smtp_port,
+        security=settings.smtp_security,
+        username=settings.smtp_username,
+        password=settings.smtp_password,
+        sender=settings.smtp_from,
+    )
+    destinations = {
+        name: build_destination(
+            spec, settings.environment, smtp=smtp, timeout=settings.delivery_timeout_seconds
+        )
+        for name, spec in routing.destinations.items()
+    }
+    limits = {
+        name: TokenBucket(spec.rate_per_second, spec.burst)
+        for name, spec in routing.destinations.items()
+        if spec.rate_per_second
+    }
+    return routing, destinations, limits
+
+
+def check_routing(settings: Settings) -> None:
+    """Raise ConfigurationError if the routes or a destination are wrong; start nothing."""
+    _, destinations, _ = routing_from(settings)
+    for destination in destinations.values():
+        destination.close()
+
+
 def cmd_route(args: argparse.Namespace, settings: Settings) -> int:
     import logging
-    import signal
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    router = make_router(settings, database_url(settings), worker=args.worker)
+    check_routing(settings)  # before the database is started for nothing
+    cluster = None if settings.database_url else embedded_cluster(settings)
+    started_here = cluster is not None and not cluster.is_running()
+    try:
+        url = database_url(settings)
+        if cluster is not None:  # the bus's own database: brought up to date, as `up` does
+            from ..storage.migrator import migrate
+
+            migrate(url)
+        else:
+            require_current_schema(url)
+        _run_router(make_router(settings, url, worker=args.worker))
+    finally:
+        if started_here and cluster is not None:  # a database this command started is stopped
+            cluster.stop()
+    return EXIT_OK
+
+
+def require_current_schema(url: str) -> None:
+    """Refuse to run against a database that misses migrations (ConfigurationError)."""
+    from ..storage.migrator import pending_migrations
+
+    missing = pending_migrations(url)
+    if missing:
+        raise ConfigurationError(
+            f"the database misses {len(missing)} migration(s) ({', '.join(missing)}):"
+            " run `ipai-bus migrate` (or `supabase db push`) first",
+            setting="DATABASE_URL",
+        )
+
+
+def _run_router(router: Router) -> None:
+    import signal
+
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: router.stop())
     print(
@@ -126,7 +175,6 @@ def cmd_route(args: argparse.Namespace, settings: Settings) -> int:
         flush=True,
     )
     router.run()
-    return EXIT_OK
 
 
 def cmd_db(args: argparse.Namespace, settings: Settings) -> int:
@@ -165,6 +213,7 @@ def cmd_up(args: argparse.Namespace, settings: Settings) -> int:
     from .stack import Stack, require_free_port
 
     require_free_port(settings)
+    check_routing(settings)  # a wrong routes file is said before anything starts
     stopping = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stopping.set())
@@ -327,6 +376,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigurationError as exc:
         print(f"ipai-bus: configuration error: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except InvalidArgument as exc:
+        print(f"ipai-bus: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     except DatabaseUnavailable as exc:
         print(f"ipai-bus: {exc}", file=sys.stderr)
         return EXIT_UNAVAILABLE
@@ -335,6 +387,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_FAILURE
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # The reader went away (`ipai-bus status | head`): that is not an error. Point stdout at
+        # /dev/null so the interpreter's last flush does not raise again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_OK
 
 
 if __name__ == "__main__":

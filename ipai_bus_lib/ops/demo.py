@@ -39,7 +39,8 @@ def run_demo(settings: Settings, *, timeout: float) -> int:
             database_url = stack.database_url
         sent = send_samples(settings)
         delivered = wait_for_delivery(database_url, [event_id for _, event_id in sent], timeout)
-        show_messages(sent, delivered, settings)
+        reasons = dead_reasons(database_url, [i for i, status in delivered.items() if status == "dead"])
+        show_messages(sent, delivered, settings, reasons)
         elapsed = time.monotonic() - started
         print(
             f"demo: sent {len(all_samples())}, stored {len(sent)}, delivered "
@@ -83,13 +84,33 @@ def wait_for_delivery(database_url: str, event_ids: list[str], timeout: float) -
         conn.close()
 
 
+def dead_reasons(database_url: str, event_ids: list[str]) -> dict[str, str]:
+    """Why each of the dead ``event_ids`` is dead (its last error)."""
+    if not event_ids:
+        return {}
+    conn = connect(database_url, application_name="ipai-bus demo")
+    conn.autocommit = True
+    try:
+        with conn.cursor() as cursor:
+            return operations.last_errors_of(cursor, event_ids)
+    finally:
+        conn.close()
+
+
 def show_messages(
-    sent: list[tuple[Envelope, str]], delivered: dict[str, Any], settings: Settings
+    sent: list[tuple[Envelope, str]],
+    delivered: dict[str, Any],
+    settings: Settings,
+    reasons: dict[str, str] | None = None,
 ) -> None:
+    reasons = reasons or {}
     for envelope, event_id in sent:
         message = format_event(
             envelope.event_type, envelope.payload, odoo_base_url=settings.odoo_base_url
         )
         print(f"\n[{delivered.get(event_id, 'not seen')}] {envelope.event_type} {event_id}")
+        if event_id in reasons:
+            print(f"  why it is dead: {reasons[event_id]}")
+            print(f"  (ipai-bus events show {event_id}; ipai-bus retry {event_id} once fixed)")
         print(message.markdown)
     print()

@@ -19,6 +19,8 @@ from ..storage.queries import load
 
 SQL = load("operations")
 
+# purge_completed refuses less (the SQL function's own rule): checked before asking it.
+MIN_PURGE_AGE = timedelta(hours=1)
 _DURATION = re.compile(r"^(\d+)\s*(s|m|h|d|w)$")
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
 
@@ -53,6 +55,8 @@ class Status:
     by_status: dict[str, int]
     by_type: list[dict[str, Any]]
     oldest_pending_seconds: float | None
+    oldest_failed_seconds: float | None
+    held_by_order: int
     expired_leases: int
     latest_dead: list[dict[str, Any]]
     logged_last_hour: int
@@ -64,6 +68,8 @@ class Status:
             "by_status": self.by_status,
             "by_type": self.by_type,
             "oldest_pending_seconds": self.oldest_pending_seconds,
+            "oldest_failed_seconds": self.oldest_failed_seconds,
+            "waiting_behind_an_earlier_event": self.held_by_order,
             "expired_leases": self.expired_leases,
             "latest_dead": [
                 {**row, "id": str(row["id"]), "updated_at": row["updated_at"].isoformat()}
@@ -86,7 +92,9 @@ def status(cursor: Any, *, dead_limit: int = 10) -> Status:
     by_status = {name: 0 for name in STATUSES} | dict(cursor.fetchall())
     by_type = _rows(cursor, SQL["waiting_by_type"])
     cursor.execute(SQL["oldest_waiting_seconds"])
-    oldest = cursor.fetchone()[0]
+    oldest_pending, oldest_failed = cursor.fetchone()
+    cursor.execute(SQL["held_by_order"])
+    held = int(cursor.fetchone()[0])
     cursor.execute(SQL["expired_leases"])
     expired = int(cursor.fetchone()[0])
     dead = _rows(cursor, SQL["latest_dead"], (dead_limit,))
@@ -96,7 +104,9 @@ def status(cursor: Any, *, dead_limit: int = 10) -> Status:
     return Status(
         by_status,
         by_type,
-        float(oldest) if oldest is not None else None,
+        float(oldest_pending) if oldest_pending is not None else None,
+        float(oldest_failed) if oldest_failed is not None else None,
+        held,
         expired,
         dead,
         sum(logged.values()),
@@ -115,8 +125,25 @@ def event_history(cursor: Any, event_id: uuid.UUID) -> dict[str, Any] | None:
         "outbox": outbox_rows[0] if outbox_rows else None,
         "event_log": logged[0] if logged else None,
         "attempts": _rows(cursor, SQL["delivery_attempts_of"], (event_id,)),
+        "waiting_behind": waiting_behind(cursor, event_id),
         "actions": _rows(cursor, SQL["operator_actions_on"], (event_id,)),
     }
+
+
+def waiting_behind(cursor: Any, event_id: uuid.UUID) -> dict[str, Any] | None:
+    """The earliest undelivered event of the same record accepted before ``event_id``, which
+    per-record ordering makes it wait for; None when nothing holds it."""
+    rows = _rows(cursor, SQL["waiting_behind"], (event_id,))
+    return rows[0] if rows else None
+
+
+def shorten(text: str, width: int) -> str:
+    """The first line of ``text`` in at most ``width`` characters, cut between words (…)."""
+    line = text.strip().splitlines()[0] if text.strip() else ""
+    if len(line) <= width:
+        return line
+    cut = line[: width - 1].rsplit(" ", 1)[0].rstrip(" ,;:")
+    return cut + "…"
 
 
 def events_since(cursor: Any, after_id: int, limit: int = 100) -> list[dict[str, Any]]:
@@ -165,6 +192,12 @@ def existing_ids(cursor: Any, event_ids: list[uuid.UUID]) -> set[uuid.UUID]:
 def statuses_of(cursor: Any, event_ids: list[str]) -> dict[str, str]:
     """The outbox status of each of ``event_ids`` still in the outbox."""
     cursor.execute(SQL["statuses_of"], (event_ids,))
+    return dict(cursor.fetchall())
+
+
+def last_errors_of(cursor: Any, event_ids: list[str]) -> dict[str, str]:
+    """The last error of each of ``event_ids`` that has one."""
+    cursor.execute(SQL["last_errors_of"], (event_ids,))
     return dict(cursor.fetchall())
 
 

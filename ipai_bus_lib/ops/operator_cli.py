@@ -61,13 +61,23 @@ def render_status(report: operations.Status) -> str:
         "Outbox",
         "  " + "  ".join(f"{name} {counts[name]}" for name in counts),
         f"  oldest pending: {operations.age(report.oldest_pending_seconds)}"
-        f"   expired leases: {report.expired_leases}"
+        + (
+            f"   oldest failed (retrying): {operations.age(report.oldest_failed_seconds)}"
+            if report.oldest_failed_seconds is not None
+            else ""
+        )
+        + f"   expired leases: {report.expired_leases}"
         + (
             "  ← a router died holding these; they return on the next claim"
             if report.expired_leases
             else ""
         ),
     ]
+    if report.held_by_order:
+        lines.append(
+            f"  waiting behind an earlier event of the same record: {report.held_by_order}"
+            " (events of one record go in order; see ipai-bus events show ID)"
+        )
     if report.by_type:
         lines += ["", "Not completed, by type", f"  {'event type':<28}{'status':<12}events"]
         lines += [
@@ -76,7 +86,7 @@ def render_status(report: operations.Status) -> str:
     if report.latest_dead:
         lines += ["", "Latest dead (ipai-bus events show ID; ipai-bus retry ID)"]
         for row in report.latest_dead:
-            error = (row["last_error"] or "").splitlines()[0][:90] if row["last_error"] else "—"
+            error = operations.shorten(row["last_error"] or "—", 110)
             lines.append(
                 f"  {row['id']}  {row['event_type']:<24} {operations.when(row['updated_at'])}"
                 f"  attempts {row['attempts']}\n      {error}"
@@ -84,7 +94,7 @@ def render_status(report: operations.Status) -> str:
     if report.open_circuits:
         lines += ["", "Paused destinations (circuit open)"]
         lines += [
-            f"  {row['destination']} {_pause(row)}: {(row['last_error'] or '')[:90]}"
+            f"  {row['destination']} {_pause(row)}: {operations.shorten(row['last_error'] or '', 90)}"
             for row in report.open_circuits
         ]
     lines += [
@@ -122,6 +132,13 @@ def _payload_text(payload: Any) -> str:
     return json.dumps(payload, ensure_ascii=False)
 
 
+def _next_try(row: dict) -> str:
+    """When the event goes out next: only pending and failed events have a next try."""
+    if row["status"] in ("pending", "failed"):
+        return f"   next try {operations.when(row['available_at'])}"
+    return ""
+
+
 def _pause(circuit: dict) -> str:
     if circuit.get("trial_due"):  # the pause is over; the next event for it is the trial
         return "pause over, next delivery is a trial"
@@ -141,9 +158,15 @@ def render_history(event_id: Any, history: dict[str, Any]) -> str:
     if row:
         lines.append(
             f"  status {row['status']}   attempts {row['attempts']}/{row['max_attempts']}"
-            f"   next try {operations.when(row['available_at'])}"
-            f"   accepted {operations.when(row['created_at'])}"
+            + _next_try(row)
+            + f"   accepted {operations.when(row['created_at'])}"
         )
+        if row["status"] in ("pending", "failed") and history.get("waiting_behind"):
+            earlier = history["waiting_behind"]
+            lines.append(
+                f"  waiting behind event {earlier['id']} ({earlier['status']}), an earlier event"
+                " of the same record: events of one record are delivered in order"
+            )
         if row.get("last_error"):
             lines.append(f"  last error: {row['last_error']}")
     else:
@@ -192,7 +215,12 @@ def cmd_events_tail(args: argparse.Namespace, settings: Settings, resolve_url: U
 
 
 def cmd_retry(args: argparse.Namespace, settings: Settings, resolve_url: UrlResolver) -> int:
-    if bool(args.ids) == bool(args.dead):
+    if not args.ids and not args.dead:
+        raise ConfigurationError(
+            "say what to retry: event ids (ipai-bus retry ID…), or --dead (narrow it with"
+            " --type and --since)"
+        )
+    if args.ids and args.dead:
         raise ConfigurationError("name event ids, or use --dead (with --type/--since), not both")
     if args.ids and (args.type or args.since or args.include_failed):
         raise ConfigurationError("--type, --since and --include-failed go with --dead")
@@ -215,19 +243,39 @@ def cmd_retry(args: argparse.Namespace, settings: Settings, resolve_url: UrlReso
                 cursor, type_pattern=args.type, since=since, include_failed=args.include_failed
             )
             print(f"retrying {len(ids)} event(s)…", file=sys.stderr, flush=True)
+        statuses = operations.statuses_of(cursor, [str(event_id) for event_id in ids])
         retried = operations.retry(cursor, ids, actor=actor, reason=args.reason)
-        skipped = len(ids) - retried
-        print(
-            f"{retried} event(s) back to pending (attempts reset), recorded as retried by "
-            f"{actor}" + (f"; {skipped} left alone: not failed or dead" if skipped else "")
-        )
+        print(retry_summary(retried, actor, statuses))
         return 0
 
     return _with_cursor(settings, resolve_url, work)
 
 
+def retry_summary(retried: int, actor: str, statuses_before: dict[str, str]) -> str:
+    """What a retry did, claiming an audit record only when one was written."""
+    left_alone: dict[str, int] = {}
+    for status in statuses_before.values():
+        if status not in ("failed", "dead"):
+            left_alone[status] = left_alone.get(status, 0) + 1
+    alone = ", ".join(f"{count} {status}" for status, count in sorted(left_alone.items()))
+    if not retried:
+        return (
+            "nothing retried: only failed or dead events are"
+            + (f" ({alone} left alone)" if alone else "")
+            + "; no audit record written"
+        )
+    return f"{retried} event(s) back to pending (attempts reset), recorded as retried by {actor}" + (
+        f"; left alone (only failed or dead events are retried): {alone}" if alone else ""
+    )
+
+
 def cmd_purge(args: argparse.Namespace, settings: Settings, resolve_url: UrlResolver) -> int:
     older_than = _duration(args.completed_older_than)
+    if older_than < operations.MIN_PURGE_AGE:
+        raise ConfigurationError(
+            f"--completed-older-than {args.completed_older_than}: at least 1h (recently completed"
+            " events are kept for operators to look at)"
+        )
     actor = args.by or operations.current_actor()
 
     def work(cursor: Any) -> int:

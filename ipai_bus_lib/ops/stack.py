@@ -20,8 +20,8 @@ from pathlib import Path
 from typing import IO, Any
 
 from ..core.errors import ConfigurationError, IpaiBusError
-from ..core.secret_files import config_dir, ensure_secret_file
-from ..core.settings import Settings, read_secret_file
+from ..core.secret_files import ensure_secret_file
+from ..core.settings import Settings, generated_secret_file, read_secret_file
 from ..ingest.receiver import HEALTH_PATH
 from ..ingest.sender import receiver_url
 from ..storage.migrator import migrate
@@ -129,7 +129,7 @@ class Stack:
         if self._cluster is not None:  # the receiver faces the network: it may only ingest
             env["IPAI_RECEIVER_DATABASE_URL"] = self._cluster.receiver_url()
         if not self.settings.webhook_secrets:
-            self.secret_file = config_dir(self.settings.config_dir) / "webhook-secret"
+            self.secret_file = generated_secret_file(self.settings)
             ensure_secret_file(self.secret_file)
             env["IPAI_WEBHOOK_SECRET_FILE"] = str(self.secret_file)
         command = [sys.executable, "-m", "ipai_bus_lib.ops.cli"]

@@ -62,7 +62,10 @@ def build_destination(
                 f"destination {spec.name}: needs url (or url_env) and "
                 "secret_env (a whsec_… Standard Webhooks secret)"
             )
-        return HttpForwardDestination(spec.name, url, secret, timeout=timeout)
+        try:
+            return HttpForwardDestination(spec.name, url, secret, timeout=timeout)
+        except ValueError as exc:
+            raise ConfigurationError(f"destination {spec.name}: {exc}") from None
     if spec.type == "email":
         return EmailDestination(
             spec.name,

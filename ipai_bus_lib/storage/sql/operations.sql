@@ -8,8 +8,28 @@ select event_type, status, count(*) as events from integration.outbox
  where status <> 'completed' group by 1, 2 order by 1, 2;
 
 -- name: oldest_waiting_seconds
-select extract(epoch from now() - min(created_at)) from integration.outbox
- where status in ('pending', 'failed');
+-- The oldest pending event's age, and the oldest failed (waiting to be retried) one's.
+select extract(epoch from now() - min(created_at) filter (where status = 'pending')),
+       extract(epoch from now() - min(created_at) filter (where status = 'failed'))
+  from integration.outbox where status in ('pending', 'failed');
+
+-- name: held_by_order
+-- Waiting events held back by an earlier undelivered event of the same record.
+select count(*) from integration.outbox d
+ where d.status in ('pending', 'failed')
+   and exists (select 1 from integration.outbox e
+                where e.source = d.source and e.aggregate_type = d.aggregate_type
+                  and e.aggregate_id = d.aggregate_id and e.seq < d.seq
+                  and e.status in ('pending', 'processing', 'failed'));
+
+-- name: waiting_behind
+select e.id, e.status, e.event_type from integration.outbox d
+  join integration.outbox e
+    on e.source = d.source and e.aggregate_type = d.aggregate_type
+   and e.aggregate_id = d.aggregate_id and e.seq < d.seq
+   and e.status in ('pending', 'processing', 'failed')
+ where d.id = %s
+ order by e.seq limit 1;
 
 -- name: expired_leases
 select count(*) from integration.outbox
@@ -66,3 +86,7 @@ select id from integration.outbox where id = any(%s::uuid[]);
 
 -- name: statuses_of
 select id::text, status from integration.outbox where id = any(%s::uuid[]);
+
+-- name: last_errors_of
+select id::text, last_error from integration.outbox
+ where id = any(%s::uuid[]) and last_error is not null;
