@@ -73,9 +73,9 @@ def _healthy(url: str) -> bool:
 
 
 def receiver_ready(port: int) -> bool:
-    """A receiver on this loopback port answers /healthz with 200 (its database is there)."""
+    """A receiver on this loopback port answers /readyz with 200 (its database is there)."""
     try:
-        return requests.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200
+        return requests.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200
     except requests.ConnectionError:
         return False
 
@@ -103,8 +103,9 @@ def receiver_process(
     secrets: str = f"{PRIMARY_SECRET},{OLD_SECRET}",
     workers: int = 1,
     threads: int = 8,
+    wait_for: str = "/readyz",
 ) -> Iterator[RunningProcess]:
-    """`ipai-bus serve` as a real subprocess on a free loopback port."""
+    """`ipai-bus serve` as a real subprocess on a free loopback port, once ``wait_for`` is 200."""
     port = free_port()
     env = {**os.environ, "DATABASE_URL": database_url, "IPAI_WEBHOOK_SECRET": secrets}
     log_path = str(tmp_path / f"receiver-{port}.log")
@@ -129,7 +130,7 @@ def receiver_process(
     running = RunningProcess(process, f"http://127.0.0.1:{port}", log_path)
     try:
         wait_until(
-            lambda: process.poll() is not None or _healthy(running.base_url + "/healthz"),
+            lambda: process.poll() is not None or _healthy(running.base_url + wait_for),
             what="the receiver to listen",
         )
         assert process.poll() is None, f"receiver exited early:\n{running.log()}"

@@ -293,8 +293,19 @@ def test_fifty_concurrent_identical_requests_store_one_event(server, clean_bus):
 # --- health, metrics, logs -------------------------------------------------------------------------
 
 
+def test_readyz_says_when_the_database_misses_migrations(make_database, tmp_path):
+    stale = make_database()  # no migration applied
+    with receiver_process(stale, tmp_path, wait_for="/healthz") as running:
+        ready = requests.get(running.base_url + "/readyz", timeout=5)
+        assert ready.status_code == 503
+        assert "database misses migration(s) 20260122000100" in ready.json()["error"]
+        assert "run `ipai-bus migrate`" in ready.json()["error"]
+        assert requests.get(running.base_url + "/healthz", timeout=5).status_code == 200, "alive"
+
+
 def test_healthz_and_metrics(server, clean_bus):
     assert requests.get(server.base_url + "/healthz", timeout=5).json() == {"ok": True}
+    assert requests.get(server.base_url + "/readyz", timeout=5).json() == {"ok": True}
     metrics = requests.get(server.base_url + "/metrics", timeout=5).text
     assert 'ipai_receiver_requests_total{outcome="stored"}' in metrics
     assert "ipai_receiver_request_seconds_bucket" in metrics
@@ -329,7 +340,8 @@ def test_database_stopped_mid_run_gives_503_then_recovers(tmp_path):
             assert response.status_code == 503, response.text
             assert time.monotonic() - started < 10, "503 must come within a bounded time"
             assert response.json() == {"ok": False, "error": "database unavailable, retry later"}
-            assert requests.get(running.base_url + "/healthz", timeout=10).status_code == 503
+            assert requests.get(running.base_url + "/readyz", timeout=10).status_code == 503
+            assert requests.get(running.base_url + "/healthz", timeout=10).status_code == 200
             cluster.ensure_running()
             # The pool waits a moment before it tries a database that stopped answering.
             wait_until(
@@ -338,5 +350,5 @@ def test_database_stopped_mid_run_gives_503_then_recovers(tmp_path):
                 interval=0.2,
                 what="the receiver to serve again without a restart",
             )
-            assert requests.get(running.base_url + "/healthz", timeout=10).status_code == 200
+            assert requests.get(running.base_url + "/readyz", timeout=10).status_code == 200
             assert counts(url) == (2, 2)

@@ -393,7 +393,7 @@ def test_12_frozen_database_gives_503_within_two_seconds_then_recovers(tmp_path)
                     assert answer.status_code == 503, answer.text
                     refused.append((body, headers))
                 started = time.monotonic()
-                health = requests.get(receiver.base_url + "/healthz", timeout=10)
+                health = requests.get(receiver.base_url + "/readyz", timeout=10)
                 timings.append(time.monotonic() - started)
                 assert health.status_code == 503
                 assert max(timings) < 2.0, f"answers took {timings}"

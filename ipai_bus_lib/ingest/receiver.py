@@ -1,7 +1,8 @@
 """The receiver: a WSGI application that verifies signed Odoo events and stores them durably.
 
 Serves ``POST /functions/v1/odoo-webhook`` (the Edge Function's path), its batch sibling
-``POST /functions/v1/odoo-webhook/batch``, ``GET /healthz`` and ``GET /metrics``. Checks run in
+``POST /functions/v1/odoo-webhook/batch``, ``GET /healthz`` (alive), ``GET /readyz`` (database
+reachable, migrations current) and ``GET /metrics``. Checks run in
 the wire contract's order and stop at the first failure; only a request that passes all of them
 reaches the database, where one transaction writes the outbox rows and their event_log copies.
 """
@@ -27,7 +28,7 @@ from ..core.errors import (
     ReplayedSignature,
     SignatureError,
 )
-from ..storage import outbox
+from ..storage import outbox, readiness
 from ..storage.db import Database
 from ..storage.queries import load
 from .metrics import ReceiverMetrics
@@ -35,6 +36,7 @@ from .metrics import ReceiverMetrics
 WEBHOOK_PATH = "/functions/v1/odoo-webhook"
 BATCH_PATH = WEBHOOK_PATH + "/batch"
 HEALTH_PATH = "/healthz"
+READY_PATH = "/readyz"
 SQL = load("receiver")
 MAX_BODY_BYTES = 256 * 1024
 _READ_CHUNK = 64 * 1024
@@ -129,7 +131,9 @@ class Receiver:
         if path == BATCH_PATH:
             return self._webhook(environ, start_response, batch=True)
         if path == HEALTH_PATH and environ.get("REQUEST_METHOD") in ("GET", "HEAD"):
-            return self._healthz(start_response)
+            return _json(start_response, 200, {"ok": True})
+        if path == READY_PATH and environ.get("REQUEST_METHOD") in ("GET", "HEAD"):
+            return self._readyz(start_response)
         if path == "/metrics" and environ.get("REQUEST_METHOD") == "GET":
             if not self._metrics_allowed(environ):
                 return _json(
@@ -298,12 +302,16 @@ class Receiver:
 
     # --- health -----------------------------------------------------------------------------
 
-    def _healthz(self, start_response: StartResponse) -> Iterable[bytes]:
+    def _readyz(self, start_response: StartResponse) -> Iterable[bytes]:
+        """Ready to store events: the database answers and has every migration."""
         try:
             with self.database.autocommit() as cursor:
-                cursor.execute(SQL["health_check"])
+                missing = readiness.missing_migrations(cursor)
         except DatabaseUnavailable:
             return _json(start_response, 503, {"ok": False, "error": "database unavailable"})
+        if missing:
+            error = f"database misses migration(s) {', '.join(missing)}: run `ipai-bus migrate`"
+            return _json(start_response, 503, {"ok": False, "error": error})
         return _json(start_response, 200, {"ok": True})
 
 

@@ -34,7 +34,7 @@ class ReceiverUnreachable(IpaiBusError):
 
 
 def receiver_url(settings: Settings, path: str = WEBHOOK_PATH) -> str:
-    """The local receiver's URL of ``path`` (the webhook by default, or HEALTH_PATH)."""
+    """The local receiver's URL of ``path`` (the webhook by default, or READY_PATH)."""
     return f"http://{settings.receiver_host}:{settings.receiver_port}{path}"
 
 

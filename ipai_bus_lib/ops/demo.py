@@ -14,7 +14,7 @@ from ..core.catalog import Envelope
 from ..core.samples import all_samples
 from ..core.settings import Settings
 from ..delivery.formatters import format_event
-from ..ingest.receiver import HEALTH_PATH
+from ..ingest.receiver import READY_PATH
 from ..ingest.sender import post_event, receiver_url, signing_secret
 from ..storage.database_location import running_database_url
 from ..storage.db import connect
@@ -26,7 +26,7 @@ def run_demo(settings: Settings, *, timeout: float) -> int:
     """Use the running bus if one answers, else start one for the demo and stop it after."""
     started = time.monotonic()
     with ExitStack() as cleanup:
-        health = receiver_url(settings, HEALTH_PATH)
+        health = receiver_url(settings, READY_PATH)
         if receiver_healthy(health):
             print(f"demo: using the bus already running at {receiver_url(settings)}")
             database_url = running_database_url(settings)

@@ -22,7 +22,7 @@ from typing import IO, Any
 from ..core.errors import ConfigurationError, IpaiBusError
 from ..core.secret_files import ensure_secret_file
 from ..core.settings import Settings, generated_secret_file, read_secret_file
-from ..ingest.receiver import HEALTH_PATH
+from ..ingest.receiver import READY_PATH
 from ..ingest.sender import receiver_url
 from ..storage.migrator import migrate
 
@@ -154,7 +154,7 @@ class Stack:
         return cluster.ensure_running()
 
     def _wait_until_serving(self, timeout: float = 30.0) -> None:
-        health = receiver_url(self.settings, HEALTH_PATH)
+        health = receiver_url(self.settings, READY_PATH)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             assert self.supervisor is not None
@@ -186,7 +186,7 @@ def receiver_healthy(url: str) -> bool:
 
 def require_free_port(settings: Settings) -> None:
     """Refuse to start when something already answers on the receiver's port."""
-    health = receiver_url(settings, HEALTH_PATH)
+    health = receiver_url(settings, READY_PATH)
     if receiver_healthy(health):
         raise ConfigurationError(
             f"a receiver already answers on port {settings.receiver_port}; stop it or set "

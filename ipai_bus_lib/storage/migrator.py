@@ -72,21 +72,13 @@ def migrate(dsn: str) -> list[str]:
 
 
 def pending_migrations(dsn: str) -> list[str]:
-    """The versions not yet applied to the database at ``dsn`` (read only; [] when current).
+    """The versions not yet applied to the database at ``dsn`` (read only; [] when current)."""
+    from .readiness import missing_migrations
 
-    Reads the ledger through ``public.applied_migrations()``, which a least-privileged
-    receiver may call; a database that predates it counts as missing every migration after.
-    """
     conn = connect(dsn, application_name="ipai-bus readiness")
     try:
         with conn, conn.cursor() as cursor:
-            cursor.execute("select to_regprocedure('public.applied_migrations()') is not null")
-            if cursor.fetchone()[0]:
-                cursor.execute("select version from public.applied_migrations()")
-                applied = {row[0] for row in cursor.fetchall()}
-            else:
-                applied = set()
-        return [m.version for m in available_migrations() if m.version not in applied]
+            return missing_migrations(cursor)
     except psycopg2.Error as exc:
         raise translate_error(exc) from exc
     finally:
