@@ -11,11 +11,12 @@ from collections import Counter
 
 import psycopg2
 import pytest
+import requests
 
 from ipai_bus_lib.core.catalog import Envelope
 from ipai_bus_lib.storage import outbox
 
-from .helpers import wait_until
+from .helpers import free_port, wait_until
 from .sinks import HttpSink, Reply
 
 SINK_SECRET = "whsec_dGVzdC1zdGFuZGFyZC13ZWJob29rcy1rZXk="
@@ -71,6 +72,7 @@ def start_router(clean_bus, tmp_path):
             "SINK_URL": sink_url,
             "SINK_SECRET": SINK_SECRET,
             "IPAI_ROUTER_POLL_SECONDS": "0.2",
+            "IPAI_ROUTER_METRICS_PORT": "0",
             **settings,
         }
         log = open(tmp_path / f"router-{len(processes)}.log", "w")
@@ -156,3 +158,45 @@ def test_sigterm_finishes_in_flight_and_hands_back_the_rest(clean_bus, start_rou
     assert counts[("completed", 1)] == delivered, "what was in flight finished and was acked"
     assert counts[("pending", 0)] == 20 - delivered, "the rest is pending with no attempt counted"
     assert 2 <= delivered < 20
+
+
+def test_router_metrics_count_known_traffic_and_health_answers(clean_bus, start_router):
+    """3 events delivered and 2 refused for good (400): the scrape says exactly that."""
+    conn = psycopg2.connect(clean_bus)
+    with conn, conn.cursor() as cursor:
+        for number in range(5):
+            event_type = "asset.reserved" if number < 3 else "asset.checked_out"
+            envelope = Envelope(event_type, "maintenance.equipment", str(number), {"booking_id": 1})
+            outbox.insert_event(cursor, envelope, idempotency_key=f"metrics-{number}")
+    conn.close()
+    port = free_port()
+
+    def reply(request):
+        refused = request.json()["type"] == "asset.checked_out"
+        return Reply(400, b"no") if refused else Reply(200)
+
+    with HttpSink(reply) as sink:
+        start_router(sink.url, IPAI_ROUTER_METRICS_PORT=str(port))
+        base = f"http://127.0.0.1:{port}"
+        wait_until(
+            lambda: statuses(clean_bus) == Counter({("completed", 1): 3, ("dead", 1): 2}),
+            timeout=30,
+            what="the five events to be settled",
+        )
+        wait_until(lambda: _get(base + "/healthz") == 200, what="the router's endpoints")
+        assert _get(base + "/readyz") == 200
+        metrics = requests.get(base + "/metrics", timeout=5).text
+    line = 'ipai_router_deliveries_total{destination="sink",event_type="%s",outcome="%s"} %s'
+    assert line % ("asset.reserved", "delivered", "3.0") in metrics
+    assert line % ("asset.checked_out", "dead", "2.0") in metrics
+    assert 'ipai_router_delivery_seconds_count{destination="sink"} 5.0' in metrics
+    assert "ipai_router_claim_batch_size_count" in metrics
+    assert 'ipai_router_breaker_open{destination="sink"} 0.0' in metrics
+    assert "ipai_outbox_lag_seconds 0.0" in metrics
+
+
+def _get(url: str) -> int:
+    try:
+        return requests.get(url, timeout=2).status_code
+    except requests.ConnectionError:
+        return 0

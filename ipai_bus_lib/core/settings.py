@@ -258,6 +258,20 @@ SETTINGS: tuple[Setting, ...] = (
         "IPAI_ROUTER_CONCURRENCY", "router_concurrency", 16, _whole(1), "deliveries in flight per router"
     ),
     Setting(
+        "IPAI_ROUTER_METRICS_HOST",
+        "router_metrics_host",
+        "127.0.0.1",
+        _text,
+        "where a router serves /metrics, /healthz and /readyz",
+    ),
+    Setting(
+        "IPAI_ROUTER_METRICS_PORT",
+        "router_metrics_port",
+        8788,
+        _whole(0),
+        "the router's monitoring port; 0 turns the endpoints off",
+    ),
+    Setting(
         "IPAI_DELIVERY_TIMEOUT_SECONDS",
         "delivery_timeout_seconds",
         10.0,
@@ -328,6 +342,8 @@ class Settings:
     router_poll_seconds: float = DEFAULTS["router_poll_seconds"]
     router_listen: bool = DEFAULTS["router_listen"]
     router_concurrency: int = DEFAULTS["router_concurrency"]
+    router_metrics_host: str = DEFAULTS["router_metrics_host"]
+    router_metrics_port: int = DEFAULTS["router_metrics_port"]
     delivery_timeout_seconds: float = DEFAULTS["delivery_timeout_seconds"]
     max_attempts: int = DEFAULTS["max_attempts"]
     retry_delays: tuple[int, ...] = DEFAULTS["retry_delays"]

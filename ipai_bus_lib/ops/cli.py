@@ -65,6 +65,7 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
 def make_router(settings: Settings, url: str, *, worker: str | None = None) -> Router:
     """A router wired from the settings: routes file (or the default), destinations, limits."""
     from ..delivery.router import ROUTER_SESSION_SETTINGS, Router, RouterConfig
+    from ..delivery.router.metrics import RouterMetrics
     from ..storage.db import Database
 
     routing, destinations, limits = routing_from(settings)
@@ -88,7 +89,10 @@ def make_router(settings: Settings, url: str, *, worker: str | None = None) -> R
         settings=ROUTER_SESSION_SETTINGS,
         deadline_seconds=settings.router_lease_seconds,
     )
-    return Router(config, database, routing, destinations, limits)
+    # The metrics read the breakers of the router made on the next line (when scraped).
+    metrics = RouterMetrics(database, lambda: router.deliverer.breakers)
+    router = Router(config, database, routing, destinations, limits, metrics=metrics)
+    return router
 
 
 def routing_from(settings: Settings) -> tuple[Any, dict[str, Any], dict[str, Any]]:
@@ -142,7 +146,7 @@ def cmd_route(args: argparse.Namespace, settings: Settings) -> int:
             migrate(url)
         else:
             require_current_schema(url)
-        _run_router(make_router(settings, url, worker=args.worker))
+        _run_router(make_router(settings, url, worker=args.worker), settings)
     finally:
         if started_here and cluster is not None:  # a database this command started is stopped
             cluster.stop()
@@ -162,11 +166,12 @@ def require_current_schema(url: str) -> None:
         )
 
 
-def _run_router(router: Router) -> None:
+def _run_router(router: Router, settings: Settings) -> None:
     import signal
 
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: router.stop())
+    endpoints = _start_endpoints(router, settings)
     print(
         f"router {router.config.worker}: batch {router.config.batch_size}, "
         f"{'LISTEN + ' if router.config.listen else ''}poll every "
@@ -174,7 +179,37 @@ def _run_router(router: Router) -> None:
         file=sys.stderr,
         flush=True,
     )
-    router.run()
+    try:
+        router.run()
+    finally:
+        if endpoints is not None:
+            endpoints.close()
+
+
+def _start_endpoints(router: Router, settings: Settings) -> Any:
+    """The router's /metrics, /healthz and /readyz, unless IPAI_ROUTER_METRICS_PORT is 0. A port
+    in use (another router on this machine) is said on one line; routing goes on."""
+    from ..delivery.router.endpoints import RouterEndpoints
+
+    if not settings.router_metrics_port or router.metrics is None:
+        return None
+    host, port = settings.router_metrics_host, settings.router_metrics_port
+    try:
+        endpoints = RouterEndpoints(router, router.metrics, host, port).start()
+    except OSError as exc:
+        print(
+            f"router {router.config.worker}: no metrics endpoint: {host}:{port} {exc.strerror}"
+            " (set IPAI_ROUTER_METRICS_PORT; 0 turns it off)",
+            file=sys.stderr,
+            flush=True,
+        )
+        return None
+    print(
+        f"router {router.config.worker}: metrics, health and readiness at http://{host}:{port}",
+        file=sys.stderr,
+        flush=True,
+    )
+    return endpoints
 
 
 def cmd_db(args: argparse.Namespace, settings: Settings) -> int:

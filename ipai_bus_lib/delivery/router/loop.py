@@ -21,6 +21,7 @@ from ..routes import RoutingTable
 from .config import FIRST_RECONNECT_SECONDS, RouterConfig
 from .delivering import Deliverer
 from .leases import LeaseKeeper
+from .metrics import RouterMetrics
 from .planning import Attempt, Planner
 from .settling import Settler
 
@@ -38,13 +39,21 @@ class Router:
         routing: RoutingTable,
         destinations: Mapping[str, Destination],
         rate_limits: Mapping[str, TokenBucket] | None = None,
+        metrics: RouterMetrics | None = None,
     ) -> None:
         self.config, self.database, self.routing = config, database, routing
+        self.metrics = metrics
+        self.running = False  # inside run(): what /healthz reports
         self._stopping = threading.Event()
         self.leases = LeaseKeeper(config, database, self._stopping)
         self.planner = Planner(config, database, routing, destinations)
         self.deliverer = Deliverer(config, database, destinations, rate_limits or {}, self._stopping)
-        self.settler = Settler(config, database, on_settled=self.leases.let_go)
+        self.settler = Settler(
+            config,
+            database,
+            on_settled=self.leases.let_go,
+            on_recorded=metrics.observe_attempts if metrics else None,
+        )
         # Settling a batch (ack, fail, attempts) runs on its own connection while the next batch
         # is claimed: the database then works on two cores instead of one.
         self._settle_pool = ThreadPoolExecutor(1, thread_name_prefix="settle")
@@ -63,6 +72,7 @@ class Router:
     def run(self) -> None:
         """Deliver until stop() is called; survives the database going away and coming back."""
         listener = None
+        self.running = True
         self.leases.start()
         backoff = FIRST_RECONNECT_SECONDS
         try:
@@ -95,6 +105,7 @@ class Router:
                     listener = None
                     self._stopping.wait(self.config.poll_seconds)
         finally:
+            self.running = False
             _close_quietly(listener)
             self._hand_back_claimed_ahead()
             self._finish_settling(quietly=True)
@@ -181,6 +192,8 @@ class Router:
         """The batch claimed ahead, else one claimed now; a full batch claims the next ahead."""
         ahead, self._claimed_ahead = self._claimed_ahead, None
         events = ahead.result() if ahead is not None else self._claim()
+        if self.metrics is not None:
+            self.metrics.observe_claim(len(events))
         backlog = len(events) == self.config.batch_size and self.config.drain
         if backlog and not self._stopping.is_set():
             self._claimed_ahead = self._claim_pool.submit(self._claim)

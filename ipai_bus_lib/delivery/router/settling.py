@@ -45,9 +45,14 @@ class Settler:
     """Writes verdicts; tells ``on_settled`` which events it is done with, whatever happened."""
 
     def __init__(
-        self, config: RouterConfig, database: Database, on_settled: Callable[[list[OutboxEvent]], None]
+        self,
+        config: RouterConfig,
+        database: Database,
+        on_settled: Callable[[list[OutboxEvent]], None],
+        on_recorded: Callable[[list[Attempt]], None] | None = None,
     ) -> None:
         self.config, self.database, self.on_settled = config, database, on_settled
+        self.on_recorded = on_recorded
 
     def settle(
         self, events: list[OutboxEvent], attempts: list[Attempt], unrouted: list[OutboxEvent]
@@ -62,6 +67,8 @@ class Settler:
                 )
             )
         recorded = [a for a in attempts if a.outcome != "not_started"]
+        if self.on_recorded is not None:
+            self.on_recorded(recorded)
         try:
             self._write_verdict(verdict, recorded, unrouted)
         except DatabaseUnavailable:

@@ -8,6 +8,11 @@ listen integration_outbox;
 select extract(epoch from min(available_at) - now())
   from integration.outbox where status in ('pending', 'failed');
 
+-- name: outbox_lag_seconds
+-- How long the oldest due event has waited (the router's lag); NULL when none is due.
+select extract(epoch from now() - min(available_at))
+  from integration.outbox where status in ('pending', 'failed') and available_at <= now();
+
 -- name: delivered_pairs
 -- (event, destination) pairs delivered on an earlier attempt: never sent twice.
 select event_id, destination from integration.delivery_attempts
