@@ -6,7 +6,6 @@ import argparse
 import os
 import sys
 from collections.abc import Sequence
-from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -16,6 +15,7 @@ from ..core.errors import ConfigurationError, DatabaseUnavailable, InvalidArgume
 from ..core.settings import Settings, active_secrets
 from ..storage.database_location import database_url, embedded_cluster, running_database_url
 from .operator_cli import add_operator_commands
+from .reference import cmd_routes_check, cmd_types
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -62,79 +62,12 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     return EXIT_OK
 
 
-def make_router(settings: Settings, url: str, *, worker: str | None = None) -> Router:
-    """A router wired from the settings: routes file (or the default), destinations, limits."""
-    from ..delivery.router import ROUTER_SESSION_SETTINGS, Router, RouterConfig
-    from ..delivery.router.metrics import RouterMetrics
-    from ..storage.db import Database
-
-    routing, destinations, limits = routing_from(settings)
-    config = RouterConfig(
-        batch_size=settings.router_batch_size,
-        lease_seconds=settings.router_lease_seconds,
-        poll_seconds=settings.router_poll_seconds,
-        concurrency=settings.router_concurrency,
-        listen=settings.router_listen,
-        retry_delays=settings.retry_delays,
-        breaker_threshold=settings.breaker_threshold,
-        breaker_cooldown_seconds=settings.breaker_cooldown_seconds,
-        odoo_base_url=settings.odoo_base_url,
-    )
-    if worker:
-        config = replace(config, worker=worker)
-    database = Database(
-        url,
-        max_size=4,
-        application_name="ipai-bus router",
-        settings=ROUTER_SESSION_SETTINGS,
-        deadline_seconds=settings.router_lease_seconds,
-    )
-    # The metrics read the breakers of the router made on the next line (when scraped).
-    metrics = RouterMetrics(database, lambda: router.deliverer.breakers)
-    router = Router(config, database, routing, destinations, limits, metrics=metrics)
-    return router
-
-
-def routing_from(settings: Settings) -> tuple[Any, dict[str, Any], dict[str, Any]]:
-    """The routes (file or default), their destinations and rate limits, all checked: raises
-    ConfigurationError naming the problem before anything is started."""
-    from ..delivery.destinations import SmtpDefaults, TokenBucket, build_destination
-    from ..delivery.routes import load_routing
-
-    routing = load_routing(settings.routes_file, settings.environment)
-    smtp = SmtpDefaults(
-        host=settings.smtp_host,
-        port=settings.smtp_port,
-        security=settings.smtp_security,
-        username=settings.smtp_username,
-        password=settings.smtp_password,
-        sender=settings.smtp_from,
-    )
-    destinations = {
-        name: build_destination(
-            spec, settings.environment, smtp=smtp, timeout=settings.delivery_timeout_seconds
-        )
-        for name, spec in routing.destinations.items()
-    }
-    limits = {
-        name: TokenBucket(spec.rate_per_second, spec.burst)
-        for name, spec in routing.destinations.items()
-        if spec.rate_per_second
-    }
-    return routing, destinations, limits
-
-
-def check_routing(settings: Settings) -> None:
-    """Raise ConfigurationError if the routes or a destination are wrong; start nothing."""
-    _, destinations, _ = routing_from(settings)
-    for destination in destinations.values():
-        destination.close()
-
-
 def cmd_route(args: argparse.Namespace, settings: Settings) -> int:
     import logging
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    from .wiring import check_routing, make_router
+
     check_routing(settings)  # before the database is started for nothing
     cluster = None if settings.database_url else embedded_cluster(settings)
     started_here = cluster is not None and not cluster.is_running()
@@ -248,6 +181,8 @@ def cmd_up(args: argparse.Namespace, settings: Settings) -> int:
     from .stack import Stack, require_free_port
 
     require_free_port(settings)
+    from .wiring import check_routing
+
     check_routing(settings)  # a wrong routes file is said before anything starts
     stopping = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -386,6 +321,20 @@ def build_parser() -> argparse.ArgumentParser:
     send.set_defaults(handler=cmd_send)
 
     add_operator_commands(commands, running_database_url)
+
+    types = commands.add_parser("types", help="the 14 event types, their records and payload fields")
+    types_format = types.add_mutually_exclusive_group()
+    types_format.add_argument("--json", action="store_true", help="machine-readable output")
+    types_format.add_argument("--markdown", action="store_true", help="as the README's table")
+    types.set_defaults(handler=cmd_types)
+
+    routes = commands.add_parser("routes", help="check a routes file before a router uses it")
+    routes_commands = routes.add_subparsers(dest="routes_command", metavar="ACTION", required=True)
+    routes_check = routes_commands.add_parser(
+        "check", help="load FILE as a router would (destinations, secrets) and show what goes where"
+    )
+    routes_check.add_argument("file", metavar="FILE")
+    routes_check.set_defaults(handler=cmd_routes_check)
 
     db = commands.add_parser("db", help="the embedded PostgreSQL: start, stop, print its URL")
     db.add_argument("action", choices=["start", "stop", "url"])
