@@ -19,6 +19,7 @@ demo: $(BIN)/.installed
 	$(BIN)/ipai-bus demo
 
 test: $(BIN)/.installed
+	@$(BIN)/python scripts/ensure_browser.py
 	$(BIN)/pytest
 
 lint: $(BIN)/.installed

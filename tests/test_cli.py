@@ -14,6 +14,7 @@ import uuid
 import psutil
 import psycopg2
 import pytest
+import requests
 
 from ipai_bus_lib.core.catalog import Envelope
 from ipai_bus_lib.storage import outbox
@@ -234,9 +235,18 @@ def fresh_home(tmp_path) -> dict[str, str]:
         "IPAI_BUS_HOME": str(tmp_path / "data"),
         "IPAI_BUS_CONFIG_DIR": str(tmp_path / "config"),
         "IPAI_RECEIVER_PORT": str(free_port()),
+        "IPAI_CONSOLE_PORT": str(free_port()),
+        "IPAI_ROUTER_METRICS_PORT": "0",
         "DATABASE_URL": "",
         "IPAI_WEBHOOK_SECRET": "",
     }
+
+
+def _status(url: str) -> int:
+    try:
+        return requests.get(url, timeout=2).status_code
+    except requests.ConnectionError:
+        return 0
 
 
 def processes_mentioning(text: str) -> list[psutil.Process]:
@@ -287,8 +297,14 @@ def test_up_from_an_empty_machine_delivers_and_stops_cleanly(fresh_home, tmp_pat
                 " where application_name = 'ipai-bus receiver'"
             )
             assert cursor.fetchall() == [("ipai_bus_receiver",)], "the receiver may only ingest"
+        console = f"http://127.0.0.1:{fresh_home['IPAI_CONSOLE_PORT']}"
+        password_file = tmp_path / "config" / "console-password"
+        assert f"console      {console} (password in {password_file})" in text
+        assert stat.S_IMODE(password_file.stat().st_mode) == 0o600
+        assert password_file.read_text().strip() not in (tmp_path / "up.log").read_text()
+        wait_until(lambda: _status(console + "/login") == 200, what="the console to answer")
         children = psutil.Process(up.pid).children(recursive=True)
-        assert len(children) >= 2, "a receiver and a router run under up"
+        assert len(children) >= 3, "a receiver, a router and the console run under up"
     finally:
         up.send_signal(signal.SIGTERM)
         code = up.wait(timeout=60)

@@ -229,6 +229,24 @@ SETTINGS: tuple[Setting, ...] = (
         _text,
         "when set, GET /metrics asks for Authorization: Bearer <token>",
     ),
+    Setting(
+        "IPAI_CONSOLE_HOST", "console_host", "127.0.0.1", _text, "where the operator console listens"
+    ),
+    Setting(
+        "IPAI_CONSOLE_PORT",
+        "console_port",
+        8789,
+        _whole(0),
+        "the operator console's port; 0: `up` starts no console",
+    ),
+    Setting(
+        "IPAI_CONSOLE_PASSWORD_FILE",
+        "console_password_file",
+        None,
+        _path,
+        "the console password (made 0600 on first use)",
+        "~/.config/ipai-bus/console-password",
+    ),
     Setting("IPAI_ROUTES_FILE", "routes_file", None, _path, "TOML routes file", "built-in routes"),
     Setting(
         "MATTERMOST_WEBHOOK_URL",
@@ -334,6 +352,9 @@ class Settings:
     receiver_threads: int = DEFAULTS["receiver_threads"]
     receiver_database_url: str | None = DEFAULTS["receiver_database_url"]
     metrics_token: str | None = DEFAULTS["metrics_token"]
+    console_host: str = DEFAULTS["console_host"]
+    console_port: int = DEFAULTS["console_port"]
+    console_password_file: Path | None = DEFAULTS["console_password_file"]
     routes_file: Path | None = DEFAULTS["routes_file"]
     mattermost_webhook_url: str | None = DEFAULTS["mattermost_webhook_url"]
     odoo_base_url: str | None = DEFAULTS["odoo_base_url"]

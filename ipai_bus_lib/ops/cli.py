@@ -178,17 +178,16 @@ def cmd_up(args: argparse.Namespace, settings: Settings) -> int:
     import signal
     import threading
 
-    from .stack import Stack, require_free_port
-
-    require_free_port(settings)
+    from .stack import Stack, require_free_ports
     from .wiring import check_routing
 
+    require_free_ports(settings)
     check_routing(settings)  # a wrong routes file is said before anything starts
     stopping = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stopping.set())
     print("ipai-bus: starting…", file=sys.stderr, flush=True)
-    with Stack(settings) as stack:
+    with Stack(settings, console=True) as stack:
         print(describe_stack(stack), flush=True)
         while not stopping.wait(0.5):
             assert stack.supervisor is not None
@@ -216,9 +215,31 @@ def describe_stack(stack: Stack) -> str:
         f"  webhook URL  {stack.webhook_url}\n"
         f"  secret       {masked(stack.secret())} {where}\n"
         f"  database     {database}\n"
-        f"  routing      {routes}\n"
-        f"  status       ipai-bus status"
+        f"  routing      {routes}\n" + console_line(stack) + "  status       ipai-bus status"
     )
+
+
+def console_line(stack: Stack) -> str:
+    """Where the console is and where its password is kept (never the password itself)."""
+    from .console import console_password_file
+
+    settings = stack.settings
+    if not stack.console:
+        return ""
+    return (
+        f"  console      http://{settings.console_host}:{settings.console_port}"
+        f" (password in {console_password_file(settings)})\n"
+    )
+
+
+def cmd_console(args: argparse.Namespace, settings: Settings) -> int:
+    from .console import serve_console
+
+    url = running_database_url(settings)
+    serve_console(
+        settings, url, host=args.host or settings.console_host, port=args.port or settings.console_port
+    )
+    return EXIT_OK
 
 
 def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
@@ -321,6 +342,13 @@ def build_parser() -> argparse.ArgumentParser:
     send.set_defaults(handler=cmd_send)
 
     add_operator_commands(commands, running_database_url)
+
+    console = commands.add_parser(
+        "console", help="the operator console (web page) alone; `up` starts it too"
+    )
+    console.add_argument("--host", help="default IPAI_CONSOLE_HOST (127.0.0.1)")
+    console.add_argument("--port", type=_port, help="default IPAI_CONSOLE_PORT (8789)")
+    console.set_defaults(handler=cmd_console)
 
     types = commands.add_parser("types", help="the 14 event types, their records and payload fields")
     types_format = types.add_mutually_exclusive_group()

@@ -93,10 +93,7 @@ def status(cursor: Any, *, dead_limit: int = 10) -> Status:
     by_type = _rows(cursor, SQL["waiting_by_type"])
     cursor.execute(SQL["oldest_waiting_seconds"])
     oldest_pending, oldest_failed = cursor.fetchone()
-    cursor.execute(SQL["held_by_order"])
-    held = int(cursor.fetchone()[0])
-    cursor.execute(SQL["expired_leases"])
-    expired = int(cursor.fetchone()[0])
+    counters = status_counters(cursor)
     dead = _rows(cursor, SQL["latest_dead"], (dead_limit,))
     cursor.execute(SQL["logged_last_hour"])
     logged = dict(cursor.fetchall())
@@ -106,13 +103,21 @@ def status(cursor: Any, *, dead_limit: int = 10) -> Status:
         by_type,
         float(oldest_pending) if oldest_pending is not None else None,
         float(oldest_failed) if oldest_failed is not None else None,
-        held,
-        expired,
+        counters["held_by_order"],
+        counters["expired_leases"],
         dead,
         sum(logged.values()),
         logged,
         circuits,
     )
+
+
+def status_counters(cursor: Any) -> dict[str, int]:
+    """Events waiting behind an earlier one of their record, and leases that ran out."""
+    cursor.execute(SQL["held_by_order"])
+    held = int(cursor.fetchone()[0])
+    cursor.execute(SQL["expired_leases"])
+    return {"held_by_order": held, "expired_leases": int(cursor.fetchone()[0])}
 
 
 def event_history(cursor: Any, event_id: uuid.UUID) -> dict[str, Any] | None:

@@ -95,9 +95,12 @@ class Supervisor:
 class Stack:
     """The bus's parts for `up` and `demo`; a context manager that leaves nothing running."""
 
-    def __init__(self, settings: Settings, *, output: IO[Any] | None = None) -> None:
+    def __init__(
+        self, settings: Settings, *, output: IO[Any] | None = None, console: bool = False
+    ) -> None:
         self.settings = settings
         self.output = output
+        self.console = console and settings.console_port != 0
         self.database_url = ""
         self.secret_file: Path | None = None
         self.supervisor: Supervisor | None = None
@@ -133,12 +136,17 @@ class Stack:
             ensure_secret_file(self.secret_file)
             env["IPAI_WEBHOOK_SECRET_FILE"] = str(self.secret_file)
         command = [sys.executable, "-m", "ipai_bus_lib.ops.cli"]
-        self.supervisor = Supervisor(
-            [
-                Child("receiver", [*command, "serve"], env, self.output),
-                Child("router", [*command, "route"], env, self.output),
-            ]
-        )
+        children = [
+            Child("receiver", [*command, "serve"], env, self.output),
+            Child("router", [*command, "route"], env, self.output),
+        ]
+        if self.console:  # its password exists before `up` says where it is
+            from .console import console_password_file
+            from .console.auth import ensure_password
+
+            ensure_password(console_password_file(self.settings))
+            children.append(Child("console", [*command, "console"], env, self.output))
+        self.supervisor = Supervisor(children)
         self.supervisor.start()
         self._wait_until_serving()
 
@@ -176,6 +184,14 @@ class Stack:
             self._embedded = None
 
 
+def _port_taken(host: str, port: int) -> bool:
+    import socket
+
+    with socket.socket() as probe:
+        probe.settimeout(0.5)
+        return probe.connect_ex((host, port)) == 0
+
+
 def receiver_healthy(url: str) -> bool:
     try:
         with urllib.request.urlopen(url, timeout=1) as response:  # noqa: S310 - our own URL
@@ -184,8 +200,14 @@ def receiver_healthy(url: str) -> bool:
         return False
 
 
-def require_free_port(settings: Settings) -> None:
-    """Refuse to start when something already answers on the receiver's port."""
+def require_free_ports(settings: Settings) -> None:
+    """Refuse to start when something already answers on the receiver's or console's port."""
+    if settings.console_port and _port_taken(settings.console_host, settings.console_port):
+        raise ConfigurationError(
+            f"port {settings.console_port} (the console's) is taken; stop what uses it, set"
+            " IPAI_CONSOLE_PORT, or 0 for no console",
+            setting="IPAI_CONSOLE_PORT",
+        )
     health = receiver_url(settings, READY_PATH)
     if receiver_healthy(health):
         raise ConfigurationError(

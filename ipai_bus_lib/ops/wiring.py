@@ -77,3 +77,19 @@ def check_routing(settings: Settings) -> None:
     _, destinations, _ = routing_from(settings)
     for destination in destinations.values():
         destination.close()
+
+
+def configured_destinations(settings: Settings) -> dict[str, dict[str, Any]]:
+    """Each destination's type and rate limit as the routes file says (nothing secret); {} when
+    the routes cannot be read here (the console then shows what the database knows)."""
+    from ..core.errors import ConfigurationError
+    from ..delivery.routes import load_routing
+
+    try:
+        routing = load_routing(settings.routes_file, settings.environment)
+    except ConfigurationError:
+        return {}
+    return {
+        name: {"type": spec.type, "rate": spec.rate_per_second}
+        for name, spec in routing.destinations.items()
+    }

@@ -1,0 +1,367 @@
+"""The console as a WSGI application: sign-in, the pages, and the one action (retry), each
+request checked before it reads or changes anything."""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import Callable, Iterable, Mapping
+from datetime import datetime
+from http.cookies import SimpleCookie
+from typing import Any
+from urllib.parse import parse_qs, urlencode
+
+from ...core.errors import DatabaseUnavailable, InvalidArgument
+from ...storage.db import Database
+from .. import operations
+from . import data, pages
+from .auth import (
+    LOGIN_COOKIE,
+    OPERATOR_NAME,
+    SESSION_COOKIE,
+    SESSION_SECONDS,
+    Session,
+    Sessions,
+    tokens_match,
+)
+
+log = logging.getLogger("ipai_bus.console")
+StartResponse = Callable[..., Any]
+MAX_FORM_BYTES = 64 * 1024
+WRONG_PASSWORD_DELAY_SECONDS = 0.5
+SECURITY_HEADERS = [
+    (
+        "Content-Security-Policy",
+        "default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self';"
+        " frame-ancestors 'none'; base-uri 'none'",
+    ),
+    ("X-Content-Type-Options", "nosniff"),
+    ("Referrer-Policy", "same-origin"),
+    ("Cache-Control", "no-store"),
+]
+
+
+class Answer(Exception):
+    """A request answered before its page: a redirect, or a refusal with its page."""
+
+    def __init__(self, status: int, body: str = "", headers: list[tuple[str, str]] | None = None):
+        super().__init__(status)
+        self.status, self.body, self.headers = status, body, headers or []
+
+
+class Console:
+    """``Console(database, sessions, destinations)`` is the WSGI application."""
+
+    def __init__(
+        self,
+        database: Database,
+        sessions: Sessions,
+        destinations: Mapping[str, Mapping[str, Any]] | None = None,
+    ) -> None:
+        self.database, self.sessions = database, sessions
+        self.destinations = dict(destinations or {})
+
+    def __call__(self, environ: Mapping[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+        try:
+            status, body, headers = self._route(environ)
+        except Answer as answer:
+            status, body, headers = answer.status, answer.body, answer.headers
+        except DatabaseUnavailable:
+            status, body, headers = (
+                503,
+                pages.layout(
+                    "Database unavailable",
+                    _problem("The bus database does not answer; this page comes back once it does."),
+                ),
+                [],
+            )
+        except Exception:  # noqa: BLE001 - a page, never a traceback
+            log.exception("console: unexpected error")
+            status, body, headers = 500, pages.layout("Error", _problem("Something went wrong.")), []
+        content_type = "text/css" if environ.get("PATH_INFO") == "/console.css" else "text/html"
+        encoded = body.encode()
+        start_response(
+            f"{status} {_REASONS.get(status, '')}".strip(),
+            [
+                ("Content-Type", f"{content_type}; charset=utf-8"),
+                ("Content-Length", str(len(encoded))),
+                *SECURITY_HEADERS,
+                *headers,
+            ],
+        )
+        return [encoded]
+
+    # --- routing ------------------------------------------------------------------------------
+
+    def _route(self, environ: Mapping[str, Any]) -> tuple[int, str, list[tuple[str, str]]]:
+        method, path = environ.get("REQUEST_METHOD", "GET"), environ.get("PATH_INFO", "/")
+        if path == "/console.css":
+            return 200, pages.STYLE, [("Cache-Control", "max-age=3600")]
+        if path == "/favicon.ico":
+            raise Answer(404)
+        if path == "/login":
+            return self._login(environ) if method == "POST" else self._login_form(environ)
+        session = self.sessions.read(_cookies(environ).get(SESSION_COOKIE))
+        if session is None:
+            if method == "GET":
+                raise Answer(303, headers=[("Location", "/login")])
+            raise Answer(
+                401, pages.layout("Sign in first", _problem("Sign in first: nothing was changed."))
+            )
+        if method == "POST":
+            form = _form(environ)
+            _require_same_origin(environ)
+            if not tokens_match(session.csrf, form.get("csrf")):
+                raise Answer(
+                    403,
+                    pages.layout(
+                        "Refused",
+                        _problem(
+                            "This form is stale or came from elsewhere (CSRF token missing or wrong):"
+                            " nothing was changed. Reload the page and try again."
+                        ),
+                    ),
+                )
+            if path == "/retry":
+                return self._retry(session, form)
+            if path == "/logout":
+                return 303, "", [("Location", "/login"), _clear_cookie(SESSION_COOKIE)]
+            raise Answer(404, pages.layout("Not found", _problem("No such action.")))
+        if method != "GET":
+            raise Answer(405, pages.layout("Not allowed", _problem("Use GET or POST.")))
+        query = _query(environ)
+        page = self._page(path, query, session)
+        flash = query.get("message")
+        body = pages.layout(
+            page[0],
+            page[1],
+            operator=session.operator,
+            csrf=session.csrf,
+            here=page[2],
+            flash=flash,
+            flash_error=query.get("error") == "1",
+        )
+        return 200, body, []
+
+    def _page(self, path: str, query: Mapping[str, str], session: Session) -> tuple[str, str, str]:
+        with self.database.autocommit() as cursor:
+            if path == "/":
+                return "Overview", pages.overview_page(data.overview(cursor)), "/"
+            if path == "/events":
+                filters = _filters(query)
+                page = _or_400(lambda: data.events_page(cursor, filters, query.get("before")))
+                return "Events", pages.events_page(page, query), "/events"
+            if path.startswith("/events/"):
+                event_id = _event_id(path.removeprefix("/events/"))
+                history = data.event_detail(cursor, event_id)
+                if history is None:
+                    raise Answer(404, pages.layout("Not found", _problem(f"No event {event_id}.")))
+                return f"Event {event_id}", pages.event_page(event_id, history, session.csrf), "/events"
+            if path == "/dead":
+                page = _or_400(lambda: data.dead_letters(cursor, query.get("before")))
+                return "Dead letters", pages.dead_page(page, session.csrf), "/dead"
+            if path == "/destinations":
+                states = data.destination_states(cursor)
+                return (
+                    "Destinations",
+                    pages.destinations_page(self.destinations, states),
+                    "/destinations",
+                )
+        raise Answer(404, pages.layout("Not found", _problem("No such page.")))
+
+    # --- sign-in ------------------------------------------------------------------------------
+
+    def _login_form(
+        self, environ: Mapping[str, Any], error: str | None = None, operator: str = "", status: int = 200
+    ) -> tuple[int, str, list[tuple[str, str]]]:
+        # One token per browser until it signs in: a second tab (or a favicon request sent to
+        # the sign-in page) must not make the first form stale.
+        token = _cookies(environ).get(LOGIN_COOKIE) or self.sessions.login_token()
+        cookie = _cookie(LOGIN_COOKIE, token, environ, max_age=900)
+        return status, pages.login_page(token, error, operator), [cookie]
+
+    def _login(self, environ: Mapping[str, Any]) -> tuple[int, str, list[tuple[str, str]]]:
+        form = _form(environ)
+        operator = form.get("operator", "").strip()
+        if not tokens_match(_cookies(environ).get(LOGIN_COOKIE), form.get("login_token")):
+            return self._login_form(environ, "This sign-in form is stale; try again.", operator, 403)
+        if not OPERATOR_NAME.fullmatch(operator):
+            return self._login_form(
+                environ, "Give your name (letters, digits, . @ + - _ and spaces).", operator, 400
+            )
+        if not self.sessions.password_matches(form.get("password", "")):
+            time.sleep(WRONG_PASSWORD_DELAY_SECONDS)
+            log.warning("console: wrong password for %r from %s", operator, environ.get("REMOTE_ADDR"))
+            return self._login_form(environ, "Wrong password.", operator, 401)
+        cookie_value, _ = self.sessions.issue(operator)
+        return (
+            303,
+            "",
+            [
+                ("Location", "/"),
+                _cookie(SESSION_COOKIE, cookie_value, environ, max_age=SESSION_SECONDS),
+                _clear_cookie(LOGIN_COOKIE),
+            ],
+        )
+
+    # --- the action -------------------------------------------------------------------------------
+
+    def _retry(
+        self, session: Session, form: Mapping[str, Any]
+    ) -> tuple[int, str, list[tuple[str, str]]]:
+        back = form.get("back", "/dead")
+        if not back.startswith("/") or back.startswith("//"):
+            back = "/dead"
+        texts = form.get("id[]", [])
+        reason = form.get("reason", "").strip()
+        if not texts:
+            return _back(back, "Select at least one event to retry; nothing was changed.", error=True)
+        if not reason:
+            return _back(
+                back, "Say why you retry (for the audit trail); nothing was changed.", error=True
+            )
+        try:
+            ids = operations.parse_event_ids(texts)
+        except InvalidArgument as exc:
+            raise Answer(
+                400, pages.layout("Bad request", _problem(f"{exc}; nothing was changed."))
+            ) from None
+        with self.database.autocommit() as cursor:
+            retried = operations.retry(cursor, ids, actor=session.operator, reason=reason)
+        if not retried:
+            return _back(back, "Nothing retried: only failed or dead events are.", error=True)
+        return _back(
+            back, f"{retried} event(s) back to pending, recorded as retried by {session.operator}."
+        )
+
+
+_REASONS = {
+    200: "OK",
+    303: "See Other",
+    400: "Bad Request",
+    401: "Unauthorized",
+    403: "Forbidden",
+    404: "Not Found",
+    405: "Method Not Allowed",
+    413: "Content Too Large",
+    500: "Internal Server Error",
+    503: "Service Unavailable",
+}
+
+
+def _problem(text: str) -> str:
+    return f'<div class="flash error" role="alert">{pages.h(text)}</div><p><a href="/">Overview</a></p>'
+
+
+def _back(path: str, message: str, *, error: bool = False) -> tuple[int, str, list[tuple[str, str]]]:
+    separator = "&" if "?" in path else "?"
+    query = urlencode({"message": message, **({"error": "1"} if error else {})})
+    return 303, "", [("Location", f"{path}{separator}{query}")]
+
+
+def _or_400(read: Callable[[], Any]) -> Any:
+    try:
+        return read()
+    except ValueError as exc:
+        raise Answer(400, pages.layout("Bad request", _problem(str(exc)))) from None
+
+
+def _event_id(text: str) -> uuid.UUID:
+    try:
+        return uuid.UUID(text)
+    except ValueError:
+        raise Answer(
+            400, pages.layout("Bad request", _problem(f"{text!r} is not an event id (a UUID)."))
+        ) from None
+
+
+def _filters(query: Mapping[str, str]) -> data.EventFilter:
+    status = query.get("status") or None
+    if status is not None and status not in pages.STATUSES:
+        raise Answer(400, pages.layout("Bad request", _problem(f"No status {status!r}.")))
+    return data.EventFilter(
+        status=status,
+        type_pattern=query.get("type") or None,
+        source=query.get("source") or None,
+        record=query.get("record") or None,
+        since=_moment(query.get("since"), "since"),
+        until=_moment(query.get("until"), "until"),
+    )
+
+
+def _moment(text: str | None, name: str) -> datetime | None:
+    if not text:
+        return None
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise Answer(
+            400,
+            pages.layout(
+                "Bad request",
+                _problem(f"{name}: {text!r} is not a date and time like 2026-11-27T09:00."),
+            ),
+        ) from None
+    return moment if moment.tzinfo else moment.astimezone()  # the console's own zone
+
+
+def _query(environ: Mapping[str, Any]) -> dict[str, str]:
+    parsed = parse_qs(environ.get("QUERY_STRING", ""), keep_blank_values=True)
+    return {key: values[-1] for key, values in parsed.items()}
+
+
+def _form(environ: Mapping[str, Any]) -> dict[str, Any]:
+    """The url-encoded form; repeated ``id`` fields are gathered under ``id[]``."""
+    media = str(environ.get("CONTENT_TYPE", "")).split(";")[0].strip().lower()
+    if media != "application/x-www-form-urlencoded":
+        raise Answer(415, pages.layout("Refused", _problem("Send the page's own form.")))
+    try:
+        length = int(environ.get("CONTENT_LENGTH") or 0)
+    except ValueError:
+        length = -1
+    if not 0 <= length <= MAX_FORM_BYTES:
+        raise Answer(413, pages.layout("Refused", _problem("That form is too large.")))
+    raw = environ["wsgi.input"].read(length).decode("utf-8", "replace")
+    parsed = parse_qs(raw, keep_blank_values=True)
+    form: dict[str, Any] = {key: values[-1] for key, values in parsed.items()}
+    form["id[]"] = parsed.get("id", [])
+    return form
+
+
+def _require_same_origin(environ: Mapping[str, Any]) -> None:
+    """A browser names the page a form came from; one from another site is refused."""
+    origin = environ.get("HTTP_ORIGIN")
+    host = environ.get("HTTP_HOST", "")
+    if origin and origin != "null" and origin.split("://", 1)[-1] != host:
+        raise Answer(
+            403,
+            pages.layout("Refused", _problem("That form came from another site: nothing was changed.")),
+        )
+
+
+def _cookies(environ: Mapping[str, Any]) -> dict[str, str]:
+    jar: SimpleCookie = SimpleCookie()
+    try:
+        jar.load(environ.get("HTTP_COOKIE", ""))
+    except Exception:  # noqa: BLE001 - a malformed cookie header is no cookie
+        return {}
+    return {name: morsel.value for name, morsel in jar.items()}
+
+
+def _secure(environ: Mapping[str, Any]) -> bool:
+    return (
+        environ.get("wsgi.url_scheme") == "https"
+        or str(environ.get("HTTP_X_FORWARDED_PROTO", "")).lower() == "https"
+    )
+
+
+def _cookie(name: str, value: str, environ: Mapping[str, Any], *, max_age: int) -> tuple[str, str]:
+    flags = f"Path=/; Max-Age={max_age}; HttpOnly; SameSite=Strict"
+    if _secure(environ):
+        flags += "; Secure"
+    return "Set-Cookie", f"{name}={value}; {flags}"
+
+
+def _clear_cookie(name: str) -> tuple[str, str]:
+    return "Set-Cookie", f"{name}=; Path=/; Max-Age=0; HttpOnly; SameSite=Strict"

@@ -1,0 +1,74 @@
+-- What the operator console reads. Every list is keyset-paged (newest first) on an index, so a
+-- page costs the same on a million rows as on a hundred.
+
+-- name: waiting_counts
+-- Exact counts of the statuses an operator acts on (partial indexes keep them small).
+select 'pending' as status, count(*) from integration.outbox where status = 'pending'
+union all select 'failed', count(*) from integration.outbox where status = 'failed'
+union all select 'processing', count(*) from integration.outbox where status = 'processing'
+union all select 'dead', count(*) from integration.outbox where status = 'dead';
+
+-- name: completed_up_to
+-- Completed events counted, but no further than the limit given (a bounded scan).
+select count(*) from (select 1 from integration.outbox where status = 'completed' limit %s) c;
+
+-- name: estimated_outbox_rows
+-- The planner's row estimate: past the counting limit, completed is read at a glance (≈).
+select greatest(reltuples, 0)::bigint from pg_class where oid = 'integration.outbox'::regclass;
+
+-- name: oldest_pending_seconds
+select extract(epoch from now() - min(created_at)) from integration.outbox where status = 'pending';
+
+-- name: per_minute_last_hour
+-- Events accepted per minute over the last hour (minutes without events are absent).
+select floor(extract(epoch from now() - received_at) / 60)::integer as minutes_ago, count(*)
+  from integration.event_log
+ where received_at > now() - interval '60 minutes'
+ group by 1;
+
+-- name: paused_destinations
+select destination, failures, open_until, last_error, updated_at, open_until <= now() as trial_due
+  from integration.destination_state where state = 'open' order by destination;
+
+-- name: destination_states
+select destination, state, failures, open_until, last_error, updated_at
+  from integration.destination_state order by destination;
+
+-- name: events_from_log
+-- The event log, newest first, joined to each event's outbox row (absent once purged).
+select l.event_id as id, l.event_type, l.source, l.aggregate_type, l.aggregate_id,
+       l.received_at as at, l.id as position, o.status, o.attempts, o.last_error
+  from integration.event_log l
+  left join integration.outbox o on o.id = l.event_id
+ where (%(type_like)s::text is null or l.event_type like %(type_like)s)
+   and (%(source)s::text is null or l.source = %(source)s)
+   and (%(record)s::text is null or l.aggregate_id = %(record)s)
+   and (%(since)s::timestamptz is null or l.received_at >= %(since)s)
+   and (%(until)s::timestamptz is null or l.received_at < %(until)s)
+   and (%(status)s::text is null or o.status = %(status)s)
+   and (%(before_at)s::timestamptz is null or (l.received_at, l.id) < (%(before_at)s, %(before_position)s))
+ order by l.received_at desc, l.id desc
+ limit %(limit)s;
+
+-- name: events_from_outbox
+-- The waiting and dead statuses are few rows behind partial indexes: read them from the outbox.
+select o.id, o.event_type, o.source, o.aggregate_type, o.aggregate_id, o.created_at as at,
+       o.seq as position, o.status, o.attempts, o.last_error
+  from integration.outbox o
+ where o.status = %(status)s
+   and (%(type_like)s::text is null or o.event_type like %(type_like)s)
+   and (%(source)s::text is null or o.source = %(source)s)
+   and (%(record)s::text is null or o.aggregate_id = %(record)s)
+   and (%(since)s::timestamptz is null or o.created_at >= %(since)s)
+   and (%(until)s::timestamptz is null or o.created_at < %(until)s)
+   and (%(before_at)s::timestamptz is null or (o.created_at, o.seq) < (%(before_at)s, %(before_position)s))
+ order by o.created_at desc, o.seq desc
+ limit %(limit)s;
+
+-- name: dead_letters
+select id, event_type, aggregate_type, aggregate_id, attempts, last_error, updated_at
+  from integration.outbox
+ where status = 'dead'
+   and (%(before_at)s::timestamptz is null or (updated_at, id) < (%(before_at)s, %(before_id)s))
+ order by updated_at desc, id desc
+ limit %(limit)s;
