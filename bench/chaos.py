@@ -206,6 +206,7 @@ class Bus:
     """The processes under test and the faults done to them."""
 
     def __init__(self, home: Path, sink_url: str) -> None:
+        os.chmod(home, 0o711)  # under root the cluster's own user walks through it
         self.cluster = EmbeddedPostgres(home / "pg")
         self.url = self.cluster.ensure_running()
         migrate(self.url)
