@@ -23,12 +23,14 @@ test: $(BIN)/.installed
 	$(BIN)/pytest
 
 lint: $(BIN)/.installed
-	$(BIN)/pip install --quiet ruff mypy pylint-odoo
+	$(BIN)/pip install --quiet ruff mypy pylint-odoo oca-odoo-pre-commit-hooks
 	$(BIN)/ruff check ipai_bus_lib tests bench scripts addons
 	$(BIN)/ruff format --check ipai_bus_lib tests bench scripts addons
 	$(BIN)/mypy
 	$(BIN)/pylint --rcfile=addons/.pylintrc addons/ipai_enterprise_bridge addons/ipai_finance_ppm
 	$(BIN)/python scripts/addon_readme.py --check
+	$(BIN)/oca-checks-odoo-module addons/ipai_enterprise_bridge/__manifest__.py addons/ipai_finance_ppm/__manifest__.py
+	$(BIN)/oca-checks-po addons/ipai_enterprise_bridge/i18n/*.pot addons/ipai_finance_ppm/i18n/*.pot
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis
