@@ -74,6 +74,31 @@ class IpaiEventOutbox(models.Model):
     last_error = fields.Text(readonly=True)
     sent_at = fields.Datetime(readonly=True)
     bus_event_id = fields.Char(string="Bus event ID", readonly=True)
+    record_ref = fields.Reference(
+        selection="_selection_record_models", string="Record", compute="_compute_record_ref"
+    )
+    payload_display = fields.Text(string="Payload", compute="_compute_payload_display")
+
+    @api.model
+    def _selection_record_models(self):
+        return [(model.model, model.name) for model in self.env["ir.model"].sudo().search([])]
+
+    @api.depends("res_model", "res_id")
+    def _compute_record_ref(self):
+        for event in self:
+            known = event.res_model in self.env and event.res_id
+            event.record_ref = f"{event.res_model},{event.res_id}" if known else False
+
+    @api.depends("payload")
+    def _compute_payload_display(self):
+        """The payload as a person reads it: indented, accents and dashes as themselves."""
+        for event in self:
+            try:
+                event.payload_display = json.dumps(
+                    json.loads(event.payload), indent=2, ensure_ascii=False
+                )
+            except (TypeError, ValueError):
+                event.payload_display = event.payload
 
     _sql_constraints = [
         (

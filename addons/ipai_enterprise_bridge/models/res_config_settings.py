@@ -1,9 +1,16 @@
-from odoo import fields, models
+import hashlib
+
+from odoo import api, fields, models
 from odoo.exceptions import UserError
 
 from ipai_bus_lib.core.catalog import SOURCE_PATTERN, Envelope
 
-from ..utils.ipai_webhook import DeliveryError, post_event
+from ..utils.ipai_webhook import SECRET_PARAMETER, DeliveryError, post_event
+
+
+def secret_fingerprint(secret):
+    """Enough of a secret's hash to tell two apart, nothing to sign with."""
+    return hashlib.sha256(secret.encode()).hexdigest()[:12]
 
 
 class ResConfigSettings(models.TransientModel):
@@ -16,9 +23,27 @@ class ResConfigSettings(models.TransientModel):
         help="How this database is named on the bus (letters, digits, _ . -). Databases that "
         "share one bus need different names; empty means this database's name.",
     )
+    # Write-only: the form starts empty whatever is stored, and shows only whether a secret is
+    # set and its fingerprint. Typing one replaces it; leaving it empty keeps the stored one.
     ipai_webhook_secret = fields.Char(
-        string="IPAI webhook secret", config_parameter="ipai.webhook.secret", groups="base.group_system"
+        string="New webhook secret",
+        groups="base.group_system",
+        help="Type a secret to set or replace it (at least 16 characters). The stored one is never "
+        "shown; leave this empty to keep it.",
     )
+    ipai_webhook_secret_status = fields.Char(
+        string="Webhook secret", compute="_compute_ipai_webhook_secret_status"
+    )
+
+    @api.depends("ipai_webhook_secret")
+    def _compute_ipai_webhook_secret_status(self):
+        stored = self.env["ir.config_parameter"].sudo().get_param(SECRET_PARAMETER)
+        for settings in self:
+            settings.ipai_webhook_secret_status = (
+                self.env._("Set · fingerprint %s", secret_fingerprint(stored))
+                if stored
+                else self.env._("Not set")
+            )
 
     def set_values(self):
         for settings in self:
@@ -48,6 +73,9 @@ class ResConfigSettings(models.TransientModel):
                 )
         result = super().set_values()
         params = self.env["ir.config_parameter"].sudo()
+        for settings in self:
+            if settings.sudo().ipai_webhook_secret:
+                params.set_param(SECRET_PARAMETER, settings.sudo().ipai_webhook_secret)
         if params.get_param("ipai.webhook.url") and params.get_param("ipai.webhook.secret"):
             self.env["ipai.event.outbox"]._wake_dispatcher()  # what waited goes out now
         return result

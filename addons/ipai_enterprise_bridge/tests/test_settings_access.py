@@ -1,3 +1,4 @@
+import hashlib
 import unittest
 
 from odoo.exceptions import AccessError, UserError
@@ -78,3 +79,14 @@ class TestSettingsAndAccess(BridgeCase):
         action = settings.action_ipai_send_test_event()
         self.assertEqual(action["params"]["type"], "success")
         self.assertIn("stored the test event", action["params"]["message"])
+
+    def test_the_secret_is_write_only_and_shown_by_its_fingerprint(self):
+        self.save_settings("https://bus.example.ph/hook", "a-secret-of-sixteen-chars")
+        reopened = self.env["res.config.settings"].create({})
+        self.assertFalse(reopened.ipai_webhook_secret, "the stored secret never reaches the form")
+        fingerprint = hashlib.sha256(b"a-secret-of-sixteen-chars").hexdigest()[:12]
+        self.assertEqual(reopened.ipai_webhook_secret_status, f"Set · fingerprint {fingerprint}")
+        reopened.execute()  # saved with the secret field left empty
+        self.assertEqual(self.params()[1], "a-secret-of-sixteen-chars", "kept, not erased")
+        self.save_settings("https://bus.example.ph/hook", "another-secret-of-16+")
+        self.assertEqual(self.params()[1], "another-secret-of-16+", "replaced when one is typed")

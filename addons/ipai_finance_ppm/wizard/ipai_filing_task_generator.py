@@ -1,3 +1,5 @@
+import calendar
+
 from odoo import api, fields, models
 from odoo.exceptions import UserError
 
@@ -13,17 +15,28 @@ class IpaiFilingTaskGenerator(models.TransientModel):
     _description = "Generate BIR filing tasks"
 
     project_id = fields.Many2one(
-        "project.project", required=True, domain=[("ipai_is_finance_ppm", "=", True)]
+        "project.project",
+        required=True,
+        domain=[("ipai_is_finance_ppm", "=", True)],
+        default=lambda self: self._default_project(),
     )
     period_type = fields.Selection(
         [("month", "Month"), ("quarter", "Quarter"), ("year", "Year")], required=True, default="month"
     )
     year = fields.Integer(required=True, default=lambda self: fields.Date.context_today(self).year)
     month = fields.Selection(
-        [(str(n), str(n)) for n in range(1, 13)],
+        [(str(n), calendar.month_name[n]) for n in range(1, 13)],
         default=lambda self: str(fields.Date.context_today(self).month),
     )
     quarter = fields.Selection([(str(n), f"Q{n}") for n in range(1, 5)], default="1")
+
+    @api.model
+    def _default_project(self):
+        """The project the wizard was opened from (its form, or a default in the context)."""
+        context = self.env.context
+        if context.get("active_model") == "project.project" and context.get("active_id"):
+            return context["active_id"]
+        return context.get("default_project_id") or False
 
     @api.model
     def _check_year(self, year):
