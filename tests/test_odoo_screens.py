@@ -1,0 +1,343 @@
+"""The Odoo screens as an administrator and a finance user meet them: real Odoo 18 serving a fresh
+database with the addons, driven in Debian's chromium by Playwright. Each screen is checked for
+what a person looks at (the buttons offered, the link, the time zone, the ribbon) and saved as a
+screenshot in build/screenshots/ (IPAI_SCREENSHOT_DIR to change it)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import xmlrpc.client
+from datetime import date, datetime, timedelta
+from urllib.parse import urlsplit
+
+import pytest
+import requests
+
+from .helpers import free_port, wait_until
+from .test_console import CHROMIUM, SCREENSHOTS
+from .test_odoo_addons import (
+    ODOO_PATH,
+    ODOO_PYTHON,
+    ODOO_ROLE,
+    ODOO_ROLE_PASSWORD,
+    REPO,
+    odoo_bin,
+    odoo_database,  # noqa: F401 - fixture
+    odoo_ready,  # noqa: F401 - fixture
+)
+from .test_odoo_addons import pytestmark as odoo_marks
+
+playwright_api = pytest.importorskip("playwright.sync_api", reason="the test extra installs it")
+pytestmark = [
+    *odoo_marks,
+    pytest.mark.skipif(
+        not os.path.exists(CHROMIUM),
+        reason=f"browser tests skipped: no chromium at {CHROMIUM}",
+    ),
+]
+SECRET = "screens-test-secret-0123456789"
+EQUIPMENT = "Projector — Room 2"
+
+
+@pytest.fixture(scope="module")
+def odoo(odoo_ready, odoo_database, tmp_path_factory):  # noqa: F811
+    """Odoo 18 serving a new database with both addons (no demo data), admin/admin."""
+    installed = odoo_bin(
+        odoo_database, "server", "-i", "ipai_finance_ppm", "--stop-after-init", "--without-demo=all"
+    )
+    assert installed.returncode == 0, installed.stderr[-3000:]
+    port = free_port()
+    log = open(tmp_path_factory.mktemp("odoo") / "odoo.log", "w")
+    server = subprocess.Popen(
+        [
+            str(ODOO_PYTHON),
+            str(ODOO_PATH / "odoo-bin"),
+            f"--addons-path={ODOO_PATH / 'addons'},{REPO / 'addons'}",
+            "-d",
+            odoo_database["name"],
+            "--db-filter",
+            f"^{odoo_database['name']}$",
+            "--db_host",
+            odoo_database["host"],
+            "--db_port",
+            odoo_database["port"],
+            "--db_user",
+            ODOO_ROLE,
+            "--db_password",
+            ODOO_ROLE_PASSWORD,
+            "--http-interface",
+            "127.0.0.1",
+            "--http-port",
+            str(port),
+            f"--gevent-port={free_port()}",
+            "--workers",
+            "0",
+            "--max-cron-threads",
+            "0",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        cwd=ODOO_PATH,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_until(lambda: _answers(base + "/web/login"), timeout=120, what="Odoo to serve")
+        yield base, odoo_database["name"]
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+        log.close()
+
+
+def _answers(url: str) -> bool:
+    try:
+        return requests.get(url, timeout=2).status_code == 200
+    except requests.ConnectionError:
+        return False
+
+
+class Rpc:
+    """Odoo's external API as the administrator."""
+
+    def __init__(self, base: str, database: str) -> None:
+        self.database = database
+        self.uid = xmlrpc.client.ServerProxy(f"{base}/xmlrpc/2/common").authenticate(
+            database, "admin", "admin", {}
+        )
+        self.models = xmlrpc.client.ServerProxy(f"{base}/xmlrpc/2/object", allow_none=True)
+
+    def __call__(self, model: str, method: str, *args, **kwargs):
+        return self.models.execute_kw(
+            self.database, self.uid, "admin", model, method, list(args), kwargs
+        )
+
+
+@pytest.fixture(scope="module")
+def data(odoo):
+    """What the screens show: an overdue check-out, its events, a filed and a late BIR task."""
+    base, database = odoo
+    rpc = Rpc(base, database)
+    rpc("res.users", "write", [rpc.uid], {"tz": "Asia/Manila"})
+    rpc("ir.config_parameter", "set_param", "ipai.webhook.url", "http://127.0.0.1:9/hook")
+    rpc("ir.config_parameter", "set_param", "ipai.webhook.secret", SECRET)
+    equipment = rpc("maintenance.equipment", "create", {"name": EQUIPMENT})
+    start = datetime.utcnow().replace(second=0, microsecond=0) - timedelta(hours=3)
+    booking = rpc(
+        "ipai.equipment.booking",
+        "create",
+        {
+            "equipment_id": equipment,
+            "user_id": rpc.uid,
+            "date_from": start.strftime("%Y-%m-%d %H:%M:%S"),
+            "date_to": (start + timedelta(hours=2)).strftime("%Y-%m-%d %H:%M:%S"),
+        },
+    )
+    rpc("ipai.equipment.booking", "action_reserve_asset", [booking])
+    rpc("ipai.equipment.booking", "action_checkout_asset", [booking])
+    events = rpc("ipai.event.outbox", "search", [], order="id")
+    rpc(
+        "ipai.event.outbox",
+        "write",
+        events[:1],
+        {
+            "state": "sent",
+            "sent_at": start.strftime("%Y-%m-%d %H:%M:%S"),
+            "bus_event_id": "6c2f0a4e-0000-4000-8000-000000000001",
+        },
+    )
+
+    project = rpc("project.project", "create", {"name": "BIR filings 2026", "ipai_is_finance_ppm": True})
+    stages = {
+        step: rpc(
+            "project.task.type",
+            "create",
+            {"name": name, "ipai_finance_step": step, "project_ids": [(4, project)]},
+        )
+        for step, name in (("in_progress", "Preparing"), ("filed", "Filed"))
+    }
+    form = rpc("ipai.bir.form", "search", [("code", "=", "1601-C")], limit=1)[0]
+    late = (date.today() - timedelta(days=48)).isoformat()
+    tasks = {
+        step: rpc(
+            "project.task",
+            "create",
+            {
+                "name": f"1601-C {label}",
+                "project_id": project,
+                "stage_id": stages[step],
+                "ipai_bir_form_id": form,
+                "ipai_period_covered": "2026-09",
+                "ipai_filing_deadline": late,
+                "date_deadline": late,
+            },
+        )
+        for step, label in (("filed", "September (filed)"), ("in_progress", "September (late)"))
+    }
+    return {
+        "rpc": rpc,
+        "equipment": equipment,
+        "booking": booking,
+        "events": events,
+        "project": project,
+        "tasks": tasks,
+        "start": start,
+    }
+
+
+@pytest.fixture(scope="module")
+def page(odoo):
+    base, _ = odoo
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    with playwright_api.sync_playwright() as driver:
+        browser = driver.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        # A finance user in Manila: the browser's zone is the user's (Odoo shows dates in it).
+        context = browser.new_context(
+            viewport={"width": 1440, "height": 1000}, timezone_id="Asia/Manila"
+        )
+        tab = context.new_page()
+        tab.set_default_timeout(30_000)
+        tab.goto(base + "/web/login")
+        tab.fill("input[name=login]", "admin")
+        tab.fill("input[name=password]", "admin")
+        tab.click("button[type=submit]")
+        tab.wait_for_url(lambda url: "/web/login" not in url)
+        # The web client's prefix: /odoo in Odoo 18 (this tree renames the product, and it).
+        tab.base = base + "/" + urlsplit(tab.url).path.split("/")[1]
+        yield tab
+        browser.close()
+
+
+def shot(page, name: str) -> None:
+    page.wait_for_timeout(400)  # let the last render settle
+    page.screenshot(path=SCREENSHOTS / f"odoo-{name}.png", full_page=True)
+
+
+def test_settings_show_the_secret_only_by_its_fingerprint_beside_full_width_fields(page, data):
+    page.goto(page.base + "/settings#ipai_enterprise_bridge")
+    block = page.locator("#ipai_webhook_setting")
+    block.wait_for()
+    fingerprint = hashlib.sha256(SECRET.encode()).hexdigest()[:12]
+    assert f"Set · fingerprint {fingerprint}" in block.inner_text()
+    secret_input = block.locator("div[name=ipai_webhook_secret] input")
+    assert secret_input.input_value() == "", "the stored secret never reaches the browser"
+    assert SECRET not in page.content()
+    url_box = block.locator("div[name=ipai_webhook_url] input").bounding_box()
+    assert url_box["width"] > 400, "the URL field is not squeezed beside its label"
+    icon = page.locator(
+        ".settings_tab .icon[style*='ipai_enterprise_bridge/static/description/icon.png']"
+    )
+    assert icon.count() == 1, "the app has its icon in the settings sidebar"
+    assert (
+        requests.get(
+            page.base.rsplit("/", 1)[0] + "/ipai_enterprise_bridge/static/description/icon.png",
+            timeout=5,
+        ).headers["Content-Type"]
+        == "image/png"
+    )
+    shot(page, "1-settings")
+
+
+def test_bus_events_link_to_their_record_and_read_plainly(page, data):
+    page.goto(page.base + "/action-ipai_enterprise_bridge.ipai_event_outbox_action")
+    page.locator(".o_list_view").wait_for()
+    page.locator(".o_data_row").first.wait_for()
+    page.locator(".o_searchview_facet .o_facet_remove").first.click()  # every state, sent too
+    total = data["rpc"]("ipai.event.outbox", "search_count", [])
+    rows = page.locator(".o_data_row")
+    wait_until(lambda: rows.count() == total, what=f"the {total} events listed")
+    sent_row = rows.filter(has_text="Sent")
+    assert sent_row.locator("td[name=next_attempt_at]").inner_text().strip() == ""
+    shot(page, "2-bus-events")
+    rows.filter(has_text="asset.checked_out").first.click()
+    page.locator(".o_form_view").wait_for()
+    record = page.locator("div[name=record_ref] a")
+    assert EQUIPMENT in record.inner_text(), "the event links to its booking"
+    payload = page.locator("div[name=payload_display]").inner_text()
+    assert EQUIPMENT in payload and "\\u2014" not in payload, "the payload reads as text"
+    shot(page, "3-bus-event")
+
+
+def test_the_equipment_shows_its_overdue_booking_and_only_the_button_that_applies(page, data):
+    page.goto(page.base + f"/action-maintenance.hr_equipment_action/{data['equipment']}")
+    page.locator(".o_form_view").wait_for()
+    header = page.locator(".o_form_statusbar, .o_form_view header").first
+    assert header.get_by_role("button", name="Check in").is_visible()
+    for hidden in ("Reserve", "Check out"):
+        assert header.get_by_role("button", name=hidden).count() == 0
+    assert page.locator(".ribbon", has_text="Overdue").is_visible()
+    assert EQUIPMENT in page.locator("div[name=ipai_current_booking_id]").inner_text()
+    shot(page, "4-equipment")
+
+
+def test_the_booking_reads_in_the_users_time_zone_with_an_overdue_ribbon(page, data):
+    page.goto(
+        page.base + f"/action-ipai_enterprise_bridge.ipai_equipment_booking_action/{data['booking']}"
+    )
+    page.locator(".o_form_view").wait_for()
+    manila = data["start"] + timedelta(hours=8)
+    title = page.locator(".oe_title").inner_text()
+    assert manila.strftime("%Y-%m-%d %H:%M") in title, f"the title is in Manila time: {title}"
+    shown = page.locator("div[name=date_from]").inner_text()
+    assert manila.strftime("%m/%d/%Y %H:%M") in shown, f"like the dates beside it: {shown}"
+    assert page.locator(".ribbon", has_text="Overdue").is_visible()
+    assert page.locator(".o_form_statusbar").get_by_role("button", name="Check in").is_visible()
+    assert page.locator(".o_form_statusbar").get_by_role("button", name="Reserve").count() == 0
+    shot(page, "5-booking")
+
+
+def test_a_filed_return_shows_no_red_countdown_and_a_late_one_says_so(page, data):
+    page.goto(
+        page.base + f"/action-project.act_project_project_2_project_task_all?active_id={data['project']}"
+    )
+    page.goto(page.base + f"/project/{data['project']}/tasks")
+    page.locator(".o_kanban_record").first.wait_for()
+    filed = page.locator(".o_kanban_record", has_text="September (filed)")
+    late = page.locator(".o_kanban_record", has_text="September (late)")
+    assert "filed" in filed.inner_text() and "days late" not in filed.inner_text()
+    assert filed.locator(".o_field_remaining_days .text-danger").count() == 0
+    assert "48 days late" in late.inner_text()
+    shot(page, "6-bir-kanban")
+
+
+def test_the_filing_calendar_and_the_list_by_period(page, data):
+    page.goto(page.base + "/action-ipai_finance_ppm.ipai_filing_calendar_action")
+    page.locator(".o_calendar_view").wait_for()
+    shot(page, "7-filing-calendar")
+    page.locator(".o_switch_view.o_list").click()
+    page.locator(".o_group_header").first.wait_for()
+    assert "2026-09 (2)" in page.locator(".o_group_header").first.inner_text().replace("\n", " ")
+    page.locator(".o_group_header").first.click()
+    late_row = page.locator(".o_data_row", has_text="September (late)")
+    assert "text-danger" in (late_row.get_attribute("class") or "")
+    shot(page, "8-filing-list")
+
+
+def test_the_generator_reads_as_a_person_does_and_knows_its_project(page, data):
+    page.goto(page.base + f"/project/{data['project']}")
+    page.locator(".o_form_view").wait_for()
+    page.get_by_role("tab", name="Finance PPM").click()
+    page.get_by_role("button", name="Generate filing tasks").click()
+    dialog = page.locator(".modal-dialog")
+    dialog.wait_for()
+    assert "BIR filings 2026" in dialog.locator("div[name=project_id]").inner_text() or (
+        dialog.locator("div[name=project_id] input").input_value() == "BIR filings 2026"
+    )
+    year = str(date.today().year)
+    assert dialog.locator("div[name=year] input").input_value() == year, "no thousands comma"
+    month = dialog.locator("div[name=month] select")
+    assert month.locator("option:checked").inner_text() == date.today().strftime("%B")
+    shot(page, "9-generator")
+    dialog.get_by_role("button", name="Cancel").click()
+
+
+def test_administrators_see_waiting_and_failed_events_counted(page, data):
+    page.goto(page.base + "/action-ipai_enterprise_bridge.ipai_event_outbox_waiting_action")
+    header = page.locator(".o_group_header").first
+    header.wait_for()
+    pending = data["rpc"]("ipai.event.outbox", "search_count", [("state", "=", "pending")])
+    assert f"Pending ({pending})" in header.inner_text().replace("\n", " ")
+    page.locator(".o_navbar_apps_menu .dropdown-toggle").click()
+    assert page.locator(".o_app", has_text="Integration").count() == 1, "in the apps menu"
+    shot(page, "10-integration")
