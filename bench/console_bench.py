@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from ipai_bus_lib.storage.embedded import EmbeddedPostgres  # noqa: E402
 from ipai_bus_lib.storage.migrator import migrate  # noqa: E402
-from tests.helpers import free_port, wait_until  # noqa: E402
+from tests.helpers import console_sign_in, free_port, wait_until  # noqa: E402
 
 PASSWORD = "console-benchmark-password-0123"
 FILL = """
@@ -69,13 +69,7 @@ def fill(url: str, events: int) -> float:
 
 
 def signed_in(base: str) -> requests.Session:
-    session = requests.Session()
-    token = re.search(r'name="login_token" value="([^"]+)"', session.get(base + "/login").text)[1]
-    answer = session.post(
-        base + "/login",
-        data={"login_token": token, "operator": "bench", "password": PASSWORD},
-        allow_redirects=False,
-    )
+    session, answer = console_sign_in(base, "bench", PASSWORD)
     assert answer.status_code == 303, answer.text
     return session
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -207,3 +208,20 @@ def post_batch(base_url: str, body: bytes, headers: Mapping[str, str]) -> reques
 
 def post(base_url: str, body: bytes, headers: Mapping[str, str], **kwargs) -> requests.Response:
     return requests.post(base_url + WEBHOOK_PATH, data=body, headers=dict(headers), timeout=15, **kwargs)
+
+
+def console_sign_in(
+    base: str, operator: str, password: str
+) -> tuple[requests.Session, requests.Response]:
+    """A browser-like session signed in to the operator console (the sign-in form's token
+    taken from the page, as a browser would); the sign-in's answer beside it."""
+    session = requests.Session()
+    page = session.get(base + "/login", timeout=10).text
+    token = re.search(r'name="login_token" value="([^"]+)"', page)[1]  # type: ignore[index]
+    answer = session.post(
+        base + "/login",
+        data={"login_token": token, "operator": operator, "password": password},
+        allow_redirects=False,
+        timeout=10,
+    )
+    return session, answer

@@ -4,6 +4,7 @@ Odoo's Python, and found by real Odoo 18 with nothing added to its addons path."
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from importlib import metadata
@@ -19,6 +20,7 @@ from .test_odoo_addons import (
     ODOO_ROLE,
     ODOO_ROLE_PASSWORD,
     REPO,
+    odoo_command,
     odoo_database,  # noqa: F401 - fixture
     odoo_ready,  # noqa: F401 - fixture
     pytestmark,  # noqa: F401 - the same skip when Odoo is not there
@@ -35,8 +37,26 @@ def run(*command: str, timeout: int = 900, cwd: Path | None = None) -> subproces
 def wheels(tmp_path_factory) -> Path:
     """The library's wheel and one per addon, built as a release would build them."""
     dist = tmp_path_factory.mktemp("dist")
+    # Built from a copy: setuptools writes build/ and *.egg-info beside the sources, and two
+    # test runs at once must not build in the same place.
+    source = tmp_path_factory.mktemp("source") / "ipai-bus"
+    shutil.copytree(
+        REPO,
+        source,
+        ignore=shutil.ignore_patterns(
+            ".venv",
+            ".git",
+            "build",
+            "*.egg-info",
+            "__pycache__",
+            ".mypy_cache",
+            ".ruff_cache",
+            ".hypothesis",
+            "node_modules",
+        ),
+    )
     pip = (sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q")
-    run(*pip, "-w", str(dist), str(REPO))
+    run(*pip, "-w", str(dist), str(source))
     for addon in ADDONS:
         run(*pip, "-w", str(dist), str(REPO / "addons" / addon))
     return dist
@@ -89,26 +109,17 @@ def test_installed_wheels_are_found_by_odoo_with_nothing_added_to_the_addons_pat
     assert all(path.startswith(str(own_site)) for path in located), located
 
     result = subprocess.run(
-        [
-            str(python),
-            str(ODOO_PATH / "odoo-bin"),
-            f"--addons-path={ODOO_PATH / 'addons'}",  # Odoo's own addons only
-            "-d",
-            odoo_database["name"],
-            "--db_host",
-            odoo_database["host"],
-            "--db_port",
-            odoo_database["port"],
-            "--db_user",
-            ODOO_ROLE,
-            "--db_password",
-            ODOO_ROLE_PASSWORD,
+        odoo_command(
+            odoo_database,
+            "server",
             "-i",
             ",".join(ADDONS),
             "--stop-after-init",
             "--without-demo=all",
             "--log-level=warn",
-        ],
+            python=python,
+            addons=(ODOO_PATH / "addons",),  # Odoo's own addons only
+        ),
         capture_output=True,
         text=True,
         timeout=1800,
@@ -144,23 +155,16 @@ def check_translation_templates(python: Path, database: dict, tmp_path: Path) ->
     for addon in ADDONS:
         exported = tmp_path / f"{addon}.pot"
         run(
-            str(python),
-            str(ODOO_PATH / "odoo-bin"),
-            f"--addons-path={ODOO_PATH / 'addons'}",
-            "-d",
-            database["name"],
-            "--db_host",
-            database["host"],
-            "--db_port",
-            database["port"],
-            "--db_user",
-            ODOO_ROLE,
-            "--db_password",
-            ODOO_ROLE_PASSWORD,
-            f"--i18n-export={exported}",
-            f"--modules={addon}",
-            "--stop-after-init",
-            "--log-level=warn",
+            *odoo_command(
+                database,
+                "server",
+                f"--i18n-export={exported}",
+                f"--modules={addon}",
+                "--stop-after-init",
+                "--log-level=warn",
+                python=python,
+                addons=(ODOO_PATH / "addons",),
+            ),
             cwd=ODOO_PATH,
         )
         committed = REPO / "addons" / addon / "i18n" / f"{addon}.pot"

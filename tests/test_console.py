@@ -21,7 +21,7 @@ import requests
 from ipai_bus_lib.core.catalog import Envelope
 from ipai_bus_lib.storage import outbox
 
-from .helpers import free_port, snapshot, wait_until
+from .helpers import console_sign_in, free_port, snapshot, wait_until
 from .sinks import HttpSink, Reply
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -208,13 +208,7 @@ def test_every_refusal_leaves_the_data_untouched(bus):
     assert no_session.status_code == 401 and "Sign in first" in no_session.text
     assert requests.get(base + "/dead", allow_redirects=False, timeout=5).headers["Location"] == "/login"
 
-    login_page = requests.Session()
-    token = re.search(r'name="login_token" value="([^"]+)"', login_page.get(base + "/login").text)[1]
-    wrong = login_page.post(
-        base + "/login",
-        data={"login_token": token, "operator": "Eve", "password": "guess"},
-        allow_redirects=False,
-    )
+    _, wrong = console_sign_in(base, "Eve", "guess")
     assert wrong.status_code == 401 and "Wrong password." in wrong.text
     assert "ipai_console_session" not in wrong.headers.get("Set-Cookie", "")
     forged = requests.post(
@@ -224,13 +218,7 @@ def test_every_refusal_leaves_the_data_untouched(bus):
     )
     assert forged.status_code == 403, "a sign-in without the form's own token is refused"
 
-    operator = requests.Session()
-    token = re.search(r'name="login_token" value="([^"]+)"', operator.get(base + "/login").text)[1]
-    signed_in = operator.post(
-        base + "/login",
-        data={"login_token": token, "operator": "Ana", "password": PASSWORD},
-        allow_redirects=False,
-    )
+    operator, signed_in = console_sign_in(base, "Ana", PASSWORD)
     assert signed_in.status_code == 303
     missing_csrf = operator.post(base + "/retry", data=form, headers=headers, allow_redirects=False)
     assert missing_csrf.status_code == 403 and "CSRF token missing or wrong" in missing_csrf.text

@@ -68,14 +68,19 @@ def odoo_database(server_url):
     conn.close()
 
 
-def odoo_bin(
-    database: dict, *args: str, env: dict | None = None, stdin: str | None = None, timeout: int = 1800
-) -> subprocess.CompletedProcess:
-    command = [
-        str(ODOO_PYTHON),
+def odoo_command(
+    database: dict,
+    subcommand: str,
+    *options: str,
+    python: Path = ODOO_PYTHON,
+    addons: tuple[Path, ...] = (ODOO_PATH / "addons", REPO / "addons"),
+) -> list[str]:
+    """odoo-bin SUBCOMMAND on ``database`` as the test role, with these addons paths."""
+    return [
+        str(python),
         str(ODOO_PATH / "odoo-bin"),
-        *args[:1],
-        f"--addons-path={ODOO_PATH / 'addons'},{REPO / 'addons'}",
+        subcommand,
+        f"--addons-path={','.join(map(str, addons))}",
         "-d",
         database["name"],
         "--db_host",
@@ -86,8 +91,14 @@ def odoo_bin(
         ODOO_ROLE,
         "--db_password",
         ODOO_ROLE_PASSWORD,
-        *args[1:],
+        *options,
     ]
+
+
+def odoo_bin(
+    database: dict, *args: str, env: dict | None = None, stdin: str | None = None, timeout: int = 1800
+) -> subprocess.CompletedProcess:
+    command = odoo_command(database, *args)
     return subprocess.run(
         command,
         input=stdin,

@@ -19,11 +19,8 @@ from .helpers import free_port, wait_until
 from .test_console import CHROMIUM, SCREENSHOTS
 from .test_odoo_addons import (
     ODOO_PATH,
-    ODOO_PYTHON,
-    ODOO_ROLE,
-    ODOO_ROLE_PASSWORD,
-    REPO,
     odoo_bin,
+    odoo_command,
     odoo_database,  # noqa: F401 - fixture
     odoo_ready,  # noqa: F401 - fixture
 )
@@ -51,22 +48,11 @@ def odoo(odoo_ready, odoo_database, tmp_path_factory):  # noqa: F811
     port = free_port()
     log = open(tmp_path_factory.mktemp("odoo") / "odoo.log", "w")
     server = subprocess.Popen(
-        [
-            str(ODOO_PYTHON),
-            str(ODOO_PATH / "odoo-bin"),
-            f"--addons-path={ODOO_PATH / 'addons'},{REPO / 'addons'}",
-            "-d",
-            odoo_database["name"],
+        odoo_command(
+            odoo_database,
+            "server",
             "--db-filter",
             f"^{odoo_database['name']}$",
-            "--db_host",
-            odoo_database["host"],
-            "--db_port",
-            odoo_database["port"],
-            "--db_user",
-            ODOO_ROLE,
-            "--db_password",
-            ODOO_ROLE_PASSWORD,
             "--http-interface",
             "127.0.0.1",
             "--http-port",
@@ -76,7 +62,7 @@ def odoo(odoo_ready, odoo_database, tmp_path_factory):  # noqa: F811
             "0",
             "--max-cron-threads",
             "0",
-        ],
+        ),
         stdout=log,
         stderr=subprocess.STDOUT,
         cwd=ODOO_PATH,
