@@ -88,7 +88,7 @@ def cmd_route(args: argparse.Namespace, settings: Settings) -> int:
 
 def require_current_schema(url: str) -> None:
     """Refuse to run against a database that misses migrations (ConfigurationError)."""
-    from ..storage.migrator import pending_migrations
+    from ..storage.readiness import pending_migrations
 
     missing = pending_migrations(url)
     if missing:

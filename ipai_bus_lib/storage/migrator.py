@@ -71,20 +71,6 @@ def migrate(dsn: str) -> list[str]:
         conn.close()
 
 
-def pending_migrations(dsn: str) -> list[str]:
-    """The versions not yet applied to the database at ``dsn`` (read only; [] when current)."""
-    from .readiness import missing_migrations
-
-    conn = connect(dsn, application_name="ipai-bus readiness")
-    try:
-        with conn, conn.cursor() as cursor:
-            return missing_migrations(cursor)
-    except psycopg2.Error as exc:
-        raise translate_error(exc) from exc
-    finally:
-        conn.close()
-
-
 def _migrate(conn: Any) -> list[str]:
     applied_now = []
     try:

@@ -7,6 +7,9 @@ from __future__ import annotations
 
 from typing import Any
 
+import psycopg2
+
+from .db import connect, translate_error
 from .migrator import available_migrations
 from .queries import load
 
@@ -25,3 +28,15 @@ def missing_migrations(cursor: Any) -> list[str]:
         cursor.execute(SQL["applied_migrations"])
         applied = {row[0] for row in cursor.fetchall()}
     return [m.version for m in available_migrations() if m.version not in applied]
+
+
+def pending_migrations(dsn: str) -> list[str]:
+    """The versions not yet applied to the database at ``dsn`` (read only; [] when current)."""
+    conn = connect(dsn, application_name="ipai-bus readiness")
+    try:
+        with conn, conn.cursor() as cursor:
+            return missing_migrations(cursor)
+    except psycopg2.Error as exc:
+        raise translate_error(exc) from exc
+    finally:
+        conn.close()
