@@ -325,5 +325,7 @@ def test_administrators_see_waiting_and_failed_events_counted(page, data):
     pending = data["rpc"]("ipai.event.outbox", "search_count", [("state", "=", "pending")])
     assert f"Pending ({pending})" in header.inner_text().replace("\n", " ")
     page.locator(".o_navbar_apps_menu .dropdown-toggle").click()
-    assert page.locator(".o_app", has_text="Integration").count() == 1, "in the apps menu"
+    integration = page.locator(".o_app", has_text="Integration")
+    integration.first.wait_for()
+    assert integration.count() == 1, "in the apps menu"
     shot(page, "10-integration")
