@@ -158,3 +158,31 @@ def test_a_long_answer_is_read_up_to_the_limit_and_the_connection_dropped():
     answer = b"HTTP/1.1 500 Oops\r\nContent-Length: %d\r\n\r\n" % len(big) + big
     results, _ = post_twice(answer)
     assert results[0].http_status == 500 and len(str(results[0])) < 400
+
+
+def test_an_interim_answer_is_skipped_and_the_final_one_read():
+    early_hints = b"HTTP/1.1 103 Early Hints\r\nLink: </style.css>; rel=preload\r\n\r\n"
+    results, requests = post_twice(early_hints + b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+    assert results == [200] and len(requests) == 1
+
+
+@pytest.mark.parametrize(
+    "answer, outcome",
+    [
+        (
+            b"HTTP/1.1 500 Oops\r\nTransfer-Encoding: chunked\r\n\r\nffffffff\r\n"
+            + b"x" * (MAX_ANSWER_BYTES + 4096),
+            "HTTP 500: xxx",
+        ),
+        (
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n" + b"7" * 4096,
+            "a chunk size is too large",
+        ),
+    ],
+    ids=["a chunk claiming 4 GiB", "a chunk size that never ends"],
+)
+def test_a_peer_cannot_make_the_client_buffer_without_limit(answer, outcome):
+    results, _ = post_twice(answer)
+    [failure] = results
+    assert isinstance(failure, DeliveryFailed) and outcome in str(failure)
+    assert len(str(failure)) < 400

@@ -152,19 +152,76 @@ def _request_bytes(host: str, port: int, target: str, body: bytes, headers: Mapp
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
 
 
-def _read_answer(sock: socket.socket) -> tuple[int, dict[str, str], bytes, bool]:
-    """(status, headers with lowercase names, at most MAX_ANSWER_BYTES of body, keep alive)."""
-    buffer = b""
-    while b"\r\n\r\n" not in buffer:
-        chunk = sock.recv(_RECV_BYTES)
+class _Reader:
+    """What a socket has sent, read as far as asked and never further than a limit allows."""
+
+    def __init__(self, sock: socket.socket, data: bytes) -> None:
+        self.sock, self.data = sock, data
+
+    def _fill(self, what: str) -> None:
+        chunk = self.sock.recv(_RECV_BYTES)
         if not chunk:
-            if not buffer:
-                raise ServerClosed("the server closed the connection without answering")
-            raise MalformedAnswer("the answer ended inside its head")
-        buffer += chunk
-        if len(buffer) > MAX_ANSWER_HEAD_BYTES:
-            raise MalformedAnswer("the answer's head is too large")
-    head, _, rest = buffer.partition(b"\r\n\r\n")
+            raise MalformedAnswer(f"the answer ended inside {what}")
+        self.data += chunk
+
+    def until(self, marker: bytes, limit: int, what: str) -> bytes:
+        """The bytes up to ``marker`` (consumed with it); more than ``limit`` is malformed."""
+        while marker not in self.data:
+            if len(self.data) > limit:
+                raise MalformedAnswer(f"{what} is too large")
+            self._fill(what)
+        part, _, self.data = self.data.partition(marker)
+        if len(part) > limit:
+            raise MalformedAnswer(f"{what} is too large")
+        return part
+
+    def exactly(self, count: int, what: str) -> bytes:
+        while len(self.data) < count:
+            self._fill(what)
+        part, self.data = self.data[:count], self.data[count:]
+        return part
+
+    def to_close(self, limit: int) -> bytes:
+        """Whatever comes until the server closes, at most ``limit`` bytes of it."""
+        while len(self.data) <= limit:
+            chunk = self.sock.recv(_RECV_BYTES)
+            if not chunk:
+                break
+            self.data += chunk
+        return self.data[:limit]
+
+
+def _read_answer(sock: socket.socket) -> tuple[int, dict[str, str], bytes, bool]:
+    """(status, headers with lowercase names, at most MAX_ANSWER_BYTES of body, keep alive).
+
+    Interim answers (1xx, such as 103 Early Hints) are skipped, as http.client skips them.
+    """
+    first = sock.recv(_RECV_BYTES)
+    if not first:
+        raise ServerClosed("the server closed the connection without answering")
+    reader = _Reader(sock, first)
+    while True:
+        version, status, headers = _parse_head(
+            reader.until(b"\r\n\r\n", MAX_ANSWER_HEAD_BYTES, "the answer's head")
+        )
+        if not (100 <= status < 200) or status == 101:
+            break
+    keep_alive = version == "HTTP/1.1" and headers.get("connection", "").lower() != "close"
+    if status in (101, 204, 304):
+        return status, headers, b"", keep_alive and not reader.data
+    if "chunked" in headers.get("transfer-encoding", "").lower():
+        body, complete = _read_chunked(reader)
+        return status, headers, body, keep_alive and complete
+    length = headers.get("content-length", "")
+    if length.isdigit():
+        wanted = int(length)
+        body = reader.exactly(min(wanted, MAX_ANSWER_BYTES), "its body")
+        complete = len(body) == wanted and not reader.data
+        return status, headers, body, keep_alive and complete
+    return status, headers, reader.to_close(MAX_ANSWER_BYTES), False  # no length: until closed
+
+
+def _parse_head(head: bytes) -> tuple[str, int, dict[str, str]]:
     status_line, *header_lines = head.decode("latin-1").split("\r\n")
     version, _, status_text = status_line.partition(" ")
     code = status_text[:3]
@@ -174,59 +231,30 @@ def _read_answer(sock: socket.socket) -> tuple[int, dict[str, str], bytes, bool]
     for line in header_lines:
         name, _, value = line.partition(":")
         headers[name.strip().lower()] = value.strip()
-    keep_alive = version == "HTTP/1.1" and headers.get("connection", "").lower() != "close"
-    status = int(code)
-    if status in (204, 304) or 100 <= status < 200:
-        return status, headers, b"", keep_alive and not rest
-    if "chunked" in headers.get("transfer-encoding", "").lower():
-        body, complete = _read_chunked(sock, rest)
-        return status, headers, body, keep_alive and complete
-    length = headers.get("content-length")
-    if length is not None and length.isdigit():
-        wanted = int(length)
-        while len(rest) < min(wanted, MAX_ANSWER_BYTES):
-            chunk = sock.recv(_RECV_BYTES)
-            if not chunk:
-                raise MalformedAnswer("the answer ended inside its body")
-            rest += chunk
-        return status, headers, rest[:MAX_ANSWER_BYTES], keep_alive and len(rest) == wanted
-    while len(rest) <= MAX_ANSWER_BYTES:  # no length: the body ends when the server closes
-        chunk = sock.recv(_RECV_BYTES)
-        if not chunk:
-            break
-        rest += chunk
-    return status, headers, rest[:MAX_ANSWER_BYTES], False
+    return version, int(code), headers
 
 
-def _read_chunked(sock: socket.socket, data: bytes) -> tuple[bytes, bool]:
-    """A chunked body (at most MAX_ANSWER_BYTES of it); True when it was read to its end."""
+def _read_chunked(reader: _Reader) -> tuple[bytes, bool]:
+    """A chunked body, at most MAX_ANSWER_BYTES of it; True when it was read to its end. A chunk
+    that would go past the limit is read only up to it: a peer cannot make us buffer more."""
     body = b""
-    while len(body) <= MAX_ANSWER_BYTES:
-        while b"\r\n" not in data:
-            chunk = sock.recv(_RECV_BYTES)
-            if not chunk:
-                raise MalformedAnswer("the answer ended inside a chunk")
-            data += chunk
-        size_line, _, data = data.partition(b"\r\n")
+    while True:
+        size_line = reader.until(b"\r\n", 1024, "a chunk size")
         try:
             size = int(size_line.split(b";")[0].strip(), 16)
         except ValueError:
             raise MalformedAnswer("a chunk size is not hexadecimal") from None
         if size == 0:
-            while b"\r\n\r\n" not in b"\r\n" + data:  # trailers, then the final empty line
-                chunk = sock.recv(_RECV_BYTES)
-                if not chunk:
-                    return body, False
-                data += chunk
-            return body, not (b"\r\n" + data).partition(b"\r\n\r\n")[2]
-        while len(data) < size + 2:
-            chunk = sock.recv(_RECV_BYTES)
-            if not chunk:
-                raise MalformedAnswer("the answer ended inside a chunk")
-            data += chunk
-        body += data[:size]
-        data = data[size + 2 :]
-    return body[:MAX_ANSWER_BYTES], False
+            trailers = 0
+            while reader.until(b"\r\n", MAX_ANSWER_HEAD_BYTES, "the trailers"):
+                trailers += 1
+                if trailers > 100:
+                    raise MalformedAnswer("the trailers are too many")
+            return body, not reader.data
+        if len(body) + size > MAX_ANSWER_BYTES:
+            return body + reader.exactly(MAX_ANSWER_BYTES - len(body), "a chunk"), False
+        body += reader.exactly(size, "a chunk")
+        reader.exactly(2, "a chunk")  # the chunk's closing CRLF
 
 
 def post_json(client: KeepAliveClient, url: str, body: bytes, headers: Mapping[str, str]) -> int:
