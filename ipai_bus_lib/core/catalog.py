@@ -500,6 +500,15 @@ def parse_batch_event(item: Any) -> BatchEvent:
     return BatchEvent(envelope=envelope, idempotency_key=key)
 
 
+BATCH_PATH_SUFFIX = "/batch"
+
+
+def batch_url(webhook_url: str) -> str:
+    """The batch sibling of a webhook URL: ``…/odoo-webhook`` → ``…/odoo-webhook/batch``."""
+    url = webhook_url.rstrip("/")
+    return url if url.endswith(BATCH_PATH_SUFFIX) else url + BATCH_PATH_SUFFIX
+
+
 def batch_body(events: Sequence[tuple[Envelope, str]]) -> bytes:
     """Compact UTF-8 JSON of a batch of (envelope, idempotency key): the bytes a sender signs."""
     document = {"events": [{**envelope.to_json(), "idempotency_key": key} for envelope, key in events]}

@@ -34,7 +34,7 @@ from ..storage.queries import load
 from .metrics import ReceiverMetrics
 
 WEBHOOK_PATH = "/functions/v1/odoo-webhook"
-BATCH_PATH = WEBHOOK_PATH + "/batch"
+BATCH_PATH = WEBHOOK_PATH + catalog.BATCH_PATH_SUFFIX
 HEALTH_PATH = "/healthz"
 READY_PATH = "/readyz"
 SQL = load("receiver")

@@ -17,6 +17,7 @@ from ..core.catalog import (
     MAX_BATCH_EVENTS,
     Envelope,
     batch_body,
+    batch_url,
     lookup,
     new_envelope,
     parse_batch,
@@ -26,7 +27,7 @@ from ..core.errors import ConfigurationError, EnvelopeError, IpaiBusError
 from ..core.samples import sample_envelope
 from ..core.settings import Settings, active_secrets
 from ..core.signing import signature_headers
-from .receiver import BATCH_PATH, WEBHOOK_PATH
+from .receiver import WEBHOOK_PATH
 
 
 class ReceiverUnreachable(IpaiBusError):
@@ -68,12 +69,6 @@ def post_batch(
     path (``url`` is the webhook's); returns the status and the answer, a result per event."""
     key = batch_key or f"batch:{uuid.uuid4()}"
     return _post_signed(batch_url(url), batch_body(events), secret=secret, key=key, timeout=timeout)
-
-
-def batch_url(webhook_url: str) -> str:
-    """The batch sibling of a webhook URL: ``…/odoo-webhook`` → ``…/odoo-webhook/batch``."""
-    suffix = BATCH_PATH[len(WEBHOOK_PATH) :]
-    return webhook_url if webhook_url.endswith(suffix) else webhook_url.rstrip("/") + suffix
 
 
 def _post_signed(

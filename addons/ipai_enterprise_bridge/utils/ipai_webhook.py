@@ -15,6 +15,7 @@ from odoo import fields
 from ipai_bus_lib.core.catalog import (
     Envelope,
     batch_body,
+    batch_url,
     build_payload,
     idempotency_key,
     lookup,
@@ -95,9 +96,8 @@ def post_event(url, secret, envelope: Envelope, key, *, timeout=POST_TIMEOUT_SEC
 def post_batch(url, secret, events, batch_key, *, timeout=POST_TIMEOUT_SECONDS, session=None):
     """Sign and POST (envelope, key) pairs as one batch to the webhook's batch path
     (``url`` is the webhook's). Returns the answer on 200: a result per event, in order."""
-    url = (url or "").rstrip("/")
     return _post_signed(
-        url and url + "/batch", secret, batch_body(events), batch_key, timeout=timeout, session=session
+        url and batch_url(url), secret, batch_body(events), batch_key, timeout=timeout, session=session
     )
 
 
