@@ -241,6 +241,14 @@ def test_every_refusal_leaves_the_data_untouched(bus):
     bad_filter = operator.get(base + "/events?since=yesterday")
     assert bad_filter.status_code == 400 and "is not a date and time" in bad_filter.text
     assert operator.get(base + "/events/not-an-id").status_code == 400
+    assert operator.get(base + "/events?before=garbage").status_code == 400
+    assert operator.get(base + "/dead?before=2026-01-01T00:00:00|not-a-uuid").status_code == 400
+    forged_cookie = requests.get(
+        base + "/dead",
+        cookies={"ipai_console_session": operator.cookies["ipai_console_session"][:-4] + "AAAA"},
+        allow_redirects=False,
+    )
+    assert forged_cookie.headers["Location"] == "/login", "a tampered session is no session"
     assert snapshot(url) == before, "no refusal changed anything"
     assert time.time()  # the session cookie below was never shown to another origin
     assert "Secure" not in signed_in.headers["Set-Cookie"], "plain HTTP on loopback"

@@ -161,6 +161,20 @@ def data(odoo):
         )
         for step, label in (("filed", "September (filed)"), ("in_progress", "September (late)"))
     }
+    today = date.today().isoformat()  # due today: on this month's calendar, not late yet
+    tasks["due_today"] = rpc(
+        "project.task",
+        "create",
+        {
+            "name": "1601-C October (due today)",
+            "project_id": project,
+            "stage_id": stages["in_progress"],
+            "ipai_bir_form_id": form,
+            "ipai_period_covered": "2026-10",
+            "ipai_filing_deadline": today,
+            "date_deadline": today,
+        },
+    )
     return {
         "rpc": rpc,
         "equipment": equipment,
@@ -290,6 +304,9 @@ def test_a_filed_return_shows_no_red_countdown_and_a_late_one_says_so(page, data
 def test_the_filing_calendar_and_the_list_by_period(page, data):
     page.goto(page.base + "/action-ipai_finance_ppm.ipai_filing_calendar_action")
     page.locator(".o_calendar_view").wait_for()
+    due_today = page.locator(".o_event", has_text="1601-C October (due today)")
+    due_today.first.wait_for()
+    assert "late" not in due_today.first.inner_text()
     shot(page, "7-filing-calendar")
     page.locator(".o_switch_view.o_list").click()
     page.locator(".o_group_header").first.wait_for()
