@@ -256,3 +256,31 @@ def test_route_refuses_a_database_that_misses_migrations(make_database):
     every = len(available_migrations())
     assert f"misses {every} migration(s)" in result.stderr
     assert "run `ipai-bus migrate`" in result.stderr
+
+
+def test_serve_stopped_while_a_worker_is_being_born_stops_at_once(bus_url, clean_bus):
+    """A stop sent between a worker's fork and its own signal handlers used to be lost: the
+    worker lived on until gunicorn's graceful timeout (20 s) ended it with SIGKILL."""
+    env = {**os.environ, "DATABASE_URL": clean_bus, "IPAI_WEBHOOK_SECRET": PRIMARY_SECRET}
+    for _ in range(5):
+        command = [sys.executable, "-m", "ipai_bus_lib.ops.cli", "serve", "--workers", "3"]
+        process = subprocess.Popen(
+            [*command, "--port", str(free_port())],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        assert process.stderr is not None
+        booted = 0
+        for line in process.stderr:
+            booted += "Booting worker" in line
+            if booted == 3:  # printed by the new worker right after the fork
+                break
+        process.terminate()
+        try:
+            _, rest = process.communicate(timeout=8)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            pytest.fail("serve lived on after SIGTERM: a worker lost the stop signal")
+        assert process.returncode == 0, rest

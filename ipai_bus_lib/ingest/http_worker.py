@@ -18,6 +18,7 @@ import io
 import json
 import os
 import resource
+import signal
 import socket
 import sys
 from collections.abc import Iterable
@@ -337,10 +338,19 @@ def raise_open_files_limit() -> int:
     return soft
 
 
+STOP_SIGNALS = frozenset({signal.SIGTERM, signal.SIGINT, signal.SIGQUIT})
+
+
 class AsyncReceiverWorker(Worker):  # type: ignore[misc]
     """gunicorn worker class running HttpFront on the sockets gunicorn's arbiter gives it."""
 
     limits = FrontLimits()
+
+    def init_signals(self) -> None:
+        super().init_signals()
+        # The arbiter forks with the stop signals blocked (server._Arbiter): one sent meanwhile
+        # is delivered now, to the handlers just installed.
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
 
     def run(self) -> None:
         open_files = raise_open_files_limit()

@@ -6,14 +6,17 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import signal
 import sys
 import tempfile
 from dataclasses import dataclass
 from typing import Any
 
 from gunicorn.app.base import BaseApplication
+from gunicorn.arbiter import Arbiter
 
 from ..core.settings import DEFAULTS
+from .http_worker import STOP_SIGNALS
 
 
 @dataclass(frozen=True)
@@ -41,6 +44,24 @@ def configure_request_log() -> None:
     logger.propagate = False
 
 
+class _Arbiter(Arbiter):  # type: ignore[misc]
+    """gunicorn's arbiter, except that a stop asked for while a worker is being born is not lost.
+
+    Between fork and the worker installing its own handlers, the child runs the arbiter's
+    handlers, which queue the signal in the child's copy of the arbiter, where nobody reads it:
+    the worker then lives on until the graceful timeout ends in SIGKILL. Blocked across the
+    fork, the signal stays pending in the child until the worker unblocks it
+    (`AsyncReceiverWorker.init_signals`).
+    """
+
+    def spawn_worker(self) -> int:
+        previous = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+        try:
+            return int(super().spawn_worker())
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
 class _ReceiverApplication(BaseApplication):  # type: ignore[misc]
     def __init__(self, config: ServerConfig, database_url: str, secrets: tuple[str, ...]) -> None:
         self._config = config
@@ -65,6 +86,13 @@ class _ReceiverApplication(BaseApplication):  # type: ignore[misc]
             self.cfg.set(name, value)
         if "control_socket_disable" in self.cfg.settings:  # gunicorn >= 26: no control socket
             self.cfg.set("control_socket_disable", True)
+
+    def run(self) -> None:
+        try:
+            _Arbiter(self).run()
+        except RuntimeError as error:  # gunicorn's own way of saying it cannot start
+            print(f"\nError: {error}\n", file=sys.stderr)
+            sys.exit(1)
 
     def load(self) -> Any:
         # Runs in each worker after the fork: each gets its own pool.
@@ -103,7 +131,11 @@ def serve(config: ServerConfig, *, database_url: str, secrets: tuple[str, ...]) 
     metrics_dir = tempfile.mkdtemp(prefix="ipai-bus-metrics-")
     # prometheus_client reads this when first imported, which must happen after it is set.
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
+    arbiter_pid = os.getpid()
     try:
         _ReceiverApplication(config, database_url, secrets).run()
     finally:
-        shutil.rmtree(metrics_dir, ignore_errors=True)
+        # Workers are forked inside this call and leave through it too: only the arbiter, the
+        # last to go, may take the directory the others still write to.
+        if os.getpid() == arbiter_pid:
+            shutil.rmtree(metrics_dir, ignore_errors=True)
