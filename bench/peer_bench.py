@@ -18,20 +18,15 @@ import asyncio
 import multiprocessing
 import os
 import sys
-import tempfile
 import time
 from pathlib import Path
-
-import psycopg2
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from router_bench import completed, drain_rate, make_router, reset  # noqa: E402
+from router_bench import completed, drain_rate, make_router, scratch_bus  # noqa: E402
 
 from ipai_bus_lib.delivery.destinations import NoopDestination  # noqa: E402
-from ipai_bus_lib.storage.embedded import EmbeddedPostgres  # noqa: E402
-from ipai_bus_lib.storage.migrator import migrate  # noqa: E402
 
 try:
     import asyncpg
@@ -93,39 +88,29 @@ def main() -> None:
     parser.add_argument("--router-batch", type=int, default=1000)
     args = parser.parse_args()
 
-    with tempfile.TemporaryDirectory(prefix="ipai-peer-bench-") as home:
-        cluster = EmbeddedPostgres(Path(home))
-        url = cluster.ensure_running()
-        try:
-            migrate(url)
-            asyncio.run(install_pgqueuer(url))
-            conn = psycopg2.connect(url)
-            conn.autocommit = True
-            print(
-                f"{args.jobs} jobs each side; one worker each; PostgreSQL durable (fsync on);"
-                f" {multiprocessing.cpu_count()} cores; PgQueuer {pgqueuer.__version__} (asyncpg)"
-            )
-            best = 0.0
-            for batch in (int(size) for size in args.pgqueuer_batches.split(",")):
-                rate = asyncio.run(pgqueuer_rate(url, args.jobs, batch))
-                print(f"{f'PgQueuer, batch {batch}':<36} {rate:9.0f} jobs/s")
-                best = max(best, rate)
-            router = make_router(url, NoopDestination(), batch_size=args.router_batch)
-            before = os.times()
-            ours = drain_rate(conn, url, router, args.jobs, "peer")
-            cpu = _cpu_seconds_since(before)
-            assert completed(conn) == args.jobs
-            print(f"{f'ipai-bus router, batch {args.router_batch}':<36} {ours:9.0f} events/s")
-            print(
-                f"  the router's own CPU (Python, all threads): {cpu / args.jobs * 1e6:.0f} µs per"
-                f" event; at {ours:.0f} events/s the wall time is {1e6 / ours:.0f} µs per event"
-                " on 2 cores shared with PostgreSQL"
-            )
-            print(f"ratio ipai-bus / best PgQueuer: {ours / best:.2f}")
-            reset(conn)
-            conn.close()
-        finally:
-            cluster.stop()
+    with scratch_bus("ipai-peer-bench-") as (url, conn):
+        asyncio.run(install_pgqueuer(url))
+        print(
+            f"{args.jobs} jobs each side; one worker each; PostgreSQL durable (fsync on);"
+            f" {multiprocessing.cpu_count()} cores; PgQueuer {pgqueuer.__version__} (asyncpg)"
+        )
+        best = 0.0
+        for batch in (int(size) for size in args.pgqueuer_batches.split(",")):
+            rate = asyncio.run(pgqueuer_rate(url, args.jobs, batch))
+            print(f"{f'PgQueuer, batch {batch}':<36} {rate:9.0f} jobs/s")
+            best = max(best, rate)
+        router = make_router(url, NoopDestination(), batch_size=args.router_batch)
+        before = os.times()
+        ours = drain_rate(conn, url, router, args.jobs, "peer")
+        cpu = _cpu_seconds_since(before)
+        assert completed(conn) == args.jobs
+        print(f"{f'ipai-bus router, batch {args.router_batch}':<36} {ours:9.0f} events/s")
+        print(
+            f"  the router's own CPU (Python, all threads): {cpu / args.jobs * 1e6:.0f} µs per"
+            f" event; at {ours:.0f} events/s the wall time is {1e6 / ours:.0f} µs per event"
+            " on 2 cores shared with PostgreSQL"
+        )
+        print(f"ratio ipai-bus / best PgQueuer: {ours / best:.2f}")
 
 
 if __name__ == "__main__":

@@ -13,12 +13,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import multiprocessing
 import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import psycopg2
 
@@ -104,6 +107,24 @@ def make_router(url: str, destination, **config) -> Router:
         routing,
         {destination.name: destination},
     )
+
+
+@contextlib.contextmanager
+def scratch_bus(prefix: str) -> Iterator[tuple[str, Any]]:
+    """A durable embedded PostgreSQL of its own, migrated: (url, autocommit connection)."""
+    with tempfile.TemporaryDirectory(prefix=prefix) as home:
+        cluster = EmbeddedPostgres(Path(home))
+        url = cluster.ensure_running()
+        try:
+            migrate(url)
+            conn = psycopg2.connect(url)
+            conn.autocommit = True
+            try:
+                yield url, conn
+            finally:
+                conn.close()
+        finally:
+            cluster.stop()
 
 
 def completed(conn) -> int:
@@ -195,17 +216,8 @@ def main() -> None:
     )
     args = parser.parse_args()
 
-    with tempfile.TemporaryDirectory(prefix="ipai-router-bench-") as home:
-        cluster = EmbeddedPostgres(Path(home))
-        url = cluster.ensure_running()
-        try:
-            migrate(url)
-            conn = psycopg2.connect(url)
-            conn.autocommit = True
-            run_all(conn, url, args)
-            conn.close()
-        finally:
-            cluster.stop()
+    with scratch_bus("ipai-router-bench-") as (url, conn):
+        run_all(conn, url, args)
 
 
 def run_all(conn, url: str, args) -> None:

@@ -23,17 +23,14 @@ from __future__ import annotations
 
 import argparse
 import sys
-import tempfile
 import time
 import uuid
 from pathlib import Path
 
-import psycopg2
-
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from ipai_bus_lib.storage.embedded import EmbeddedPostgres  # noqa: E402
-from ipai_bus_lib.storage.migrator import migrate  # noqa: E402
+from router_bench import scratch_bus  # noqa: E402
 
 BATCH = 1000
 SCRATCH = """
@@ -208,36 +205,27 @@ def main() -> None:
         Design("lease-set claim, ack update, no uniq idx", "design.outbox_narrow", "update"),
         Design("lease-set claim, ack delete, no uniq idx", "design.outbox_leaving", "delete"),
     ]
-    with tempfile.TemporaryDirectory(prefix="ipai-design-bench-") as home:
-        cluster = EmbeddedPostgres(Path(home))
-        url = cluster.ensure_running()
-        try:
-            migrate(url)
-            conn = psycopg2.connect(url)
-            conn.autocommit = True
-            cursor = conn.cursor()
-            cursor.execute("set synchronous_commit = off")  # as the router's session
-            cursor.execute(SCRATCH)
-            for design, uniqueness in zip(designs[1:], (True, False, False)):
-                cursor.execute(outbox_like_today(design.table, uniqueness=uniqueness))
-                cursor.execute(lease_set_claim(design.table))
-            print(
-                f"{args.events} events, batches of {BATCH}, one connection, PostgreSQL durable;"
-                " database time per event:"
-            )
-            for _ in range(args.rounds):
-                for design in designs:
-                    design.prefill(cursor, args.events)
-                    seconds, spent = drain(design, cursor, args.events)
-                    per = {step: value / args.events * 1e6 for step, value in spent.items()}
-                    print(
-                        f"{design.label:<42} {args.events / seconds:7.0f} events/s   claim"
-                        f" {per['claim']:5.1f} µs  ack {per['acknowledge']:5.1f} µs  attempts"
-                        f" {per['attempts']:5.1f} µs  total {sum(per.values()):5.1f} µs"
-                    )
-            conn.close()
-        finally:
-            cluster.stop()
+    with scratch_bus("ipai-design-bench-") as (_, conn):
+        cursor = conn.cursor()
+        cursor.execute("set synchronous_commit = off")  # as the router's session
+        cursor.execute(SCRATCH)
+        for design, uniqueness in zip(designs[1:], (True, False, False)):
+            cursor.execute(outbox_like_today(design.table, uniqueness=uniqueness))
+            cursor.execute(lease_set_claim(design.table))
+        print(
+            f"{args.events} events, batches of {BATCH}, one connection, PostgreSQL durable;"
+            " database time per event:"
+        )
+        for _ in range(args.rounds):
+            for design in designs:
+                design.prefill(cursor, args.events)
+                seconds, spent = drain(design, cursor, args.events)
+                per = {step: value / args.events * 1e6 for step, value in spent.items()}
+                print(
+                    f"{design.label:<42} {args.events / seconds:7.0f} events/s   claim"
+                    f" {per['claim']:5.1f} µs  ack {per['acknowledge']:5.1f} µs  attempts"
+                    f" {per['attempts']:5.1f} µs  total {sum(per.values()):5.1f} µs"
+                )
 
 
 if __name__ == "__main__":
