@@ -127,6 +127,18 @@ def scratch_bus(prefix: str) -> Iterator[tuple[str, Any]]:
             cluster.stop()
 
 
+def any_unsettled(conn) -> bool:
+    """Whether an event is still waiting or in flight. A probe of a partial index (0.1 ms), where
+    counting the completed rows every 10 ms (2.4 ms each at 30,000) took a fifth of a core from
+    the router being measured."""
+    with conn.cursor() as cursor:
+        cursor.execute(
+            "select exists (select 1 from integration.outbox"
+            " where status in ('pending', 'processing', 'failed'))"
+        )
+        return bool(cursor.fetchone()[0])
+
+
 def completed(conn) -> int:
     with conn.cursor() as cursor:
         cursor.execute("select count(*) from integration.outbox where status = 'completed'")
@@ -151,9 +163,11 @@ def drain_rate(conn, url: str, router: Router, events: int, run: str) -> float:
     thread = threading.Thread(target=router.run)
     started = time.perf_counter()
     thread.start()
-    while completed(conn) < events:
+    while any_unsettled(conn):
         time.sleep(0.01)
     elapsed = time.perf_counter() - started
+    if completed(conn) != events:
+        raise RuntimeError(f"the router completed {completed(conn)} of {events} events")
     router.stop()
     thread.join()
     return events / elapsed

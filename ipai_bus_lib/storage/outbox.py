@@ -49,10 +49,10 @@ class OutboxEvent:
     lease_expires_at: datetime | None = None
     last_error: str | None = None
 
-    @classmethod
-    def from_row(cls, row: dict[str, Any]) -> OutboxEvent:
-        names = cls.__dataclass_fields__
-        return cls(**{key: value for key, value in row.items() if key in names})
+
+# The columns claim reads, in the order of OutboxEvent's fields: each row is built positionally
+# (a dict per row cost the router about 6 µs of Python per event, a quarter of its CPU).
+_CLAIMED_COLUMNS = ", ".join(OutboxEvent.__dataclass_fields__)
 
 
 _INSERT_ARGUMENTS = (
@@ -172,12 +172,11 @@ def claim(
 ) -> list[OutboxEvent]:
     """Lease up to ``limit`` due events to ``worker`` (each claim counts one attempt)."""
     cursor.execute(
-        "select * from integration.claim_outbox("
+        f"select {_CLAIMED_COLUMNS} from integration.claim_outbox("
         " p_worker => %(worker)s, p_limit => %(limit)s, p_lease_seconds => %(lease)s)",
         {"worker": worker, "limit": limit, "lease": lease_seconds},
     )
-    names = [column.name for column in cursor.description]
-    return [OutboxEvent.from_row(dict(zip(names, row))) for row in cursor.fetchall()]
+    return [OutboxEvent(*row) for row in cursor.fetchall()]
 
 
 def ack(cursor: Any, event_ids: Sequence[uuid.UUID], *, worker: str) -> int:
