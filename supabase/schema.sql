@@ -8,6 +8,21 @@ CREATE SCHEMA public;
 
 COMMENT ON SCHEMA public IS 'standard public schema';
 
+CREATE DOMAIN integration.event_type_name AS text
+	CONSTRAINT outbox_event_type_shape CHECK (((VALUE ~ '^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)*$'::text) AND (length(VALUE) <= 255)));
+
+COMMENT ON DOMAIN integration.event_type_name IS 'An event type: lowercase dotted words, e.g. expense.submitted; at most 255 characters.';
+
+CREATE DOMAIN integration.idempotency_key_text AS text
+	CONSTRAINT outbox_idempotency_key_shape CHECK ((VALUE ~ '^[ -~]{1,255}$'::text));
+
+COMMENT ON DOMAIN integration.idempotency_key_text IS 'An idempotency key: 1-255 printable ASCII characters.';
+
+CREATE DOMAIN integration.source_name AS text
+	CONSTRAINT outbox_source_shape CHECK ((VALUE ~ '^[A-Za-z0-9_.-]{1,64}$'::text));
+
+COMMENT ON DOMAIN integration.source_name IS 'Who sent an event: 1-64 letters, digits, "_", "." or "-".';
+
 CREATE FUNCTION integration.ack_outbox(p_ids uuid[], p_worker text) RETURNS integer
     LANGUAGE plpgsql
     SET plan_cache_mode TO 'force_custom_plan'
@@ -31,12 +46,12 @@ COMMENT ON FUNCTION integration.ack_outbox(p_ids uuid[], p_worker text) IS 'Mark
 
 CREATE TABLE integration.outbox (
     id uuid DEFAULT gen_random_uuid() NOT NULL,
-    source text DEFAULT 'odoo'::text NOT NULL,
-    event_type text NOT NULL,
+    source integration.source_name DEFAULT 'odoo'::text NOT NULL,
+    event_type integration.event_type_name NOT NULL,
     aggregate_type text NOT NULL,
     aggregate_id text NOT NULL,
     payload jsonb NOT NULL,
-    idempotency_key text NOT NULL,
+    idempotency_key integration.idempotency_key_text NOT NULL,
     signature_digest text,
     occurred_at timestamp with time zone,
     status text DEFAULT 'pending'::text NOT NULL,
@@ -54,11 +69,8 @@ CREATE TABLE integration.outbox (
     CONSTRAINT outbox_aggregate_id_shape CHECK (((length(aggregate_id) >= 1) AND (length(aggregate_id) <= 255))),
     CONSTRAINT outbox_aggregate_type_shape CHECK (((length(aggregate_type) >= 1) AND (length(aggregate_type) <= 255))),
     CONSTRAINT outbox_attempts_range CHECK (((attempts >= 0) AND ((max_attempts >= 1) AND (max_attempts <= 100)))),
-    CONSTRAINT outbox_event_type_shape CHECK (((event_type ~ '^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)*$'::text) AND (length(event_type) <= 255))),
-    CONSTRAINT outbox_idempotency_key_shape CHECK ((idempotency_key ~ '^[ -~]{1,255}$'::text)),
     CONSTRAINT outbox_payload_is_object CHECK ((jsonb_typeof(payload) = 'object'::text)),
     CONSTRAINT outbox_processing_has_lease CHECK (((status <> 'processing'::text) OR ((locked_by IS NOT NULL) AND (lease_expires_at IS NOT NULL)))),
-    CONSTRAINT outbox_source_shape CHECK ((source ~ '^[A-Za-z0-9_.-]{1,64}$'::text)),
     CONSTRAINT outbox_status_known CHECK ((status = ANY (ARRAY['pending'::text, 'processing'::text, 'completed'::text, 'failed'::text, 'dead'::text])))
 )
 WITH (autovacuum_vacuum_scale_factor='0.02', autovacuum_vacuum_threshold='1000', autovacuum_analyze_scale_factor='0.02', autovacuum_analyze_threshold='1000');
@@ -69,6 +81,7 @@ CREATE FUNCTION integration.claim_outbox(p_worker text, p_limit integer DEFAULT 
     LANGUAGE plpgsql
     SET plan_cache_mode TO 'force_custom_plan'
     SET enable_bitmapscan TO 'off'
+    SET enable_hashjoin TO 'off'
     AS $$
 begin
     perform integration.require(length(btrim(p_worker)) between 1 and 200,
