@@ -16,6 +16,7 @@ from standardwebhooks.webhooks import Webhook
 from ipai_bus_lib.core.catalog import Envelope
 from ipai_bus_lib.delivery.destinations import (
     ConsoleDestination,
+    DeliveryFailed,
     EmailDestination,
     HttpForwardDestination,
     MattermostDestination,
@@ -213,6 +214,19 @@ def test_http_forward_is_verifiable_with_the_standardwebhooks_library(database):
         Webhook(FORWARD_SECRET).verify(tampered, request.headers)
 
 
+def test_a_peer_answering_with_a_nul_byte_gets_a_retry_not_a_dead_event(database):
+    """PostgreSQL text cannot hold NUL: an error carrying the peer's body used to fail the
+    settle, and the fallback then gave the event up as unrecordable."""
+    with HttpSink(lambda request: Reply(503, b"busy\x00\x00 try later")) as sink:
+        router = make_router(database, {"mm": MattermostDestination("mm", sink.url)})
+        [event_id] = add_events(database)
+        router.run_once()
+    now = state(database, event_id)
+    assert now["status"] == "failed", now["last_error"]
+    assert "HTTP 503: busy try later" in now["last_error"]
+    assert attempts_of(database, event_id) == [("mm", "failed", 503, "HTTP 503: busy try later")]
+
+
 def test_http_forward_client_error_is_dead_and_server_error_retried(database):
     replies = iter([Reply(404, b"no such hook"), Reply(503, b"busy")])
     with HttpSink(lambda request: next(replies)) as sink:
@@ -340,6 +354,23 @@ def test_unrouted_event_is_dead_with_the_reason_not_dropped(database):
         and "no route matches event type expense.submitted" in final["last_error"]
     )
     assert attempts_of(database, event_id)[0][1] == "unrouted"
+
+
+def test_attempt_history_keeps_an_error_text_exactly_whatever_its_characters(database):
+    """Attempts are written by COPY: its separators and escapes inside an error come back as
+    they were (a NUL, which no PostgreSQL text can hold, is dropped)."""
+    awkward = "502 from upstream:\tpath C:\\spool\\n\nline two\r\nend \\N \x00done"
+
+    class FailsAwkwardly(ConsoleDestination):
+        def deliver(self, event, message):
+            raise DeliveryFailed(awkward, retryable=False, http_status=502)
+
+    router = make_router(database, {"odd": FailsAwkwardly("odd", io.StringIO())})
+    [event_id] = add_events(database)
+    router.run_once()
+    [(destination, outcome, http_status, error)] = attempts_of(database, event_id)
+    assert (destination, outcome, http_status) == ("odd", "dead", 502)
+    assert error == awkward.replace("\x00", "")
 
 
 def test_aggregate_order_holds_when_the_first_event_fails_twice(database):

@@ -10,7 +10,7 @@ from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 
 from ...core.errors import DatabaseUnavailable
-from ...storage.db import Database
+from ...storage.db import Database, storable_text
 from ...storage.queries import load
 from ..destinations import CircuitBreaker, DeliveryFailed, Destination, TokenBucket
 from .config import RouterConfig
@@ -82,19 +82,20 @@ class Deliverer:
             attempt.outcome = "delivered"
             breaker.record_success()
         except DeliveryFailed as exc:
-            attempt.error, attempt.http_status = str(exc), exc.http_status
+            attempt.error, attempt.http_status = storable_text(str(exc)), exc.http_status
             attempt.outcome = "failed" if exc.retryable else "dead"
             if exc.retry_after_seconds is not None:
                 attempt.retry_at = time.time() + exc.retry_after_seconds
             if exc.http_status == 429:
                 breaker.record_throttled(attempt.retry_at)
             elif exc.retryable:
-                breaker.record_failure(str(exc))
+                breaker.record_failure(attempt.error)
             else:  # the destination answered: it is up, the event is what it refused
                 breaker.record_success()
         except Exception as exc:  # noqa: BLE001 - a destination bug must not kill the router
             log.exception("router: destination %s raised", attempt.destination)
-            attempt.outcome, attempt.error = "failed", f"{type(exc).__name__}: {exc}"
+            attempt.outcome = "failed"
+            attempt.error = storable_text(f"{type(exc).__name__}: {exc}")
             breaker.record_failure(attempt.error)
         finally:
             attempt.duration_ms = (time.perf_counter() - started) * 1000

@@ -3,6 +3,7 @@ back), written with every attempt in one transaction, event by event if that fai
 
 from __future__ import annotations
 
+import io
 import logging
 import uuid
 from collections.abc import Callable, Iterable
@@ -160,15 +161,26 @@ def judge(events: list[OutboxEvent], attempts: list[Attempt]) -> Verdict:
 def record_attempts(
     cursor: Any, worker: str, attempts: Iterable[Attempt], unrouted: Iterable[OutboxEvent]
 ) -> None:
-    """Write the batch's attempts in one call."""
-    rows = [
-        (a.event.id, a.event.attempts, a.destination, a.outcome, a.http_status, a.error, a.duration_ms)
+    """Write the batch's attempts in one round of COPY (a quarter of the router's Python time
+    went to adapting seven arrays for integration.record_delivery_attempts)."""
+    lines = [
+        _copy_line(
+            a.event.id,
+            a.event.attempts,
+            worker,
+            a.destination,
+            a.outcome,
+            a.http_status,
+            a.error,
+            a.duration_ms,
+        )
         for a in attempts
     ]
-    rows += [
-        (
+    lines += [
+        _copy_line(
             event.id,
             event.attempts,
+            worker,
             "(none)",
             "unrouted",
             None,
@@ -177,22 +189,26 @@ def record_attempts(
         )
         for event in unrouted
     ]
-    if not rows:
+    if not lines:
         return
-    columns = list(zip(*rows))
-    cursor.execute(
-        SQL["record_delivery_attempts"],
-        {
-            "worker": worker,
-            "ids": list(columns[0]),
-            "attempts": list(columns[1]),
-            "destinations": list(columns[2]),
-            "outcomes": list(columns[3]),
-            "statuses": list(columns[4]),
-            "errors": list(columns[5]),
-            "durations": list(columns[6]),
-        },
-    )
+    cursor.execute(SQL["stage_attempts"])
+    cursor.copy_expert(SQL["copy_staged_attempts"], io.StringIO("".join(lines)))
+    cursor.execute(SQL["record_staged_attempts"])
+
+
+# COPY's text format: backslash, tab, newline and carriage return escaped; NUL, which no text
+# value of PostgreSQL can hold, dropped.
+_COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r", "\x00": None})
+
+
+def _copy_field(value: object) -> str:
+    if value is None:
+        return "\\N"
+    return str(value).translate(_COPY_ESCAPES)
+
+
+def _copy_line(*values: object) -> str:
+    return "\t".join(map(_copy_field, values)) + "\n"
 
 
 def _group_releases(

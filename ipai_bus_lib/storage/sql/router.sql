@@ -27,9 +27,21 @@ on conflict (destination) do update
        open_until = excluded.open_until,
        last_error = coalesce(excluded.last_error, s.last_error), updated_at = now();
 
--- name: record_delivery_attempts
-select integration.record_delivery_attempts(
-    p_worker => %(worker)s, p_event_ids => %(ids)s::uuid[],
-    p_attempts => %(attempts)s::integer[], p_destinations => %(destinations)s::text[],
-    p_outcomes => %(outcomes)s::text[], p_http_status => %(statuses)s::integer[],
-    p_errors => %(errors)s::text[], p_durations_ms => %(durations)s::real[]);
+-- name: stage_attempts
+-- A batch's attempts arrive by COPY into a table of the session's own (COPY cannot write a
+-- table under row level security, and the session's table needs no policy); emptied at commit.
+create temp table if not exists staged_attempts (
+    event_id uuid, attempt integer, worker text, destination text, outcome text,
+    http_status integer, error text, duration_ms real
+) on commit delete rows;
+
+-- name: copy_staged_attempts
+copy pg_temp.staged_attempts from stdin;
+
+-- name: record_staged_attempts
+-- The same rows integration.record_delivery_attempts writes (the table's checks apply).
+insert into integration.delivery_attempts
+       (event_id, attempt, worker, destination, outcome, http_status, error, duration_ms)
+select event_id, attempt, worker, destination, outcome, http_status, left(error, 4000),
+       coalesce(duration_ms, 0)
+  from pg_temp.staged_attempts;
