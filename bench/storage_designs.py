@@ -125,7 +125,7 @@ class Design:
         run = f"{uuid.uuid4().hex[:8]}-"
         if self.table is None:
             cursor.execute(
-                "set session_replication_role = replica; truncate integration.outbox,"
+                "set session_replication_role = replica; truncate integration.outbox, integration.event_key,"
                 " integration.event_log, integration.delivery_attempts;"
                 " set session_replication_role = origin"
             )

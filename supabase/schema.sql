@@ -257,8 +257,9 @@ begin
         end if;
     end if;
 
-    with incoming as (
+    with incoming as materialized (
         select (e.position - 1)::integer as event_position,
+               gen_random_uuid() as new_id,
                coalesce(e.value->>'source', 'odoo') as source,
                e.value->>'event_type' as event_type,
                e.value->>'aggregate_type' as aggregate_type,
@@ -267,15 +268,23 @@ begin
                e.value->>'idempotency_key' as idempotency_key,
                (e.value->>'occurred_at')::timestamptz as occurred_at
           from jsonb_array_elements(p_events) with ordinality as e(value, position)
-    ), inserted as (
-        insert into integration.outbox as o
-            (source, event_type, aggregate_type, aggregate_id, payload, idempotency_key,
-             signature_digest, occurred_at, max_attempts)
-        select i.source, i.event_type, i.aggregate_type, i.aggregate_id, i.payload,
-               i.idempotency_key, p_signature_digest || '/' || i.event_position, i.occurred_at,
-               p_max_attempts
+    ), keyed as (
+        insert into integration.event_key as k
+            (source, idempotency_key, signature_digest, event_id)
+        select i.source, i.idempotency_key, p_signature_digest || '/' || i.event_position,
+               i.new_id
           from incoming i order by i.event_position
         on conflict (source, idempotency_key) do nothing
+        returning k.event_id
+    ), inserted as (
+        insert into integration.outbox as o
+            (id, source, event_type, aggregate_type, aggregate_id, payload, idempotency_key,
+             signature_digest, occurred_at, max_attempts)
+        select i.new_id, i.source, i.event_type, i.aggregate_type, i.aggregate_id, i.payload,
+               i.idempotency_key, p_signature_digest || '/' || i.event_position, i.occurred_at,
+               p_max_attempts
+          from incoming i join keyed k on k.event_id = i.new_id
+         order by i.event_position
         returning o.id, o.source, o.event_type, o.aggregate_type, o.aggregate_id, o.payload,
                   o.idempotency_key, o.signature_digest, o.occurred_at
     ), logged as (
@@ -295,10 +304,10 @@ begin
         delete from integration.ingest_batch where received_at < now() - interval '1 day';
     end if;
 
-    -- A new statement sees what concurrent requests committed: their rows are our duplicates.
+    -- A new statement sees what concurrent requests committed: their keys are our duplicates.
     return query
-        select e.event_position, o.id,
-               not (o.id = any(coalesce(v_new_ids, '{}'))) or e.earlier_copy
+        select e.event_position, k.event_id,
+               not (k.event_id = any(coalesce(v_new_ids, '{}'))) or e.earlier_copy
           from (select (x.position - 1)::integer as event_position,
                        coalesce(x.value->>'source', 'odoo') as source,
                        x.value->>'idempotency_key' as idempotency_key,
@@ -307,8 +316,8 @@ begin
                                         x.value->>'idempotency_key'
                            order by x.position) > 1 as earlier_copy
                   from jsonb_array_elements(p_events) with ordinality as x(value, position)) e
-          left join integration.outbox o
-            on o.source = e.source and o.idempotency_key = e.idempotency_key
+          left join integration.event_key k
+            on k.source = e.source and k.idempotency_key = e.idempotency_key
          order by e.event_position;
 end;
 $_$;
@@ -339,19 +348,19 @@ begin
         'insert_outbox_event: max_attempts must be between 1 and 100');
 
     begin
-        insert into integration.outbox as o
-            (source, event_type, aggregate_type, aggregate_id, payload, idempotency_key,
-             signature_digest, occurred_at, max_attempts)
-        values (p_source, p_event_type, p_aggregate_type, p_aggregate_id, p_payload,
-                p_idempotency_key, p_signature_digest, p_occurred_at, p_max_attempts)
+        insert into integration.event_key as k
+            (source, idempotency_key, signature_digest, event_id)
+        values (p_source, p_idempotency_key, p_signature_digest, gen_random_uuid())
         on conflict (source, idempotency_key) do nothing
-        returning o.id into v_id;
+        returning k.event_id into v_id;
     exception when unique_violation then
-        -- The signature digest's index. Each statement of this function sees what committed
-        -- before it started, so the racing winner's row is visible here.
-        select o.id into v_id from integration.outbox o
-         where o.source = p_source and o.idempotency_key = p_idempotency_key
-           and o.signature_digest is not distinct from p_signature_digest;
+        -- The signature digest's index. When two byte-identical requests race, the loser may
+        -- meet the winner's signature before its key; each statement of this function sees what
+        -- committed before it started, so the winner's key row is visible here. Only a signature
+        -- accepted under another key is a replay.
+        select k.event_id into v_id from integration.event_key k
+         where k.source = p_source and k.idempotency_key = p_idempotency_key
+           and k.signature_digest is not distinct from p_signature_digest;
         if v_id is null then
             raise exception 'replayed signature' using errcode = 'IB001',
                 detail = 'a request with this signature was already accepted under another idempotency key';
@@ -361,14 +370,19 @@ begin
     end;
 
     if v_id is not null then
+        insert into integration.outbox
+            (id, source, event_type, aggregate_type, aggregate_id, payload, idempotency_key,
+             signature_digest, occurred_at, max_attempts)
+        values (v_id, p_source, p_event_type, p_aggregate_type, p_aggregate_id, p_payload,
+                p_idempotency_key, p_signature_digest, p_occurred_at, p_max_attempts);
         perform pg_notify('integration_outbox', v_id::text);
         return query select v_id, false;
         return;
     end if;
 
     return query
-        select o.id, true from integration.outbox o
-        where o.source = p_source and o.idempotency_key = p_idempotency_key;
+        select k.event_id, true from integration.event_key k
+        where k.source = p_source and k.idempotency_key = p_idempotency_key;
 end;
 $_$;
 
@@ -384,9 +398,16 @@ begin
         'purge_completed: older_than must be at least 1 hour');
     perform integration.require(length(btrim(p_actor)) between 1 and 200,
         'purge_completed: actor must name who purges');
-    delete from integration.outbox o
-     where o.status = 'completed' and o.completed_at < now() - p_older_than;
-    get diagnostics v_count = row_count;
+    with purged as (
+        delete from integration.outbox o
+         where o.status = 'completed' and o.completed_at < now() - p_older_than
+        returning o.source, o.idempotency_key
+    ), forgotten as (
+        delete from integration.event_key k
+         using purged p
+         where k.source = p.source and k.idempotency_key = p.idempotency_key
+    )
+    select count(*) into v_count from purged;
     insert into integration.operator_actions (action, actor, detail)
     values ('purge', p_actor, jsonb_build_object('older_than', p_older_than::text,
                                                  'deleted', v_count));
@@ -598,6 +619,15 @@ CREATE TABLE integration.destination_state (
 
 COMMENT ON TABLE integration.destination_state IS 'Circuit breakers: an open destination is paused until open_until; its events wait without spending attempts.';
 
+CREATE TABLE integration.event_key (
+    source text NOT NULL,
+    idempotency_key text NOT NULL,
+    signature_digest text,
+    event_id uuid NOT NULL
+);
+
+COMMENT ON TABLE integration.event_key IS 'The idempotency key and signature digest of every event in the outbox: what makes a resend a duplicate and a signature used under another key a replay. Written at ingest, deleted with its event when purged.';
+
 CREATE TABLE integration.event_log (
     id bigint NOT NULL,
     event_id uuid NOT NULL,
@@ -669,6 +699,9 @@ ALTER TABLE ONLY integration.delivery_attempts
 ALTER TABLE ONLY integration.destination_state
     ADD CONSTRAINT destination_state_pkey PRIMARY KEY (destination);
 
+ALTER TABLE ONLY integration.event_key
+    ADD CONSTRAINT event_key_pkey PRIMARY KEY (source, idempotency_key);
+
 ALTER TABLE ONLY integration.event_log
     ADD CONSTRAINT event_log_event_id_key UNIQUE (event_id);
 
@@ -684,12 +717,11 @@ ALTER TABLE ONLY integration.operator_actions
 ALTER TABLE ONLY integration.outbox
     ADD CONSTRAINT outbox_pkey PRIMARY KEY (id);
 
-ALTER TABLE ONLY integration.outbox
-    ADD CONSTRAINT outbox_source_idempotency_key UNIQUE (source, idempotency_key);
-
 CREATE INDEX delivery_attempts_event_idx ON integration.delivery_attempts USING btree (event_id, destination);
 
 CREATE INDEX delivery_attempts_time_idx ON integration.delivery_attempts USING btree (attempted_at);
+
+CREATE UNIQUE INDEX event_key_signature_digest_key ON integration.event_key USING btree (signature_digest) WHERE (signature_digest IS NOT NULL);
 
 CREATE INDEX event_log_event_type_idx ON integration.event_log USING btree (event_type, received_at);
 
@@ -711,8 +743,6 @@ CREATE INDEX outbox_due_idx ON integration.outbox USING btree (available_at, seq
 
 CREATE INDEX outbox_lease_idx ON integration.outbox USING btree (lease_expires_at) WHERE (status = 'processing'::text);
 
-CREATE UNIQUE INDEX outbox_signature_digest_key ON integration.outbox USING btree (signature_digest) WHERE (signature_digest IS NOT NULL);
-
 CREATE TRIGGER event_log_append_only BEFORE DELETE OR UPDATE ON integration.event_log FOR EACH ROW EXECUTE FUNCTION integration.refuse_event_log_change();
 
 CREATE TRIGGER event_log_no_truncate BEFORE TRUNCATE ON integration.event_log FOR EACH STATEMENT EXECUTE FUNCTION integration.refuse_event_log_change();
@@ -728,6 +758,10 @@ ALTER TABLE integration.destination_state ENABLE ROW LEVEL SECURITY;
 CREATE POLICY destination_state_authenticated_read ON integration.destination_state FOR SELECT TO authenticated USING (true);
 
 CREATE POLICY destination_state_service_role_all ON integration.destination_state TO service_role USING (true) WITH CHECK (true);
+
+ALTER TABLE integration.event_key ENABLE ROW LEVEL SECURITY;
+
+CREATE POLICY event_key_service_role_all ON integration.event_key TO service_role USING (true) WITH CHECK (true);
 
 ALTER TABLE integration.event_log ENABLE ROW LEVEL SECURITY;
 
@@ -834,6 +868,8 @@ GRANT SELECT ON TABLE integration.delivery_attempts TO authenticated;
 
 GRANT SELECT,INSERT,DELETE,UPDATE ON TABLE integration.destination_state TO service_role;
 GRANT SELECT ON TABLE integration.destination_state TO authenticated;
+
+GRANT SELECT,INSERT,DELETE ON TABLE integration.event_key TO service_role;
 
 GRANT SELECT,INSERT ON TABLE integration.event_log TO service_role;
 GRANT SELECT ON TABLE integration.event_log TO authenticated;

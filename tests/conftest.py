@@ -57,7 +57,12 @@ def tmp_path(tmp_path: Path) -> Path:
 
 # A throw-away cluster need not survive a power cut: tests run faster without fsync.
 _FAST_TEST_SETTINGS = {"fsync": "off", "synchronous_commit": "off", "full_page_writes": "off"}
-_TABLES_CLEANED_PER_TEST = ("integration.outbox", "integration.event_log", "integration.ingest_batch")
+_TABLES_CLEANED_PER_TEST = (
+    "integration.outbox",
+    "integration.event_key",
+    "integration.event_log",
+    "integration.ingest_batch",
+)
 
 
 def with_database(url: str, database: str) -> str:

@@ -136,6 +136,25 @@ def test_twenty_threads_inserting_one_key_store_one_event(database):
 # --- insert_event_log and the append-only guard --------------------------------------------
 
 
+def test_keys_live_beside_the_outbox_and_a_purge_forgets_them_with_their_events(conn):
+    """The uniqueness rules live in integration.event_key (the router's updates of the outbox
+    need not maintain them); a purged event's key goes with it, so a resend is stored anew."""
+    first = insert(conn, "kept-key", signature_digest="digest-1")
+    with conn, conn.cursor() as cursor:
+        cursor.execute(
+            "select source, idempotency_key, signature_digest, event_id from integration.event_key"
+        )
+        assert cursor.fetchall() == [("odoo", "kept-key", "digest-1", first.event_id)]
+        cursor.execute(
+            "update integration.outbox set status = 'completed', completed_at = now() - interval '2 days'"
+        )
+        cursor.execute("select integration.purge_completed(interval '1 day', 'tester')")
+        assert cursor.fetchone()[0] == 1
+    assert count(conn, "integration.event_key") == 0
+    again = insert(conn, "kept-key", signature_digest="digest-1")
+    assert not again.duplicate and again.event_id != first.event_id
+
+
 def test_event_log_copies_the_event_once(conn):
     result = insert(conn, "k1")
     with conn, conn.cursor() as cursor:
