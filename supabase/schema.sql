@@ -8,6 +8,16 @@ CREATE SCHEMA public;
 
 COMMENT ON SCHEMA public IS 'standard public schema';
 
+CREATE DOMAIN integration.aggregate_id_text AS text
+	CONSTRAINT outbox_aggregate_id_shape CHECK (((length(VALUE) >= 1) AND (length(VALUE) <= 255)));
+
+COMMENT ON DOMAIN integration.aggregate_id_text IS 'The id of an event''s record within its model: 1-255 characters.';
+
+CREATE DOMAIN integration.aggregate_type_name AS text
+	CONSTRAINT outbox_aggregate_type_shape CHECK (((length(VALUE) >= 1) AND (length(VALUE) <= 255)));
+
+COMMENT ON DOMAIN integration.aggregate_type_name IS 'The Odoo model of an event''s record, e.g. hr.expense: 1-255 characters.';
+
 CREATE DOMAIN integration.event_type_name AS text
 	CONSTRAINT outbox_event_type_shape CHECK (((VALUE ~ '^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)*$'::text) AND (length(VALUE) <= 255)));
 
@@ -17,6 +27,11 @@ CREATE DOMAIN integration.idempotency_key_text AS text
 	CONSTRAINT outbox_idempotency_key_shape CHECK ((VALUE ~ '^[ -~]{1,255}$'::text));
 
 COMMENT ON DOMAIN integration.idempotency_key_text IS 'An idempotency key: 1-255 printable ASCII characters.';
+
+CREATE DOMAIN integration."json_object" AS jsonb
+	CONSTRAINT outbox_payload_is_object CHECK ((jsonb_typeof(VALUE) = 'object'::text));
+
+COMMENT ON DOMAIN integration."json_object" IS 'A JSON object (an event''s payload).';
 
 CREATE DOMAIN integration.source_name AS text
 	CONSTRAINT outbox_source_shape CHECK ((VALUE ~ '^[A-Za-z0-9_.-]{1,64}$'::text));
@@ -48,9 +63,9 @@ CREATE TABLE integration.outbox (
     id uuid DEFAULT gen_random_uuid() NOT NULL,
     source integration.source_name DEFAULT 'odoo'::text NOT NULL,
     event_type integration.event_type_name NOT NULL,
-    aggregate_type text NOT NULL,
-    aggregate_id text NOT NULL,
-    payload jsonb NOT NULL,
+    aggregate_type integration.aggregate_type_name NOT NULL,
+    aggregate_id integration.aggregate_id_text NOT NULL,
+    payload integration."json_object" NOT NULL,
     idempotency_key integration.idempotency_key_text NOT NULL,
     signature_digest text,
     occurred_at timestamp with time zone,
@@ -66,10 +81,7 @@ CREATE TABLE integration.outbox (
     updated_at timestamp with time zone DEFAULT now() NOT NULL,
     completed_at timestamp with time zone,
     seq bigint NOT NULL,
-    CONSTRAINT outbox_aggregate_id_shape CHECK (((length(aggregate_id) >= 1) AND (length(aggregate_id) <= 255))),
-    CONSTRAINT outbox_aggregate_type_shape CHECK (((length(aggregate_type) >= 1) AND (length(aggregate_type) <= 255))),
     CONSTRAINT outbox_attempts_range CHECK (((attempts >= 0) AND ((max_attempts >= 1) AND (max_attempts <= 100)))),
-    CONSTRAINT outbox_payload_is_object CHECK ((jsonb_typeof(payload) = 'object'::text)),
     CONSTRAINT outbox_processing_has_lease CHECK (((status <> 'processing'::text) OR ((locked_by IS NOT NULL) AND (lease_expires_at IS NOT NULL)))),
     CONSTRAINT outbox_status_known CHECK ((status = ANY (ARRAY['pending'::text, 'processing'::text, 'completed'::text, 'failed'::text, 'dead'::text])))
 )
