@@ -132,7 +132,8 @@ begin
                   and earlier.aggregate_type = d.aggregate_type
                   and earlier.aggregate_id = d.aggregate_id
                   and earlier.seq < d.seq
-                  and earlier.status in ('pending', 'processing', 'failed'))
+                  and earlier.status in ('pending', 'processing', 'failed')
+               offset 0)
          order by d.available_at, d.seq
          limit p_limit
          for update skip locked

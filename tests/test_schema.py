@@ -457,26 +457,53 @@ def test_shape_rules_hold_on_insert_and_on_any_update_that_sets_the_column(
     assert row(conn, good.event_id) == before
 
 
+def claim_plans(conn, cursor) -> str:
+    """The plans of one claim of up to 1,000 events, as auto_explain reports them."""
+    cursor.execute("load 'auto_explain'")
+    for setting, value in (
+        ("auto_explain.log_min_duration", "0"),
+        ("auto_explain.log_nested_statements", "on"),
+        ("auto_explain.log_level", "notice"),
+        ("client_min_messages", "log"),
+    ):
+        cursor.execute(f"set local {setting} = {value}")
+    del conn.notices[:]
+    outbox.claim(cursor, worker="w1", limit=1000)
+    return " ".join(conn.notices)
+
+
+def insert_raw(cursor, count: int, status: str = "pending") -> None:
+    cursor.execute(
+        "insert into integration.outbox (event_type, aggregate_type, aggregate_id, payload,"
+        " idempotency_key, status, completed_at) select 'test', 'a', g::text, '{}',"
+        " %(status)s || '-' || g, %(status)s, case when %(status)s = 'completed' then now() end"
+        " from generate_series(1, %(count)s) g",
+        {"status": status, "count": count},
+    )
+
+
 def test_claim_joins_its_picks_back_by_primary_key_not_a_scan_of_the_outbox(conn):
     """A hash join would read the whole outbox at every claim (6 ms at 30,000 rows, growing)."""
     with conn, conn.cursor() as cursor:
-        cursor.execute(
-            "insert into integration.outbox (event_type, aggregate_type, aggregate_id, payload,"
-            " idempotency_key) select 'test', 'a', g::text, '{}', 'due-' || g"
-            " from generate_series(1, 5000) g"
-        )
+        insert_raw(cursor, 5000)
         cursor.execute("analyze integration.outbox")
-        cursor.execute("load 'auto_explain'")
-        cursor.execute("set local auto_explain.log_min_duration = 0")
-        cursor.execute("set local auto_explain.log_nested_statements = on")
-        cursor.execute("set local client_min_messages = log")
-        cursor.execute("set local auto_explain.log_level = notice")
-        del conn.notices[:]
-        outbox.claim(cursor, worker="w1", limit=1000)
-        plans = " ".join(conn.notices)
+        plans = claim_plans(conn, cursor)
     update_plan = plans[plans.index("Update on outbox") :]
     assert "Hash Join" not in update_plan, update_plan
     assert "outbox_pkey" in update_plan, update_plan
+
+
+def test_a_burst_after_a_quiet_spell_is_claimed_by_probing_each_record_not_scanning(conn):
+    """Statistics gathered while every row was completed once made the ordering check scan the
+    whole active index for each candidate: 2 s per claim of 1,000 with 10,000 waiting."""
+    with conn, conn.cursor() as cursor:
+        insert_raw(cursor, 3000, status="completed")
+        cursor.execute("analyze integration.outbox")
+        cursor.execute("delete from integration.outbox")  # the statistics stay as they were
+        insert_raw(cursor, 3000)
+        plans = claim_plans(conn, cursor)
+    assert "Rows Removed by Join Filter" not in plans, plans
+    assert "Index Cond: ((source = " in plans, plans
 
 
 # --- row level security and the PostgREST wrappers --------------------------------------------

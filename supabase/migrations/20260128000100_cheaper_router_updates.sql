@@ -56,7 +56,83 @@ alter table integration.outbox
     alter column aggregate_id type integration.aggregate_id_text,
     alter column payload type integration.json_object;
 
--- The claim joins the picked ids back to the outbox. Estimating 1,000 ids against the table,
--- the planner chose a hash join over a full scan of the outbox (6 ms per claim at 30,000 rows,
--- growing with the table); by primary key it is 1,000 index probes whatever the table's size.
-alter function integration.claim_outbox(text, integer, integer) set enable_hashjoin = off;
+-- ---------------------------------------------------------------------------------------------
+-- claim_outbox, as before, with two plans pinned:
+-- * the picked ids are joined back to the outbox by primary key. Estimating 1,000 ids against
+--   the table, the planner chose a hash join over a full scan of the outbox (6 ms per claim at
+--   30,000 rows, growing with the table);
+-- * the per-record ordering check is a probe of outbox_aggregate_active_idx for each candidate
+--   (OFFSET 0 keeps it a correlated subquery). As an anti-join, statistics gathered while every
+--   row was completed made the planner scan the whole index per candidate: 2 s per claim of
+--   1,000 with 10,000 waiting, until the next ANALYZE. A burst after a quiet spell is the case.
+-- ---------------------------------------------------------------------------------------------
+
+create or replace function integration.claim_outbox(
+    p_worker        text,
+    p_limit         integer default 25,
+    p_lease_seconds integer default 60
+) returns setof integration.outbox
+    language plpgsql
+    set plan_cache_mode = force_custom_plan
+    set enable_bitmapscan = off
+    set enable_hashjoin = off
+as $$
+begin
+    perform integration.require(length(btrim(p_worker)) between 1 and 200,
+        'claim_outbox: worker must be a non-empty name of at most 200 characters');
+    perform integration.require(p_limit between 1 and 10000,
+        'claim_outbox: limit must be between 1 and 10000');
+    perform integration.require(p_lease_seconds between 1 and 86400,
+        'claim_outbox: lease_seconds must be between 1 and 86400');
+
+    update integration.outbox o
+       set status = 'dead', locked_at = null, locked_by = null, lease_expires_at = null,
+           last_error = coalesce(o.last_error || E'\n', '')
+               || format('lease of worker %s expired on attempt %s of %s', o.locked_by,
+                         o.attempts, o.max_attempts),
+           updated_at = now()
+     where o.id in (select e.id from integration.outbox e
+                     where e.status = 'processing' and e.lease_expires_at <= now()
+                       and e.attempts >= e.max_attempts
+                     order by e.lease_expires_at
+                     limit p_limit  -- also makes the statement parameterised: planned per call
+                     for update skip locked);
+
+    return query
+    with expired as (
+        select e.id, e.lease_expires_at as due from integration.outbox e
+         where e.status = 'processing' and e.lease_expires_at <= now()
+         order by e.lease_expires_at
+         limit p_limit
+         for update skip locked
+    ), due as (
+        select d.id, d.available_at as due from integration.outbox d
+         where d.status in ('pending', 'failed') and d.available_at <= now()
+           and not exists (
+               select 1 from integration.outbox earlier
+                where earlier.source = d.source
+                  and earlier.aggregate_type = d.aggregate_type
+                  and earlier.aggregate_id = d.aggregate_id
+                  and earlier.seq < d.seq
+                  and earlier.status in ('pending', 'processing', 'failed')
+               offset 0)
+         order by d.available_at, d.seq
+         limit p_limit
+         for update skip locked
+    ), picked as (
+        select c.id from (select * from expired union all select * from due) c
+         order by c.due
+         limit p_limit
+    )
+    update integration.outbox o
+       set status = 'processing',
+           attempts = o.attempts + 1,
+           locked_at = now(),
+           locked_by = p_worker,
+           lease_expires_at = now() + make_interval(secs => p_lease_seconds),
+           updated_at = now()
+      from picked
+     where o.id = picked.id
+    returning o.*;
+end;
+$$;
