@@ -49,7 +49,8 @@ class Planner:
         self.destinations = destinations
 
     def plan(self, events: list[OutboxEvent]) -> tuple[list[Attempt], list[OutboxEvent]]:
-        routes = {event.id: self.routing.route_for(event.event_type) for event in events}
+        by_type = {name: self.routing.route_for(name) for name in {e.event_type for e in events}}
+        routes = {event.id: by_type[event.event_type] for event in events}
         # A retried event, or one with several destinations (handed back part-way by a stopping
         # router, its attempt given back), may have reached some destinations already.
         done = self._already_delivered(
