@@ -55,6 +55,7 @@ async def pgqueuer_rate(url: str, jobs: int, batch_size: int, settings: dict[str
         for start in range(0, jobs, ENQUEUE_CHUNK):
             count = min(ENQUEUE_CHUNK, jobs - start)
             await queries.enqueue(["noop"] * count, [None] * count, [0] * count)
+        await connection.execute("analyze")  # as drain_rate does for our side
         manager = QueueManager(queries)
         done = 0
 
