@@ -1,9 +1,9 @@
 """Design bench: what the database spends per event to claim, acknowledge and record an attempt,
 for today's outbox functions and for candidate designs, on one PostgreSQL in one run.
 
-This is the measurement behind the router's next step (issue 15: 1.5 times PgQueuer). The router
-is CPU-bound on 2 cores (its Python about 25 µs per event, PostgreSQL the rest), so what a design
-saves in database time per event is what it can add to the rate. Only the happy path is modelled:
+This is the measurement behind the router's cost work (issue 15: 1.5 times PgQueuer). The
+router is CPU-bound on 2 cores (its Python about 15 µs per event, PostgreSQL the rest), so what
+a design saves in database time per event is what it can add to the rate. Only the happy path is modelled:
 a batch of 1,000 is claimed while the one before it is settled (as the router pipelines them),
 then acknowledged with one attempt row per event. Leases expiring, failures and hand-backs are
 not, and the candidates live in a scratch schema (`design`), never in the bus's own.
