@@ -6,10 +6,16 @@ import os
 import stat
 
 import psycopg2
+import psycopg2.errors
 import pytest
 
-from ipai_bus_lib.core.errors import DatabaseUnavailable, EmbeddedPostgresError, MigrationError
-from ipai_bus_lib.storage import migrator
+from ipai_bus_lib.core.catalog import Envelope
+from ipai_bus_lib.core.errors import (
+    DatabaseUnavailable,
+    EmbeddedPostgresError,
+    MigrationError,
+)
+from ipai_bus_lib.storage import migrator, outbox
 from ipai_bus_lib.storage.embedded import EmbeddedPostgres
 
 
@@ -86,6 +92,68 @@ def test_failing_migration_leaves_nothing_half_applied(make_database):
         )
         assert cursor.fetchone() == (None, 0)
     conn.close()
+
+
+def test_an_install_with_events_upgrades_and_keeps_every_rule(make_database, monkeypatch):
+    """A bus of the previous release, with events in every state, migrated forward: the keys and
+    signatures it accepted still make resends duplicates and replays refusals, and the shape
+    rules (now domains) still hold."""
+    url = make_database()
+    shipped = migrator.available_migrations()
+    earlier = [m for m in shipped if m.version < "20260128000100"]
+    monkeypatch.setattr(migrator, "available_migrations", lambda: earlier)
+    migrator.migrate(url)
+    conn = psycopg2.connect(url)
+    try:
+        with conn, conn.cursor() as cursor:
+            stored = {}
+            for key in ("old-pending", "old-completed", "old-dead"):
+                outbox.insert_event(
+                    cursor,
+                    Envelope("expense.submitted", "hr.expense", key, {"amount": 1}),
+                    idempotency_key=key,
+                    signature_digest=f"digest-{key}",
+                )
+                cursor.execute("select id from integration.outbox where idempotency_key = %s", (key,))
+                stored[key] = cursor.fetchone()[0]
+            cursor.execute(
+                "update integration.outbox set status = 'completed', completed_at = now()"
+                " where idempotency_key = 'old-completed'"
+            )
+            cursor.execute(
+                "update integration.outbox set status = 'dead' where idempotency_key = 'old-dead'"
+            )
+
+        monkeypatch.setattr(migrator, "available_migrations", lambda: shipped)
+        applied = migrator.migrate(url)
+        assert applied == [m.version for m in shipped if m.version >= "20260128000100"]
+
+        with conn, conn.cursor() as cursor:
+            for key, event_id in stored.items():
+                again = outbox.insert_event(
+                    cursor,
+                    Envelope("expense.submitted", "hr.expense", key, {"amount": 1}),
+                    idempotency_key=key,
+                    signature_digest=f"digest-{key}",
+                )
+                assert (again.event_id, again.duplicate) == (event_id, True)
+        with pytest.raises(psycopg2.Error) as replay, conn, conn.cursor() as cursor:
+            outbox.insert_event(
+                cursor,
+                Envelope("expense.submitted", "hr.expense", "x", {"amount": 1}),
+                idempotency_key="another-key",
+                signature_digest="digest-old-pending",
+            )
+        assert replay.value.pgcode == "IB001", replay.value  # a replayed signature
+        with pytest.raises(psycopg2.errors.CheckViolation), conn, conn.cursor() as cursor:
+            cursor.execute("update integration.outbox set event_type = 'Not A Type'")
+        with conn, conn.cursor() as cursor:
+            cursor.execute("select status, count(*) from integration.outbox group by 1 order by 1")
+            assert cursor.fetchall() == [("completed", 1), ("dead", 1), ("pending", 1)]
+            claimed = outbox.claim(cursor, worker="after-upgrade", limit=10)
+        assert [event.id for event in claimed] == [stored["old-pending"]]
+    finally:
+        conn.close()
 
 
 def test_migrate_reports_an_unreachable_database():
