@@ -373,6 +373,21 @@ def test_attempt_history_keeps_an_error_text_exactly_whatever_its_characters(dat
     assert error == awkward.replace("\x00", "")
 
 
+def test_an_error_with_a_lone_surrogate_is_recorded_and_retried(database):
+    """A str PostgreSQL cannot take (not UTF-8) in an error must not turn a retry into a dead
+    event any more than a NUL does."""
+
+    class FailsWithUndecodableText(ConsoleDestination):
+        def deliver(self, event, message):
+            raise DeliveryFailed("upstream said caf\udce9 is down", http_status=503)
+
+    router = make_router(database, {"odd": FailsWithUndecodableText("odd", io.StringIO())})
+    [event_id] = add_events(database)
+    router.run_once()
+    assert state(database, event_id)["status"] == "failed"
+    assert attempts_of(database, event_id) == [("odd", "failed", 503, "upstream said caf is down")]
+
+
 def test_aggregate_order_holds_when_the_first_event_fails_twice(database):
     failures = {"left": 2}
 

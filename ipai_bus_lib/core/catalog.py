@@ -376,7 +376,14 @@ def _required_text(document: Mapping[str, Any], name: str) -> str:
 
 
 _UNSTORABLE_TEXT = re.compile(r"[\x00-\x1f\x7f\ud800-\udfff]")
+# What no PostgreSQL text or jsonb value can hold: NUL, and lone surrogates (not UTF-8).
 _UNSTORABLE_IN_JSON = re.compile(r"[\x00\ud800-\udfff]")
+
+
+def storable_text(text: str) -> str:
+    """``text`` without the characters PostgreSQL cannot store (see is_storable), for text the
+    bus writes but did not choose, such as a peer's answer quoted in an error."""
+    return _UNSTORABLE_IN_JSON.sub("", text)
 
 
 def is_storable(value: Any, depth: int = 0) -> bool:

@@ -59,12 +59,6 @@ class UnreadableValue:
         return f"UnreadableValue({self.text[:60]!r}, {self.reason!r})"
 
 
-def storable_text(text: str) -> str:
-    """``text`` as PostgreSQL can store it: without NUL characters, which no text value holds
-    (a peer's answer may carry them into an error message)."""
-    return text.replace("\x00", "")
-
-
 def _tolerant(caster: Any, name: str) -> Any:
     def cast(value: str | None, cursor: Any) -> Any:
         if value is None:

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
+from ...core.catalog import storable_text
 from ...core.errors import DatabaseUnavailable
 from ...storage import outbox
 from ...storage.db import Database
@@ -184,13 +185,13 @@ def record_attempts(
     cursor.execute(SQL["record_staged_attempts"])
 
 
-# COPY's text format: backslash, tab, newline and carriage return escaped, \N for NULL; NUL,
-# which no text value of PostgreSQL can hold, dropped. (Ids go as hex digits, valid uuid input.)
-_COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r", "\x00": None})
+# COPY's text format: backslash, tab, newline and carriage return escaped, \N for NULL.
+# (Ids go as hex digits, valid uuid input.)
+_COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
 
 
 def _copy_text(value: str | None) -> str:
-    return "\\N" if value is None else value.translate(_COPY_ESCAPES)
+    return "\\N" if value is None else storable_text(value).translate(_COPY_ESCAPES)
 
 
 def _copy_number(value: int | None) -> str:
