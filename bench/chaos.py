@@ -40,7 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from ipai_bus_lib.core import signing  # noqa: E402
 from ipai_bus_lib.storage.embedded import EmbeddedPostgres  # noqa: E402
 from ipai_bus_lib.storage.migrator import migrate  # noqa: E402
-from tests.helpers import free_port, receiver_ready, wait_until  # noqa: E402
+from tests.helpers import free_port, wait_for_receiver  # noqa: E402
 
 SECRET = "chaos-secret-not-for-production"
 FAULT_EVERY_SECONDS = 20
@@ -329,7 +329,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="ipai-chaos-") as home:
         bus = Bus(Path(home), sink.url)
         try:
-            wait_until(lambda: receiver_ready(bus.port), what="the receiver")
+            wait_for_receiver(bus.port, process=bus.receiver)
             sender = Sender(bus.port, args.rate)
             faults: list[tuple[str, float]] = []
             injected_unreadable = 0

@@ -27,7 +27,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from ipai_bus_lib.storage.embedded import EmbeddedPostgres  # noqa: E402
 from ipai_bus_lib.storage.migrator import migrate  # noqa: E402
-from tests.helpers import console_sign_in, free_port, wait_until  # noqa: E402
+from tests.helpers import console_sign_in, free_port  # noqa: E402
+from tests.readiness import http_answers, wait_for_server  # noqa: E402
 
 PASSWORD = "console-benchmark-password-0123"
 FILL = """
@@ -111,7 +112,7 @@ def main() -> None:
                 stderr=subprocess.DEVNULL,
             )
             base = f"http://127.0.0.1:{port}"
-            wait_until(lambda: _answers(base + "/login"), what="the console")
+            wait_for_server("the console", http_answers(base + "/login"), process=console)
             session = signed_in(base)
             first_page = session.get(base + "/events").text
             older = re.search(r'rel="next" href="([^"]+)"', first_page)[1].replace("&amp;", "&")
@@ -150,13 +151,6 @@ def _day_a_week_ago() -> str:
     since = (datetime.now() - timedelta(days=7)).replace(microsecond=0)
     until = since + timedelta(days=1)
     return f"/events?since={since.isoformat()}&until={until.isoformat()}"
-
-
-def _answers(url: str) -> bool:
-    try:
-        return requests.get(url, timeout=1).status_code == 200
-    except requests.ConnectionError:
-        return False
 
 
 if __name__ == "__main__":

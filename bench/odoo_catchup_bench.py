@@ -29,7 +29,7 @@ from odoo_expense_bench import ODOO_PATH, PASSWORD, ROLE, create_database, odoo 
 
 from ipai_bus_lib.storage.embedded import EmbeddedPostgres  # noqa: E402
 from ipai_bus_lib.storage.migrator import migrate  # noqa: E402
-from tests.helpers import free_port, receiver_ready, wait_until  # noqa: E402
+from tests.helpers import free_port, wait_for_receiver  # noqa: E402
 
 SECRET = "catch-up-benchmark-secret-not-for-production"
 PREVIOUS_BATCH_PER_MINUTE = 100  # the dispatcher before: 100 events per cron minute
@@ -103,7 +103,7 @@ def main() -> None:
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
             )
-            wait_until(lambda: receiver_ready(port), what="the receiver")
+            wait_for_receiver(port, process=receiver)
             database = create_database(str(cluster.port()), "ipai_enterprise_bridge")
             output = odoo(
                 database,

@@ -19,7 +19,6 @@ No HTTP call to the bus happens on either path: posting is the dispatch cron's j
 from __future__ import annotations
 
 import argparse
-import itertools
 import json
 import os
 import socket
@@ -37,6 +36,7 @@ import requests
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from ipai_bus_lib.storage.embedded import EmbeddedPostgres  # noqa: E402
+from tests.readiness import http_answers, wait_for_server  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 ODOO_PATH = Path(os.environ.get("ODOO_PATH", "~/odoo18")).expanduser()
@@ -231,14 +231,11 @@ def as_the_user_submits(port: str, databases: list[dict], runs: int) -> list[dic
 
 
 def wait_for_http(base_url: str, server: subprocess.Popen) -> None:
-    for _ in itertools.count():
-        if server.poll() is not None:
-            raise SystemExit("the Odoo server stopped while starting")
-        try:
-            requests.get(base_url + "/web/webclient/version_info", timeout=2)
-            return
-        except requests.ConnectionError:
-            time.sleep(0.5)
+    wait_for_server(
+        "Odoo",
+        http_answers(base_url + "/web/webclient/version_info", statuses=(200, 405)),
+        process=server,
+    )
 
 
 def report(title: str, without: dict, with_addon: dict) -> None:

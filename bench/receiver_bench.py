@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from ipai_bus_lib.core import signing  # noqa: E402
 from ipai_bus_lib.storage.embedded import EmbeddedPostgres  # noqa: E402
 from ipai_bus_lib.storage.migrator import migrate  # noqa: E402
-from tests.helpers import free_port, receiver_ready, wait_until  # noqa: E402
+from tests.helpers import free_port, wait_for_receiver  # noqa: E402
 from tests.test_receiver_flood import hostile_clients  # noqa: E402
 
 SECRET = "benchmark-secret-not-for-production"
@@ -217,7 +217,7 @@ def main() -> None:
             stderr=subprocess.DEVNULL,
         )
         try:
-            wait_until(lambda: receiver_ready(port), what="the receiver")
+            wait_for_receiver(port, process=server)
             print(
                 f"machine: {os.cpu_count()} cores; {args.events} events; {args.clients} "
                 f"concurrent clients; receiver {args.workers} workers x {args.threads} threads;"

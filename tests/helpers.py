@@ -19,6 +19,8 @@ import requests
 
 from ipai_bus_lib.core import signing
 
+from .readiness import LogSource, http_answers, wait_for_server
+
 PRIMARY_SECRET = "receiver-test-secret-primary"
 OLD_SECRET = "receiver-test-secret-being-retired"
 RETIRED_SECRET = "receiver-test-secret-no-longer-active"
@@ -45,7 +47,8 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
-def wait_until(predicate, *, timeout: float = 20.0, interval: float = 0.05, what: str = "it"):
+def wait_until(predicate, *, timeout: float = 60.0, interval: float = 0.05, what: str = "it"):
+    """Poll ``predicate`` until it is true; for conditions, not servers (tests/readiness.py)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         result = predicate()
@@ -66,19 +69,17 @@ class RunningProcess:
             return handle.read()
 
 
-def _healthy(url: str) -> bool:
-    try:
-        return requests.get(url, timeout=1).status_code in (200, 503)
-    except requests.ConnectionError:
-        return False
-
-
-def receiver_ready(port: int) -> bool:
-    """A receiver on this loopback port answers /readyz with 200 (its database is there)."""
-    try:
-        return requests.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200
-    except requests.ConnectionError:
-        return False
+def wait_for_receiver(
+    port: int, *, process: subprocess.Popen | None = None, log: LogSource = None
+) -> None:
+    """Wait until the receiver on this loopback port answers /readyz with 200 (its database is
+    there); a slow answer is "not ready yet" (see tests/readiness.py)."""
+    wait_for_server(
+        f"the receiver on port {port}",
+        http_answers(f"http://127.0.0.1:{port}/readyz"),
+        process=process,
+        log=log,
+    )
 
 
 @contextlib.contextmanager
@@ -130,11 +131,12 @@ def receiver_process(
         )
     running = RunningProcess(process, f"http://127.0.0.1:{port}", log_path)
     try:
-        wait_until(
-            lambda: process.poll() is not None or _healthy(running.base_url + wait_for),
-            what="the receiver to listen",
+        wait_for_server(
+            f"the receiver on port {port}",
+            http_answers(running.base_url + wait_for, statuses=(200, 503)),
+            process=process,
+            log=running.log,
         )
-        assert process.poll() is None, f"receiver exited early:\n{running.log()}"
         yield running
     finally:
         process.terminate()

@@ -14,12 +14,12 @@ import uuid
 import psutil
 import psycopg2
 import pytest
-import requests
 
 from ipai_bus_lib.core.catalog import Envelope
 from ipai_bus_lib.storage import outbox
 
 from .helpers import cli, free_port, snapshot, wait_until
+from .readiness import http_answers, log_says, wait_for_server
 
 
 @pytest.fixture()
@@ -242,13 +242,6 @@ def fresh_home(tmp_path) -> dict[str, str]:
     }
 
 
-def _status(url: str) -> int:
-    try:
-        return requests.get(url, timeout=2).status_code
-    except requests.ConnectionError:
-        return 0
-
-
 def processes_mentioning(text: str) -> list[psutil.Process]:
     found = []
     for process in psutil.process_iter(["cmdline"]):
@@ -270,10 +263,11 @@ def test_up_from_an_empty_machine_delivers_and_stops_cleanly(fresh_home, tmp_pat
         stderr=subprocess.STDOUT,
     )
     try:
-        wait_until(
-            lambda: "ipai-bus is up" in (tmp_path / "up.log").read_text(),
-            timeout=60,
-            what="ipai-bus up to report it is up",
+        wait_for_server(
+            "ipai-bus up",
+            log_says(tmp_path / "up.log", "ipai-bus is up"),
+            process=up,
+            log=tmp_path / "up.log",
         )
         text = (tmp_path / "up.log").read_text()
         assert f"127.0.0.1:{fresh_home['IPAI_RECEIVER_PORT']}/functions/v1/odoo-webhook" in text
@@ -302,7 +296,7 @@ def test_up_from_an_empty_machine_delivers_and_stops_cleanly(fresh_home, tmp_pat
         assert f"console      {console} (password in {password_file})" in text
         assert stat.S_IMODE(password_file.stat().st_mode) == 0o600
         assert password_file.read_text().strip() not in (tmp_path / "up.log").read_text()
-        wait_until(lambda: _status(console + "/login") == 200, what="the console to answer")
+        wait_for_server("the console under up", http_answers(console + "/login"), process=up)
         children = psutil.Process(up.pid).children(recursive=True)
         assert len(children) >= 3, "a receiver, a router and the console run under up"
     finally:

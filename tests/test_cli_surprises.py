@@ -28,6 +28,7 @@ from .helpers import (
     snapshot,
     wait_until,
 )
+from .readiness import http_answers, wait_for_server
 from .sinks import HttpSink, Reply
 from .test_cli import fresh_home, processes_mentioning, seed_states  # noqa: F401 - fixtures
 
@@ -196,23 +197,15 @@ def test_serve_finds_the_secret_up_generated(tmp_path, clean_bus):
     )
     try:
         base = f"http://127.0.0.1:{port}"
-        wait_until(lambda: _listening(base) or server.poll() is not None, what="serve")
-        assert server.poll() is None, "serve refused to start without IPAI_WEBHOOK_SECRET"
+        wait_for_server(
+            "serve without IPAI_WEBHOOK_SECRET", http_answers(base + "/healthz"), process=server
+        )
         body = event_body("generated")
         answer = post(base, body, signed(body, key="generated", secret=secret))
         assert answer.status_code == 200, answer.text
     finally:
         server.terminate()
         server.wait(timeout=20)
-
-
-def _listening(base: str) -> bool:
-    import requests
-
-    try:
-        return requests.get(base + "/healthz", timeout=1).status_code == 200
-    except requests.ConnectionError:
-        return False
 
 
 def test_the_receivers_log_line_says_when_who_and_why(bus_url, clean_bus, tmp_path):

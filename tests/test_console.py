@@ -22,6 +22,7 @@ from ipai_bus_lib.core.catalog import Envelope
 from ipai_bus_lib.storage import outbox
 
 from .helpers import console_sign_in, free_port, snapshot, wait_until
+from .readiness import http_answers, wait_for_server
 from .sinks import HttpSink, Reply
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -107,7 +108,12 @@ def bus(clean_bus, tmp_path):
         ]
         base = f"http://127.0.0.1:{port}"
         try:
-            wait_until(lambda: _answers(base + "/login"), what="the console to listen")
+            wait_for_server(
+                "the console",
+                http_answers(base + "/login"),
+                process=processes[0],
+                log=tmp_path / "console.log",
+            )
             yield base, clean_bus, destination
         finally:
             for process in processes:
@@ -115,13 +121,6 @@ def bus(clean_bus, tmp_path):
                 process.wait(timeout=20)
             for log in logs:
                 log.close()
-
-
-def _answers(url: str) -> bool:
-    try:
-        return requests.get(url, timeout=1).status_code == 200
-    except requests.ConnectionError:
-        return False
 
 
 def test_an_operator_signs_in_looks_around_and_retries_a_dead_event(bus):

@@ -29,8 +29,8 @@ from .helpers import (
     free_port,
     receiver_process,
     signed,
-    wait_until,
 )
+from .readiness import http_answers, wait_for_server
 
 FUNCTION_DIR = Path(__file__).resolve().parent.parent / "supabase" / "functions" / "odoo-webhook"
 DENO = Path(sys.executable).parent / "deno"
@@ -91,15 +91,13 @@ def edge_function(make_database, tmp_path):
     )
     base = f"http://127.0.0.1:{port}"
 
-    def listening():
-        try:
-            return requests.get(base + "/nothing", timeout=1).status_code == 404
-        except requests.ConnectionError:
-            return process.poll() is not None
-
     try:
-        wait_until(listening, timeout=120, what="deno serve to listen")
-        assert process.poll() is None, (tmp_path / "deno.log").read_text()
+        wait_for_server(
+            "deno serve",
+            http_answers(base + "/nothing", statuses=(404,)),
+            process=process,
+            log=tmp_path / "deno.log",
+        )
         yield base, url
     finally:
         process.terminate()

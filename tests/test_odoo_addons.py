@@ -7,6 +7,7 @@ at .venv holding its requirements). Without it these tests are skipped, saying s
 
 from __future__ import annotations
 
+import fcntl
 import os
 import re
 import subprocess
@@ -38,14 +39,24 @@ pytestmark = [
 
 @pytest.fixture(scope="module")
 def odoo_ready():
-    """The Odoo environment imports this checkout of the library (reinstalled each run)."""
-    result = subprocess.run(
-        [str(ODOO_PYTHON), "-m", "pip", "install", "--quiet", "--no-deps", "-e", str(REPO)],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    """The library is a distribution in Odoo's environment (its manifests name it), installed
+    under a lock: two test runs at once share that environment. Each run's Odoo still imports
+    its own checkout first, through odoo_env()'s PYTHONPATH."""
+    with open(ODOO_PATH / ".venv" / ".ipai-bus-install.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        result = subprocess.run(
+            [str(ODOO_PYTHON), "-m", "pip", "install", "--quiet", "--no-deps", "-e", str(REPO)],
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
     assert result.returncode == 0, result.stderr[-3000:]
+
+
+def odoo_env(extra: dict | None = None) -> dict[str, str]:
+    """The environment Odoo runs in: this checkout's library first on its path."""
+    path = os.pathsep.join(filter(None, (str(REPO), os.environ.get("PYTHONPATH"))))
+    return {**os.environ, "PYTHONPATH": path, **(extra or {})}
 
 
 @pytest.fixture(scope="module")
@@ -105,7 +116,7 @@ def odoo_bin(
         capture_output=True,
         text=True,
         timeout=timeout,
-        env={**os.environ, **(env or {})},
+        env=odoo_env(env),
         cwd=ODOO_PATH,
     )
 

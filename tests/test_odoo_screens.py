@@ -16,12 +16,14 @@ import pytest
 import requests
 
 from .helpers import free_port, wait_until
+from .readiness import http_answers, wait_for_server
 from .test_console import CHROMIUM, SCREENSHOTS
 from .test_odoo_addons import (
     ODOO_PATH,
     odoo_bin,
     odoo_command,
     odoo_database,  # noqa: F401 - fixture
+    odoo_env,
     odoo_ready,  # noqa: F401 - fixture
 )
 from .test_odoo_addons import pytestmark as odoo_marks
@@ -46,7 +48,8 @@ def odoo(odoo_ready, odoo_database, tmp_path_factory):  # noqa: F811
     )
     assert installed.returncode == 0, installed.stderr[-3000:]
     port = free_port()
-    log = open(tmp_path_factory.mktemp("odoo") / "odoo.log", "w")
+    log_path = tmp_path_factory.mktemp("odoo") / "odoo.log"
+    log = open(log_path, "w")
     server = subprocess.Popen(
         odoo_command(
             odoo_database,
@@ -66,22 +69,17 @@ def odoo(odoo_ready, odoo_database, tmp_path_factory):  # noqa: F811
         stdout=log,
         stderr=subprocess.STDOUT,
         cwd=ODOO_PATH,
+        env=odoo_env(),
     )
     base = f"http://127.0.0.1:{port}"
     try:
-        wait_until(lambda: _answers(base + "/web/login"), timeout=120, what="Odoo to serve")
+        # A new database's first page builds its asset bundles: slow, and still "not ready yet".
+        wait_for_server("Odoo", http_answers(base + "/web/login"), process=server, log=log_path)
         yield base, odoo_database["name"]
     finally:
         server.terminate()
         server.wait(timeout=30)
         log.close()
-
-
-def _answers(url: str) -> bool:
-    try:
-        return requests.get(url, timeout=2).status_code == 200
-    except requests.ConnectionError:
-        return False
 
 
 class Rpc:
@@ -197,7 +195,7 @@ def page(odoo):
             viewport={"width": 1440, "height": 1000}, timezone_id="Asia/Manila"
         )
         tab = context.new_page()
-        tab.set_default_timeout(30_000)
+        tab.set_default_timeout(90_000)  # a busy machine is slow, not wrong
         tab.goto(base + "/web/login")
         tab.fill("input[name=login]", "admin")
         tab.fill("input[name=password]", "admin")
@@ -232,7 +230,7 @@ def test_settings_show_the_secret_only_by_its_fingerprint_beside_full_width_fiel
     assert (
         requests.get(
             page.base.rsplit("/", 1)[0] + "/ipai_enterprise_bridge/static/description/icon.png",
-            timeout=5,
+            timeout=30,
         ).headers["Content-Type"]
         == "image/png"
     )

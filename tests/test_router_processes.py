@@ -17,6 +17,7 @@ from ipai_bus_lib.core.catalog import Envelope
 from ipai_bus_lib.storage import outbox
 
 from .helpers import free_port, wait_until
+from .readiness import http_answers, wait_for_server
 from .sinks import HttpSink, Reply
 
 SINK_SECRET = "whsec_dGVzdC1zdGFuZGFyZC13ZWJob29rcy1rZXk="
@@ -183,7 +184,7 @@ def test_router_metrics_count_known_traffic_and_health_answers(clean_bus, start_
             timeout=30,
             what="the five events to be settled",
         )
-        wait_until(lambda: _get(base + "/healthz") == 200, what="the router's endpoints")
+        wait_for_server("the router's endpoints", http_answers(base + "/healthz"))
         assert _get(base + "/readyz") == 200
         metrics = requests.get(base + "/metrics", timeout=5).text
     line = 'ipai_router_deliveries_total{destination="sink",event_type="%s",outcome="%s"} %s'
