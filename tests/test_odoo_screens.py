@@ -11,6 +11,7 @@ import subprocess
 import xmlrpc.client
 from datetime import date, datetime, timedelta
 from urllib.parse import urlsplit
+from zoneinfo import ZoneInfo
 
 import pytest
 import requests
@@ -37,6 +38,15 @@ pytestmark = [
     ),
 ]
 SECRET = "screens-test-secret-0123456789"
+USER_ZONE = "Asia/Manila"
+
+
+def users_today() -> date:
+    """The date where the administrator works: from 16:00 UTC it is already tomorrow in Manila,
+    and Odoo counts days late and the current month in the user's zone."""
+    return datetime.now(ZoneInfo(USER_ZONE)).date()
+
+
 EQUIPMENT = "Projector — Room 2"
 
 
@@ -103,7 +113,7 @@ def data(odoo):
     """What the screens show: an overdue check-out, its events, a filed and a late BIR task."""
     base, database = odoo
     rpc = Rpc(base, database)
-    rpc("res.users", "write", [rpc.uid], {"tz": "Asia/Manila"})
+    rpc("res.users", "write", [rpc.uid], {"tz": USER_ZONE})
     rpc("ir.config_parameter", "set_param", "ipai.webhook.url", "http://127.0.0.1:9/hook")
     rpc("ir.config_parameter", "set_param", "ipai.webhook.secret", SECRET)
     equipment = rpc("maintenance.equipment", "create", {"name": EQUIPMENT})
@@ -142,7 +152,7 @@ def data(odoo):
         for step, name in (("in_progress", "Preparing"), ("filed", "Filed"))
     }
     form = rpc("ipai.bir.form", "search", [("code", "=", "1601-C")], limit=1)[0]
-    late = (date.today() - timedelta(days=48)).isoformat()
+    late = (users_today() - timedelta(days=48)).isoformat()
     tasks = {
         step: rpc(
             "project.task",
@@ -159,7 +169,7 @@ def data(odoo):
         )
         for step, label in (("filed", "September (filed)"), ("in_progress", "September (late)"))
     }
-    today = date.today().isoformat()  # due today: on this month's calendar, not late yet
+    today = users_today().isoformat()  # due today: on this month's calendar, not late yet
     tasks["due_today"] = rpc(
         "project.task",
         "create",
@@ -191,9 +201,7 @@ def page(odoo):
     with playwright_api.sync_playwright() as driver:
         browser = driver.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
         # A finance user in Manila: the browser's zone is the user's (Odoo shows dates in it).
-        context = browser.new_context(
-            viewport={"width": 1440, "height": 1000}, timezone_id="Asia/Manila"
-        )
+        context = browser.new_context(viewport={"width": 1440, "height": 1000}, timezone_id=USER_ZONE)
         tab = context.new_page()
         tab.set_default_timeout(90_000)  # a busy machine is slow, not wrong
         tab.goto(base + "/web/login")
@@ -325,10 +333,10 @@ def test_the_generator_reads_as_a_person_does_and_knows_its_project(page, data):
     assert "BIR filings 2026" in dialog.locator("div[name=project_id]").inner_text() or (
         dialog.locator("div[name=project_id] input").input_value() == "BIR filings 2026"
     )
-    year = str(date.today().year)
+    year = str(users_today().year)
     assert dialog.locator("div[name=year] input").input_value() == year, "no thousands comma"
     month = dialog.locator("div[name=month] select")
-    assert month.locator("option:checked").inner_text() == date.today().strftime("%B")
+    assert month.locator("option:checked").inner_text() == users_today().strftime("%B")
     shot(page, "9-generator")
     dialog.get_by_role("button", name="Cancel").click()
 
