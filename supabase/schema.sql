@@ -39,8 +39,9 @@ CREATE DOMAIN integration.source_name AS text
 COMMENT ON DOMAIN integration.source_name IS 'Who sent an event: 1-64 letters, digits, "_", "." or "-".';
 
 CREATE FUNCTION integration.ack_outbox(p_ids uuid[], p_worker text) RETURNS integer
-    LANGUAGE plpgsql
+    LANGUAGE plpgsql SECURITY DEFINER
     SET plan_cache_mode TO 'force_custom_plan'
+    SET search_path TO 'pg_catalog', 'pg_temp'
     AS $$
 declare
     v_count integer;
@@ -90,10 +91,11 @@ WITH (autovacuum_vacuum_scale_factor='0.02', autovacuum_vacuum_threshold='1000',
 COMMENT ON TABLE integration.outbox IS 'Every accepted event and its delivery state: pending -> processing -> completed; failed = retry scheduled at available_at; dead = gave up (see last_error).';
 
 CREATE FUNCTION integration.claim_outbox(p_worker text, p_limit integer DEFAULT 25, p_lease_seconds integer DEFAULT 60) RETURNS SETOF integration.outbox
-    LANGUAGE plpgsql
+    LANGUAGE plpgsql SECURITY DEFINER
     SET plan_cache_mode TO 'force_custom_plan'
     SET enable_bitmapscan TO 'off'
     SET enable_hashjoin TO 'off'
+    SET search_path TO 'pg_catalog', 'pg_temp'
     AS $$
 begin
     perform integration.require(length(btrim(p_worker)) between 1 and 200,
@@ -158,8 +160,9 @@ $$;
 COMMENT ON FUNCTION integration.claim_outbox(p_worker text, p_limit integer, p_lease_seconds integer) IS 'Hands up to p_limit due events (pending, failed whose retry time came, or processing whose lease expired) to p_worker with a lease; each claim counts one attempt. SKIP LOCKED: concurrent workers never get the same row.';
 
 CREATE FUNCTION integration.extend_leases(p_ids uuid[], p_worker text, p_lease_seconds integer DEFAULT 60) RETURNS integer
-    LANGUAGE plpgsql
+    LANGUAGE plpgsql SECURITY DEFINER
     SET plan_cache_mode TO 'force_custom_plan'
+    SET search_path TO 'pg_catalog', 'pg_temp'
     AS $$
 declare
     v_count integer;
@@ -180,8 +183,9 @@ $$;
 COMMENT ON FUNCTION integration.extend_leases(p_ids uuid[], p_worker text, p_lease_seconds integer) IS 'Renews the leases that p_worker still holds on p_ids; returns how many it renewed.';
 
 CREATE FUNCTION integration.fail_outbox(p_id uuid, p_worker text, p_error text, p_retry_delay_seconds integer[] DEFAULT ARRAY[30, 90, 300], p_retry_at timestamp with time zone DEFAULT NULL::timestamp with time zone, p_give_up boolean DEFAULT false) RETURNS text
-    LANGUAGE plpgsql
+    LANGUAGE plpgsql SECURITY DEFINER
     SET plan_cache_mode TO 'force_custom_plan'
+    SET search_path TO 'pg_catalog', 'pg_temp'
     AS $$
 declare
     v_status text;
@@ -214,8 +218,9 @@ $$;
 COMMENT ON FUNCTION integration.fail_outbox(p_id uuid, p_worker text, p_error text, p_retry_delay_seconds integer[], p_retry_at timestamp with time zone, p_give_up boolean) IS 'Records a failed delivery. Schedules the next try after p_retry_delay_seconds[attempts] (default 30 s, 90 s, 5 min) or at p_retry_at (Retry-After); dead once attempts reach max_attempts or when p_give_up. Returns the new status, null if p_worker did not hold it.';
 
 CREATE FUNCTION integration.insert_event_log(p_event_id uuid) RETURNS bigint
-    LANGUAGE plpgsql
+    LANGUAGE plpgsql SECURITY DEFINER
     SET plan_cache_mode TO 'force_custom_plan'
+    SET search_path TO 'pg_catalog', 'pg_temp'
     AS $$
 declare
     v_log_id bigint;
@@ -242,7 +247,8 @@ $$;
 COMMENT ON FUNCTION integration.insert_event_log(p_event_id uuid) IS 'Copies an outbox event into the append-only event_log (idempotent). Returns the log row id.';
 
 CREATE FUNCTION integration.insert_outbox_batch(p_batch_key text, p_signature_digest text, p_events jsonb, p_max_attempts integer DEFAULT 4) RETURNS TABLE(event_position integer, event_id uuid, duplicate boolean)
-    LANGUAGE plpgsql
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'pg_catalog', 'pg_temp'
     AS $_$
 declare
     v_bound_key text;
@@ -338,8 +344,9 @@ $_$;
 COMMENT ON FUNCTION integration.insert_outbox_batch(p_batch_key text, p_signature_digest text, p_events jsonb, p_max_attempts integer) IS 'Stores a batch of checked events and their event_log copies in one statement; idempotent per (source, idempotency_key). Returns per element its event id and whether it was a duplicate. Raises IB001 when the batch signature was accepted under another batch key.';
 
 CREATE FUNCTION integration.insert_outbox_event(p_event_type text, p_aggregate_type text, p_aggregate_id text, p_payload jsonb, p_idempotency_key text, p_source text DEFAULT 'odoo'::text, p_occurred_at timestamp with time zone DEFAULT NULL::timestamp with time zone, p_signature_digest text DEFAULT NULL::text, p_max_attempts integer DEFAULT 4) RETURNS TABLE(event_id uuid, duplicate boolean)
-    LANGUAGE plpgsql
+    LANGUAGE plpgsql SECURITY DEFINER
     SET plan_cache_mode TO 'force_custom_plan'
+    SET search_path TO 'pg_catalog', 'pg_temp'
     AS $_$
 declare
     v_id uuid;
@@ -401,8 +408,27 @@ $_$;
 
 COMMENT ON FUNCTION integration.insert_outbox_event(p_event_type text, p_aggregate_type text, p_aggregate_id text, p_payload jsonb, p_idempotency_key text, p_source text, p_occurred_at timestamp with time zone, p_signature_digest text, p_max_attempts integer) IS 'Stores one event; idempotent on (source, idempotency_key). Returns the event id and whether it was a duplicate (then nothing is written). NOTIFYs integration_outbox on a new event. Raises IB001 when the signature digest was already accepted under another key.';
 
+CREATE FUNCTION integration.keep_signed_message(p_digest text, p_message bytea, p_signatures text) RETURNS boolean
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+begin
+    perform integration.require(p_digest = encode(sha256(p_message), 'hex'),
+        'keep_signed_message: digest must be the sha256 of the message');
+    perform integration.require(length(p_signatures) between 64 and 4096,
+        'keep_signed_message: signatures must be the x-ipai-signature header''s digests');
+    insert into integration.signed_message (digest, message, signatures)
+    values (p_digest, p_message, p_signatures)
+    on conflict (digest) do nothing;
+    return found;
+end;
+$$;
+
+COMMENT ON FUNCTION integration.keep_signed_message(p_digest text, p_message bytea, p_signatures text) IS 'Keeps an accepted request as signed (idempotent on its digest); true when it was new.';
+
 CREATE FUNCTION integration.purge_completed(p_older_than interval, p_actor text) RETURNS integer
-    LANGUAGE plpgsql
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'pg_catalog', 'pg_temp'
     AS $$
 declare
     v_count integer;
@@ -429,7 +455,8 @@ end;
 $$;
 
 CREATE FUNCTION integration.record_delivery_attempts(p_worker text, p_event_ids uuid[], p_attempts integer[], p_destinations text[], p_outcomes text[], p_http_status integer[], p_errors text[], p_durations_ms real[]) RETURNS integer
-    LANGUAGE plpgsql
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'pg_catalog', 'pg_temp'
     AS $$
 declare
     v_count integer;
@@ -469,8 +496,9 @@ end;
 $$;
 
 CREATE FUNCTION integration.release_outbox(p_ids uuid[], p_worker text, p_available_at timestamp with time zone DEFAULT NULL::timestamp with time zone) RETURNS integer
-    LANGUAGE plpgsql
+    LANGUAGE plpgsql SECURITY DEFINER
     SET plan_cache_mode TO 'force_custom_plan'
+    SET search_path TO 'pg_catalog', 'pg_temp'
     AS $$
 declare
     v_count integer;
@@ -500,8 +528,9 @@ end;
 $$;
 
 CREATE FUNCTION integration.retry_events(p_ids uuid[], p_actor text, p_reason text DEFAULT NULL::text) RETURNS integer
-    LANGUAGE plpgsql
+    LANGUAGE plpgsql SECURITY DEFINER
     SET plan_cache_mode TO 'force_custom_plan'
+    SET search_path TO 'pg_catalog', 'pg_temp'
     AS $$
 declare
     v_ids uuid[];
@@ -584,6 +613,11 @@ CREATE FUNCTION public.insert_outbox_event(p_event_type text, p_aggregate_type t
         p_event_type, p_aggregate_type, p_aggregate_id, p_payload, p_idempotency_key, p_source,
         p_occurred_at, p_signature_digest, p_max_attempts);
 $$;
+
+CREATE FUNCTION public.keep_signed_message(p_digest text, p_message bytea, p_signatures text) RETURNS boolean
+    LANGUAGE sql SECURITY DEFINER
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$ select integration.keep_signed_message(p_digest, p_message, p_signatures); $$;
 
 CREATE FUNCTION public.outbox_depth() RETURNS TABLE(status text, events bigint)
     LANGUAGE sql STABLE SECURITY DEFINER
@@ -706,6 +740,27 @@ ALTER TABLE integration.outbox ALTER COLUMN seq ADD GENERATED ALWAYS AS IDENTITY
     CACHE 1
 );
 
+CREATE TABLE integration.signed_message (
+    digest text NOT NULL,
+    message bytea NOT NULL,
+    signatures text NOT NULL,
+    received_at timestamp with time zone DEFAULT now() NOT NULL,
+    CONSTRAINT signed_message_digest_shape CHECK ((digest ~ '^[0-9a-f]{64}$'::text))
+);
+
+COMMENT ON TABLE integration.signed_message IS 'Each accepted request as it was signed, so an event''s signature can be re-verified from the database alone (see integration.signed_event). Append-only.';
+
+CREATE VIEW integration.signed_event WITH (security_invoker='true') AS
+ SELECT l.event_id,
+    l.payload,
+    m.message,
+    m.signatures,
+    (NULLIF(split_part(l.signature_digest, '/'::text, 2), ''::text))::integer AS batch_position
+   FROM (integration.event_log l
+     JOIN integration.signed_message m ON ((m.digest = split_part(l.signature_digest, '/'::text, 1))));
+
+COMMENT ON VIEW integration.signed_event IS 'Each audited event with the signed request it came in: verify HMAC-SHA256(secret, message) against signatures, then find the event in the body after the first ''.'' (the body itself, or its events[batch_position]) and compare its payload.';
+
 ALTER TABLE ONLY integration.delivery_attempts
     ADD CONSTRAINT delivery_attempts_pkey PRIMARY KEY (id);
 
@@ -729,6 +784,9 @@ ALTER TABLE ONLY integration.operator_actions
 
 ALTER TABLE ONLY integration.outbox
     ADD CONSTRAINT outbox_pkey PRIMARY KEY (id);
+
+ALTER TABLE ONLY integration.signed_message
+    ADD CONSTRAINT signed_message_pkey PRIMARY KEY (digest);
 
 CREATE INDEX delivery_attempts_event_idx ON integration.delivery_attempts USING btree (event_id, destination);
 
@@ -760,101 +818,111 @@ CREATE TRIGGER event_log_append_only BEFORE DELETE OR UPDATE ON integration.even
 
 CREATE TRIGGER event_log_no_truncate BEFORE TRUNCATE ON integration.event_log FOR EACH STATEMENT EXECUTE FUNCTION integration.refuse_event_log_change();
 
+CREATE TRIGGER signed_message_append_only BEFORE DELETE OR UPDATE ON integration.signed_message FOR EACH ROW EXECUTE FUNCTION integration.refuse_event_log_change();
+
+CREATE TRIGGER signed_message_no_truncate BEFORE TRUNCATE ON integration.signed_message FOR EACH STATEMENT EXECUTE FUNCTION integration.refuse_event_log_change();
+
 ALTER TABLE integration.delivery_attempts ENABLE ROW LEVEL SECURITY;
 
-CREATE POLICY delivery_attempts_authenticated_read ON integration.delivery_attempts FOR SELECT TO authenticated USING (true);
+CREATE POLICY delivery_attempts_operator_read ON integration.delivery_attempts FOR SELECT TO ipai_bus_operator USING (true);
 
-CREATE POLICY delivery_attempts_service_role_all ON integration.delivery_attempts TO service_role USING (true) WITH CHECK (true);
+CREATE POLICY delivery_attempts_router_read ON integration.delivery_attempts FOR SELECT TO ipai_bus_router USING (true);
+
+CREATE POLICY delivery_attempts_router_write ON integration.delivery_attempts FOR INSERT TO ipai_bus_router WITH CHECK (true);
 
 ALTER TABLE integration.destination_state ENABLE ROW LEVEL SECURITY;
 
-CREATE POLICY destination_state_authenticated_read ON integration.destination_state FOR SELECT TO authenticated USING (true);
+CREATE POLICY destination_state_operator_read ON integration.destination_state FOR SELECT TO ipai_bus_operator USING (true);
 
-CREATE POLICY destination_state_service_role_all ON integration.destination_state TO service_role USING (true) WITH CHECK (true);
+CREATE POLICY destination_state_router_all ON integration.destination_state TO ipai_bus_router USING (true) WITH CHECK (true);
 
 ALTER TABLE integration.event_key ENABLE ROW LEVEL SECURITY;
 
-CREATE POLICY event_key_service_role_all ON integration.event_key TO service_role USING (true) WITH CHECK (true);
-
 ALTER TABLE integration.event_log ENABLE ROW LEVEL SECURITY;
 
-CREATE POLICY event_log_authenticated_read ON integration.event_log FOR SELECT TO authenticated USING (true);
+CREATE POLICY event_log_operator_read ON integration.event_log FOR SELECT TO ipai_bus_operator USING (true);
 
-CREATE POLICY event_log_service_role_all ON integration.event_log TO service_role USING (true) WITH CHECK (true);
+ALTER TABLE integration.ingest_batch ENABLE ROW LEVEL SECURITY;
 
 ALTER TABLE integration.operator_actions ENABLE ROW LEVEL SECURITY;
 
-CREATE POLICY operator_actions_authenticated_read ON integration.operator_actions FOR SELECT TO authenticated USING (true);
-
-CREATE POLICY operator_actions_service_role_all ON integration.operator_actions TO service_role USING (true) WITH CHECK (true);
+CREATE POLICY operator_actions_operator_read ON integration.operator_actions FOR SELECT TO ipai_bus_operator USING (true);
 
 ALTER TABLE integration.outbox ENABLE ROW LEVEL SECURITY;
 
-CREATE POLICY outbox_authenticated_read ON integration.outbox FOR SELECT TO authenticated USING (true);
+CREATE POLICY outbox_operator_read ON integration.outbox FOR SELECT TO ipai_bus_operator USING (true);
 
-CREATE POLICY outbox_service_role_all ON integration.outbox TO service_role USING (true) WITH CHECK (true);
+CREATE POLICY outbox_router_read ON integration.outbox FOR SELECT TO ipai_bus_router USING (true);
 
-GRANT USAGE ON SCHEMA integration TO service_role;
-GRANT USAGE ON SCHEMA integration TO authenticated;
+ALTER TABLE integration.signed_message ENABLE ROW LEVEL SECURITY;
+
+CREATE POLICY signed_message_operator_read ON integration.signed_message FOR SELECT TO ipai_bus_operator USING (true);
+
+GRANT USAGE ON SCHEMA integration TO ipai_bus_ingest;
+GRANT USAGE ON SCHEMA integration TO ipai_bus_router;
+GRANT USAGE ON SCHEMA integration TO ipai_bus_operator;
+GRANT USAGE ON SCHEMA integration TO ipai_bus_poller;
 
 REVOKE ALL ON FUNCTION integration.ack_outbox(p_ids uuid[], p_worker text) FROM PUBLIC;
-GRANT ALL ON FUNCTION integration.ack_outbox(p_ids uuid[], p_worker text) TO service_role;
+GRANT ALL ON FUNCTION integration.ack_outbox(p_ids uuid[], p_worker text) TO ipai_bus_router;
 
-GRANT SELECT,INSERT,DELETE,UPDATE ON TABLE integration.outbox TO service_role;
-GRANT SELECT ON TABLE integration.outbox TO authenticated;
+GRANT SELECT ON TABLE integration.outbox TO ipai_bus_router;
+GRANT SELECT ON TABLE integration.outbox TO ipai_bus_operator;
 
 REVOKE ALL ON FUNCTION integration.claim_outbox(p_worker text, p_limit integer, p_lease_seconds integer) FROM PUBLIC;
-GRANT ALL ON FUNCTION integration.claim_outbox(p_worker text, p_limit integer, p_lease_seconds integer) TO service_role;
+GRANT ALL ON FUNCTION integration.claim_outbox(p_worker text, p_limit integer, p_lease_seconds integer) TO ipai_bus_router;
 
 REVOKE ALL ON FUNCTION integration.extend_leases(p_ids uuid[], p_worker text, p_lease_seconds integer) FROM PUBLIC;
-GRANT ALL ON FUNCTION integration.extend_leases(p_ids uuid[], p_worker text, p_lease_seconds integer) TO service_role;
+GRANT ALL ON FUNCTION integration.extend_leases(p_ids uuid[], p_worker text, p_lease_seconds integer) TO ipai_bus_router;
 
 REVOKE ALL ON FUNCTION integration.fail_outbox(p_id uuid, p_worker text, p_error text, p_retry_delay_seconds integer[], p_retry_at timestamp with time zone, p_give_up boolean) FROM PUBLIC;
-GRANT ALL ON FUNCTION integration.fail_outbox(p_id uuid, p_worker text, p_error text, p_retry_delay_seconds integer[], p_retry_at timestamp with time zone, p_give_up boolean) TO service_role;
+GRANT ALL ON FUNCTION integration.fail_outbox(p_id uuid, p_worker text, p_error text, p_retry_delay_seconds integer[], p_retry_at timestamp with time zone, p_give_up boolean) TO ipai_bus_router;
 
 REVOKE ALL ON FUNCTION integration.insert_event_log(p_event_id uuid) FROM PUBLIC;
-GRANT ALL ON FUNCTION integration.insert_event_log(p_event_id uuid) TO service_role;
 
 REVOKE ALL ON FUNCTION integration.insert_outbox_batch(p_batch_key text, p_signature_digest text, p_events jsonb, p_max_attempts integer) FROM PUBLIC;
-GRANT ALL ON FUNCTION integration.insert_outbox_batch(p_batch_key text, p_signature_digest text, p_events jsonb, p_max_attempts integer) TO service_role;
 
 REVOKE ALL ON FUNCTION integration.insert_outbox_event(p_event_type text, p_aggregate_type text, p_aggregate_id text, p_payload jsonb, p_idempotency_key text, p_source text, p_occurred_at timestamp with time zone, p_signature_digest text, p_max_attempts integer) FROM PUBLIC;
-GRANT ALL ON FUNCTION integration.insert_outbox_event(p_event_type text, p_aggregate_type text, p_aggregate_id text, p_payload jsonb, p_idempotency_key text, p_source text, p_occurred_at timestamp with time zone, p_signature_digest text, p_max_attempts integer) TO service_role;
+
+REVOKE ALL ON FUNCTION integration.keep_signed_message(p_digest text, p_message bytea, p_signatures text) FROM PUBLIC;
 
 REVOKE ALL ON FUNCTION integration.purge_completed(p_older_than interval, p_actor text) FROM PUBLIC;
-GRANT ALL ON FUNCTION integration.purge_completed(p_older_than interval, p_actor text) TO service_role;
+GRANT ALL ON FUNCTION integration.purge_completed(p_older_than interval, p_actor text) TO ipai_bus_operator;
 
 REVOKE ALL ON FUNCTION integration.record_delivery_attempts(p_worker text, p_event_ids uuid[], p_attempts integer[], p_destinations text[], p_outcomes text[], p_http_status integer[], p_errors text[], p_durations_ms real[]) FROM PUBLIC;
-GRANT ALL ON FUNCTION integration.record_delivery_attempts(p_worker text, p_event_ids uuid[], p_attempts integer[], p_destinations text[], p_outcomes text[], p_http_status integer[], p_errors text[], p_durations_ms real[]) TO service_role;
+GRANT ALL ON FUNCTION integration.record_delivery_attempts(p_worker text, p_event_ids uuid[], p_attempts integer[], p_destinations text[], p_outcomes text[], p_http_status integer[], p_errors text[], p_durations_ms real[]) TO ipai_bus_router;
 
 REVOKE ALL ON FUNCTION integration.refuse_event_log_change() FROM PUBLIC;
-GRANT ALL ON FUNCTION integration.refuse_event_log_change() TO service_role;
 
 REVOKE ALL ON FUNCTION integration.release_outbox(p_ids uuid[], p_worker text, p_available_at timestamp with time zone) FROM PUBLIC;
-GRANT ALL ON FUNCTION integration.release_outbox(p_ids uuid[], p_worker text, p_available_at timestamp with time zone) TO service_role;
+GRANT ALL ON FUNCTION integration.release_outbox(p_ids uuid[], p_worker text, p_available_at timestamp with time zone) TO ipai_bus_router;
 
 REVOKE ALL ON FUNCTION integration.require(condition boolean, message text) FROM PUBLIC;
-GRANT ALL ON FUNCTION integration.require(condition boolean, message text) TO service_role;
 
 REVOKE ALL ON FUNCTION integration.retry_events(p_ids uuid[], p_actor text, p_reason text) FROM PUBLIC;
-GRANT ALL ON FUNCTION integration.retry_events(p_ids uuid[], p_actor text, p_reason text) TO service_role;
+GRANT ALL ON FUNCTION integration.retry_events(p_ids uuid[], p_actor text, p_reason text) TO ipai_bus_operator;
 
 REVOKE ALL ON FUNCTION public.ack_outbox(p_ids uuid[], p_worker text) FROM PUBLIC;
 GRANT ALL ON FUNCTION public.ack_outbox(p_ids uuid[], p_worker text) TO service_role;
+GRANT ALL ON FUNCTION public.ack_outbox(p_ids uuid[], p_worker text) TO ipai_bus_poller;
 
 REVOKE ALL ON FUNCTION public.applied_migrations() FROM PUBLIC;
 GRANT ALL ON FUNCTION public.applied_migrations() TO service_role;
-GRANT ALL ON FUNCTION public.applied_migrations() TO authenticated;
 GRANT ALL ON FUNCTION public.applied_migrations() TO ipai_bus_ingest;
+GRANT ALL ON FUNCTION public.applied_migrations() TO ipai_bus_router;
+GRANT ALL ON FUNCTION public.applied_migrations() TO ipai_bus_operator;
 
 REVOKE ALL ON FUNCTION public.claim_outbox(p_worker text, p_limit integer, p_lease_seconds integer) FROM PUBLIC;
 GRANT ALL ON FUNCTION public.claim_outbox(p_worker text, p_limit integer, p_lease_seconds integer) TO service_role;
+GRANT ALL ON FUNCTION public.claim_outbox(p_worker text, p_limit integer, p_lease_seconds integer) TO ipai_bus_poller;
 
 REVOKE ALL ON FUNCTION public.extend_leases(p_ids uuid[], p_worker text, p_lease_seconds integer) FROM PUBLIC;
 GRANT ALL ON FUNCTION public.extend_leases(p_ids uuid[], p_worker text, p_lease_seconds integer) TO service_role;
+GRANT ALL ON FUNCTION public.extend_leases(p_ids uuid[], p_worker text, p_lease_seconds integer) TO ipai_bus_poller;
 
 REVOKE ALL ON FUNCTION public.fail_outbox(p_id uuid, p_worker text, p_error text, p_retry_delay_seconds integer[], p_retry_at timestamp with time zone, p_give_up boolean) FROM PUBLIC;
 GRANT ALL ON FUNCTION public.fail_outbox(p_id uuid, p_worker text, p_error text, p_retry_delay_seconds integer[], p_retry_at timestamp with time zone, p_give_up boolean) TO service_role;
+GRANT ALL ON FUNCTION public.fail_outbox(p_id uuid, p_worker text, p_error text, p_retry_delay_seconds integer[], p_retry_at timestamp with time zone, p_give_up boolean) TO ipai_bus_poller;
 
 REVOKE ALL ON FUNCTION public.insert_event_log(p_event_id uuid) FROM PUBLIC;
 GRANT ALL ON FUNCTION public.insert_event_log(p_event_id uuid) TO service_role;
@@ -868,24 +936,38 @@ REVOKE ALL ON FUNCTION public.insert_outbox_event(p_event_type text, p_aggregate
 GRANT ALL ON FUNCTION public.insert_outbox_event(p_event_type text, p_aggregate_type text, p_aggregate_id text, p_payload jsonb, p_idempotency_key text, p_source text, p_occurred_at timestamp with time zone, p_signature_digest text, p_max_attempts integer) TO service_role;
 GRANT ALL ON FUNCTION public.insert_outbox_event(p_event_type text, p_aggregate_type text, p_aggregate_id text, p_payload jsonb, p_idempotency_key text, p_source text, p_occurred_at timestamp with time zone, p_signature_digest text, p_max_attempts integer) TO ipai_bus_ingest;
 
+REVOKE ALL ON FUNCTION public.keep_signed_message(p_digest text, p_message bytea, p_signatures text) FROM PUBLIC;
+GRANT ALL ON FUNCTION public.keep_signed_message(p_digest text, p_message bytea, p_signatures text) TO service_role;
+GRANT ALL ON FUNCTION public.keep_signed_message(p_digest text, p_message bytea, p_signatures text) TO ipai_bus_ingest;
+
 REVOKE ALL ON FUNCTION public.outbox_depth() FROM PUBLIC;
 GRANT ALL ON FUNCTION public.outbox_depth() TO service_role;
-GRANT ALL ON FUNCTION public.outbox_depth() TO authenticated;
 GRANT ALL ON FUNCTION public.outbox_depth() TO ipai_bus_ingest;
+GRANT ALL ON FUNCTION public.outbox_depth() TO ipai_bus_router;
+GRANT ALL ON FUNCTION public.outbox_depth() TO ipai_bus_operator;
 
 REVOKE ALL ON FUNCTION public.release_outbox(p_ids uuid[], p_worker text, p_available_at timestamp with time zone) FROM PUBLIC;
 GRANT ALL ON FUNCTION public.release_outbox(p_ids uuid[], p_worker text, p_available_at timestamp with time zone) TO service_role;
+GRANT ALL ON FUNCTION public.release_outbox(p_ids uuid[], p_worker text, p_available_at timestamp with time zone) TO ipai_bus_poller;
 
-GRANT SELECT,INSERT ON TABLE integration.delivery_attempts TO service_role;
-GRANT SELECT ON TABLE integration.delivery_attempts TO authenticated;
+GRANT SELECT,INSERT ON TABLE integration.delivery_attempts TO ipai_bus_router;
+GRANT SELECT ON TABLE integration.delivery_attempts TO ipai_bus_operator;
 
-GRANT SELECT,INSERT,DELETE,UPDATE ON TABLE integration.destination_state TO service_role;
-GRANT SELECT ON TABLE integration.destination_state TO authenticated;
+GRANT USAGE ON SEQUENCE integration.delivery_attempts_id_seq TO ipai_bus_router;
 
-GRANT SELECT,INSERT,DELETE ON TABLE integration.event_key TO service_role;
+GRANT SELECT,INSERT,UPDATE ON TABLE integration.destination_state TO ipai_bus_router;
+GRANT SELECT ON TABLE integration.destination_state TO ipai_bus_operator;
 
-GRANT SELECT,INSERT ON TABLE integration.event_log TO service_role;
-GRANT SELECT ON TABLE integration.event_log TO authenticated;
+GRANT SELECT ON TABLE integration.event_log TO ipai_bus_operator;
 
-GRANT SELECT,INSERT ON TABLE integration.operator_actions TO service_role;
-GRANT SELECT ON TABLE integration.operator_actions TO authenticated;
+GRANT USAGE ON SEQUENCE integration.event_log_id_seq TO ipai_bus_router;
+
+GRANT SELECT ON TABLE integration.operator_actions TO ipai_bus_operator;
+
+GRANT USAGE ON SEQUENCE integration.operator_actions_id_seq TO ipai_bus_router;
+
+GRANT USAGE ON SEQUENCE integration.outbox_seq_seq TO ipai_bus_router;
+
+GRANT SELECT ON TABLE integration.signed_message TO ipai_bus_operator;
+
+GRANT SELECT ON TABLE integration.signed_event TO ipai_bus_operator;

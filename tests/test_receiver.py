@@ -129,7 +129,8 @@ BAD_BODIES = {
     "not utf-8": (b'{"event_type": "\xff"}', "not valid UTF-8 JSON"),
     "array": (b"[]", "JSON object"),
     "NaN": (event_body("n").replace(b"1250.5", b"NaN"), "not valid UTF-8 JSON"),
-    "huge number": (event_body("n").replace(b"1250.5", b"1e999"), "not valid UTF-8 JSON"),
+    "number beyond numeric": (event_body("n").replace(b"1250.5", b"1e131072"), "number out of range"),
+    "scale beyond numeric": (event_body("n").replace(b"1250.5", b"1e-16384"), "number out of range"),
     "missing payload": (
         json.dumps({"event_type": "test", "aggregate_type": "a", "aggregate_id": "1"}).encode(),
         "missing field: payload",

@@ -516,13 +516,21 @@ def as_role(conn, role: str, statement: str):
         return cursor.fetchall() if cursor.description else None
 
 
-def test_authenticated_reads_but_cannot_write(conn):
+def test_authenticated_reads_nothing_and_cannot_write(conn):
+    """With Supabase sign-up on, `authenticated` is every user: none may read a finance payload."""
     insert(conn, "k1")
-    assert as_role(conn, "authenticated", "select count(*) from integration.outbox") == [(1,)]
+    for table in ("outbox", "event_log", "delivery_attempts", "operator_actions", "signed_message"):
+        with pytest.raises(psycopg2.errors.InsufficientPrivilege):
+            as_role(conn, "authenticated", f"select count(*) from integration.{table}")
     with pytest.raises(psycopg2.errors.InsufficientPrivilege):
         as_role(conn, "authenticated", "update integration.outbox set status = 'dead'")
-    with pytest.raises(psycopg2.errors.InsufficientPrivilege):
-        as_role(conn, "authenticated", "select public.insert_outbox_event('test', 'a', '1', '{}', 'k2')")
+    for call in (
+        "public.insert_outbox_event('test', 'a', '1', '{}', 'k2')",
+        "public.outbox_depth()",
+        "public.applied_migrations()",
+    ):
+        with pytest.raises(psycopg2.errors.InsufficientPrivilege):
+            as_role(conn, "authenticated", f"select * from {call}")
     assert count(conn) == 1 and row(conn, insert(conn, "k1").event_id)["status"] == "pending"
 
 

@@ -6,7 +6,6 @@ module; nothing else lists the event types or their payload fields.
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -14,6 +13,7 @@ from datetime import date, datetime, timedelta, timezone
 from types import MappingProxyType
 from typing import Any
 
+from . import exact_json
 from .errors import BatchTooLarge, EnvelopeError
 
 EVENT_TYPE_PATTERN = re.compile(r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)*$")
@@ -295,7 +295,7 @@ class Envelope:
 
     def to_bytes(self) -> bytes:
         """Compact UTF-8 JSON: the exact bytes a sender signs and posts."""
-        return json.dumps(self.to_json(), separators=(",", ":"), ensure_ascii=False).encode()
+        return exact_json.dumps(self.to_json()).encode()
 
 
 def new_envelope(
@@ -346,6 +346,7 @@ def parse_envelope(document: Any) -> Envelope:
             " or lone surrogate",
             field="payload",
         )
+    exact_json.check_numbers(payload)
     source = document.get("source", DEFAULT_SOURCE)
     if not isinstance(source, str) or not SOURCE_PATTERN.fullmatch(source):
         raise EnvelopeError("source must be 1-64 characters of [A-Za-z0-9_.-]", field="source")
@@ -519,7 +520,7 @@ def batch_url(webhook_url: str) -> str:
 def batch_body(events: Sequence[tuple[Envelope, str]]) -> bytes:
     """Compact UTF-8 JSON of a batch of (envelope, idempotency key): the bytes a sender signs."""
     document = {"events": [{**envelope.to_json(), "idempotency_key": key} for envelope, key in events]}
-    return json.dumps(document, separators=(",", ":"), ensure_ascii=False).encode()
+    return exact_json.dumps(document).encode()
 
 
 def idempotency_key(event_type: str, record_id: int | str, write_date: datetime) -> str:

@@ -101,11 +101,14 @@ class Verified:
     ``fingerprint`` is the sha256 hex of the signed message. The receiver stores it with the event
     to bind an accepted signature to its idempotency key; binding the message rather than one
     digest means a resend carrying only another of its digests (rotation headers carry several)
-    is still recognised as the same signature.
+    is still recognised as the same signature. ``message`` and ``signatures`` (the header's
+    digests, comma-separated) are what the audit keeps, so the signature can be re-verified later.
     """
 
     timestamp_ms: int
     fingerprint: str
+    message: bytes = b""
+    signatures: str = ""
 
 
 def verify(
@@ -131,7 +134,7 @@ def verify(
     message = signed_message(str(timestamp_text).strip(), body)
     if not any_digest_matches(secrets, message, digests):
         raise InvalidSignature()
-    return Verified(timestamp_ms, hashlib.sha256(message).hexdigest())
+    return Verified(timestamp_ms, hashlib.sha256(message).hexdigest(), message, ",".join(digests))
 
 
 def _header_digests(header: str | None) -> list[str]:

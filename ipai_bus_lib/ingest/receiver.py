@@ -12,14 +12,13 @@ from __future__ import annotations
 import hmac
 import json
 import logging
-import math
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
-from ..core import catalog, signing
+from ..core import catalog, exact_json, signing
 from ..core.errors import (
     BatchTooLarge,
     DatabaseUnavailable,
@@ -180,8 +179,8 @@ class Receiver:
             {"ok": True, "event_id": accepted.event_id, "duplicate": accepted.duplicate},
         )
 
-    def _verified_body(self, environ: Mapping[str, Any], limit: int) -> tuple[bytes, str]:
-        """The request's body and signature fingerprint, after the checks before parsing."""
+    def _verified_body(self, environ: Mapping[str, Any], limit: int) -> tuple[bytes, signing.Verified]:
+        """The request's body and what its signature proves, after the checks before parsing."""
         _check_method_and_type(environ)
         _check_single_headers(environ)
         body = _read_body(environ, limit)
@@ -192,16 +191,16 @@ class Receiver:
             )
         except SignatureError as exc:
             raise Refusal(401, str(exc), "unauthorized") from None
-        return body, verified.fingerprint
+        return body, verified
 
     def _accept(self, environ: Mapping[str, Any]) -> Accepted:
-        body, fingerprint = self._verified_body(environ, self.config.max_body_bytes)
+        body, verified = self._verified_body(environ, self.config.max_body_bytes)
         envelope = _parse_envelope(_parse_json(body))
         key = _idempotency_key(environ)
-        return self._store(envelope, key, fingerprint)
+        return self._store(envelope, key, verified)
 
     def _accept_batch(self, environ: Mapping[str, Any]) -> BatchAccepted:
-        body, fingerprint = self._verified_body(environ, self.config.max_batch_bytes)
+        body, verified = self._verified_body(environ, self.config.max_batch_bytes)
         document = _parse_json(body)
         try:
             events = catalog.parse_batch(document, max_events=self.config.max_batch_events)
@@ -210,23 +209,24 @@ class Receiver:
         except EnvelopeError as exc:
             raise Refusal(400, str(exc), "bad_request") from None
         batch_key = _idempotency_key(environ)
-        stored = self._store_batch(events, batch_key, fingerprint)
+        stored = self._store_batch(events, batch_key, verified)
         return BatchAccepted([_batch_result(event, stored.get(i)) for i, event in enumerate(events)])
 
-    def _store(self, envelope: catalog.Envelope, key: str, fingerprint: str) -> Accepted:
+    def _store(self, envelope: catalog.Envelope, key: str, verified: signing.Verified) -> Accepted:
         result = self._with_database(
             lambda cursor: outbox.record_event(
                 cursor,
                 envelope,
                 idempotency_key=key,
-                signature_digest=fingerprint,
+                signature_digest=verified.fingerprint,
+                signed=_signed_message(verified),
                 max_attempts=self.config.max_attempts,
             )
         )
         return Accepted(str(result.event_id), envelope.event_type, result.duplicate)
 
     def _store_batch(
-        self, events: list[catalog.BatchEvent], batch_key: str, fingerprint: str
+        self, events: list[catalog.BatchEvent], batch_key: str, verified: signing.Verified
     ) -> dict[int, outbox.InsertResult]:
         """Store the batch's valid events in one statement; their results by position."""
         valid = [(i, event) for i, event in enumerate(events) if event.envelope is not None]
@@ -238,7 +238,8 @@ class Receiver:
                 cursor,
                 items,  # type: ignore[arg-type]  # valid events have both
                 batch_key=batch_key,
-                signature_digest=fingerprint,
+                signature_digest=verified.fingerprint,
+                signed=_signed_message(verified),
                 max_attempts=self.config.max_attempts,
             )
         )
@@ -360,22 +361,14 @@ def _signature_headers(environ: Mapping[str, Any]) -> dict[str, str]:
     return {header: environ[key] for header, key in names.items() if key in environ}
 
 
-def _reject_constant(name: str) -> float:
-    raise ValueError(f"{name} is not JSON")
-
-
-def _finite_float(text: str) -> float:
-    value = float(text)
-    if not math.isfinite(value):
-        raise ValueError("number out of range")
-    return value
+def _signed_message(verified: signing.Verified) -> outbox.SignedMessage:
+    return outbox.SignedMessage(verified.message, verified.signatures)
 
 
 def _parse_json(body: bytes) -> Any:
+    """The body's JSON, numbers exact (see core.exact_json): what was signed is what is kept."""
     try:
-        return json.loads(
-            body.decode("utf-8"), parse_constant=_reject_constant, parse_float=_finite_float
-        )
+        return exact_json.loads(body.decode("utf-8"))
     except (UnicodeDecodeError, ValueError, RecursionError):
         raise Refusal(400, "body is not valid UTF-8 JSON", "bad_request") from None
 

@@ -6,13 +6,13 @@ They read and act on the database only; none of them starts a service.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
+from ..core import exact_json
 from ..core.errors import ConfigurationError, InvalidArgument
 from ..core.settings import Settings
 from ..storage.db import UnreadableValue, connect, translate_error
@@ -37,7 +37,7 @@ def _with_cursor(settings: Settings, resolve_url: UrlResolver, work: Callable[[A
 
 
 def _print_json(document: Any) -> None:
-    print(json.dumps(document, indent=2, default=str, ensure_ascii=False))
+    print(exact_json.dumps(document, indent=2, default=str))
 
 
 # --- status -----------------------------------------------------------------------------------
@@ -129,7 +129,7 @@ def _payload_text(payload: Any) -> str:
     """The payload as JSON; one the bus cannot read, as stored (cut), saying so."""
     if isinstance(payload, UnreadableValue):
         return f"(cannot be read: {payload.reason}) {payload.text[:200]}…"
-    return json.dumps(payload, ensure_ascii=False)
+    return exact_json.dumps(payload)
 
 
 def _next_try(row: dict) -> str:

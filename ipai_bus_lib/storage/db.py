@@ -9,7 +9,6 @@ wall-clock deadline, so a database that stops answering costs a bounded wait, no
 from __future__ import annotations
 
 import functools
-import json
 import os
 import threading
 import time
@@ -23,6 +22,7 @@ import psycopg2
 import psycopg2.extensions
 import psycopg2.extras
 
+from ..core import exact_json
 from ..core.errors import (
     DatabaseError,
     DatabaseUnavailable,
@@ -80,7 +80,7 @@ _TOLERANT_CASTERS = (
 
 def _tolerant_json(text: str) -> Any:
     try:
-        return json.loads(text)
+        return exact_json.loads(text)
     except (ValueError, RecursionError) as exc:
         # Python's own advice after the ";" (raise an interpreter limit) is not the operator's.
         reason = str(exc).split(";")[0][:200]

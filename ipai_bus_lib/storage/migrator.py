@@ -11,13 +11,17 @@ import hashlib
 import re
 from dataclasses import dataclass
 from importlib import resources
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import psycopg2
 import psycopg2.errors
 
 from ..core.errors import MigrationError
 from .db import connect, translate_error
+
+if TYPE_CHECKING:
+    from importlib.abc import Traversable
 
 SUPABASE_ROLES = ("anon", "authenticated", "service_role")
 # Any constant will do: it keeps two runners (two `ipai-bus up`) from migrating at once.
@@ -48,10 +52,20 @@ class Migration:
         return hashlib.sha256(self.sql.encode()).hexdigest()
 
 
+def migrations_directory() -> Traversable:
+    """Where the migrations are: inside an installed wheel, ipai_bus_lib/migrations (the build
+    copies supabase/migrations there); in a source checkout, supabase/migrations itself, which
+    holds nothing else (the Supabase CLI reads it too)."""
+    shipped = resources.files("ipai_bus_lib") / "migrations"
+    if shipped.is_dir():
+        return shipped
+    return Path(__file__).resolve().parents[2] / "supabase" / "migrations"
+
+
 def available_migrations() -> list[Migration]:
     """The migrations shipped with the library, oldest first."""
     found = []
-    for entry in resources.files("ipai_bus_lib.migrations").iterdir():
+    for entry in migrations_directory().iterdir():
         match = _FILE_NAME.match(entry.name)
         if match:
             found.append(Migration(match[1], match[2], entry.read_text(encoding="utf-8")))

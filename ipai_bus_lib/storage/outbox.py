@@ -12,8 +12,10 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+import psycopg2
 from psycopg2.extras import Json
 
+from ..core import exact_json
 from ..core.catalog import Envelope
 from ..core.settings import DEFAULT_LEASE_SECONDS, DEFAULT_MAX_ATTEMPTS, DEFAULT_RETRY_DELAYS_SECONDS
 
@@ -71,7 +73,7 @@ def _insert_parameters(
         "event_type": envelope.event_type,
         "aggregate_type": envelope.aggregate_type,
         "aggregate_id": envelope.aggregate_id,
-        "payload": Json(dict(envelope.payload)),
+        "payload": Json(dict(envelope.payload), dumps=exact_json.dumps),
         "idempotency_key": idempotency_key,
         "source": envelope.source,
         "occurred_at": envelope.occurred_at,
@@ -109,27 +111,56 @@ def insert_event_log(cursor: Any, event_id: uuid.UUID) -> int:
     return int(cursor.fetchone()[0])
 
 
+@dataclass(frozen=True)
+class SignedMessage:
+    """A request as it was signed ("{timestamp}.{body}") and its signature header's digests:
+    kept beside the audit copy so the signature can be re-verified from the database alone."""
+
+    message: bytes
+    signatures: str
+
+
+def _signed_parameters(signature_digest: str | None, signed: SignedMessage | None) -> dict:
+    return {
+        "digest": signature_digest,
+        "message": None if signed is None else psycopg2.Binary(signed.message),
+        "signatures": None if signed is None else signed.signatures,
+    }
+
+
+_KEEP_SIGNED_MESSAGE = (
+    "case when %(message)s::bytea is not null then public.keep_signed_message("
+    "p_digest => %(digest)s, p_message => %(message)s, p_signatures => %(signatures)s) end"
+)
+
+
 def record_event(
     cursor: Any,
     envelope: Envelope,
     *,
     idempotency_key: str,
     signature_digest: str | None = None,
+    signed: SignedMessage | None = None,
     max_attempts: int = DEFAULT_MAX_ATTEMPTS,
 ) -> InsertResult:
-    """Store a new event and its audit copy (what an ingress does); a duplicate writes nothing.
+    """Store a new event, its audit copy and the request it was signed in (what an ingress
+    does); a duplicate writes nothing.
 
-    One statement does both, so on an autocommit connection it is one round trip and still one
-    transaction. It calls the public wrappers only, so a receiver can run as a member of
+    One statement does all three, so on an autocommit connection it is one round trip and still
+    one transaction. It calls the public wrappers only, so a receiver can run as a member of
     ``ipai_bus_ingest``, which may do nothing else.
     """
     cursor.execute(
         "select stored.event_id, stored.duplicate,"
-        " case when not stored.duplicate then public.insert_event_log(stored.event_id) end"
+        " case when not stored.duplicate then public.insert_event_log(stored.event_id) end,"
+        f" case when not stored.duplicate then {_KEEP_SIGNED_MESSAGE} end"
         f" from public.insert_outbox_event({_INSERT_ARGUMENTS}) as stored",
-        _insert_parameters(envelope, idempotency_key, signature_digest, max_attempts),
+        {
+            **_insert_parameters(envelope, idempotency_key, signature_digest, max_attempts),
+            **_signed_parameters(signature_digest, signed),
+        },
     )
-    event_id, duplicate, _log_id = cursor.fetchone()
+    event_id, duplicate, _log_id, _kept = cursor.fetchone()
     return InsertResult(event_id=event_id, duplicate=duplicate)
 
 
@@ -139,6 +170,7 @@ def record_batch(
     *,
     batch_key: str,
     signature_digest: str,
+    signed: SignedMessage | None = None,
     max_attempts: int = DEFAULT_MAX_ATTEMPTS,
 ) -> list[InsertResult]:
     """Store checked (envelope, idempotency key) pairs and their audit copies in one statement
@@ -149,14 +181,15 @@ def record_batch(
     """
     document = [{**envelope.to_json(), "idempotency_key": key} for envelope, key in events]
     cursor.execute(
-        "select event_position, event_id, duplicate from public.insert_outbox_batch("
+        f"with kept as (select {_KEEP_SIGNED_MESSAGE} as kept)"
+        " select event_position, event_id, duplicate from public.insert_outbox_batch("
         " p_batch_key => %(batch_key)s, p_signature_digest => %(digest)s,"
-        " p_events => %(events)s, p_max_attempts => %(max_attempts)s)",
+        " p_events => %(events)s, p_max_attempts => %(max_attempts)s), kept",
         {
             "batch_key": batch_key,
-            "digest": signature_digest,
-            "events": Json(document),
+            "events": Json(document, dumps=exact_json.dumps),
             "max_attempts": max_attempts,
+            **_signed_parameters(signature_digest, signed),
         },
     )
     rows = sorted(cursor.fetchall())

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import json
 from datetime import datetime
 from typing import Any
 
+from ...core import exact_json
 from ...core.signing import standard_webhooks_headers
 from ...storage.outbox import OutboxEvent
 from ..formatters import Message
@@ -27,7 +27,7 @@ class HttpForwardDestination:
         self.client = KeepAliveClient(timeout)
 
     def deliver(self, event: OutboxEvent, message: Message | None) -> int | None:
-        body = json.dumps(forward_document(event), separators=(",", ":")).encode()
+        body = exact_json.dumps(forward_document(event)).encode()
         headers = standard_webhooks_headers(self.secret, message_id=str(event.id), body=body)
         return post_json(self.client, self.url, body, headers)
 

@@ -3,12 +3,12 @@ inline SVG drawn here; the style sheet is served by the app (/console.css)."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Mapping
 from html import escape
 from typing import Any
 from urllib.parse import urlencode
 
+from ...core import exact_json
 from .. import operations
 from ..operations import age, when
 from .data import Overview, Page
@@ -364,7 +364,7 @@ def event_page(event_id: Any, history: Mapping[str, Any], csrf: str) -> str:
 
 def _pretty(payload: Any) -> str:
     if isinstance(payload, (dict, list)):
-        return json.dumps(payload, indent=2, ensure_ascii=False, default=str)
+        return exact_json.dumps(payload, indent=2, default=str)
     return str(payload)
 
 

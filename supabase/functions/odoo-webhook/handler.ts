@@ -2,7 +2,10 @@
 // order and the same answers as the Python receiver (ipai_bus_lib/ingest/receiver.py), writing through the
 // same public SQL functions of supabase/migrations/. tests/test_edge_function.py proves them alike.
 //
-// Environment: IPAI_WEBHOOK_SECRET (several, comma-separated, while rotating) and SUPABASE_DB_URL.
+// Environment: IPAI_WEBHOOK_SECRET (several, comma-separated, while rotating; each at least 16
+// characters, as the Python side requires) and IPAI_DB_URL, the connection string of a login role
+// that is a member of ipai_bus_ingest (SUPABASE_DB_URL, the owner, only when IPAI_DB_URL is unset).
+// Payload numbers are stored with the digits they were signed with (JSON.rawJSON), as in Python.
 // Logs never hold the secret, the signature or the payload.
 import postgres from "npm:postgres@3.4.5";
 
@@ -13,6 +16,12 @@ export const MAX_BATCH_EVENTS = 1000;
 export const MAX_BATCH_BYTES = 4 * 1024 * 1024;
 export const TOLERANCE_MS = 300_000;
 const MAX_DIGESTS = 8;
+export const MIN_SECRET_LENGTH = 16;
+// PostgreSQL's numeric (jsonb numbers) holds 131072 digits before the point, 16383 after.
+const MAX_NUMBER_EXPONENT = 131071;
+const MAX_NUMBER_SCALE = 16383;
+const NUMBER_OUT_OF_RANGE =
+  "payload number out of range: PostgreSQL's numeric holds 1e-16383 to 1e131071";
 const MAX_TEXT = 255;
 const MAX_DEPTH = 32;
 const EVENT_TYPE = /^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)*$/;
@@ -69,10 +78,16 @@ function signedMessage(timestamp: string, body: Bytes): Bytes {
   return message;
 }
 
+/** What a valid signature proves: the signed message and the header's digests, as kept. */
+export interface Verified {
+  message: Bytes;
+  signatures: string;
+}
+
 /** The signature checks, in the Python library's order; returns the signed message. */
 export async function verify(
   secrets: string[], body: Bytes, headers: Headers, now = Date.now(),
-): Promise<Bytes> {
+): Promise<Verified> {
   const rawTimestamp = headers.get("x-ipai-timestamp");
   if (rawTimestamp === null || rawTimestamp.trim() === "") {
     throw new Refusal(401, "missing x-ipai-timestamp header", "unauthorized");
@@ -104,22 +119,37 @@ export async function verify(
     for (const digest of digests) matched = constantTimeEqual(expected, digest) || matched;
   }
   if (!matched) throw new Refusal(401, "invalid signature", "unauthorized");
-  return message;
+  return { message, signatures: digests.join(",") };
 }
 
 function isStorable(value: Json, depth = 0): boolean {
   if (typeof value === "string") return !UNSTORABLE_JSON.test(value);
-  if (typeof value === "number") return Number.isFinite(value);
-  if (value === null || typeof value === "boolean") return true;
+  // A number's range is checked on its digits as sent (numbersInRange), not on a float.
+  if (value === null || typeof value === "boolean" || typeof value === "number") return true;
   if (depth >= MAX_DEPTH) return false;
   if (Array.isArray(value)) return value.every((item) => isStorable(item, depth + 1));
   return Object.entries(value).every(([k, v]) => isStorable(k) && isStorable(v, depth + 1));
 }
 
-function hasNonFiniteNumber(value: Json): boolean {
-  if (typeof value === "number") return !Number.isFinite(value);
-  if (value === null || typeof value !== "object") return false;
-  return Object.values(value).some(hasNonFiniteNumber);
+/** A JSON number's text fits PostgreSQL's numeric (as ipai_bus_lib.core.exact_json decides). */
+function numberFits(text: string): boolean {
+  const m = /^-?(\d+)(?:\.(\d+))?(?:[eE]([+-]?\d+))?$/.exec(text);
+  if (!m) return false;
+  const fraction = m[2] ?? "";
+  const exponent = Number(m[3] ?? "0") - fraction.length;
+  if (Math.max(0, -exponent) > MAX_NUMBER_SCALE) return false;
+  const digits = (m[1] + fraction).replace(/^0+/, "");
+  return digits === "" || exponent + digits.length - 1 <= MAX_NUMBER_EXPONENT;
+}
+
+// JSON.rawJSON's results: numbers that serialise with the digits they were parsed from.
+type Exact = unknown;
+const isRawJson = (JSON as unknown as { isRawJSON(v: unknown): boolean }).isRawJSON;
+
+function numbersInRange(value: Exact): boolean {
+  if (isRawJson(value)) return numberFits((value as { rawJSON: string }).rawJSON);
+  if (value === null || typeof value !== "object") return true;
+  return Object.values(value as Record<string, Exact>).every(numbersInRange);
 }
 
 function requiredText(doc: Record<string, Json>, name: string): string {
@@ -165,8 +195,9 @@ function badRequest(message: string): Refusal {
   return new Refusal(400, message, "bad_request");
 }
 
-/** The envelope checks of ipai_bus_lib.core.catalog.parse_envelope, with the same messages. */
-export function parseEnvelope(doc: Json): Envelope {
+/** The envelope checks of ipai_bus_lib.core.catalog.parse_envelope, with the same messages;
+ * the payload returned is ``exact``'s, numbers as sent. */
+export function parseEnvelope(doc: Json, exact: Exact = doc): Envelope {
   if (doc === null || typeof doc !== "object" || Array.isArray(doc)) {
     throw badRequest("body must be a JSON object");
   }
@@ -192,6 +223,7 @@ export function parseEnvelope(doc: Json): Envelope {
     throw badRequest(`payload must nest at most ${MAX_DEPTH} levels and hold no NUL character` +
       " or lone surrogate");
   }
+  const storedPayload = exactPayload(exact);
   const source = "source" in doc ? doc["source"] : "odoo";
   if (typeof source !== "string" || !SOURCE.test(source)) {
     throw badRequest("source must be 1-64 characters of [A-Za-z0-9_.-]");
@@ -203,7 +235,7 @@ export function parseEnvelope(doc: Json): Envelope {
   }
   return {
     event_type: eventType, aggregate_type: aggregateType, aggregate_id: aggregateId,
-    payload: payload as Record<string, Json>, occurred_at: occurred as string | null, source,
+    payload: storedPayload as Record<string, Json>, occurred_at: occurred as string | null, source,
   };
 }
 
@@ -237,22 +269,36 @@ async function readBody(req: Request, limit: number): Promise<Bytes> {
   return body;
 }
 
-function parseJson(body: Bytes): Json {
+/** The body's JSON twice: as JavaScript values, for the checks, and with every number kept as
+ * the digits it was sent with, for storing (what was signed is what is kept). */
+function parseJson(body: Bytes): { doc: Json; exact: Exact } {
+  let text: string;
   let doc: Json;
   try {
-    doc = JSON.parse(new TextDecoder("utf-8", { fatal: true, ignoreBOM: true }).decode(body));
+    text = new TextDecoder("utf-8", { fatal: true, ignoreBOM: true }).decode(body);
+    doc = JSON.parse(text);
   } catch {
     throw badRequest("body is not valid UTF-8 JSON");
   }
-  if (hasNonFiniteNumber(doc)) throw badRequest("body is not valid UTF-8 JSON");
-  return doc;
+  const rawJson = (JSON as unknown as { rawJSON(text: string): unknown }).rawJSON;
+  const exact = JSON.parse(text, (_key, value, context?: { source?: string }) =>
+    typeof value === "number" ? rawJson(context!.source!) : value);
+  return { doc, exact };
+}
+
+/** The payload to store: the exact one, once its numbers are known to fit. */
+function exactPayload(exact: Exact): Exact {
+  const payload = (exact as Record<string, Exact>)["payload"];
+  if (!numbersInRange(payload)) throw badRequest(NUMBER_OUT_OF_RANGE);
+  return payload;
 }
 
 /** One element of a batch: the envelope and its key, or why it was refused. */
 export type BatchEvent = { envelope: Envelope; key: string } | { refusal: string };
 
-/** The batch checks of ipai_bus_lib.core.catalog.parse_batch, with the same messages. */
-export function parseBatch(doc: Json): BatchEvent[] {
+/** The batch checks of ipai_bus_lib.core.catalog.parse_batch, with the same messages; each
+ * envelope's payload is the exact one. */
+export function parseBatch(doc: Json, exact: Exact = doc): BatchEvent[] {
   const events = doc !== null && typeof doc === "object" && !Array.isArray(doc)
     ? doc["events"] : undefined;
   if (!Array.isArray(events) || events.length === 0) {
@@ -262,12 +308,13 @@ export function parseBatch(doc: Json): BatchEvent[] {
     throw new Refusal(413, `batch of ${events.length} events: at most ${MAX_BATCH_EVENTS} per request`,
       "too_large");
   }
-  return events.map((item) => {
+  const exactEvents = (exact as { events: Exact[] }).events;
+  return events.map((item, position) => {
     if (item === null || typeof item !== "object" || Array.isArray(item)) {
       return { refusal: "event must be a JSON object" };
     }
     try {
-      const envelope = parseEnvelope(item);
+      const envelope = parseEnvelope(item, exactEvents[position]);
       const key = item["idempotency_key"];
       if (typeof key !== "string" || !KEY.test(key)) {
         throw badRequest("idempotency_key must be 1-255 printable ASCII characters");
@@ -295,40 +342,63 @@ function connectTo(url: string): Sql {
 }
 
 function db(): Sql {
-  database ??= connectTo(Deno.env.get("SUPABASE_DB_URL") ?? "");
+  database ??= connectTo(Deno.env.get("IPAI_DB_URL") || (Deno.env.get("SUPABASE_DB_URL") ?? ""));
   return database;
 }
 
-async function store(envelope: Envelope, key: string, fingerprint: string) {
-  // One statement: the outbox row and its event_log copy in one transaction, through the public
-  // wrappers (what PostgREST exposes), exactly as the Python receiver writes them.
+// The request as signed, kept in the same statement as its events (integration.signed_message).
+function keepSigned(signed: SignedRequest) {
+  return db()`public.keep_signed_message(p_digest => ${signed.fingerprint}::text,
+      p_message => decode(${hex(signed.message.buffer)}, 'hex'), p_signatures => ${signed.signatures})`;
+}
+
+interface SignedRequest extends Verified {
+  fingerprint: string;
+}
+
+async function store(envelope: Envelope, key: string, signed: SignedRequest) {
+  // One statement: the outbox row, its event_log copy and the signed request in one transaction,
+  // through the public wrappers, exactly as the Python receiver writes them.
   const rows = await db()`
     select stored.event_id::text as event_id, stored.duplicate,
-           case when not stored.duplicate then public.insert_event_log(stored.event_id) end
+           case when not stored.duplicate then public.insert_event_log(stored.event_id) end,
+           case when not stored.duplicate then ${keepSigned(signed)} end
     from public.insert_outbox_event(
       p_event_type => ${envelope.event_type}, p_aggregate_type => ${envelope.aggregate_type},
-      p_aggregate_id => ${envelope.aggregate_id}, p_payload => ${db().json(envelope.payload)},
+      p_aggregate_id => ${envelope.aggregate_id},
+      p_payload => ${JSON.stringify(envelope.payload)}::text::jsonb,
       p_idempotency_key => ${key}, p_source => ${envelope.source},
-      p_occurred_at => ${envelope.occurred_at}, p_signature_digest => ${fingerprint}) as stored`;
+      p_occurred_at => ${envelope.occurred_at}, p_signature_digest => ${signed.fingerprint}) as stored`;
   return rows[0] as { event_id: string; duplicate: boolean };
 }
 
 async function storeBatch(
-  items: { envelope: Envelope; key: string }[], batchKey: string, fingerprint: string,
+  items: { envelope: Envelope; key: string }[], batchKey: string, signed: SignedRequest,
 ) {
-  // One statement: every new event and its event_log copy commit together, as in Python.
+  // One statement: every new event, its event_log copy and the signed request commit together.
   const events = items.map(({ envelope, key }) => ({ ...envelope, idempotency_key: key }));
   const rows = await db()`
+    with kept as (select ${keepSigned(signed)} as kept)
     select event_position, event_id::text as event_id, duplicate
     from public.insert_outbox_batch(
-      p_batch_key => ${batchKey}, p_signature_digest => ${fingerprint},
-      p_events => ${db().json(events)})`;
+      p_batch_key => ${batchKey}, p_signature_digest => ${signed.fingerprint},
+      p_events => ${JSON.stringify(events)}::text::jsonb), kept`;
   return rows as { event_position: number; event_id: string; duplicate: boolean }[];
 }
 
 function secrets(): string[] {
   return (Deno.env.get("IPAI_WEBHOOK_SECRET") ?? "").split(",").map((s) => s.trim())
     .filter((s) => s);
+}
+
+/** Why the configured secrets cannot be used (the Python side's rule and words), or null. */
+export function secretProblem(active: string[]): string | null {
+  if (active.length === 0) return "no webhook secret is configured";
+  if (active.some((secret) => secret.length < MIN_SECRET_LENGTH)) {
+    return `IPAI_WEBHOOK_SECRET: each secret must be at least ${MIN_SECRET_LENGTH} characters ` +
+      "(make one with `ipai-bus secret new`)";
+  }
+  return null;
 }
 
 /** The checks before parsing, in the Python receiver's order: the body and its fingerprint. */
@@ -339,8 +409,9 @@ async function verifiedBody(req: Request, limit: number) {
     throw new Refusal(415, "content type must be application/json", "unsupported_media_type");
   }
   const body = await readBody(req, limit);
-  const message = await verify(secrets(), body, req.headers);
-  return { body, fingerprint: hex(await crypto.subtle.digest("SHA-256", message)) };
+  const verified = await verify(secrets(), body, req.headers);
+  const fingerprint = hex(await crypto.subtle.digest("SHA-256", verified.message));
+  return { body, signed: { ...verified, fingerprint } };
 }
 
 function idempotencyKey(req: Request): string {
@@ -352,23 +423,25 @@ function idempotencyKey(req: Request): string {
 }
 
 async function accept(req: Request) {
-  const { body, fingerprint } = await verifiedBody(req, MAX_BODY_BYTES);
-  const envelope = parseEnvelope(parseJson(body));
+  const { body, signed } = await verifiedBody(req, MAX_BODY_BYTES);
+  const { doc, exact } = parseJson(body);
+  const envelope = parseEnvelope(doc, exact);
   const key = idempotencyKey(req);
-  return { ...(await withDatabase(() => store(envelope, key, fingerprint))),
+  return { ...(await withDatabase(() => store(envelope, key, signed))),
     event_type: envelope.event_type };
 }
 
 type BatchResult = { status: string; event_id?: string; error?: string };
 
 async function acceptBatch(req: Request): Promise<BatchResult[]> {
-  const { body, fingerprint } = await verifiedBody(req, MAX_BATCH_BYTES);
-  const events = parseBatch(parseJson(body));
+  const { body, signed } = await verifiedBody(req, MAX_BATCH_BYTES);
+  const { doc, exact } = parseJson(body);
+  const events = parseBatch(doc, exact);
   const batchKey = idempotencyKey(req);
   const valid = events.flatMap((event, position) => "refusal" in event ? [] : [{ ...event, position }]);
   const stored = new Map<number, { event_id: string; duplicate: boolean }>();
   if (valid.length > 0) {
-    const rows = await withDatabase(() => storeBatch(valid, batchKey, fingerprint));
+    const rows = await withDatabase(() => storeBatch(valid, batchKey, signed));
     rows.forEach((row) => stored.set(valid[row.event_position].position, row));
   }
   return events.map((event, position) => {
@@ -412,9 +485,10 @@ export async function handleRequest(req: Request): Promise<Response> {
     console.log(JSON.stringify({
       outcome, status, latency_ms: Math.round((performance.now() - started) * 100) / 100, ...extra,
     }));
-  if (secrets().length === 0) {
+  const problem = secretProblem(secrets());
+  if (problem !== null) {
     log("misconfigured", 503);
-    return answer(503, { ok: false, error: "no webhook secret is configured" });
+    return answer(503, { ok: false, error: problem });
   }
   try {
     if (batch) {

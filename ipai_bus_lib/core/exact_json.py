@@ -1,0 +1,90 @@
+"""JSON whose numbers keep the value they were sent with: what was signed is what is kept.
+
+Python's json module reads every number with a fraction or an exponent as a float, and a float
+cannot hold 1250.00's scale, 12345678901234567.89, 1e-400 or 1e400: the stored payload would
+differ from the signed one. Here such numbers are read as Decimal (exact, scale kept) and written
+back with the digits they came with, so PostgreSQL's jsonb (arbitrary-precision numeric) stores
+the value the sender signed. Integers are Python ints already: exact at any size.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import secrets
+from collections.abc import Callable
+from decimal import Decimal
+from typing import Any
+
+from .errors import EnvelopeError
+
+# Beyond these exponents PostgreSQL's numeric cannot hold a value (131072 digits before the point,
+# 16383 after): the sender hears so, rather than the database failing on insert.
+MAX_EXPONENT = 131071
+MIN_EXPONENT = -16383
+NUMBER_OUT_OF_RANGE = "payload number out of range: PostgreSQL's numeric holds 1e-16383 to 1e131071"
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _exact_number(text: str) -> Decimal:
+    return Decimal(text)
+
+
+def loads(text: str) -> Any:
+    """Parse JSON text; numbers with a fraction or exponent become Decimal (NaN and Infinity are
+    refused with ValueError, as JSON does)."""
+    return json.loads(text, parse_float=_exact_number, parse_constant=_reject_constant)
+
+
+def check_numbers(value: Any) -> None:
+    """Raise EnvelopeError when a number in ``value`` is beyond what PostgreSQL can store."""
+    if isinstance(value, Decimal):
+        exponent = value.adjusted()
+        if value and not MIN_EXPONENT <= exponent <= MAX_EXPONENT:
+            raise EnvelopeError(NUMBER_OUT_OF_RANGE, field="payload")
+    elif isinstance(value, dict):
+        for item in value.values():
+            check_numbers(item)
+    elif isinstance(value, list):
+        for item in value:
+            check_numbers(item)
+
+
+# A token of this process's own: no text sent to the bus can know it.
+_TOKEN = secrets.token_hex(6)
+_MARKED_NUMBER = re.compile(rf'"\\u0000{_TOKEN}:([-+.0-9Ee]+)"')
+
+
+def _marker(default: Callable[[Any], Any] | None) -> Callable[[Any], Any]:
+    def mark(item: Any) -> Any:
+        if isinstance(item, Decimal):
+            return f"\x00{_TOKEN}:{item}"
+        if default is not None:
+            return default(item)
+        raise TypeError(f"{type(item).__name__} is not JSON serialisable")
+
+    return mark
+
+
+_COMPACT = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, default=_marker(None))
+
+
+def dumps(value: Any, *, indent: int | None = None, default: Callable[[Any], Any] | None = None) -> str:
+    """JSON text of ``value`` (compact unless ``indent``); each Decimal written with the digits
+    it was read with. ``default`` converts other values json cannot write, as json's does.
+
+    Decimals pass through json's encoder as marked strings (a NUL, this process's token, the
+    digits) and the marks are then replaced by the bare digits. Payload strings never hold a NUL
+    (catalog.is_storable refuses them), and only number characters are ever unquoted.
+    """
+    if indent is None and default is None:
+        text = _COMPACT.encode(value)
+    else:
+        encoder = json.JSONEncoder(indent=indent, ensure_ascii=False, default=_marker(default))
+        text = encoder.encode(value)
+    if "\\u0000" not in text:
+        return text
+    return _MARKED_NUMBER.sub(r"\1", text)
