@@ -3,6 +3,9 @@ and a parity test that sends the same signed requests to it and to the Python re
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import hmac
 import json
 import os
 import re
@@ -70,6 +73,13 @@ def test_deno_suite_passes(clean_bus):
 def edge_function(make_database, tmp_path):
     url = make_database()
     migrate(url)
+    with deno_serve(url, tmp_path, secrets=SECRETS) as base:
+        yield base, url
+
+
+@contextlib.contextmanager
+def deno_serve(url: str, tmp_path, *, secrets: str):
+    """`deno serve` of the function on a free loopback port, with these webhook secrets."""
     port = free_port()
     log = open(tmp_path / "deno.log", "w")
     process = subprocess.Popen(
@@ -85,7 +95,7 @@ def edge_function(make_database, tmp_path):
             "--allow-read",
             str(FUNCTION_DIR / "handler.ts"),
         ],
-        env=deno_env(url),
+        env={**deno_env(url), "IPAI_WEBHOOK_SECRET": secrets},
         stdout=log,
         stderr=subprocess.STDOUT,
     )
@@ -98,7 +108,7 @@ def edge_function(make_database, tmp_path):
             process=process,
             log=tmp_path / "deno.log",
         )
-        yield base, url
+        yield base
     finally:
         process.terminate()
         try:
@@ -107,6 +117,44 @@ def edge_function(make_database, tmp_path):
             process.kill()
             process.wait()
         log.close()
+
+
+# Numbers a float cannot hold, as an Odoo sender might write them: trailing zeros, beyond 2^53,
+# exponents, tiny and huge magnitudes. Written by hand: json.dumps cannot spell them.
+EXACT_PAYLOAD = (
+    '{"amount": 1250.00, "big": 12345678901234567891, "ref": 9007199254740993,'
+    ' "cents": 12345678901234567.89, "tiny": 1e-400, "huge": 1E+400, "rate": 1.5e3,'
+    ' "zero": -0.0, "scale": 100.000, "nested": [0.10, {"deep": 3.14159265358979323846264}]}'
+)
+
+
+def exact_event(key: str) -> bytes:
+    """An event whose payload is EXACT_PAYLOAD, byte for byte."""
+    head = event_body(key, payload={"x": "PAYLOAD"}).decode()
+    return head.replace('{"x": "PAYLOAD"}', EXACT_PAYLOAD).encode()
+
+
+def exact_batch_event(key: str) -> str:
+    return exact_event(key).decode()[:-1] + f', "idempotency_key": "{key}"}}'
+
+
+def fidelity_parity_cases() -> list[tuple[str, str, str, bytes, dict[str, str]]]:
+    """The numbers of EXACT_PAYLOAD to both receivers, singly and in a batch; and one beyond
+    PostgreSQL's numeric, refused alike."""
+    single = exact_event("exact-1")
+    batch = (
+        '{"events": [' + exact_batch_event("exact-b1") + ", " + exact_batch_event("exact-b2") + "]}"
+    ).encode()
+    beyond = event_body("exact-2").replace(b"1250.5", b"1e131072")
+    fine = event_body("exact-3").replace(b"1250.5", b"0.5e-16383")
+    largest = event_body("exact-4").replace(b"1250.5", b"9.99e131071")
+    return [
+        ("numbers exactly as sent", "POST", WEBHOOK_PATH, single, signed(single, key="exact-1")),
+        ("batch: numbers exactly as sent", "POST", BATCH_PATH, batch, signed(batch, key="exact-b")),
+        ("number beyond numeric", "POST", WEBHOOK_PATH, beyond, signed(beyond, key="exact-2")),
+        ("scale beyond numeric", "POST", WEBHOOK_PATH, fine, signed(fine, key="exact-3")),
+        ("largest numeric", "POST", WEBHOOK_PATH, largest, signed(largest, key="exact-4")),
+    ]
 
 
 def batch_parity_cases() -> list[tuple[str, str, str, bytes, dict[str, str]]]:
@@ -142,10 +190,14 @@ def batch_parity_cases() -> list[tuple[str, str, str, bytes, dict[str, str]]]:
 
 def parity_cases() -> list[tuple[str, str, str, bytes, dict[str, str]]]:
     """(name, method, path, body, headers): the same bytes go to both receivers."""
-    return [
-        (name, method, WEBHOOK_PATH, body, headers)
-        for name, method, body, headers in single_parity_cases()
-    ] + batch_parity_cases()
+    return (
+        [
+            (name, method, WEBHOOK_PATH, body, headers)
+            for name, method, body, headers in single_parity_cases()
+        ]
+        + batch_parity_cases()
+        + fidelity_parity_cases()
+    )
 
 
 def single_parity_cases() -> list[tuple[str, str, bytes, dict[str, str]]]:
@@ -213,9 +265,12 @@ def stored_rows(url: str) -> list[tuple]:
         cursor.execute(
             "select o.source, o.event_type, o.aggregate_type, o.aggregate_id,"
             " o.payload::text, o.idempotency_key, o.signature_digest, o.occurred_at,"
-            " o.status, o.attempts, (l.event_id is not null) as logged"
+            " o.status, o.attempts, (l.event_id is not null) as logged, l.payload::text,"
+            " m.message, m.signatures"
             " from integration.outbox o left join integration.event_log l"
-            " on l.event_id = o.id order by o.idempotency_key"
+            " on l.event_id = o.id left join integration.signed_message m"
+            " on m.digest = split_part(o.signature_digest, '/', 1)"
+            " order by o.idempotency_key"
         )
         rows = cursor.fetchall()
     conn.close()
@@ -252,10 +307,72 @@ def test_edge_function_and_python_receiver_answer_alike(edge_function, make_data
                 mismatches.append((name, documents))
     print("\n" + "\n".join(table))
     assert not mismatches, json.dumps(mismatches, indent=1)
-    assert stored_rows(python_db) == stored_rows(edge_db), "the stored rows differ"
-    assert len(stored_rows(python_db)) == 4 + 3 + 1, (
-        "valid, rotated secret, numeric id, year 0099; the batch's three; the mixed batch's new one"
+    python_rows, edge_rows = stored_rows(python_db), stored_rows(edge_db)
+    for python_row, edge_row in zip(python_rows, edge_rows):
+        assert tuple(map(bytes_or_value, python_row)) == tuple(map(bytes_or_value, edge_row)), (
+            f"the stored rows differ:\n{python_row}\n{edge_row}"
+        )
+    assert len(python_rows) == len(edge_rows) == 4 + 3 + 1 + 3 + 1, (
+        "valid, rotated secret, numeric id, year 0099; the batch's three; the mixed batch's new"
+        " one; the exact numbers, singly and twice in a batch; the largest numeric"
     )
+    for url in (python_db, edge_db):
+        assert exact_payloads(url) == [sent_as_jsonb(url)] * 3, "a number changed on its way in"
+        assert reverify_from_audit(url, SECRETS.split(",")) == len(python_rows)
+
+
+def bytes_or_value(value):
+    return bytes(value) if isinstance(value, memoryview) else value
+
+
+def exact_payloads(url: str) -> list[str]:
+    """The stored payloads of the exact-number events, as jsonb text, outbox and audit alike."""
+    conn = psycopg2.connect(url)
+    with conn.cursor() as cursor:
+        cursor.execute(
+            "select o.payload::text, l.payload::text from integration.outbox o"
+            " join integration.event_log l on l.event_id = o.id"
+            " where o.idempotency_key in ('exact-1', 'exact-b1', 'exact-b2') order by 1"
+        )
+        rows = cursor.fetchall()
+    conn.close()
+    assert all(outbox == audit for outbox, audit in rows), "the audit copy differs from the outbox"
+    return [outbox for outbox, _ in rows]
+
+
+def sent_as_jsonb(url: str) -> str:
+    """EXACT_PAYLOAD read by PostgreSQL itself from the text that was sent."""
+    conn = psycopg2.connect(url)
+    with conn.cursor() as cursor:
+        cursor.execute("select %s::jsonb::text", (EXACT_PAYLOAD,))
+        text = cursor.fetchone()[0]
+    conn.close()
+    return text
+
+
+def reverify_from_audit(url: str, secrets: list[str]) -> int:
+    """Re-verify every audited event from the database alone: its signed request's HMAC under a
+    secret is one of the digests kept, and the event's payload is the one in that request."""
+    conn = psycopg2.connect(url)
+    with conn.cursor() as cursor:
+        cursor.execute(
+            "select payload::text, message, signatures, batch_position from integration.signed_event"
+        )
+        rows = cursor.fetchall()
+        verified = 0
+        for payload, message, signatures, position in rows:
+            message = bytes(message)
+            expected = {
+                hmac.new(secret.encode(), message, hashlib.sha256).hexdigest() for secret in secrets
+            }
+            assert expected & set(signatures.split(",")), "a kept signature does not verify"
+            body = message.split(b".", 1)[1].decode()
+            path = "{payload}" if position is None else f"{{events,{position},payload}}"
+            cursor.execute("select (%s::jsonb #> %s::text[])::text", (body, path))
+            assert cursor.fetchone()[0] == payload, "the audited payload is not the signed one"
+            verified += 1
+    conn.close()
+    return verified
 
 
 def _results_without_ids(document: dict) -> list[dict] | None:
@@ -272,3 +389,21 @@ def _summary(document: dict) -> str:
     if "results" not in document:
         return "-"
     return f"yes ({document['stored']}/{document['duplicates']}/{document['refused']})"
+
+
+def test_a_secret_too_short_for_python_is_refused_by_the_edge_function_too(clean_bus, tmp_path):
+    """Python refuses to start with a 5-character secret; the Edge Function, which has no start,
+    answers 503 with the same words and stores nothing."""
+    from ipai_bus_lib.core.errors import ConfigurationError
+    from ipai_bus_lib.core.settings import parse_secrets
+
+    with pytest.raises(ConfigurationError) as python_refusal:
+        parse_secrets(f"{PRIMARY_SECRET},12345")
+    with deno_serve(clean_bus, tmp_path, secrets=f"{PRIMARY_SECRET},12345") as base:
+        body = event_body("short-secret")
+        answer = requests.post(
+            base + WEBHOOK_PATH, data=body, headers=signed(body, key="short"), timeout=30
+        )
+    assert answer.status_code == 503
+    assert answer.json() == {"ok": False, "error": str(python_refusal.value)}
+    assert stored_rows(clean_bus) == [], "nothing was stored under a secret the bus refuses"

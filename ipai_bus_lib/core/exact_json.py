@@ -18,10 +18,10 @@ from typing import Any
 
 from .errors import EnvelopeError
 
-# Beyond these exponents PostgreSQL's numeric cannot hold a value (131072 digits before the point,
-# 16383 after): the sender hears so, rather than the database failing on insert.
+# PostgreSQL's numeric holds 131072 digits before the point and 16383 after: beyond them the
+# sender hears so, rather than the database failing on insert.
 MAX_EXPONENT = 131071
-MIN_EXPONENT = -16383
+MAX_SCALE = 16383
 NUMBER_OUT_OF_RANGE = "payload number out of range: PostgreSQL's numeric holds 1e-16383 to 1e131071"
 
 
@@ -42,8 +42,9 @@ def loads(text: str) -> Any:
 def check_numbers(value: Any) -> None:
     """Raise EnvelopeError when a number in ``value`` is beyond what PostgreSQL can store."""
     if isinstance(value, Decimal):
-        exponent = value.adjusted()
-        if value and not MIN_EXPONENT <= exponent <= MAX_EXPONENT:
+        exponent = value.as_tuple().exponent
+        scale = max(0, -exponent) if isinstance(exponent, int) else 0
+        if scale > MAX_SCALE or (value and value.adjusted() > MAX_EXPONENT):
             raise EnvelopeError(NUMBER_OUT_OF_RANGE, field="payload")
     elif isinstance(value, dict):
         for item in value.values():
