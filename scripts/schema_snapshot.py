@@ -25,7 +25,12 @@ HEADER = (
     "-- it; change the schema with a new migration, then regenerate this file.\n"
 )
 # pg_dump's lines that differ between runs or servers and say nothing about the schema.
-_NOISE = re.compile(r"^(--.*|\\(un)?restrict .*|SET .*|SELECT pg_catalog\.set_config.*)$")
+# Also what a Supabase project grants in `public` before any migration (tests/supabase_like.py).
+_NOISE = re.compile(
+    r"^(--.*|\\(un)?restrict .*|SET .*|SELECT pg_catalog\.set_config.*"
+    r"|ALTER DEFAULT PRIVILEGES FOR ROLE \w+ IN SCHEMA public .*"
+    r"|GRANT USAGE ON SCHEMA public TO (anon|authenticated|service_role);)$"
+)
 
 
 def dump(database_url: str) -> str:

@@ -79,6 +79,8 @@ class EmbeddedPostgres:
 
     home: Path
     settings: Mapping[str, str] = field(default_factory=dict)
+    # The bootstrap superuser's name (Supabase's own clusters call it supabase_admin).
+    superuser: str = SUPERUSER
 
     @property
     def data_dir(self) -> Path:
@@ -95,7 +97,7 @@ class EmbeddedPostgres:
     def url(self, database: str = "postgres") -> str:
         """The connection URL of the running (or initialised) cluster."""
         password = quote(self.password_file.read_text().strip(), safe="")
-        return f"postgresql://{SUPERUSER}:{password}@127.0.0.1:{self.port()}/{database}"
+        return f"postgresql://{self.superuser}:{password}@127.0.0.1:{self.port()}/{database}"
 
     def port(self) -> int:
         for line in (self.data_dir / "postgresql.auto.conf").read_text().splitlines():
@@ -213,7 +215,7 @@ class EmbeddedPostgres:
                 "-D",
                 str(self.data_dir),
                 "-U",
-                SUPERUSER,
+                self.superuser,
                 "-E",
                 "UTF8",
                 "--auth=scram-sha-256",
