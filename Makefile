@@ -19,7 +19,7 @@ demo: $(BIN)/.installed
 	$(BIN)/ipai-bus demo
 
 test: $(BIN)/.installed
-	@$(BIN)/python scripts/ensure_browser.py
+	@$(BIN)/python scripts/ensure_test_tools.py
 	$(BIN)/pytest
 
 lint: $(BIN)/.installed

@@ -395,6 +395,11 @@ begin
              signature_digest, occurred_at, max_attempts)
         values (v_id, p_source, p_event_type, p_aggregate_type, p_aggregate_id, p_payload,
                 p_idempotency_key, p_signature_digest, p_occurred_at, p_max_attempts);
+        insert into integration.event_log
+            (event_id, source, event_type, aggregate_type, aggregate_id, payload,
+             idempotency_key, signature_digest, occurred_at)
+        values (v_id, p_source, p_event_type, p_aggregate_type, p_aggregate_id, p_payload,
+                p_idempotency_key, p_signature_digest, p_occurred_at);
         perform pg_notify('integration_outbox', v_id::text);
         return query select v_id, false;
         return;

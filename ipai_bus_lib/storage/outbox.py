@@ -146,13 +146,12 @@ def record_event(
     """Store a new event, its audit copy and the request it was signed in (what an ingress
     does); a duplicate writes nothing.
 
-    One statement does all three, so on an autocommit connection it is one round trip and still
+    insert_outbox_event writes the audit copy itself. One statement does all three, so on an autocommit connection it is one round trip and still
     one transaction. It calls the public wrappers only, so a receiver can run as a member of
     ``ipai_bus_ingest``, which may do nothing else.
     """
     cursor.execute(
         "select stored.event_id, stored.duplicate,"
-        " case when not stored.duplicate then public.insert_event_log(stored.event_id) end,"
         f" case when not stored.duplicate then {_KEEP_SIGNED_MESSAGE} end"
         f" from public.insert_outbox_event({_INSERT_ARGUMENTS}) as stored",
         {
@@ -160,7 +159,7 @@ def record_event(
             **_signed_parameters(signature_digest, signed),
         },
     )
-    event_id, duplicate, _log_id, _kept = cursor.fetchone()
+    event_id, duplicate, _kept = cursor.fetchone()
     return InsertResult(event_id=event_id, duplicate=duplicate)
 
 

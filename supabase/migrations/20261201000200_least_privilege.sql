@@ -56,6 +56,90 @@ revoke all on function public.outbox_depth(), public.applied_migrations()
     from public, anon, authenticated;
 
 -- ---------------------------------------------------------------------------------------------
+-- insert_outbox_event writes the audit copy itself, as insert_outbox_batch does: whoever calls
+-- it (a receiver, a script with service_role), no event is stored without its copy. A separate
+-- insert_event_log call after it finds the copy there and changes nothing.
+-- ---------------------------------------------------------------------------------------------
+
+create or replace function integration.insert_outbox_event(
+    p_event_type       text,
+    p_aggregate_type   text,
+    p_aggregate_id     text,
+    p_payload          jsonb,
+    p_idempotency_key  text,
+    p_source           text default 'odoo',
+    p_occurred_at      timestamptz default null,
+    p_signature_digest text default null,
+    p_max_attempts     integer default 4
+) returns table (event_id uuid, duplicate boolean)
+    language plpgsql security definer
+    set plan_cache_mode = force_custom_plan
+    set search_path = pg_catalog, pg_temp
+as $$
+declare
+    v_id uuid;
+begin
+    perform integration.require(p_event_type ~ '^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)*$'
+                                    and length(p_event_type) <= 255,
+        'insert_outbox_event: event_type must be lowercase dotted words, e.g. expense.submitted');
+    perform integration.require(length(p_aggregate_type) between 1 and 255,
+        'insert_outbox_event: aggregate_type must be 1-255 characters');
+    perform integration.require(length(p_aggregate_id) between 1 and 255,
+        'insert_outbox_event: aggregate_id must be 1-255 characters');
+    perform integration.require(jsonb_typeof(p_payload) = 'object',
+        'insert_outbox_event: payload must be a JSON object');
+    perform integration.require(p_idempotency_key ~ '^[ -~]{1,255}$',
+        'insert_outbox_event: idempotency_key must be 1-255 printable ASCII characters');
+    perform integration.require(p_source ~ '^[A-Za-z0-9_.-]{1,64}$',
+        'insert_outbox_event: source must be 1-64 characters of [A-Za-z0-9_.-]');
+    perform integration.require(p_max_attempts between 1 and 100,
+        'insert_outbox_event: max_attempts must be between 1 and 100');
+
+    begin
+        insert into integration.event_key as k
+            (source, idempotency_key, signature_digest, event_id)
+        values (p_source, p_idempotency_key, p_signature_digest, gen_random_uuid())
+        on conflict (source, idempotency_key) do nothing
+        returning k.event_id into v_id;
+    exception when unique_violation then
+        -- The signature digest's index. When two byte-identical requests race, the loser may
+        -- meet the winner's signature before its key; each statement of this function sees what
+        -- committed before it started, so the winner's key row is visible here. Only a signature
+        -- accepted under another key is a replay.
+        select k.event_id into v_id from integration.event_key k
+         where k.source = p_source and k.idempotency_key = p_idempotency_key
+           and k.signature_digest is not distinct from p_signature_digest;
+        if v_id is null then
+            raise exception 'replayed signature' using errcode = 'IB001',
+                detail = 'a request with this signature was already accepted under another idempotency key';
+        end if;
+        return query select v_id, true;
+        return;
+    end;
+
+    if v_id is not null then
+        insert into integration.outbox
+            (id, source, event_type, aggregate_type, aggregate_id, payload, idempotency_key,
+             signature_digest, occurred_at, max_attempts)
+        values (v_id, p_source, p_event_type, p_aggregate_type, p_aggregate_id, p_payload,
+                p_idempotency_key, p_signature_digest, p_occurred_at, p_max_attempts);
+        insert into integration.event_log
+            (event_id, source, event_type, aggregate_type, aggregate_id, payload,
+             idempotency_key, signature_digest, occurred_at)
+        values (v_id, p_source, p_event_type, p_aggregate_type, p_aggregate_id, p_payload,
+                p_idempotency_key, p_signature_digest, p_occurred_at);
+        perform pg_notify('integration_outbox', v_id::text);
+        return query select v_id, false;
+        return;
+    end if;
+
+    return query
+        select k.event_id, true from integration.event_key k
+        where k.source = p_source and k.idempotency_key = p_idempotency_key;
+end;
+$$;
+
+-- ---------------------------------------------------------------------------------------------
 -- The queue functions run as their owner: a part is given EXECUTE, never the tables beneath.
 -- ---------------------------------------------------------------------------------------------
 

@@ -357,11 +357,10 @@ interface SignedRequest extends Verified {
 }
 
 async function store(envelope: Envelope, key: string, signed: SignedRequest) {
-  // One statement: the outbox row, its event_log copy and the signed request in one transaction,
-  // through the public wrappers, exactly as the Python receiver writes them.
+  // One statement: the outbox row, its event_log copy (insert_outbox_event writes it) and the
+  // signed request in one transaction, through the public wrappers, as the Python receiver does.
   const rows = await db()`
     select stored.event_id::text as event_id, stored.duplicate,
-           case when not stored.duplicate then public.insert_event_log(stored.event_id) end,
            case when not stored.duplicate then ${keepSigned(signed)} end
     from public.insert_outbox_event(
       p_event_type => ${envelope.event_type}, p_aggregate_type => ${envelope.aggregate_type},
