@@ -338,7 +338,10 @@ export async function useDatabase(url: string | undefined): Promise<void> {
 }
 
 function connectTo(url: string): Sql {
-  return postgres(url, { max: 10, connect_timeout: 3, idle_timeout: 30, onnotice: () => {} });
+  // No prepared statements: Supabase's transaction pooler (port 6543) cannot keep them.
+  return postgres(url, {
+    max: 10, connect_timeout: 3, idle_timeout: 30, prepare: false, onnotice: () => {},
+  });
 }
 
 function db(): Sql {
