@@ -91,7 +91,7 @@ def test_events_show_and_tail(bus_env, clean_bus):
     assert shown.returncode == 0 and "status dead   attempts 4/4" in shown.stdout
     assert "HTTP 404: no such channel" in shown.stdout
     tail = cli("events", "tail", "-n", "10", env=bus_env)
-    assert tail.returncode == 0 and tail.stdout.count("\n") == 4
+    assert tail.returncode == 0 and tail.stdout.count("\n") == 5, "every stored event is audited"
 
 
 def test_events_show_of_an_unknown_or_malformed_id(bus_env, clean_bus):

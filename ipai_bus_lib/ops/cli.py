@@ -105,10 +105,13 @@ def _run_router(router: Router, settings: Settings) -> None:
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: router.stop())
     endpoints = _start_endpoints(router, settings)
+    try:
+        listening = router.probe_notifications()
+    except DatabaseUnavailable:  # the loop waits for the database, then probes
+        listening = router.config.listen
     print(
         f"router {router.config.worker}: batch {router.config.batch_size}, "
-        f"{'LISTEN + ' if router.config.listen else ''}poll every "
-        f"{router.config.poll_seconds:g} s",
+        f"{'LISTEN + ' if listening else ''}poll every {router.poll_seconds:g} s",
         file=sys.stderr,
         flush=True,
     )

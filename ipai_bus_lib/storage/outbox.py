@@ -146,9 +146,10 @@ def record_event(
     """Store a new event, its audit copy and the request it was signed in (what an ingress
     does); a duplicate writes nothing.
 
-    insert_outbox_event writes the audit copy itself. One statement does all three, so on an autocommit connection it is one round trip and still
-    one transaction. It calls the public wrappers only, so a receiver can run as a member of
-    ``ipai_bus_ingest``, which may do nothing else.
+    insert_outbox_event writes the audit copy itself. One statement does all three, so on an
+    autocommit connection it is one round trip and still one transaction. It calls the public
+    wrappers only, so a receiver can run as a member of ``ipai_bus_ingest``, which may do
+    nothing else.
     """
     cursor.execute(
         "select stored.event_id, stored.duplicate,"

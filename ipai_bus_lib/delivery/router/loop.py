@@ -7,6 +7,7 @@ import logging
 import select
 import threading
 import time
+import uuid
 from collections.abc import Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
@@ -27,6 +28,10 @@ from .settling import Settler
 
 log = logging.getLogger("ipai_bus.router")
 SQL = load("router")
+# How long the start-up probe waits for its own notification, and how often a router polls when
+# notifications cannot arrive (a transaction pooler hands each statement to any server session).
+NOTIFY_PROBE_SECONDS = 2.0
+POOLED_POLL_SECONDS = 0.5
 
 
 class Router:
@@ -62,6 +67,40 @@ class Router:
         # the database busy claiming, delivering's Python and settling all at once.
         self._claim_pool = ThreadPoolExecutor(1, thread_name_prefix="claim")
         self._claimed_ahead: Future[list[OutboxEvent]] | None = None
+        # None until probed: whether a LISTENing connection hears the outbox's NOTIFY.
+        self.notifications_arrive: bool | None = None
+
+    @property
+    def poll_seconds(self) -> float:
+        """How long an idle router waits between claims when no notification wakes it."""
+        if self.notifications_arrive is False:
+            return min(self.config.poll_seconds, POOLED_POLL_SECONDS)
+        return self.config.poll_seconds
+
+    def probe_notifications(self) -> bool:
+        """LISTEN as the loop does, NOTIFY a token of this router's own from the pool, and see
+        whether it arrives. Behind a transaction pooler it never does (an idle client is attached to no
+        server session), and the router then polls every POOLED_POLL_SECONDS instead."""
+        if not self.config.listen:
+            self.notifications_arrive = False
+            return False
+        token = f"probe {uuid.uuid4().hex}"
+        listener = self._listen()
+        try:
+            with self.database.autocommit() as cursor:
+                cursor.execute(SQL["notify_probe"], {"token": token})
+            self.notifications_arrive = _heard(listener, token, NOTIFY_PROBE_SECONDS)
+        finally:
+            _close_quietly(listener)
+        if not self.notifications_arrive:
+            log.warning(
+                "router %s: notifications do not arrive on this connection (a transaction "
+                "pooler?): polling every %.1f s instead; give the router a direct or "
+                "session-pooler connection string (README: Supabase)",
+                self.config.worker,
+                self.poll_seconds,
+            )
+        return self.notifications_arrive
 
     # --- the loop ---------------------------------------------------------------------------
 
@@ -78,7 +117,9 @@ class Router:
         try:
             while not self._stopping.is_set():
                 try:
-                    if listener is None and self.config.listen:
+                    if self.notifications_arrive is None:
+                        self.probe_notifications()
+                    if listener is None and self.notifications_arrive:
                         listener = self._listen()
                     handled = self._run_pipelined()
                     backoff = FIRST_RECONNECT_SECONDS
@@ -92,18 +133,18 @@ class Router:
                     _close_quietly(listener)
                     listener = None
                     self._stopping.wait(backoff)
-                    backoff = min(backoff * 2, self.config.poll_seconds)
+                    backoff = min(backoff * 2, self.poll_seconds)
                 except Exception:  # noqa: BLE001 - the router outlives its own bugs
                     # Whatever it was, the claimed events' leases run out and they come back
                     # (and go dead once their attempts are spent): the others keep flowing.
                     log.exception(
                         "router %s: unexpected error; going on in %.0f s",
                         self.config.worker,
-                        self.config.poll_seconds,
+                        self.poll_seconds,
                     )
                     _close_quietly(listener)
                     listener = None
-                    self._stopping.wait(self.config.poll_seconds)
+                    self._stopping.wait(self.poll_seconds)
         finally:
             self.running = False
             _close_quietly(listener)
@@ -121,7 +162,7 @@ class Router:
         return listener
 
     def _wait_for_work(self, listener: Any) -> None:
-        timeout = self.config.poll_seconds
+        timeout = self.poll_seconds
         if self.config.drain:  # wake for the next scheduled retry rather than the next poll
             timeout = min(timeout, self._seconds_until_next_due())
         if listener is None:
@@ -144,7 +185,7 @@ class Router:
         with self.database.autocommit() as cursor:
             cursor.execute(SQL["seconds_until_next_due"])
             seconds = cursor.fetchone()[0]
-        return self.config.poll_seconds if seconds is None else max(0.0, float(seconds))
+        return self.poll_seconds if seconds is None else max(0.0, float(seconds))
 
     # --- one batch ----------------------------------------------------------------------------
 
@@ -232,3 +273,15 @@ def _close_quietly(connection: Any) -> None:
             connection.close()
         except Exception:  # noqa: BLE001 - closing a dead connection
             pass
+
+
+def _heard(listener: Any, token: str, seconds: float) -> bool:
+    """Whether the notification carrying ``token`` reaches ``listener`` within ``seconds``."""
+    deadline = time.monotonic() + seconds
+    while (remaining := deadline - time.monotonic()) > 0:
+        select.select([listener], [], [], remaining)
+        listener.poll()
+        if any(notify.payload == token for notify in listener.notifies):
+            listener.notifies.clear()
+            return True
+    return False

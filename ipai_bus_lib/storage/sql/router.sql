@@ -45,3 +45,8 @@ insert into integration.delivery_attempts
 select event_id, attempt, worker, destination, outcome, http_status, left(error, 4000),
        coalesce(duration_ms, 0)
   from pg_temp.staged_attempts;
+
+-- name: notify_probe
+-- The start-up probe: a NOTIFY on the outbox's channel that only the probing router waits for
+-- (other routers wake once and find nothing new).
+select pg_notify('integration_outbox', %(token)s);
