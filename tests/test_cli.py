@@ -18,7 +18,7 @@ import pytest
 from ipai_bus_lib.core.catalog import Envelope
 from ipai_bus_lib.storage import outbox
 
-from .helpers import cli, free_port, snapshot, wait_until
+from .helpers import cli, console_sign_in, free_port, snapshot, wait_until
 from .readiness import http_answers, log_says, wait_for_server
 
 
@@ -241,6 +241,15 @@ def fresh_home(tmp_path) -> dict[str, str]:
     }
 
 
+def _part_roles(cursor) -> dict[str, str]:
+    """Which role each part of the bus is connected as (application name -> user name)."""
+    cursor.execute(
+        "select distinct application_name, usename from pg_stat_activity"
+        " where application_name like 'ipai-bus %' and application_name <> 'ipai-bus readiness'"
+    )
+    return dict(cursor.fetchall())
+
+
 def processes_mentioning(text: str) -> list[psutil.Process]:
     found = []
     for process in psutil.process_iter(["cmdline"]):
@@ -296,6 +305,17 @@ def test_up_from_an_empty_machine_delivers_and_stops_cleanly(fresh_home, tmp_pat
         assert stat.S_IMODE(password_file.stat().st_mode) == 0o600
         assert password_file.read_text().strip() not in (tmp_path / "up.log").read_text()
         wait_for_server("the console under up", http_answers(console + "/login"), process=up)
+        # The console shows every page as its operator role (it may read, retry and purge only).
+        session, _ = console_sign_in(console, "operator", password_file.read_text().strip())
+        for page in ("/", "/events", "/dead", "/destinations"):
+            assert session.get(console + page, timeout=30).status_code == 200, page
+        with psycopg2.connect(admin) as conn, conn.cursor() as cursor:
+            assert _part_roles(cursor) == {
+                "ipai-bus receiver": "ipai_bus_receiver",
+                "ipai-bus router": "ipai_bus_dispatcher",
+                "ipai-bus router listener": "ipai_bus_dispatcher",
+                "ipai-bus console": "ipai_bus_console",
+            }, "each part logs in as its own role; none as the owner"
         children = psutil.Process(up.pid).children(recursive=True)
         assert len(children) >= 3, "a receiver, a router and the console run under up"
     finally:

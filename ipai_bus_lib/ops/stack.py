@@ -138,17 +138,25 @@ class Stack:
         command = [sys.executable, "-m", "ipai_bus_lib.ops.cli"]
         children = [
             Child("receiver", [*command, "serve"], env, self.output),
-            Child("router", [*command, "route"], env, self.output),
+            Child("router", [*command, "route"], self._env_of("router", env), self.output),
         ]
         if self.console:  # its password exists before `up` says where it is
             from .console import console_password_file
             from .console.auth import ensure_password
 
             ensure_password(console_password_file(self.settings))
-            children.append(Child("console", [*command, "console"], env, self.output))
+            console_env = self._env_of("console", env)
+            children.append(Child("console", [*command, "console"], console_env, self.output))
         self.supervisor = Supervisor(children)
         self.supervisor.start()
         self._wait_until_serving()
+
+    def _env_of(self, part: str, env: dict[str, str]) -> dict[str, str]:
+        """On the embedded cluster each part logs in as its own least-privilege role; with
+        DATABASE_URL the deployment chose the roles (README: Roles)."""
+        if self._cluster is None:
+            return env
+        return {**env, "DATABASE_URL": self._cluster.login_url(part)}
 
     def _database(self) -> str:
         if self.settings.database_url:

