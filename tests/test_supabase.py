@@ -197,6 +197,19 @@ def seed(admin: str) -> dict[str, str]:
     return {"event_id": event_id}
 
 
+def forged_log_row(key: str) -> dict:
+    """An audit row nobody stored: what a forger would POST to /event_log."""
+    return {
+        "event_id": str(uuid.uuid4()),
+        "source": "odoo",
+        "event_type": "x.y",
+        "aggregate_type": "a",
+        "aggregate_id": "1",
+        "payload": {},
+        "idempotency_key": key,
+    }
+
+
 def questions(seeded: dict[str, str], role: str) -> list[tuple[str, str, str, dict, dict]]:
     """(cell, method, path, headers, body) for every question put to ``role``."""
     unique = f"{role}-{uuid.uuid4().hex[:8]}"
@@ -215,15 +228,7 @@ def questions(seeded: dict[str, str], role: str) -> list[tuple[str, str, str, di
             "idempotency_key": unique,
         },
         "event_key": {"source": "odoo", "idempotency_key": unique, "event_id": str(uuid.uuid4())},
-        "event_log": {
-            "event_id": str(uuid.uuid4()),
-            "source": "odoo",
-            "event_type": "x.y",
-            "aggregate_type": "a",
-            "aggregate_id": "1",
-            "payload": {},
-            "idempotency_key": unique,
-        },
+        "event_log": forged_log_row(unique),
         "signed_message": {"digest": digest, "message": "\\x00", "signatures": "f" * 64},
         "ingest_batch": {"signature_digest": digest, "batch_key": unique, "events": 1},
         "delivery_attempts": {
@@ -426,15 +431,7 @@ def test_the_seed_reproductions_are_refused_and_change_nothing(supabase):
             401,
             403,
         )
-    forged = {
-        "event_id": str(uuid.uuid4()),
-        "source": "odoo",
-        "event_type": "x.y",
-        "aggregate_type": "a",
-        "aggregate_id": "1",
-        "payload": {},
-        "idempotency_key": "f",
-    }
+    forged = forged_log_row("f")
     assert requests.post(base + "/event_log", headers=service, json=forged, timeout=30).status_code in (
         401,
         403,
