@@ -72,7 +72,14 @@ def odoo_database(server_url):
     parts = urlsplit(server_url)
     name = f"ipai_odoo_{uuid.uuid4().hex[:8]}"
     yield {"name": name, "host": parts.hostname or "127.0.0.1", "port": str(parts.port or 5432)}
-    conn = psycopg2.connect(server_url)
+    # Dropped by its owner, the Odoo role: DATABASE_URL's role may not be a superuser.
+    conn = psycopg2.connect(
+        host=parts.hostname or "127.0.0.1",
+        port=parts.port or 5432,
+        dbname=parts.path.lstrip("/") or "postgres",
+        user=ODOO_ROLE,
+        password=ODOO_ROLE_PASSWORD,
+    )
     conn.autocommit = True
     with conn.cursor() as cursor:
         cursor.execute(f'drop database if exists "{name}" with (force)')
