@@ -148,12 +148,14 @@ def fidelity_parity_cases() -> list[tuple[str, str, str, bytes, dict[str, str]]]
     beyond = event_body("exact-2").replace(b"1250.5", b"1e131072")
     fine = event_body("exact-3").replace(b"1250.5", b"0.5e-16383")
     largest = event_body("exact-4").replace(b"1250.5", b"9.99e131071")
+    long_integer = event_body("exact-5").replace(b"1250.5", b"7" * 5000)
     return [
         ("numbers exactly as sent", "POST", WEBHOOK_PATH, single, signed(single, key="exact-1")),
         ("batch: numbers exactly as sent", "POST", BATCH_PATH, batch, signed(batch, key="exact-b")),
         ("number beyond numeric", "POST", WEBHOOK_PATH, beyond, signed(beyond, key="exact-2")),
         ("scale beyond numeric", "POST", WEBHOOK_PATH, fine, signed(fine, key="exact-3")),
         ("largest numeric", "POST", WEBHOOK_PATH, largest, signed(largest, key="exact-4")),
+        ("5000-digit integer", "POST", WEBHOOK_PATH, long_integer, signed(long_integer, key="exact-5")),
     ]
 
 
@@ -312,9 +314,10 @@ def test_edge_function_and_python_receiver_answer_alike(edge_function, make_data
         assert tuple(map(bytes_or_value, python_row)) == tuple(map(bytes_or_value, edge_row)), (
             f"the stored rows differ:\n{python_row}\n{edge_row}"
         )
-    assert len(python_rows) == len(edge_rows) == 4 + 3 + 1 + 3 + 1, (
+    assert len(python_rows) == len(edge_rows) == 4 + 3 + 1 + 3 + 2, (
         "valid, rotated secret, numeric id, year 0099; the batch's three; the mixed batch's new"
-        " one; the exact numbers, singly and twice in a batch; the largest numeric"
+        " one; the exact numbers, singly and twice in a batch; the largest numeric; the longest"
+        " integer"
     )
     for url in (python_db, edge_db):
         assert exact_payloads(url) == [sent_as_jsonb(url)] * 3, "a number changed on its way in"

@@ -66,3 +66,11 @@ def test_numbers_postgresql_holds_pass(text):
 def test_json_constants_that_are_not_json_are_refused(text):
     with pytest.raises(ValueError):
         exact_json.loads(text)
+
+
+def test_an_integer_longer_than_python_converts_is_kept_exactly():
+    """Python refuses to convert more than 4300 digits to an int; the number is still JSON."""
+    sent = '{"n":' + "7" * 5000 + ',"small":42}'
+    read = exact_json.loads(sent)
+    assert read["small"] == 42 and isinstance(read["small"], int)
+    assert exact_json.dumps(read) == sent
