@@ -258,6 +258,25 @@ def single_parity_cases() -> list[tuple[str, str, bytes, dict[str, str]]]:
         ("oversized", "POST", large, signed(large, key="parity-10")),
         ("wrong content type", "POST", body, {**valid, "Content-Type": "text/plain"}),
         ("wrong method", "GET", b"", {}),
+        (
+            "underscore key beside the dashed one",
+            "POST",
+            event_body("906"),
+            {**signed(event_body("906"), key="parity-dash"), "x_idempotency_key": "parity-under"},
+        ),
+        (
+            "underscore key alone",
+            "POST",
+            event_body("907"),
+            {
+                **{
+                    k: v
+                    for k, v in signed(event_body("907"), key="x").items()
+                    if k != "x-idempotency-key"
+                },
+                "x_idempotency_key": "parity-under-alone",
+            },
+        ),
     ]
 
 
@@ -314,8 +333,9 @@ def test_edge_function_and_python_receiver_answer_alike(edge_function, make_data
         assert tuple(map(bytes_or_value, python_row)) == tuple(map(bytes_or_value, edge_row)), (
             f"the stored rows differ:\n{python_row}\n{edge_row}"
         )
-    assert len(python_rows) == len(edge_rows) == 4 + 3 + 1 + 3 + 2, (
-        "valid, rotated secret, numeric id, year 0099; the batch's three; the mixed batch's new"
+    assert len(python_rows) == len(edge_rows) == 5 + 3 + 1 + 3 + 2, (
+        "valid, rotated secret, numeric id, year 0099, the dashed key; the batch's three; the"
+        " mixed batch's new"
         " one; the exact numbers, singly and twice in a batch; the largest numeric; the longest"
         " integer"
     )

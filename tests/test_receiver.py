@@ -353,3 +353,16 @@ def test_database_stopped_mid_run_gives_503_then_recovers(tmp_path):
             )
             assert requests.get(running.base_url + "/readyz", timeout=10).status_code == 200
             assert counts(url) == (2, 2)
+
+
+def test_an_underscore_header_is_not_taken_for_the_dashed_one(server, clean_bus):
+    """`x_idempotency_key: K2` beside `x-idempotency-key: K1`: the event is K1's, as sent."""
+    body = event_body("under")
+    headers = {**signed(body, key="K1-dashed"), "x_idempotency_key": "K2-underscore"}
+    assert post(server.base_url, body, headers).status_code == 200
+    keys = [row[3] for row in snapshot(clean_bus)["outbox"]]
+    assert "K1-dashed" in keys and "K2-underscore" not in keys
+    alone = {k: v for k, v in signed(body, key="x").items() if k != "x-idempotency-key"}
+    refused = post(server.base_url, body, {**alone, "x_idempotency_key": "K3-underscore"})
+    assert refused.status_code == 400 and "x-idempotency-key" in refused.json()["error"]
+    assert [row[3] for row in snapshot(clean_bus)["outbox"]] == keys, "nothing stored"

@@ -257,6 +257,11 @@ def _environ(
             continue
         if name == b"content-length":
             continue
+        if b"_" in name:
+            # WSGI spells x-idempotency-key as HTTP_X_IDEMPOTENCY_KEY, and x_idempotency_key would
+            # land there too: names are matched exactly as sent, so such headers are dropped (as
+            # gunicorn and nginx do by default, and as the Edge Function never sees them).
+            continue
         key = "HTTP_" + name.decode("latin-1").upper().replace("-", "_")
         if name in seen:
             environ[key] += "," + text
