@@ -54,3 +54,19 @@ def test_the_license_file_is_the_one_setup_cfg_and_the_manifests_name():
     assert "GNU LESSER GENERAL PUBLIC LICENSE" in text and "Version 3, 29 June 2007" in text
     for manifest in ROOT.glob("addons/*/__manifest__.py"):
         assert ast.literal_eval(manifest.read_text())["license"] == "LGPL-3"
+
+
+def test_routes_check_takes_a_permanent_set_and_refuses_a_wrong_one(tmp_path):
+    """`permanent_statuses` names the answers that end an event at once; 2xx or 429 cannot be."""
+    routes = tmp_path / "routes.toml"
+    head = (
+        f'[destinations.hook]\ntype = "http"\nurl = "http://127.0.0.1:9/h"\nsecret = "{SINK_SECRET}"\n'
+    )
+    tail = '\n[[routes]]\nmatch = "*"\ndestinations = ["hook"]\n'
+    routes.write_text(head + "permanent_statuses = [400, 410]\n" + tail)
+    assert cli("routes", "check", str(routes)).returncode == 0
+    for wrong in ("[200]", "[429]", '"400"', "[4000]"):
+        routes.write_text(head + f"permanent_statuses = {wrong}\n" + tail)
+        refused = cli("routes", "check", str(routes))
+        assert refused.returncode != 0, wrong
+        assert "permanent_statuses must be a list of 4xx/5xx statuses" in refused.stderr, refused.stderr

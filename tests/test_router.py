@@ -20,9 +20,11 @@ from ipai_bus_lib.delivery.destinations import (
     EmailDestination,
     HttpForwardDestination,
     MattermostDestination,
+    SmtpDefaults,
+    build_destination,
 )
 from ipai_bus_lib.delivery.router import Router, RouterConfig
-from ipai_bus_lib.delivery.routes import DestinationSpec, Route, RoutingTable
+from ipai_bus_lib.delivery.routes import DestinationSpec, Route, RoutingTable, parse_routing
 from ipai_bus_lib.storage import outbox
 
 from .helpers import free_port
@@ -227,18 +229,68 @@ def test_a_peer_answering_with_a_nul_byte_gets_a_retry_not_a_dead_event(database
     assert attempts_of(database, event_id) == [("mm", "failed", 503, "HTTP 503: busy try later")]
 
 
-def test_http_forward_client_error_is_dead_and_server_error_retried(database):
-    replies = iter([Reply(404, b"no such hook"), Reply(503, b"busy")])
+def test_http_forward_refusal_is_dead_and_a_404_or_server_error_retried(database):
+    """Only an answer that refuses the event itself ends it: a 404 (an n8n workflow not yet
+    published) and a 503 are retried on the schedule like any other failure."""
+    replies = iter([Reply(422, b"bad event"), Reply(404, b"no such hook"), Reply(503, b"busy")])
     with HttpSink(lambda request: next(replies)) as sink:
         router = make_router(
             database, {"n8n": HttpForwardDestination("n8n", sink.url, FORWARD_SECRET)}, concurrency=1
         )
-        [first] = add_events(database, aggregate="a")
+        statuses = []
+        for aggregate in ("a", "b", "c"):
+            [event] = add_events(database, aggregate=aggregate)
+            router.run_once()
+            statuses.append(state(database, event)["status"])
+    assert statuses == ["dead", "failed", "failed"]
+
+
+def test_a_404_is_retried_until_the_attempts_run_out_then_dead(database):
+    with HttpSink(lambda request: Reply(404, b"workflow not published")) as sink:
+        router = make_router(
+            database, {"n8n": HttpForwardDestination("n8n", sink.url, FORWARD_SECRET)}, concurrency=1
+        )
+        [event] = add_events(database, aggregate="a")
+        seen = []
+        for _ in range(4):
+            with database.transaction() as cursor:  # due again now, as its retry would be
+                cursor.execute(
+                    "update integration.outbox set available_at = now() where id = %s", (event,)
+                )
+            router.run_once()
+            seen.append(state(database, event)["status"])
+    assert seen == ["failed", "failed", "failed", "dead"], "four attempts, then an operator's"
+    assert len(sink.received) == 4
+
+
+def test_the_routes_file_sets_a_destinations_permanent_statuses():
+    document = {
+        "destinations": {
+            "n8n": {
+                "type": "http",
+                "url": "http://127.0.0.1:9/h",
+                "secret": FORWARD_SECRET,
+                "permanent_statuses": [400, 410],
+            },
+            "mm": {"type": "mattermost", "url": "http://127.0.0.1:9/m"},
+        },
+        "routes": [{"match": "*", "destinations": ["n8n", "mm"]}],
+    }
+    routing = parse_routing(document, {})
+    smtp = SmtpDefaults("127.0.0.1", 25, "none", None, None, "bus@example.ph")
+    built = {name: build_destination(spec, {}, smtp=smtp) for name, spec in routing.destinations.items()}
+    assert built["n8n"].permanent == {400, 410}
+    assert built["mm"].permanent == {400, 413}, "Mattermost's own set when the file is silent"
+
+
+def test_a_destination_may_name_its_own_permanent_statuses(database):
+    refusing = HttpForwardDestination("n8n", "", FORWARD_SECRET, permanent=frozenset({404}))
+    with HttpSink(lambda request: Reply(404, b"never")) as sink:
+        refusing.url = sink.url
+        router = make_router(database, {"n8n": refusing}, concurrency=1)
+        [event] = add_events(database, aggregate="a")
         router.run_once()
-        [second] = add_events(database, aggregate="b")
-        router.run_once()
-    assert state(database, first)["status"] == "dead"
-    assert state(database, second)["status"] == "failed"
+    assert state(database, event)["status"] == "dead"
 
 
 # --- e-mail (aiosmtpd) ----------------------------------------------------------------------------
@@ -421,7 +473,7 @@ def test_aggregate_order_holds_when_the_first_event_fails_twice(database):
 def test_dead_event_stops_blocking_its_aggregate(database):
     with HttpSink(
         lambda request: (
-            Reply(410, b"gone") if request.json()["data"]["payload"]["amount"] == 100 else Reply(200)
+            Reply(422, b"refused") if request.json()["data"]["payload"]["amount"] == 100 else Reply(200)
         )
     ) as sink:
         router = make_router(database, {"n8n": HttpForwardDestination("n8n", sink.url, FORWARD_SECRET)})

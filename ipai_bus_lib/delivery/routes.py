@@ -11,6 +11,7 @@ whose pattern matches wins. Secrets are never in the file: it names environment 
     channel = "finance-ops"        # optional
     rate_per_second = 10           # optional token bucket
     burst = 100
+    permanent_statuses = [400, 413]  # optional: HTTP answers that refuse the event for good
 
     [[routes]]
     match = "expense.*"            # exact name, prefix.*, or *
@@ -47,6 +48,9 @@ class DestinationSpec:
     options: Mapping[str, Any] = field(default_factory=dict)
     rate_per_second: float | None = None
     burst: int = 1
+    # HTTP answers that refuse an event for good, when the routes file sets them (else the
+    # destination type's own set, see destinations.http_client).
+    permanent_statuses: frozenset[int] | None = None
 
 
 @dataclass(frozen=True)
@@ -150,7 +154,25 @@ def _destination(name: str, raw: Any, env: Mapping[str, str], origin: str) -> De
         raise _problem(origin, f"[destinations.{name}] rate_per_second must be a positive number")
     if not isinstance(burst, int) or burst < 1:
         raise _problem(origin, f"[destinations.{name}] burst must be a whole number >= 1")
-    return DestinationSpec(name, kind, spec, float(rate) if rate else None, burst)
+    permanent = _permanent_statuses(name, kind, spec.pop("permanent_statuses", None), origin)
+    return DestinationSpec(name, kind, spec, float(rate) if rate else None, burst, permanent)
+
+
+def _permanent_statuses(name: str, kind: str, raw: Any, origin: str) -> frozenset[int] | None:
+    """A destination's own set of HTTP answers that refuse an event for good (None: its type's)."""
+    if raw is None:
+        return None
+    where = f"[destinations.{name}] permanent_statuses"
+    if kind not in ("http", "mattermost"):
+        raise _problem(origin, f"{where}: only http and mattermost destinations answer in HTTP")
+    valid = isinstance(raw, list) and all(
+        isinstance(code, int) and 400 <= code <= 599 and code != 429 for code in raw
+    )
+    if not valid:
+        raise _problem(
+            origin, f"{where} must be a list of 4xx/5xx statuses (429 is always a pause), got {raw!r}"
+        )
+    return frozenset(raw)
 
 
 def _route(index: int, raw: Any, destinations: Mapping[str, DestinationSpec], origin: str) -> Route:

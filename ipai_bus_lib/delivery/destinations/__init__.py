@@ -10,9 +10,9 @@ from .base import DEFAULT_TIMEOUT_SECONDS, DeliveryFailed, Destination
 from .console import ConsoleDestination, NoopDestination
 from .factory import SmtpDefaults, build_destination
 from .http_client import (
+    HTTP_PERMANENT_REFUSALS,
     MAX_ANSWER_BYTES,
     MAX_RETRY_AFTER_SECONDS,
-    RETRYABLE_CLIENT_ERRORS,
     KeepAliveClient,
     post_json,
     retry_after,
@@ -26,7 +26,7 @@ __all__ = [
     "DEFAULT_TIMEOUT_SECONDS",
     "MAX_ANSWER_BYTES",
     "MAX_RETRY_AFTER_SECONDS",
-    "RETRYABLE_CLIENT_ERRORS",
+    "HTTP_PERMANENT_REFUSALS",
     "CircuitBreaker",
     "ConsoleDestination",
     "DeliveryFailed",

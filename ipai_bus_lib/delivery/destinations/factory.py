@@ -35,6 +35,7 @@ def build_destination(
 ) -> Destination:
     """A destination from its routes-file spec; secrets are read from the variables it names."""
     options = dict(spec.options)
+    permanent = {} if spec.permanent_statuses is None else {"permanent": spec.permanent_statuses}
 
     def from_env(key: str, default: str | None = None) -> str | None:
         variable = options.get(f"{key}_env")
@@ -54,6 +55,7 @@ def build_destination(
             username=options.get("username", "IPAI Bus"),
             icon_url=options.get("icon_url"),
             timeout=timeout,
+            **permanent,
         )
     if spec.type == "http":
         url, secret = from_env("url"), from_env("secret")
@@ -63,7 +65,7 @@ def build_destination(
                 "secret_env (a whsec_… Standard Webhooks secret)"
             )
         try:
-            return HttpForwardDestination(spec.name, url, secret, timeout=timeout)
+            return HttpForwardDestination(spec.name, url, secret, timeout=timeout, **permanent)
         except ValueError as exc:
             raise ConfigurationError(f"destination {spec.name}: {exc}") from None
     if spec.type == "email":

@@ -26,8 +26,12 @@ from .base import DeliveryFailed
 MAX_RETRY_AFTER_SECONDS = 3600.0
 # What is read of an answer: enough for an error message, never a destination's whole body.
 MAX_ANSWER_BYTES = 64 * 1024
-# 4xx answers a retry cannot fix go straight to dead; these few are worth retrying.
-RETRYABLE_CLIENT_ERRORS = frozenset({408, 409, 425, 429})
+# Every failed answer is retried on the schedule until the event's attempts run out, except the
+# ones that say the event itself is refused: retrying the same bytes cannot change those. A 404
+# (an n8n workflow not yet published, a path being deployed) or a 401 (a secret being rotated) is
+# retried. Each destination type names its set (PERMANENT_REFUSALS); a routes file may set
+# `permanent_statuses` per destination.
+HTTP_PERMANENT_REFUSALS = frozenset({400, 413, 415, 422})
 _ERROR_BODY_CHARS = 300
 MAX_ANSWER_HEAD_BYTES = 64 * 1024
 _RECV_BYTES = 65536
@@ -257,8 +261,16 @@ def _read_chunked(reader: _Reader) -> tuple[bytes, bool]:
         reader.exactly(2, "a chunk")  # the chunk's closing CRLF
 
 
-def post_json(client: KeepAliveClient, url: str, body: bytes, headers: Mapping[str, str]) -> int:
-    """POST and classify the answer; returns the 2xx status, raises DeliveryFailed otherwise."""
+def post_json(
+    client: KeepAliveClient,
+    url: str,
+    body: bytes,
+    headers: Mapping[str, str],
+    *,
+    permanent: frozenset[int] = HTTP_PERMANENT_REFUSALS,
+) -> int:
+    """POST and classify the answer; returns the 2xx status, raises DeliveryFailed otherwise,
+    retryable unless the status is one of ``permanent``."""
     try:
         status, data, response_headers = client.post(
             url, body, {"Content-Type": "application/json", **headers}
@@ -276,8 +288,7 @@ def post_json(client: KeepAliveClient, url: str, body: bytes, headers: Mapping[s
             http_status=status,
             retry_after_seconds=retry_after(response_headers.get("retry-after")),
         )
-    retryable = status >= 500 or status in RETRYABLE_CLIENT_ERRORS
-    raise DeliveryFailed(detail, retryable=retryable, http_status=status)
+    raise DeliveryFailed(detail, retryable=status not in permanent, http_status=status)
 
 
 def retry_after(header: str | None) -> float | None:

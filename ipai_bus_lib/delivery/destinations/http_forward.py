@@ -10,7 +10,7 @@ from ...core.signing import standard_webhooks_headers
 from ...storage.outbox import OutboxEvent
 from ..formatters import Message
 from .base import DEFAULT_TIMEOUT_SECONDS
-from .http_client import KeepAliveClient, post_json
+from .http_client import HTTP_PERMANENT_REFUSALS, KeepAliveClient, post_json
 
 
 class HttpForwardDestination:
@@ -20,16 +20,23 @@ class HttpForwardDestination:
     waits_on_network = True
 
     def __init__(
-        self, name: str, url: str, secret: str, *, timeout: float = DEFAULT_TIMEOUT_SECONDS
+        self,
+        name: str,
+        url: str,
+        secret: str,
+        *,
+        timeout: float = DEFAULT_TIMEOUT_SECONDS,
+        permanent: frozenset[int] = HTTP_PERMANENT_REFUSALS,
     ) -> None:
         standard_webhooks_headers(secret, message_id="check", body=b"")  # fail fast on a bad one
         self.name, self.url, self.secret, self.timeout = name, url, secret, timeout
+        self.permanent = permanent
         self.client = KeepAliveClient(timeout)
 
     def deliver(self, event: OutboxEvent, message: Message | None) -> int | None:
         body = exact_json.dumps(forward_document(event)).encode()
         headers = standard_webhooks_headers(self.secret, message_id=str(event.id), body=body)
-        return post_json(self.client, self.url, body, headers)
+        return post_json(self.client, self.url, body, headers, permanent=self.permanent)
 
     def close(self) -> None:
         self.client.close()

@@ -9,6 +9,10 @@ from ..formatters import Message
 from .base import DEFAULT_TIMEOUT_SECONDS
 from .http_client import KeepAliveClient, post_json
 
+# Mattermost answers 400 for a post it cannot take (bad JSON, a text over its limit) and 413 for
+# a body too large; a 404 (a hook not yet created, a typo being fixed) is retried.
+MATTERMOST_PERMANENT_REFUSALS = frozenset({400, 413})
+
 
 class MattermostDestination:
     """A Mattermost incoming webhook: ``text``, ``username``, ``icon_url``, optional ``channel``."""
@@ -25,8 +29,9 @@ class MattermostDestination:
         username: str = "IPAI Bus",
         icon_url: str | None = None,
         timeout: float = DEFAULT_TIMEOUT_SECONDS,
+        permanent: frozenset[int] = MATTERMOST_PERMANENT_REFUSALS,
     ) -> None:
-        self.name, self.url, self.timeout = name, url, timeout
+        self.name, self.url, self.timeout, self.permanent = name, url, timeout, permanent
         self.fields = {
             key: value
             for key, value in {"username": username, "icon_url": icon_url, "channel": channel}.items()
@@ -37,7 +42,7 @@ class MattermostDestination:
     def deliver(self, event: OutboxEvent, message: Message | None) -> int | None:
         assert message is not None
         body = json.dumps({"text": message.markdown, **self.fields}).encode()
-        return post_json(self.client, self.url, body, {})
+        return post_json(self.client, self.url, body, {}, permanent=self.permanent)
 
     def close(self) -> None:
         self.client.close()
