@@ -73,6 +73,11 @@ class Run:
         found = [match[1] for line in lines if (match := SUMMARY.match(line))]
         return found[-1] if found else "no pytest summary: " + " | ".join(lines[-3:])
 
+    def failures(self) -> list[str]:
+        """pytest's short summary lines of what failed (FAILED …, ERROR …)."""
+        lines = self.log.read_text(errors="replace").splitlines()
+        return [line for line in lines if line.startswith(("FAILED ", "ERROR "))]
+
 
 class LoadSampler(threading.Thread):
     """The 1-minute load average, sampled while the runs go."""
@@ -119,6 +124,7 @@ def main() -> int:
     base.chmod(0o755)  # the embedded PostgreSQL runs as a system user from the clone's .venv
     burners: list[subprocess.Popen] = []
     sampler = LoadSampler()
+    keep = True  # until the runs have ended
     try:
         names = ["first", "second"] if args.mode == "beside-another-run" else ["beside-load"]
         runs = [Run(name, clone(base, name)) for name in names]
@@ -134,15 +140,19 @@ def main() -> int:
         for run in runs:
             minutes = (run.ended - run.started) / 60
             print(f"{run.name}: exit {run.returncode} after {minutes:.1f} min: {run.summary()}")
+            for line in run.failures():
+                print(f"  {line}")
         print(sampler.describe())
-        if args.keep:
+        passed = all(run.returncode == 0 for run in runs)
+        keep = args.keep or not passed  # a failure's logs are what the next person needs
+        if keep:
             print(f"clones and logs kept in {base}")
-        return 0 if all(run.returncode == 0 for run in runs) else 1
+        return 0 if passed else 1
     finally:
         for burner in burners:
             burner.kill()
             burner.wait()
-        if not args.keep:
+        if not keep:
             shutil.rmtree(base, ignore_errors=True)
 
 
