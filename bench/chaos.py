@@ -282,7 +282,7 @@ class Bus:
             cursor.execute(
                 "select integration.insert_outbox_event('expense.submitted', 'hr.expense',"
                 " 'poison', %s::jsonb, %s)",
-                ('{"amount": %s}' % ("9" * 5000), f"unreadable-{time.monotonic_ns()}"),
+                ('{"amount": %s}' % ("[" * 3000 + "]" * 3000), f"unreadable-{time.monotonic_ns()}"),
             )
         conn.close()
         return "unreadable event stored by SQL"
