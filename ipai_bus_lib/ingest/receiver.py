@@ -219,7 +219,7 @@ class Receiver:
                 envelope,
                 idempotency_key=key,
                 signature_digest=verified.fingerprint,
-                signed=_signed_message(verified),
+                signed=verified,
                 max_attempts=self.config.max_attempts,
             )
         )
@@ -239,7 +239,7 @@ class Receiver:
                 items,  # type: ignore[arg-type]  # valid events have both
                 batch_key=batch_key,
                 signature_digest=verified.fingerprint,
-                signed=_signed_message(verified),
+                signed=verified,
                 max_attempts=self.config.max_attempts,
             )
         )
@@ -359,10 +359,6 @@ def _signature_headers(environ: Mapping[str, Any]) -> dict[str, str]:
         signing.SIGNATURE_HEADER: "HTTP_X_IPAI_SIGNATURE",
     }
     return {header: environ[key] for header, key in names.items() if key in environ}
-
-
-def _signed_message(verified: signing.Verified) -> outbox.SignedMessage:
-    return outbox.SignedMessage(verified.message, verified.signatures)
 
 
 def _parse_json(body: bytes) -> Any:

@@ -18,6 +18,7 @@ from psycopg2.extras import Json
 from ..core import exact_json
 from ..core.catalog import Envelope
 from ..core.settings import DEFAULT_LEASE_SECONDS, DEFAULT_MAX_ATTEMPTS, DEFAULT_RETRY_DELAYS_SECONDS
+from ..core.signing import Verified
 
 STATUSES = ("pending", "processing", "completed", "failed", "dead")
 
@@ -111,16 +112,9 @@ def insert_event_log(cursor: Any, event_id: uuid.UUID) -> int:
     return int(cursor.fetchone()[0])
 
 
-@dataclass(frozen=True)
-class SignedMessage:
-    """A request as it was signed ("{timestamp}.{body}") and its signature header's digests:
-    kept beside the audit copy so the signature can be re-verified from the database alone."""
-
-    message: bytes
-    signatures: str
-
-
-def _signed_parameters(signature_digest: str | None, signed: SignedMessage | None) -> dict:
+def _signed_parameters(signature_digest: str | None, signed: Verified | None) -> dict:
+    """The request as signed and its header's digests, kept beside the audit copy so the
+    signature can be re-verified from the database alone (integration.signed_message)."""
     return {
         "digest": signature_digest,
         "message": None if signed is None else psycopg2.Binary(signed.message),
@@ -140,7 +134,7 @@ def record_event(
     *,
     idempotency_key: str,
     signature_digest: str | None = None,
-    signed: SignedMessage | None = None,
+    signed: Verified | None = None,
     max_attempts: int = DEFAULT_MAX_ATTEMPTS,
 ) -> InsertResult:
     """Store a new event, its audit copy and the request it was signed in (what an ingress
@@ -170,7 +164,7 @@ def record_batch(
     *,
     batch_key: str,
     signature_digest: str,
-    signed: SignedMessage | None = None,
+    signed: Verified | None = None,
     max_attempts: int = DEFAULT_MAX_ATTEMPTS,
 ) -> list[InsertResult]:
     """Store checked (envelope, idempotency key) pairs and their audit copies in one statement
