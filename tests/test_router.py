@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import time
 import uuid
 from email import message_from_bytes
@@ -29,6 +30,7 @@ from ipai_bus_lib.storage import outbox
 
 from .helpers import free_port
 from .sinks import HttpSink, Reply
+from .test_message_safety import MENTION_LIKE, linkified, markdown_links_and_text
 
 FORWARD_SECRET = "whsec_dGVzdC1zdGFuZGFyZC13ZWJob29rcy1rZXk="  # base64 of a test-only key
 
@@ -381,6 +383,43 @@ def test_email_starttls_refused_by_a_plain_server_is_retried_not_crashed(databas
 
 
 # --- console, routing, ordering, breakers ---------------------------------------------------------
+
+
+HOSTILE_EXPENSE = {
+    "expense_id": 7,
+    "employee_name": "Juan [Approve now](https://evil.example/sso) @channel",
+    "description": "![x](https://evil.example/pixel.png) "
+    "[Open in Odoo](https://evil.example/odoo/hr.expense/7) <!channel> @all",
+    "category": "[click](javascript:alert(document.cookie))",
+    "amount": 1250.5,
+    "currency": "PHP",
+}
+
+
+def test_a_hostile_expense_reaches_the_channel_and_the_mailbox_as_data(database, smtp_server):
+    """#22 item 1 from the outside: what Mattermost and the SMTP server receive has one link, ours."""
+    recorder, port = smtp_server()
+    with HttpSink() as sink:
+        destinations = {"mm": MattermostDestination("mm", sink.url), "ap": email_to(port)}
+        router = make_router(database, destinations, odoo_base_url="https://erp.example.ph")
+        with database.transaction() as cursor:
+            envelope = Envelope("expense.submitted", "hr.expense", "7", HOSTILE_EXPENSE)
+            outbox.insert_event(cursor, envelope, idempotency_key=str(uuid.uuid4()))
+        assert router.run_once() == 1
+    own = ["https://erp.example.ph/odoo/hr.expense/7"]
+    posted = sink.received[0].json()["text"]
+    links, shown = markdown_links_and_text(posted)
+    assert links == own and not MENTION_LIKE.search(shown) and "@" not in posted
+    assert "Juan" in shown and "Approve now" in shown, "the text itself still reads"
+    [(_, raw)] = recorder.messages
+    parts = {
+        part.get_content_type(): part.get_payload(decode=True).decode()
+        for part in message_from_bytes(raw).walk()
+        if not part.is_multipart()
+    }
+    assert re.findall(r"<a [^>]*>", parts["text/html"]) == [f'<a href="{own[0]}">']
+    assert "javascript:" not in parts["text/html"] and "javascript:" not in parts["text/plain"]
+    assert linkified(parts["text/plain"]) == own
 
 
 def test_console_prints_the_message(database):

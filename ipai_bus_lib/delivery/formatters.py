@@ -6,14 +6,13 @@ odd value reads as "—" or as it was sent, never a crash.
 
 from __future__ import annotations
 
-import html
-import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from ..core.catalog import lookup
+from .safe_text import escape_html, escape_markdown, neutralise
 
 MISSING = "—"
 # A value is shown up to this many characters: a message stays a message whatever was sent.
@@ -24,48 +23,65 @@ MAX_AMOUNT_DIGITS = 15
 GENERIC_EMOJI = "🔔"
 
 
+Field = tuple[str, str]
+"""A label and its value on a message line; a line of one field with an empty label is a bare value."""
+
+
 @dataclass(frozen=True)
 class Message:
-    """A formatted event: a title line, Markdown detail lines, and a link into Odoo."""
+    """A formatted event: a title, lines of labelled values, and the bus's own link into Odoo.
+
+    Titles, labels and values are plain text (payload text already neutralised by :func:`text`);
+    each rendering escapes them for its format, and the link is the only link it adds.
+    """
 
     emoji: str
     title: str
-    lines: tuple[str, ...]
+    lines: tuple[tuple[Field, ...], ...]
     link: str | None = None
 
     @property
     def markdown(self) -> str:
-        """The whole message as Markdown (what Mattermost and the console show)."""
-        parts = [f"{self.emoji} **{self.title}**", *self.lines]
+        """The message as Markdown (what Mattermost and the console show)."""
+        parts = [f"{self.emoji} **{escape_markdown(self.title)}**"]
+        parts += [self._line(line, "**{}:** {}", escape_markdown) for line in self.lines]
         if self.link:
             parts.append(f"[Open in Odoo]({self.link})")
         return "\n".join(parts)
 
     @property
     def plain_text(self) -> str:
-        """The message without Markdown markup (the text part of an e-mail)."""
-        text = re.sub(r"\*\*(.+?)\*\*", r"\1", self.markdown)
-        return re.sub(r"\[([^\]]+)\]\(([^)]+)\)", r"\1: \2", text)
+        """The message as plain text (the text part of an e-mail)."""
+        parts = [f"{self.emoji} {self.title}"]
+        parts += [self._line(line, "{}: {}", str) for line in self.lines]
+        if self.link:
+            parts.append(f"Open in Odoo: {self.link}")
+        return "\n".join(parts)
 
     @property
     def html(self) -> str:
-        """The Markdown rendered as HTML (the HTML part of an e-mail); every value is escaped."""
-        rendered = []
-        for line in self.markdown.split("\n"):
-            escaped = html.escape(line, quote=True)
-            escaped = re.sub(r"\*\*(.+?)\*\*", r"<strong>\1</strong>", escaped)
-            escaped = re.sub(r"\[([^\]]+)\]\(([^)\s]+)\)", r'<a href="\2">\1</a>', escaped)
-            rendered.append(f"<p>{escaped}</p>")
-        return "\n".join(rendered)
+        """The message as HTML (the HTML part of an e-mail)."""
+        parts = [f"{self.emoji} <strong>{escape_html(self.title)}</strong>"]
+        parts += [self._line(line, "<strong>{}:</strong> {}", escape_html) for line in self.lines]
+        if self.link:
+            parts.append(f'<a href="{escape_html(self.link)}">Open in Odoo</a>')
+        return "\n".join(f"<p>{part}</p>" for part in parts)
+
+    @staticmethod
+    def _line(line: tuple[Field, ...], labelled: str, escape: Callable[[str], str]) -> str:
+        return " · ".join(
+            labelled.format(escape(label), escape(value)) if label else escape(value)
+            for label, value in line
+        )
 
 
 def text(value: Any) -> str:
-    """A payload value as text for a reader: missing values as a dash."""
+    """A payload value as text for a reader: bounded, neutralised, missing values as a dash."""
     if value is None or value == "" or value is False:
         return MISSING
     if isinstance(value, (dict, list)):
         return MISSING
-    shown = str(value)[: MAX_VALUE_CHARS + 1].replace("\n", " ").strip()
+    shown = neutralise(str(value)[: MAX_VALUE_CHARS + 1]).strip()
     if len(shown) > MAX_VALUE_CHARS:
         shown = shown[: MAX_VALUE_CHARS - 1] + "…"
     return shown or MISSING
@@ -93,7 +109,7 @@ def odoo_link(base_url: str | None, model: str, record_id: Any) -> str | None:
 def _headline(event_type: str) -> tuple[str, str]:
     """The catalog's emoji and title of ``event_type`` (a generic pair for other types)."""
     spec = lookup(event_type)
-    return (spec.emoji, spec.title) if spec else (GENERIC_EMOJI, f"Event {event_type}")
+    return (spec.emoji, spec.title) if spec else (GENERIC_EMOJI, f"Event {text(event_type)}")
 
 
 def _link(event_type: str, payload: Mapping[str, Any], base_url: str | None) -> str | None:
@@ -110,10 +126,10 @@ def format_expense(event_type: str, payload: Mapping[str, Any], base_url: str | 
     return Message(
         *_headline(event_type),
         (
-            f"**Employee:** {who}",
-            f"**Amount:** {amount(payload.get('amount'), payload.get('currency'))}",
-            f"**Description:** {text(payload.get('description'))}",
-            f"**Category:** {text(payload.get('category'))} · **Date:** {text(payload.get('date'))}",
+            (("Employee", who),),
+            (("Amount", amount(payload.get("amount"), payload.get("currency"))),),
+            (("Description", text(payload.get("description"))),),
+            (("Category", text(payload.get("category"))), ("Date", text(payload.get("date")))),
         ),
         _link(event_type, payload, base_url),
     )
@@ -126,33 +142,33 @@ def format_asset(event_type: str, payload: Mapping[str, Any], base_url: str | No
     return Message(
         *_headline(event_type),
         (
-            f"**Asset:** {asset}",
-            f"**Booked by:** {text(payload.get('reserved_by_name'))}",
-            f"**From:** {text(payload.get('reserved_from'))} · **To:** "
-            f"{text(payload.get('reserved_to'))}",
-            f"**Booking state:** {text(payload.get('booking_state'))}",
+            (("Asset", asset),),
+            (("Booked by", text(payload.get("reserved_by_name"))),),
+            (("From", text(payload.get("reserved_from"))), ("To", text(payload.get("reserved_to")))),
+            (("Booking state", text(payload.get("booking_state"))),),
         ),
         _link(event_type, payload, base_url),
     )
 
 
 def format_finance_task(event_type: str, payload: Mapping[str, Any], base_url: str | None) -> Message:
-    lines = [
-        f"**Task:** {text(payload.get('task_code'))} · {text(payload.get('task_name'))}",
-        f"**BIR form:** {text(payload.get('bir_form'))} · **Period:** "
-        f"{text(payload.get('period_covered'))}",
-        f"**Assigned to:** {text(payload.get('assigned_to'))}",
-        f"**Prepare by:** {text(payload.get('prep_deadline'))} · **File by:** "
-        f"{text(payload.get('filing_deadline'))}",
+    lines: list[tuple[Field, ...]] = [
+        (("Task", text(payload.get("task_code"))), ("", text(payload.get("task_name")))),
+        (("BIR form", text(payload.get("bir_form"))), ("Period", text(payload.get("period_covered")))),
+        (("Assigned to", text(payload.get("assigned_to"))),),
+        (
+            ("Prepare by", text(payload.get("prep_deadline"))),
+            ("File by", text(payload.get("filing_deadline"))),
+        ),
     ]
     if event_type.endswith(".overdue") or payload.get("days_overdue"):
-        lines.append(f"**Days overdue:** {text(payload.get('days_overdue'))}")
+        lines.append((("Days overdue", text(payload.get("days_overdue"))),))
     return Message(*_headline(event_type), tuple(lines), _link(event_type, payload, base_url))
 
 
 def format_generic(event_type: str, payload: Mapping[str, Any], base_url: str | None) -> Message:
-    shown = [f"**{html.escape(text(key))}:** {text(value)}" for key, value in list(payload.items())[:12]]
-    return Message(GENERIC_EMOJI, f"Event {event_type}", tuple(shown) or ("(no payload)",))
+    shown = tuple(((text(key), text(value)),) for key, value in list(payload.items())[:12])
+    return Message(GENERIC_EMOJI, f"Event {text(event_type)}", shown or ((("", "(no payload)"),),))
 
 
 Formatter = Callable[[str, Mapping[str, Any], "str | None"], Message]
