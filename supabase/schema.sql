@@ -249,6 +249,7 @@ COMMENT ON FUNCTION integration.insert_event_log(p_event_id uuid) IS 'Copies an 
 CREATE FUNCTION integration.insert_outbox_batch(p_batch_key text, p_signature_digest text, p_events jsonb, p_max_attempts integer DEFAULT 4) RETURNS TABLE(event_position integer, event_id uuid, duplicate boolean)
     LANGUAGE plpgsql SECURITY DEFINER
     SET search_path TO 'pg_catalog', 'pg_temp'
+    SET lock_timeout TO '1s'
     AS $_$
 declare
     v_bound_key text;
@@ -292,7 +293,7 @@ begin
             (source, idempotency_key, signature_digest, event_id)
         select i.source, i.idempotency_key, p_signature_digest || '/' || i.event_position,
                i.new_id
-          from incoming i order by i.event_position
+          from incoming i order by i.source, i.idempotency_key, i.event_position
         on conflict (source, idempotency_key) do nothing
         returning k.event_id
     ), inserted as (
@@ -347,6 +348,7 @@ CREATE FUNCTION integration.insert_outbox_event(p_event_type text, p_aggregate_t
     LANGUAGE plpgsql SECURITY DEFINER
     SET plan_cache_mode TO 'force_custom_plan'
     SET search_path TO 'pg_catalog', 'pg_temp'
+    SET lock_timeout TO '1s'
     AS $_$
 declare
     v_id uuid;

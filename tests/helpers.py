@@ -5,10 +5,12 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import random
 import re
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -206,6 +208,47 @@ def batch_body(events: list[Any]) -> bytes:
 
 def post_batch(base_url: str, body: bytes, headers: Mapping[str, str]) -> requests.Response:
     return requests.post(base_url + BATCH_PATH, data=body, headers=dict(headers), timeout=30)
+
+
+def send_at_once(base_url: str, bodies: list[bytes], *, key: str) -> list[requests.Response]:
+    """Each batch body signed under its own batch key, all posted at one moment; the answers."""
+    headers = [signed(body, key=f"{key}-{n}") for n, body in enumerate(bodies)]
+    barrier = threading.Barrier(len(bodies))
+    answers: list[Any] = [None] * len(bodies)
+
+    def post_one(n: int) -> None:
+        barrier.wait()
+        answers[n] = post_batch(base_url, bodies[n], headers[n])
+
+    threads = [threading.Thread(target=post_one, args=(n,)) for n in range(len(bodies))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return answers
+
+
+def send_overlapping_batches(
+    base_url: str, *, senders: int = 8, rounds: int = 4, per_batch: int = 300
+) -> int:
+    """Rounds of ``senders`` batches holding the same new keys, each in its own order, sent at
+    once; asserts every answer is 200 and each key stored once. Returns the events stored."""
+    for round_number in range(rounds):
+        keys = [f"overlap-{round_number}-{i}" for i in range(per_batch)]
+        bodies = [
+            batch_body(
+                [
+                    batch_event(key, aggregate_id=key)
+                    for key in random.Random(sender).sample(keys, len(keys))
+                ]
+            )
+            for sender in range(senders)
+        ]
+        answers = send_at_once(base_url, bodies, key=f"round-{round_number}")
+        assert [a.status_code for a in answers] == [200] * senders, [a.text for a in answers]
+        assert sum(a.json()["stored"] for a in answers) == per_batch
+        assert sum(a.json()["duplicates"] for a in answers) == per_batch * (senders - 1)
+    return rounds * per_batch
 
 
 def post(base_url: str, body: bytes, headers: Mapping[str, str], **kwargs) -> requests.Response:

@@ -20,6 +20,7 @@ from .helpers import (
     cli,
     post_batch,
     receiver_process,
+    send_overlapping_batches,
     signed,
     snapshot,
 )
@@ -202,6 +203,15 @@ def test_two_identical_batches_at_once_store_each_event_once(receiver, clean_bus
     assert ids[0] == ids[1]
     queued, log = stored_rows(clean_bus)
     assert len(queued) == 300 and log == queued
+
+
+def test_overlapping_batches_in_any_order_at_once_never_deadlock_nor_answer_500(receiver, clean_bus):
+    """#22 item 2: eight senders, the same new keys each in its own order, all at once."""
+    stored = send_overlapping_batches(receiver.base_url)
+    queued, log = stored_rows(clean_bus)
+    assert len(queued) == stored and log == queued
+    fresh = send(receiver, [batch_event("after-the-race")], key="fresh")
+    assert fresh.status_code == 200 and fresh.json()["stored"] == 1, "no outage latch was left behind"
 
 
 def test_the_least_privileged_ingest_role_may_store_batches(bus_url, clean_bus):

@@ -31,6 +31,7 @@ from .helpers import (
     event_body,
     free_port,
     receiver_process,
+    send_overlapping_batches,
     signed,
 )
 from .readiness import http_answers, wait_for_server
@@ -430,3 +431,10 @@ def test_a_secret_too_short_for_python_is_refused_by_the_edge_function_too(clean
     assert answer.status_code == 503
     assert answer.json() == {"ok": False, "error": str(python_refusal.value)}
     assert stored_rows(clean_bus) == [], "nothing was stored under a secret the bus refuses"
+
+
+def test_overlapping_batches_at_once_never_deadlock_in_the_edge_function(edge_function):
+    """#22 item 2 in the other twin: the lock order lives in the SQL function both call."""
+    base, url = edge_function
+    stored = send_overlapping_batches(base, rounds=2)
+    assert len(stored_rows(url)) == stored

@@ -8,6 +8,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
+import psycopg2
 import pytest
 import requests
 
@@ -327,6 +328,30 @@ def test_request_log_never_holds_secret_signature_or_payload(server, clean_bus):
 
 
 # --- the database going away -----------------------------------------------------------------------
+
+
+def test_a_key_held_by_another_transaction_is_busy_503_not_an_outage(server, clean_bus):
+    """#22 item 2: a lock wait past lock_timeout answers 503 "busy" with Retry-After, and the
+    worker still stores other keys at once (the wait did not trip its "database down" latch)."""
+    holder = psycopg2.connect(clean_bus)
+    try:
+        with holder.cursor() as cursor:  # a request for key "held" that has not committed yet
+            cursor.execute(
+                "insert into integration.event_key (source, idempotency_key, event_id)"
+                " values ('odoo', 'held', gen_random_uuid())"
+            )
+        body = event_body("held")
+        response = post(server.base_url, body, signed(body, key="held"))
+        assert response.headers["Retry-After"] == "1"
+        assert_refused(server, clean_bus, response, 503, "busy with concurrent requests")
+        for n in range(4):  # both workers, each more than once
+            body = event_body(f"free-{n}")
+            assert post(server.base_url, body, signed(body, key=f"free-{n}")).status_code == 200
+    finally:
+        holder.rollback()
+        holder.close()
+    body = event_body("held")
+    assert post(server.base_url, body, signed(body, key="held")).status_code == 200
 
 
 def test_database_stopped_mid_run_gives_503_then_recovers(tmp_path):

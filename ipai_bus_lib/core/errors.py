@@ -90,6 +90,11 @@ class DatabaseUnavailable(DatabaseError):
     """The database cannot be reached; try again later (senders retry, routers wait)."""
 
 
+class DatabaseBusy(DatabaseError):
+    """A statement lost a race for rows another transaction held (a lock wait past lock_timeout,
+    a deadlock, a serialization failure). The database is answering; trying again is safe."""
+
+
 class InvalidArgument(DatabaseError):
     """A SQL function refused its arguments (SQLSTATE 22023); nothing was written."""
 

@@ -21,6 +21,7 @@ from typing import Any
 from ..core import catalog, exact_json, signing
 from ..core.errors import (
     BatchTooLarge,
+    DatabaseBusy,
     DatabaseUnavailable,
     EnvelopeError,
     InvalidArgument,
@@ -111,6 +112,10 @@ _REASONS = {
 }
 
 
+# A 503 says when to come back; senders (the Odoo outbox, `ipai-bus send`) honour it.
+_REFUSAL_HEADERS = {405: [("Allow", "POST")], 503: [("Retry-After", "1")]}
+
+
 class Receiver:
     """The WSGI application. Thread-safe: one instance serves every request of a process."""
 
@@ -162,7 +167,7 @@ class Receiver:
             accepted = self._accept_batch(environ) if batch else self._accept(environ)
         except Refusal as refusal:
             self._finish(refusal.outcome, refusal.status, started, environ, error=refusal.error)
-            headers = [("Allow", "POST")] if refusal.status == 405 else []
+            headers = _REFUSAL_HEADERS.get(refusal.status, [])
             return _json(start_response, refusal.status, {"ok": False, "error": refusal.error}, headers)
         except Exception:  # noqa: BLE001 - an answer, never a traceback page
             log.exception("receiver: unexpected error")
@@ -246,10 +251,11 @@ class Receiver:
         return {position: result for (position, _), result in zip(valid, results)}
 
     def _with_database(self, work: Callable[[Any], Any]) -> Any:
-        # Storing is idempotent on the keys, so a retry after a dropped connection is safe: at
-        # worst the second try answers "duplicate" for what the first one committed. Only a
-        # quick failure (a pooled connection the server closed) is retried: a slow one means
-        # the database is not answering, and the sender is told so at once.
+        # Storing is idempotent on the keys, so a retry is safe: at worst the second try answers
+        # "duplicate" for what the first one committed. Retried once: a quick failure (a pooled
+        # connection the server closed), and a lost race for keys another request holds (the
+        # database answers; the other request has usually committed by now). A slow failure
+        # means the database is not answering, and the sender is told so at once.
         started = time.monotonic()
         for attempt in (1, 2):
             try:
@@ -259,6 +265,9 @@ class Receiver:
                 raise Refusal(401, str(exc), "replayed") from None
             except InvalidArgument as exc:  # a value the envelope checks let through
                 raise Refusal(400, str(exc), "bad_request") from None
+            except DatabaseBusy:
+                if attempt == 2:
+                    raise Refusal(503, "busy with concurrent requests, retry later", "busy") from None
             except DatabaseUnavailable:
                 if attempt == 2 or time.monotonic() - started > _QUICK_FAILURE_SECONDS:
                     raise Refusal(503, "database unavailable, retry later", "unavailable") from None

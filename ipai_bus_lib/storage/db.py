@@ -24,6 +24,7 @@ import psycopg2.extras
 
 from ..core import exact_json
 from ..core.errors import (
+    DatabaseBusy,
     DatabaseError,
     DatabaseUnavailable,
     InvalidArgument,
@@ -35,6 +36,8 @@ from ..core.watchdog import WATCHDOG, shutdown_socket
 # SQLSTATE classes that mean "the server is not there right now", not "your statement is wrong".
 _UNAVAILABLE_SQLSTATE_PREFIXES = ("08", "57P", "53")
 INVALID_PARAMETER_SQLSTATE = "22023"
+# A lost race for rows: lock_not_available (lock_timeout), deadlock_detected, serialization_failure.
+_BUSY_SQLSTATES = ("55P03", "40P01", "40001")
 REPLAYED_SIGNATURE_SQLSTATE = "IB001"
 # After a borrow with a deadline finds the database not answering, others fail at once for this
 # long; then one borrow at a time tries again.
@@ -102,6 +105,8 @@ def translate_error(exc: Exception) -> IpaiBusError:
         return ReplayedSignature()
     if sqlstate == INVALID_PARAMETER_SQLSTATE:
         return InvalidArgument(message, sqlstate=sqlstate)
+    if sqlstate in _BUSY_SQLSTATES:
+        return DatabaseBusy(message, sqlstate=sqlstate)
     if isinstance(exc, psycopg2.InterfaceError) or (
         isinstance(exc, psycopg2.OperationalError)
         and (sqlstate is None or sqlstate.startswith(_UNAVAILABLE_SQLSTATE_PREFIXES))

@@ -453,21 +453,40 @@ async function acceptBatch(req: Request): Promise<BatchResult[]> {
   });
 }
 
+// A lost race for rows another request holds (lock_timeout, deadlock, serialization): the
+// database answers, and a second try usually finds the other request committed.
+const BUSY_SQLSTATES = new Set(["55P03", "40P01", "40001"]);
+
 async function withDatabase<T>(work: () => Promise<T>): Promise<T> {
   try {
     return await work();
   } catch (error) {
-    const code = String((error as { code?: string }).code ?? "");
-    if (code === "IB001") throw new Refusal(401, "replayed signature", "replayed");
-    // The SQL function refused a value the checks above let through: the sender's fault.
-    if (code === "22023") throw badRequest(String((error as Error).message));
-    const sqlstate = /^[0-9A-Z]{5}$/.test(code);
-    if (!sqlstate || /^(08|57P|53)/.test(code)) {  // no server, or a server going away
-      throw new Refusal(503, "database unavailable, retry later", "unavailable");
+    if (!BUSY_SQLSTATES.has(String((error as { code?: string }).code ?? ""))) {
+      return refuseDatabaseError(error);
     }
-    throw error;  // a statement the server refused: a bug, answered 500 as in Python
+  }
+  try {
+    return await work();
+  } catch (error) {
+    return refuseDatabaseError(error);
   }
 }
+
+function refuseDatabaseError(error: unknown): never {
+  const code = String((error as { code?: string }).code ?? "");
+  if (BUSY_SQLSTATES.has(code)) throw new Refusal(503, "busy with concurrent requests, retry later", "busy");
+  if (code === "IB001") throw new Refusal(401, "replayed signature", "replayed");
+  // The SQL function refused a value the checks above let through: the sender's fault.
+  if (code === "22023") throw badRequest(String((error as Error).message));
+  const sqlstate = /^[0-9A-Z]{5}$/.test(code);
+  if (!sqlstate || /^(08|57P|53)/.test(code)) {  // no server, or a server going away
+    throw new Refusal(503, "database unavailable, retry later", "unavailable");
+  }
+  throw error;  // a statement the server refused: a bug, answered 500 as in Python
+}
+
+// A 503 says when to come back, as the Python receiver's does.
+const REFUSAL_HEADERS: Record<number, HeadersInit> = { 405: { allow: "POST" }, 503: { "retry-after": "1" } };
 
 function answer(status: number, document: Record<string, Json>, extra: HeadersInit = {}) {
   return new Response(JSON.stringify(document), {
@@ -510,8 +529,7 @@ export async function handleRequest(req: Request): Promise<Response> {
       return answer(500, { ok: false, error: "internal error" });
     }
     log(error.outcome, error.status);
-    return answer(error.status, { ok: false, error: error.message },
-      error.status === 405 ? { allow: "POST" } : {});
+    return answer(error.status, { ok: false, error: error.message }, REFUSAL_HEADERS[error.status] ?? {});
   }
 }
 
