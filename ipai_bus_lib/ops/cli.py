@@ -100,10 +100,9 @@ def require_current_schema(url: str) -> None:
 
 
 def _run_router(router: Router, settings: Settings) -> None:
-    import signal
+    from ..core.stop_signals import call_on_stop_signal
 
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda *_: router.stop())
+    call_on_stop_signal(router.stop)
     endpoints = _start_endpoints(router, settings)
     try:
         listening = router.probe_notifications()
@@ -178,17 +177,16 @@ def cmd_secret_new(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_up(args: argparse.Namespace, settings: Settings) -> int:
-    import signal
     import threading
 
+    from ..core.stop_signals import call_on_stop_signal
     from .stack import Stack, require_free_ports
     from .wiring import check_routing
 
     require_free_ports(settings)
     check_routing(settings)  # a wrong routes file is said before anything starts
     stopping = threading.Event()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda *_: stopping.set())
+    call_on_stop_signal(stopping.set)
     print("ipai-bus: starting…", file=sys.stderr, flush=True)
     with Stack(settings, console=True) as stack:
         print(describe_stack(stack), flush=True)

@@ -9,14 +9,13 @@ with the console password. ``serve_console`` runs it until interrupted.
 from __future__ import annotations
 
 import logging
-import signal
 import sys
-import threading
 from socketserver import ThreadingMixIn
 from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from ...core.settings import Settings
+from ...core.stop_signals import call_on_stop_signal
 from ...storage.db import Database
 from .app import Console
 from .auth import Sessions, ensure_password, password_file
@@ -48,15 +47,7 @@ def serve_console(settings: Settings, database_url: str, *, host: str, port: int
     database = Database(database_url, max_size=4, application_name="ipai-bus console")
     app = Console(database, sessions, configured_destinations(settings))
     server = make_server(host, port, app, server_class=_ThreadingServer, handler_class=_QuietHandler)
-    stop = threading.Event()
-
-    def shut_down(*_: Any) -> None:
-        if not stop.is_set():
-            stop.set()
-            threading.Thread(target=server.shutdown, daemon=True).start()
-
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, shut_down)
+    call_on_stop_signal(server.shutdown)  # serve_forever returns once the signal's thread asks
     print(
         f"console at http://{host}:{server.server_port} (password in {path})",
         file=sys.stderr,
