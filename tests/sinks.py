@@ -132,3 +132,70 @@ class TricklingSink:
     def __exit__(self, *exc: Any) -> None:
         self.stopped.set()
         self.listener.close()
+
+
+class TricklingSmtpServer:
+    """An SMTP server on loopback that sends one of its replies a byte every ``interval`` s.
+
+    ``slow`` is "greeting" (the 220 trickles in) or "data" (a quick dialogue, then the 250 that
+    accepts the message trickles in). Each read finishes quickly; the reply takes long."""
+
+    def __init__(self, slow: str, interval: float = 0.4) -> None:
+        import socket
+
+        self.slow, self.interval = slow, interval
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.sessions = 0
+        self.stopped = threading.Event()
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+
+    def _serve(self) -> None:
+        self.listener.settimeout(0.2)
+        while not self.stopped.is_set():
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                continue
+            threading.Thread(target=self._session, args=(client,), daemon=True).start()
+
+    def _say(self, client: Any, reply: bytes, slowly: bool) -> None:
+        if not slowly:
+            client.sendall(reply)
+            return
+        for index in range(len(reply)):
+            if self.stopped.wait(self.interval):
+                return
+            client.sendall(reply[index : index + 1])
+
+    def _session(self, client: Any) -> None:
+        self.sessions += 1
+        stream = client.makefile("rb")
+        try:
+            with client:
+                self._say(client, b"220 slow.example ESMTP\r\n", self.slow == "greeting")
+                while not self.stopped.is_set():
+                    line = stream.readline()
+                    if not line:
+                        return
+                    verb = line[:4].upper()
+                    if verb == b"DATA":
+                        client.sendall(b"354 go ahead\r\n")
+                        while stream.readline() not in (b".\r\n", b""):
+                            pass
+                        self._say(client, b"250 2.0.0 queued as 1\r\n", self.slow == "data")
+                    elif verb == b"QUIT":
+                        client.sendall(b"221 bye\r\n")
+                        return
+                    else:
+                        client.sendall(b"250 ok\r\n")
+        except OSError:
+            return
+
+    def __enter__(self) -> TricklingSmtpServer:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stopped.set()
+        self.listener.close()

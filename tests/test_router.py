@@ -29,7 +29,7 @@ from ipai_bus_lib.delivery.routes import DestinationSpec, Route, RoutingTable, p
 from ipai_bus_lib.storage import outbox
 
 from .helpers import free_port
-from .sinks import HttpSink, Reply
+from .sinks import HttpSink, Reply, TricklingSmtpServer
 from .test_message_safety import MENTION_LIKE, linkified, markdown_links_and_text
 
 FORWARD_SECRET = "whsec_dGVzdC1zdGFuZGFyZC13ZWJob29rcy1rZXk="  # base64 of a test-only key
@@ -356,6 +356,58 @@ def test_email_sends_one_message_with_text_and_html(database, smtp_server):
     assert "<strong>Employee:</strong>" in parts["text/html"]
 
 
+def test_email_over_implicit_tls_is_delivered(database, tmp_path):
+    """security = "tls": the TLS handshake happens on the budgeted socket, then the dialogue."""
+    import ssl
+    import subprocess
+
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=localhost",
+            "-addext",
+            "subjectAltName=DNS:localhost,IP:127.0.0.1",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_context.load_cert_chain(cert, key)
+    recorder, port = SmtpRecorder(), free_port()
+    controller = Controller(recorder, hostname="127.0.0.1", port=port, ssl_context=server_context)
+    controller.start()
+    try:
+        destination = EmailDestination(
+            "ap",
+            host="127.0.0.1",
+            port=port,
+            security="tls",
+            sender="bus@example.ph",
+            recipients=["ap@example.ph"],
+            tls_context=ssl.create_default_context(cafile=str(cert)),
+        )
+        router = make_router(database, {"ap": destination})
+        [event_id] = add_events(database)
+        router.run_once()
+    finally:
+        controller.stop()
+    assert state(database, event_id)["status"] == "completed"
+    assert len(recorder.messages) == 1
+
+
 def test_email_permanent_refusal_is_dead(database, smtp_server):
     _, port = smtp_server("550 mailbox unavailable")
     router = make_router(database, {"ap": email_to(port)})
@@ -420,6 +472,25 @@ def test_a_hostile_expense_reaches_the_channel_and_the_mailbox_as_data(database,
     assert re.findall(r"<a [^>]*>", parts["text/html"]) == [f'<a href="{own[0]}">']
     assert "javascript:" not in parts["text/html"] and "javascript:" not in parts["text/plain"]
     assert linkified(parts["text/plain"]) == own
+
+
+@pytest.mark.parametrize("slow", ["greeting", "data"])
+def test_an_smtp_server_that_trickles_is_cut_at_the_budget_and_never_delivered(database, slow):
+    """#22 item 4: the greeting, or the 250 after DATA, arrives a byte every 0.4 s; the budget
+    of 2 s covers every byte, and a reply cut short is a failure to retry, not a delivery."""
+    with TricklingSmtpServer(slow) as server:
+        destination = email_to(server.port)
+        destination.timeout = 2.0
+        router = make_router(database, {"ap": destination})
+        [event_id] = add_events(database)
+        started = time.monotonic()
+        router.run_once()
+        took = time.monotonic() - started
+    assert took < 4.0, f"the delivery took {took:.1f} s with a 2 s budget"
+    row = state(database, event_id)
+    assert row["status"] == "failed" and row["attempts"] == 1, row
+    [(name, outcome, _, error)] = attempts_of(database, event_id)
+    assert outcome != "delivered" and "did not finish within 2 s" in error, (outcome, error)
 
 
 def test_console_prints_the_message(database):
