@@ -286,12 +286,14 @@ begin
                e.value->>'aggregate_id' as aggregate_id,
                e.value->'payload' as payload,
                e.value->>'idempotency_key' as idempotency_key,
-               (e.value->>'occurred_at')::timestamptz as occurred_at
+               (e.value->>'occurred_at')::timestamptz as occurred_at,
+               coalesce((e.value->>'batch_position')::integer,
+                        (e.position - 1)::integer) as signed_position
           from jsonb_array_elements(p_events) with ordinality as e(value, position)
     ), keyed as (
         insert into integration.event_key as k
             (source, idempotency_key, signature_digest, event_id)
-        select i.source, i.idempotency_key, p_signature_digest || '/' || i.event_position,
+        select i.source, i.idempotency_key, p_signature_digest || '/' || i.signed_position,
                i.new_id
           from incoming i order by i.source, i.idempotency_key, i.event_position
         on conflict (source, idempotency_key) do nothing
@@ -301,7 +303,7 @@ begin
             (id, source, event_type, aggregate_type, aggregate_id, payload, idempotency_key,
              signature_digest, occurred_at, max_attempts)
         select i.new_id, i.source, i.event_type, i.aggregate_type, i.aggregate_id, i.payload,
-               i.idempotency_key, p_signature_digest || '/' || i.event_position, i.occurred_at,
+               i.idempotency_key, p_signature_digest || '/' || i.signed_position, i.occurred_at,
                p_max_attempts
           from incoming i join keyed k on k.event_id = i.new_id
          order by i.event_position

@@ -178,7 +178,19 @@ def batch_parity_cases() -> list[tuple[str, str, str, bytes, dict[str, str]]]:
     many = batch_body([batch_event(f"b-many-{i}") for i in range(1001)])
     heavy = batch_body([batch_event("b-heavy", payload={"blob": "x" * (4 * 1024 * 1024)})])
     empty = b'{"events": []}'
+    one_heavy = batch_body(
+        [
+            batch_event("b-light-1"),
+            batch_event("b-3.5MB", payload={"blob": "x" * (3_500_000)}),
+            batch_event("b-light-2"),
+        ]
+    )
+    at_the_limit = batch_body([batch_event("b-limit", payload={"blob": "x" * (256 * 1024 - 400)})])
+    deep = b'{"events": [' + b"[" * 5000 + b"]" * 5000 + b"]}"
     cases = [
+        ("batch: one event over 256 KiB", one_heavy, signed(one_heavy, key="batch-6")),
+        ("batch: an event near 256 KiB", at_the_limit, signed(at_the_limit, key="batch-7")),
+        ("batch: nested 5000 deep", deep, signed(deep, key="batch-8")),
         ("batch: all valid", body, valid),
         ("batch: sent again", body, valid),
         ("batch: mixed", mixed, signed(mixed, key="batch-2")),
@@ -227,12 +239,27 @@ def single_parity_cases() -> list[tuple[str, str, bytes, dict[str, str]]]:
         )
     ]
     huge_id = event_body("920", aggregate_id=2**53)
+    deep = event_body("921").replace(
+        b'"amount"', b'"deep": ' + b"[" * 5000 + b"]" * 5000 + b', "amount"'
+    )
+    just_too_deep = event_body("922").replace(
+        b'"amount"', b'"deep": ' + b"[" * 32 + b"]" * 32 + b', "amount"'
+    )
+    brackets_in_text = event_body("923", payload={"note": "[" * 5000 + '\\" {'})
     return [
         *[
             (f"occurred_at {name}", "POST", odd, signed(odd, key=f"parity-{name}"))
             for name, odd in odd_moments
         ],
         ("numeric id beyond 2^53", "POST", huge_id, signed(huge_id, key="parity-huge-id")),
+        ("nested 5000 deep", "POST", deep, signed(deep, key="parity-deep")),
+        ("payload nested 33 deep", "POST", just_too_deep, signed(just_too_deep, key="parity-35")),
+        (
+            "brackets inside a string",
+            "POST",
+            brackets_in_text,
+            signed(brackets_in_text, key="parity-txt"),
+        ),
         ("valid", "POST", body, valid),
         ("duplicate", "POST", body, valid),
         ("replayed under a new key", "POST", body, {**valid, "x-idempotency-key": "parity-1b"}),
@@ -334,11 +361,11 @@ def test_edge_function_and_python_receiver_answer_alike(edge_function, make_data
         assert tuple(map(bytes_or_value, python_row)) == tuple(map(bytes_or_value, edge_row)), (
             f"the stored rows differ:\n{python_row}\n{edge_row}"
         )
-    assert len(python_rows) == len(edge_rows) == 5 + 3 + 1 + 3 + 2, (
-        "valid, rotated secret, numeric id, year 0099, the dashed key; the batch's three; the"
-        " mixed batch's new"
-        " one; the exact numbers, singly and twice in a batch; the largest numeric; the longest"
-        " integer"
+    assert len(python_rows) == len(edge_rows) == 6 + 3 + 1 + 2 + 1 + 3 + 2, (
+        "valid, rotated secret, numeric id, year 0099, the dashed key, brackets inside a string;"
+        " the batch's three; the mixed batch's new one; the two light events beside the heavy one;"
+        " the one near 256 KiB; the exact numbers, singly and twice in a batch; the largest"
+        " numeric; the longest integer"
     )
     for url in (python_db, edge_db):
         assert exact_payloads(url) == [sent_as_jsonb(url)] * 3, "a number changed on its way in"

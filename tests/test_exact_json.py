@@ -6,7 +6,7 @@ import json
 from decimal import Decimal
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ipai_bus_lib.core import exact_json
@@ -74,3 +74,27 @@ def test_an_integer_longer_than_python_converts_is_kept_exactly():
     read = exact_json.loads(sent)
     assert read["small"] == 42 and isinstance(read["small"], int)
     assert exact_json.dumps(read) == sent
+
+
+def _depth(value) -> int:
+    if isinstance(value, dict):
+        return 1 + max(map(_depth, value.values()), default=0)
+    if isinstance(value, list):
+        return 1 + max(map(_depth, value), default=0)
+    return 0
+
+
+_TRICKY_TEXT = st.text(alphabet='[]{}"\\\\ax\u00e9\n', max_size=8)
+_JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | _TRICKY_TEXT,
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(_TRICKY_TEXT, inner, max_size=3),
+    max_leaves=30,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(value=_JSON_VALUES, limit=st.integers(0, 12), indent=st.sampled_from([None, 1]))
+def test_the_depth_count_before_parsing_is_the_depth_of_the_value(value, limit, indent):
+    """Brackets inside strings (escaped quotes and backslashes too) are not nesting."""
+    text = json.dumps(value, indent=indent, ensure_ascii=indent is None).encode()
+    assert exact_json.nests_deeper_than(text, limit) == (_depth(value) > limit)

@@ -15,13 +15,17 @@ import requests
 from ipai_bus_lib.core import signing
 
 from .helpers import (
+    BATCH_PATH,
     OLD_SECRET,
     PRIMARY_SECRET,
     RETIRED_SECRET,
     WEBHOOK_PATH,
+    batch_body,
+    batch_event,
     counts,
     event_body,
     post,
+    post_batch,
     private_cluster,
     receiver_process,
     signed,
@@ -174,17 +178,70 @@ def test_oversized_chunked_body_is_refused(server, clean_bus):
     assert_refused(server, clean_bus, response, 413, "larger than")
 
 
-def test_announced_size_is_refused_before_the_body_is_sent(server, clean_bus):
-    """The receiver answers 413 from Content-Length alone; it does not wait for 10 MB."""
+@pytest.mark.parametrize(
+    ("path", "length"),
+    [
+        (WEBHOOK_PATH, 10 * 1024 * 1024),
+        (WEBHOOK_PATH, 300 * 1024),  # #22 item 6: over this path's limit, under the batch one's
+        (WEBHOOK_PATH, 256 * 1024 + 1),
+        (BATCH_PATH, 4 * 1024 * 1024 + 1),
+    ],
+)
+def test_announced_size_is_refused_before_the_body_is_sent(server, clean_bus, path, length):
+    """The receiver answers 413 from Content-Length alone, with 1 KiB of the body sent; it does
+    not wait for the rest (the body deadline is 30 s; the answer must come within 5)."""
     with socket.create_connection(("127.0.0.1", int(server.base_url.rsplit(":", 1)[1]))) as raw:
         raw.sendall(
-            f"POST {WEBHOOK_PATH} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json"
-            f"\r\nContent-Length: {10 * 1024 * 1024}\r\n\r\n".encode()
+            f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json"
+            f"\r\nContent-Length: {length}\r\n\r\n".encode()
+            + b"x" * 1024
         )
         raw.settimeout(5)
-        answer = raw.recv(4096).decode()
-    assert answer.startswith("HTTP/1.1 413"), answer
+        answer = b""
+        while b"larger than" not in answer and (chunk := raw.recv(4096)):
+            answer += chunk
+    assert answer.startswith(b"HTTP/1.1 413"), answer
+    assert b"larger than" in answer
     assert counts(clean_bus) == (1, 1)
+
+
+def test_a_body_nested_5000_deep_is_refused_for_its_depth(server, clean_bus):
+    """#22 item 9: the sender is told the body nests too deep, not that it is not JSON."""
+    deep = b"[" * 5000 + b"]" * 5000
+    body = event_body("deep").replace(b'"amount"', b'"deep": ' + deep + b', "amount"')
+    response = post(server.base_url, body, signed(body, key="k-deep"))
+    assert_refused(server, clean_bus, response, 400, "body nests deeper than 35 levels")
+    batch = b'{"events": [' + deep + b"]}"
+    response = post_batch(server.base_url, batch, signed(batch, key="k-deep-batch"))
+    assert_refused(server, clean_bus, response, 400, "body nests deeper than 35 levels")
+
+
+def test_a_5000_digit_integer_is_stored_with_every_digit(server, clean_bus):
+    """#22 item 9: a long integer is a JSON number, kept exactly (not "not valid JSON")."""
+    body = event_body("long").replace(b"1250.5", b"7" * 5000)
+    response = post(server.base_url, body, signed(body, key="k-long"))
+    assert response.status_code == 200, response.text
+    with psycopg2.connect(clean_bus) as conn, conn.cursor() as cursor:
+        cursor.execute(
+            "select payload->>'amount' from integration.outbox where idempotency_key = 'k-long'"
+        )
+        assert cursor.fetchone()[0] == "7" * 5000
+
+
+def test_a_batch_event_over_the_event_limit_is_refused_alone(server, clean_bus):
+    """#22 item 5: the per-event limit holds inside a batch; the batch's other events are kept."""
+    events = [
+        batch_event("light-1"),
+        batch_event("heavy", payload={"blob": "x" * 3_500_000}),
+        batch_event("light-2"),
+    ]
+    body = batch_body(events)
+    response = post_batch(server.base_url, body, signed(body, key="with-heavy"))
+    assert response.status_code == 200, response.text
+    results = response.json()["results"]
+    assert [r["status"] for r in results] == ["stored", "refused", "stored"]
+    assert results[1]["error"] == "event larger than 262144 bytes as compact JSON"
+    assert counts(clean_bus) == (3, 3), "the seed and the two light events, nothing of the heavy one"
 
 
 def test_wrong_method_is_refused(server, clean_bus):

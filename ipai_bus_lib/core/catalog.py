@@ -33,6 +33,13 @@ EARLIEST_OCCURRED_AT = datetime(1, 1, 2, tzinfo=timezone.utc)
 LATEST_OCCURRED_AT = datetime(9999, 12, 31, tzinfo=timezone.utc)
 MAX_PAYLOAD_DEPTH = 32
 TOO_DEEP = "payload nested too deeply"
+# A whole body may nest this deep: a batch's payloads sit three levels down ({"events": [{...}]}).
+MAX_BODY_DEPTH = MAX_PAYLOAD_DEPTH + 3
+BODY_TOO_DEEP = (
+    f"body nests deeper than {MAX_BODY_DEPTH} levels (a payload may nest at most {MAX_PAYLOAD_DEPTH})"
+)
+# One event: a single-event body, or one event of a batch as compact UTF-8 JSON (413 beyond).
+MAX_EVENT_BYTES = 256 * 1024
 DEFAULT_SOURCE = "odoo"
 # One batch request: at most this many events and bytes (413 beyond either).
 MAX_BATCH_EVENTS = 1000
@@ -495,6 +502,8 @@ def parse_batch_event(item: Any) -> BatchEvent:
     if not isinstance(item, dict):
         return BatchEvent(refusal="event must be a JSON object")
     try:
+        if len(exact_json.dumps(item).encode("utf-8", "surrogatepass")) > MAX_EVENT_BYTES:
+            raise EnvelopeError(f"event larger than {MAX_EVENT_BYTES} bytes as compact JSON")
         envelope = parse_envelope(item)
         key = item.get("idempotency_key")
         if not isinstance(key, str) or not IDEMPOTENCY_KEY_PATTERN.fullmatch(key):

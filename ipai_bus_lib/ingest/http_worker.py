@@ -30,7 +30,7 @@ from urllib.parse import unquote
 import h11
 from gunicorn.workers.base import Worker
 
-from ..core.catalog import MAX_BATCH_BYTES
+from ..core.catalog import BATCH_PATH_SUFFIX, MAX_BATCH_BYTES, MAX_EVENT_BYTES
 
 SERVER_NAME = "ipai-bus"
 MAX_HEAD_BYTES = 16 * 1024
@@ -45,8 +45,10 @@ _READ_SIZE = 64 * 1024
 class FrontLimits:
     """Deadlines and sizes of the HTTP front (per worker process)."""
 
-    # The largest body any path accepts (a batch); the receiver holds each path to its own.
-    max_body_bytes: int = MAX_BATCH_BYTES
+    # The largest body of a batch path (…/batch), and of any other path: a longer declared
+    # length is answered 413 before a byte of the body is read.
+    max_batch_bytes: int = MAX_BATCH_BYTES
+    max_body_bytes: int = MAX_EVENT_BYTES
     head_seconds: float = 10.0
     body_seconds: float = 30.0
     idle_seconds: float = 5.0
@@ -183,7 +185,9 @@ class HttpFront:
         """The body, or nothing when its declared length is over the limit (refused unread);
         a body without a length is read up to one byte past the limit."""
         declared = _declared_length(request)
-        limit = self.limits.max_body_bytes
+        path = request.target.split(b"?", 1)[0].rstrip(b"/")
+        batch = path.endswith(BATCH_PATH_SUFFIX.encode())
+        limit = self.limits.max_batch_bytes if batch else self.limits.max_body_bytes
         if declared is not None and declared > limit:
             return b"", declared
         chunks: list[bytes] = []

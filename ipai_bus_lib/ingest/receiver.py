@@ -38,7 +38,7 @@ BATCH_PATH = WEBHOOK_PATH + catalog.BATCH_PATH_SUFFIX
 HEALTH_PATH = "/healthz"
 READY_PATH = "/readyz"
 SQL = load("receiver")
-MAX_BODY_BYTES = 256 * 1024
+MAX_BODY_BYTES = catalog.MAX_EVENT_BYTES
 _READ_CHUNK = 64 * 1024
 _QUICK_FAILURE_SECONDS = 0.25
 
@@ -246,6 +246,7 @@ class Receiver:
                 signature_digest=verified.fingerprint,
                 signed=verified,
                 max_attempts=self.config.max_attempts,
+                positions=[position for position, _ in valid],
             )
         )
         return {position: result for (position, _), result in zip(valid, results)}
@@ -372,6 +373,8 @@ def _signature_headers(environ: Mapping[str, Any]) -> dict[str, str]:
 
 def _parse_json(body: bytes) -> Any:
     """The body's JSON, numbers exact (see core.exact_json): what was signed is what is kept."""
+    if exact_json.nests_deeper_than(body, catalog.MAX_BODY_DEPTH):
+        raise Refusal(400, catalog.BODY_TOO_DEEP, "bad_request")
     try:
         return exact_json.loads(body.decode("utf-8"))
     except (UnicodeDecodeError, ValueError, RecursionError):

@@ -166,14 +166,21 @@ def record_batch(
     signature_digest: str,
     signed: Verified | None = None,
     max_attempts: int = DEFAULT_MAX_ATTEMPTS,
+    positions: Sequence[int] | None = None,
 ) -> list[InsertResult]:
     """Store checked (envelope, idempotency key) pairs and their audit copies in one statement
     (one round trip, one transaction); results in the same order.
 
+    ``positions`` are the events' places in the signed batch body, when some of its events were
+    left out (refused); each event's signature digest names its place there.
     A key already stored, or repeated earlier in ``events``, is a duplicate and writes nothing.
     A signature digest already accepted under another batch key raises ReplayedSignature.
     """
-    document = [{**envelope.to_json(), "idempotency_key": key} for envelope, key in events]
+    places = range(len(events)) if positions is None else positions
+    document = [
+        {**envelope.to_json(), "idempotency_key": key, "batch_position": place}
+        for (envelope, key), place in zip(events, places)
+    ]
     cursor.execute(
         f"with kept as (select {_KEEP_SIGNED_MESSAGE} as kept)"
         " select event_position, event_id, duplicate from public.insert_outbox_batch("

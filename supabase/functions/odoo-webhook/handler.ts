@@ -9,7 +9,9 @@
 // Logs never hold the secret, the signature or the payload.
 import postgres from "npm:postgres@3.4.5";
 
-export const MAX_BODY_BYTES = 256 * 1024;
+// One event: a single-event body, or one event of a batch as compact UTF-8 JSON (413 beyond).
+export const MAX_EVENT_BYTES = 256 * 1024;
+export const MAX_BODY_BYTES = MAX_EVENT_BYTES;
 // One batch request (POST …/odoo-webhook/batch): at most this many events and bytes, as in
 // ipai_bus_lib.core.catalog.
 export const MAX_BATCH_EVENTS = 1000;
@@ -24,6 +26,10 @@ const NUMBER_OUT_OF_RANGE =
   "payload number out of range: PostgreSQL's numeric holds 1e-16383 to 1e131071";
 const MAX_TEXT = 255;
 const MAX_DEPTH = 32;
+// A whole body may nest this deep: a batch's payloads sit three levels down ({"events": [{...}]}).
+const MAX_BODY_DEPTH = MAX_DEPTH + 3;
+const BODY_TOO_DEEP =
+  `body nests deeper than ${MAX_BODY_DEPTH} levels (a payload may nest at most ${MAX_DEPTH})`;
 const EVENT_TYPE = /^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)*$/;
 const SOURCE = /^[A-Za-z0-9_.-]{1,64}$/;
 const KEY = /^[\x20-\x7e]{1,255}$/;
@@ -272,6 +278,7 @@ async function readBody(req: Request, limit: number): Promise<Bytes> {
 /** The body's JSON twice: as JavaScript values, for the checks, and with every number kept as
  * the digits it was sent with, for storing (what was signed is what is kept). */
 function parseJson(body: Bytes): { doc: Json; exact: Exact } {
+  if (nestsDeeperThan(body, MAX_BODY_DEPTH)) throw badRequest(BODY_TOO_DEEP);
   let text: string;
   let doc: Json;
   try {
@@ -284,6 +291,27 @@ function parseJson(body: Bytes): { doc: Json; exact: Exact } {
   const exact = JSON.parse(text, (_key, value, context?: { source?: string }) =>
     typeof value === "number" ? rawJson(context!.source!) : value);
   return { doc, exact };
+}
+
+/** True when the body's arrays and objects nest more than `limit` deep (strings skipped),
+ * counted on the bytes before parsing, as ipai_bus_lib.core.exact_json.nests_deeper_than counts. */
+function nestsDeeperThan(body: Bytes, limit: number): boolean {
+  let depth = 0;
+  let inString = false;
+  for (let i = 0; i < body.length; i++) {
+    const byte = body[i];
+    if (inString) {
+      if (byte === 0x5c) i++; // a backslash escapes the next byte
+      else if (byte === 0x22) inString = false;
+    } else if (byte === 0x22) {
+      inString = true;
+    } else if (byte === 0x5b || byte === 0x7b) {
+      if (++depth > limit) return true;
+    } else if (byte === 0x5d || byte === 0x7d) {
+      depth--;
+    }
+  }
+  return false;
 }
 
 /** The payload to store: the exact one, once its numbers are known to fit. */
@@ -314,6 +342,9 @@ export function parseBatch(doc: Json, exact: Exact = doc): BatchEvent[] {
       return { refusal: "event must be a JSON object" };
     }
     try {
+      if (new TextEncoder().encode(JSON.stringify(exactEvents[position])).length > MAX_EVENT_BYTES) {
+        throw badRequest(`event larger than ${MAX_EVENT_BYTES} bytes as compact JSON`);
+      }
       const envelope = parseEnvelope(item, exactEvents[position]);
       const key = item["idempotency_key"];
       if (typeof key !== "string" || !KEY.test(key)) {
@@ -375,10 +406,13 @@ async function store(envelope: Envelope, key: string, signed: SignedRequest) {
 }
 
 async function storeBatch(
-  items: { envelope: Envelope; key: string }[], batchKey: string, signed: SignedRequest,
+  items: { envelope: Envelope; key: string; position: number }[], batchKey: string,
+  signed: SignedRequest,
 ) {
   // One statement: every new event, its event_log copy and the signed request commit together.
-  const events = items.map(({ envelope, key }) => ({ ...envelope, idempotency_key: key }));
+  // batch_position: the event's place in the signed body, which its signature digest names.
+  const events = items.map(({ envelope, key, position }) =>
+    ({ ...envelope, idempotency_key: key, batch_position: position }));
   const rows = await db()`
     with kept as (select ${keepSigned(signed)} as kept)
     select event_position, event_id::text as event_id, duplicate
