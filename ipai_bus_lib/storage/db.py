@@ -289,7 +289,10 @@ class Database:
                 raise DatabaseUnavailable(
                     f"database unavailable: no answer within {budget:g} s"
                 ) from exc
-            raise translate_error(exc) from exc
+            error = translate_error(exc)
+            if isinstance(error, DatabaseUnavailable):
+                self._drop_idle()  # made before the server went away: as broken as this one
+            raise error from exc
         finally:
             if guard is not None:
                 WATCHDOG.cancel(guard)
@@ -356,6 +359,9 @@ class Database:
 
     def close(self) -> None:
         """Close every idle connection; borrowed ones close when they come back."""
+        self._drop_idle()
+
+    def _drop_idle(self) -> None:
         with self._lock:
             idle, self._idle = self._idle, []
         for conn in idle:

@@ -4,10 +4,12 @@ request checked before it reads or changes anything."""
 from __future__ import annotations
 
 import logging
+import re
 import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime
+from http import HTTPStatus
 from http.cookies import SimpleCookie
 from typing import Any
 from urllib.parse import parse_qs, urlencode
@@ -23,6 +25,7 @@ from .auth import (
     SESSION_SECONDS,
     Session,
     Sessions,
+    SignInThrottle,
     tokens_match,
 )
 
@@ -58,9 +61,11 @@ class Console:
         database: Database,
         sessions: Sessions,
         destinations: Mapping[str, Mapping[str, Any]] | None = None,
+        throttle: SignInThrottle | None = None,
     ) -> None:
         self.database, self.sessions = database, sessions
         self.destinations = dict(destinations or {})
+        self.throttle = throttle or SignInThrottle()
 
     def __call__(self, environ: Mapping[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         try:
@@ -82,7 +87,7 @@ class Console:
         content_type = "text/css" if environ.get("PATH_INFO") == "/console.css" else "text/html"
         encoded = body.encode()
         start_response(
-            f"{status} {_REASONS.get(status, '')}".strip(),
+            f"{status} {HTTPStatus(status).phrase}",
             [
                 ("Content-Type", f"{content_type}; charset=utf-8"),
                 ("Content-Length", str(len(encoded))),
@@ -126,6 +131,7 @@ class Console:
             if path == "/retry":
                 return self._retry(session, form)
             if path == "/logout":
+                self.sessions.end(session)
                 return 303, "", [("Location", "/login"), _clear_cookie(SESSION_COOKIE)]
             raise Answer(404, pages.layout("Not found", _problem("No such action.")))
         if method != "GET":
@@ -144,30 +150,47 @@ class Console:
         )
         return 200, body, []
 
+    def _with_cursor(self, work: Callable[[Any], Any]) -> Any:
+        """``work(cursor)``, tried again once when the database did not answer: the first
+        request after PostgreSQL restarts finds the pool's connections closed under it."""
+        try:
+            with self.database.autocommit() as cursor:
+                return work(cursor)
+        except DatabaseUnavailable:
+            with self.database.autocommit() as cursor:
+                return work(cursor)
+
     def _page(self, path: str, query: Mapping[str, str], session: Session) -> tuple[str, str, str]:
-        with self.database.autocommit() as cursor:
-            if path == "/":
-                return "Overview", pages.overview_page(data.overview(cursor)), "/"
-            if path == "/events":
-                filters = _filters(query)
-                page = _or_400(lambda: data.events_page(cursor, filters, query.get("before")))
-                return "Events", pages.events_page(page, query), "/events"
-            if path.startswith("/events/"):
-                event_id = _event_id(path.removeprefix("/events/"))
-                history = data.event_detail(cursor, event_id)
-                if history is None:
-                    raise Answer(404, pages.layout("Not found", _problem(f"No event {event_id}.")))
-                return f"Event {event_id}", pages.event_page(event_id, history, session.csrf), "/events"
-            if path == "/dead":
-                page = _or_400(lambda: data.dead_letters(cursor, query.get("before")))
-                return "Dead letters", pages.dead_page(page, session.csrf), "/dead"
-            if path == "/destinations":
-                states = data.destination_states(cursor)
-                return (
-                    "Destinations",
-                    pages.destinations_page(self.destinations, states),
-                    "/destinations",
-                )
+        page: tuple[str, str, str] = self._with_cursor(
+            lambda cursor: self._read_page(cursor, path, query, session)
+        )
+        return page
+
+    def _read_page(
+        self, cursor: Any, path: str, query: Mapping[str, str], session: Session
+    ) -> tuple[str, str, str]:
+        if path == "/":
+            return "Overview", pages.overview_page(data.overview(cursor)), "/"
+        if path == "/events":
+            filters = _filters(query)
+            page = _or_400(lambda: data.events_page(cursor, filters, query.get("before")))
+            return "Events", pages.events_page(page, query), "/events"
+        if path.startswith("/events/"):
+            event_id = _event_id(path.removeprefix("/events/"))
+            history = data.event_detail(cursor, event_id)
+            if history is None:
+                raise Answer(404, pages.layout("Not found", _problem(f"No event {event_id}.")))
+            return f"Event {event_id}", pages.event_page(event_id, history, session.csrf), "/events"
+        if path == "/dead":
+            page = _or_400(lambda: data.dead_letters(cursor, query.get("before")))
+            return "Dead letters", pages.dead_page(page, session.csrf), "/dead"
+        if path == "/destinations":
+            states = data.destination_states(cursor)
+            return (
+                "Destinations",
+                pages.destinations_page(self.destinations, states),
+                "/destinations",
+            )
         raise Answer(404, pages.layout("Not found", _problem("No such page.")))
 
     # --- sign-in ------------------------------------------------------------------------------
@@ -190,10 +213,22 @@ class Console:
             return self._login_form(
                 environ, "Give your name (letters, digits, . @ + - _ and spaces).", operator, 400
             )
+        client = str(environ.get("REMOTE_ADDR", ""))
+        wait = self.throttle.wait_seconds(client, operator)
+        if wait > 0:
+            status, body, headers = self._login_form(
+                environ,
+                f"Too many wrong passwords from here or for this name: try again in {wait:.0f} s.",
+                operator,
+                429,
+            )
+            return status, body, [*headers, ("Retry-After", str(max(1, round(wait))))]
         if not self.sessions.password_matches(form.get("password", "")):
+            self.throttle.failed(client, operator)
             time.sleep(WRONG_PASSWORD_DELAY_SECONDS)
-            log.warning("console: wrong password for %r from %s", operator, environ.get("REMOTE_ADDR"))
+            log.warning("console: wrong password for %r from %s", operator, client)
             return self._login_form(environ, "Wrong password.", operator, 401)
+        self.throttle.succeeded(client, operator)
         cookie_value, _ = self.sessions.issue(operator)
         return (
             303,
@@ -210,9 +245,7 @@ class Console:
     def _retry(
         self, session: Session, form: Mapping[str, Any]
     ) -> tuple[int, str, list[tuple[str, str]]]:
-        back = form.get("back", "/dead")
-        if not back.startswith("/") or back.startswith("//"):
-            back = "/dead"
+        back = _same_site_path(form.get("back", ""), "/dead")
         texts = form.get("id[]", [])
         reason = form.get("reason", "").strip()
         if not texts:
@@ -227,8 +260,9 @@ class Console:
             raise Answer(
                 400, pages.layout("Bad request", _problem(f"{exc}; nothing was changed."))
             ) from None
-        with self.database.autocommit() as cursor:
-            retried = operations.retry(cursor, ids, actor=session.operator, reason=reason)
+        retried = self._with_cursor(
+            lambda cursor: operations.retry(cursor, ids, actor=session.operator, reason=reason)
+        )
         if not retried:
             return _back(back, "Nothing retried: only failed or dead events are.", error=True)
         return _back(
@@ -236,18 +270,14 @@ class Console:
         )
 
 
-_REASONS = {
-    200: "OK",
-    303: "See Other",
-    400: "Bad Request",
-    401: "Unauthorized",
-    403: "Forbidden",
-    404: "Not Found",
-    405: "Method Not Allowed",
-    413: "Content Too Large",
-    500: "Internal Server Error",
-    503: "Service Unavailable",
-}
+# A path of this console: "/" then no second "/" or "\\" (which browsers read as "//", another
+# site), and nothing but printable ASCII without spaces.
+_SAME_SITE_PATH = re.compile(r"/(?![/\\])[!-~]*")
+
+
+def _same_site_path(path: str, fallback: str) -> str:
+    """``path`` when it stays on this site, else ``fallback``: a redirect never leaves it."""
+    return path if _SAME_SITE_PATH.fullmatch(path) and "\\" not in path else fallback
 
 
 def _problem(text: str) -> str:

@@ -14,6 +14,7 @@ import hmac
 import json
 import re
 import secrets
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,7 +52,7 @@ def ensure_password(path: Path) -> str:
 
 @dataclass(frozen=True)
 class Session:
-    """A signed-in operator."""
+    """A signed-in operator; ``csrf`` also names the session (sign-out revokes it)."""
 
     operator: str
     csrf: str
@@ -59,11 +60,20 @@ class Session:
 
 
 class Sessions:
-    """Issues and checks session cookies and sign-in tokens."""
+    """Issues and checks session cookies and sign-in tokens; remembers signed-out sessions."""
 
     def __init__(self, password: str, key: bytes | None = None) -> None:
         self._password_digest = hashlib.sha256(password.encode()).digest()
         self._key = key or secrets.token_bytes(32)
+        self._ended: dict[str, float] = {}  # csrf token -> expiry, of sessions signed out
+        self._lock = threading.Lock()
+
+    def end(self, session: Session) -> None:
+        """Sign ``session`` out: its cookie is refused from now on, wherever it was copied."""
+        now = time.time()
+        with self._lock:
+            self._ended = {token: expiry for token, expiry in self._ended.items() if expiry > now}
+            self._ended[session.csrf] = session.expires
 
     def password_matches(self, offered: str) -> bool:
         """Constant-time: how much of a wrong password is right is never measurable."""
@@ -89,6 +99,8 @@ class Sessions:
             return None
         if not document or document.get("expires", 0) < time.time():
             return None
+        if document["csrf"] in self._ended:
+            return None
         return Session(str(document["operator"]), str(document["csrf"]), float(document["expires"]))
 
     def login_token(self) -> str:
@@ -97,6 +109,56 @@ class Sessions:
 
     def _sign(self, body: bytes) -> bytes:
         return hmac.new(self._key, body, hashlib.sha256).digest()
+
+
+class SignInThrottle:
+    """Wrong passwords slow sign-in down, per client address and per operator name alike.
+
+    The first ``free`` wrong passwords of a client (or for a name) cost nothing more; after
+    each further one, that client (or name) must wait 1 s, then 2, 4, … up to ``longest``
+    before the next attempt is even checked. A right password clears both. Entries are
+    forgotten an hour after their last failure, and at most ``capacity`` are kept.
+    """
+
+    def __init__(self, *, free: int = 5, longest: float = 900.0, capacity: int = 10_000) -> None:
+        self.free, self.longest, self.capacity = free, longest, capacity
+        self._failures: dict[str, tuple[int, float]] = {}  # key -> (count, unlocked at)
+        self._lock = threading.Lock()
+
+    def wait_seconds(self, client: str, operator: str) -> float:
+        """How long this client, or anyone for this name, must still wait (0: may try now)."""
+        now = time.monotonic()
+        with self._lock:
+            return max(
+                (self._failures.get(key, (0, now))[1] - now for key in _keys(client, operator)),
+                default=0.0,
+            )
+
+    def failed(self, client: str, operator: str) -> None:
+        now = time.monotonic()
+        with self._lock:
+            self._forget_stale(now)
+            for key in _keys(client, operator):
+                count = self._failures.get(key, (0, now))[0] + 1
+                delay = 0.0 if count <= self.free else min(2.0 ** (count - self.free - 1), self.longest)
+                self._failures.pop(key, None)  # re-inserted last: the dict stays oldest-first
+                self._failures[key] = (count, now + delay)
+
+    def succeeded(self, client: str, operator: str) -> None:
+        with self._lock:
+            for key in _keys(client, operator):
+                self._failures.pop(key, None)
+
+    def _forget_stale(self, now: float) -> None:
+        while self._failures:
+            key, (_, unlocked_at) = next(iter(self._failures.items()))
+            if len(self._failures) < self.capacity and unlocked_at > now - 3600:
+                return
+            del self._failures[key]
+
+
+def _keys(client: str, operator: str) -> tuple[str, str]:
+    return f"client:{client}", f"name:{operator.casefold()}"
 
 
 def tokens_match(expected: str | None, offered: str | None) -> bool:
