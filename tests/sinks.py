@@ -86,67 +86,14 @@ class HttpSink:
             return len(self.received)
 
 
-class TricklingSink:
-    """A TCP server that reads a request and answers 200 one byte every ``interval`` seconds:
-    each read finishes quickly, the whole answer never does."""
+class _LoopbackServer:
+    """A TCP server on loopback giving each connection a thread running ``_session``."""
 
-    def __init__(self, interval: float = 0.3, body_bytes: int = 200) -> None:
+    def __init__(self) -> None:
         import socket
 
-        self.interval, self.body_bytes = interval, body_bytes
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.url = f"http://127.0.0.1:{self.listener.getsockname()[1]}/hook"
-        self.requests = 0
-        self.stopped = threading.Event()
-        self.thread = threading.Thread(target=self._serve, daemon=True)
-
-    def _serve(self) -> None:
-        self.listener.settimeout(0.2)
-        while not self.stopped.is_set():
-            try:
-                client, _ = self.listener.accept()
-            except OSError:
-                continue
-            threading.Thread(target=self._trickle, args=(client,), daemon=True).start()
-
-    def _trickle(self, client: Any) -> None:
-        with client:
-            client.recv(65536)
-            self.requests += 1
-            answer = (
-                f"HTTP/1.1 200 OK\r\nContent-Length: {self.body_bytes}\r\n\r\n".encode()
-                + b"x" * self.body_bytes
-            )
-            try:
-                for index in range(len(answer)):
-                    if self.stopped.wait(self.interval):
-                        return
-                    client.sendall(answer[index : index + 1])
-            except OSError:
-                return
-
-    def __enter__(self) -> TricklingSink:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.stopped.set()
-        self.listener.close()
-
-
-class TricklingSmtpServer:
-    """An SMTP server on loopback that sends one of its replies a byte every ``interval`` s.
-
-    ``slow`` is "greeting" (the 220 trickles in) or "data" (a quick dialogue, then the 250 that
-    accepts the message trickles in). Each read finishes quickly; the reply takes long."""
-
-    def __init__(self, slow: str, interval: float = 0.4) -> None:
-        import socket
-
-        self.slow, self.interval = slow, interval
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.port = self.listener.getsockname()[1]
-        self.sessions = 0
         self.stopped = threading.Event()
         self.thread = threading.Thread(target=self._serve, daemon=True)
 
@@ -159,14 +106,65 @@ class TricklingSmtpServer:
                 continue
             threading.Thread(target=self._session, args=(client,), daemon=True).start()
 
-    def _say(self, client: Any, reply: bytes, slowly: bool) -> None:
-        if not slowly:
-            client.sendall(reply)
-            return
-        for index in range(len(reply)):
-            if self.stopped.wait(self.interval):
+    def _session(self, client: Any) -> None:
+        raise NotImplementedError
+
+    def _trickle(self, client: Any, data: bytes, interval: float) -> None:
+        """Send ``data`` a byte every ``interval`` seconds (until the server stops)."""
+        for index in range(len(data)):
+            if self.stopped.wait(interval):
                 return
-            client.sendall(reply[index : index + 1])
+            client.sendall(data[index : index + 1])
+
+    def __enter__(self) -> Any:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stopped.set()
+        self.listener.close()
+
+
+class TricklingSink(_LoopbackServer):
+    """A TCP server that reads a request and answers 200 one byte every ``interval`` seconds:
+    each read finishes quickly, the whole answer never does."""
+
+    def __init__(self, interval: float = 0.3, body_bytes: int = 200) -> None:
+        super().__init__()
+        self.interval, self.body_bytes = interval, body_bytes
+        self.url = f"http://127.0.0.1:{self.port}/hook"
+        self.requests = 0
+
+    def _session(self, client: Any) -> None:
+        with client:
+            client.recv(65536)
+            self.requests += 1
+            answer = (
+                f"HTTP/1.1 200 OK\r\nContent-Length: {self.body_bytes}\r\n\r\n".encode()
+                + b"x" * self.body_bytes
+            )
+            try:
+                self._trickle(client, answer, self.interval)
+            except OSError:
+                return
+
+
+class TricklingSmtpServer(_LoopbackServer):
+    """An SMTP server on loopback that sends one of its replies a byte every ``interval`` s.
+
+    ``slow`` is "greeting" (the 220 trickles in) or "data" (a quick dialogue, then the 250 that
+    accepts the message trickles in). Each read finishes quickly; the reply takes long."""
+
+    def __init__(self, slow: str, interval: float = 0.4) -> None:
+        super().__init__()
+        self.slow, self.interval = slow, interval
+        self.sessions = 0
+
+    def _say(self, client: Any, reply: bytes, slowly: bool) -> None:
+        if slowly:
+            self._trickle(client, reply, self.interval)
+        else:
+            client.sendall(reply)
 
     def _session(self, client: Any) -> None:
         self.sessions += 1
@@ -191,11 +189,3 @@ class TricklingSmtpServer:
                         client.sendall(b"250 ok\r\n")
         except OSError:
             return
-
-    def __enter__(self) -> TricklingSmtpServer:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.stopped.set()
-        self.listener.close()
