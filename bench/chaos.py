@@ -517,8 +517,10 @@ def main() -> None:
 
             memory: dict[str, dict[str, int]] = {}
 
+            baseline_after = min(MEMORY_BASELINE_SECONDS, seconds / 2)
+
             def read_memory() -> None:
-                if not stop.wait(min(MEMORY_BASELINE_SECONDS, seconds / 2)):
+                if not stop.wait(baseline_after):
                     memory["baseline"] = bus.memory()
 
             chaos = threading.Thread(target=cause_faults, daemon=True)
@@ -533,7 +535,16 @@ def main() -> None:
             memory["end"] = bus.memory()
             print(f"settled {time.monotonic() - started - sent_for:.0f} s after sending stopped")
             passed = report(
-                bus, sink, mail, sender, faults, by_status, injected_unreadable, sent_for, memory
+                bus,
+                sink,
+                mail,
+                sender,
+                faults,
+                by_status,
+                injected_unreadable,
+                sent_for,
+                memory,
+                baseline_after,
             )
             if any(by_status.get(s) for s in ("pending", "processing", "failed")):
                 for log in sorted(Path(home).glob("*.log")):
@@ -553,6 +564,7 @@ def report(
     injected_unreadable: int,
     sent_for: float,
     memory: dict[str, dict[str, int]],
+    baseline_after: float,
 ) -> bool:
     """Print the run's figures; True when it meets every criterion of the module's doc."""
     conn = psycopg2.connect(bus.url)
@@ -639,7 +651,7 @@ def report(
             change = (after - before) / before if before else 0.0
             growth = max(growth, change)
             shown.append(f"{name} {before / 2**20:.0f} → {after / 2**20:.0f} MiB ({change:+.1%})")
-        print(f"memory (RSS) after {MEMORY_BASELINE_SECONDS // 60} min → at end: " + "; ".join(shown))
+        print(f"memory (RSS) after {baseline_after / 60:g} min → at end: " + "; ".join(shown))
     passed = (
         not lost
         and not undelivered
