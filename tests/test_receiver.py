@@ -411,6 +411,46 @@ def test_a_key_held_by_another_transaction_is_busy_503_not_an_outage(server, cle
     assert post(server.base_url, body, signed(body, key="held")).status_code == 200
 
 
+def test_requests_beyond_the_queue_are_told_busy_at_once_and_stored_data_is_intact(clean_bus, tmp_path):
+    """One thread, held 2 s by a key another transaction holds: of 40 requests sent meanwhile,
+    16 wait their turn and the rest are answered 503 "receiver busy" with Retry-After at once."""
+    with receiver_process(clean_bus, tmp_path, threads=1) as running:
+        holder = psycopg2.connect(clean_bus)
+        try:
+            with holder.cursor() as cursor:
+                cursor.execute(
+                    "insert into integration.event_key (source, idempotency_key, event_id)"
+                    " values ('odoo', 'held', gen_random_uuid())"
+                )
+            held = event_body("held")
+            blocker = threading.Thread(
+                target=post, args=(running.base_url, held, signed(held, key="held"))
+            )
+            blocker.start()
+            time.sleep(0.3)  # the thread is now waiting on the held key
+            answers: list = [None] * 40
+
+            def send(n: int) -> None:
+                body = event_body(f"q-{n}")
+                answers[n] = post(running.base_url, body, signed(body, key=f"q-{n}"))
+
+            senders = [threading.Thread(target=send, args=(n,)) for n in range(40)]
+            for thread in senders:
+                thread.start()
+            for thread in senders:
+                thread.join()
+            blocker.join()
+        finally:
+            holder.rollback()
+            holder.close()
+    busy = [response for response in answers if response.status_code == 503]
+    assert busy and all(r.json() == {"ok": False, "error": "receiver busy, retry later"} for r in busy)
+    assert all(r.headers["Retry-After"] == "1" for r in busy)
+    stored = [response for response in answers if response.status_code == 200]
+    assert len(stored) + len(busy) == 40
+    assert counts(clean_bus) == (len(stored), len(stored)), "each answered 200 is stored, no other"
+
+
 def test_database_stopped_mid_run_gives_503_then_recovers(tmp_path):
     with private_cluster(tmp_path) as (cluster, url):
         with receiver_process(url, tmp_path) as running:

@@ -212,7 +212,10 @@ class HttpFront:
         self, request: h11.Request, body: bytes, declared: int | None, peer: tuple[Any, ...]
     ) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
         if self.queued >= self.threads * self.limits.queue_per_thread:
-            return _json_parts(503, {"ok": False, "error": "receiver busy, retry later"})
+            status, headers, payload = _json_parts(
+                503, {"ok": False, "error": "receiver busy, retry later"}
+            )
+            return status, [*headers, (b"retry-after", b"1")], payload
         environ = _environ(request, body, declared, peer)
         self.queued += 1
         try:
