@@ -153,7 +153,8 @@ class TricklingSmtpServer(_LoopbackServer):
     """An SMTP server on loopback that sends one of its replies a byte every ``interval`` s.
 
     ``slow`` is "greeting" (the 220 trickles in) or "data" (a quick dialogue, then the 250 that
-    accepts the message trickles in). Each read finishes quickly; the reply takes long."""
+    accepts the message trickles in): each read finishes quickly, the reply takes long. "cut"
+    answers DATA with the start of a 250 and closes the connection."""
 
     def __init__(self, slow: str, interval: float = 0.4) -> None:
         super().__init__()
@@ -181,6 +182,9 @@ class TricklingSmtpServer(_LoopbackServer):
                         client.sendall(b"354 go ahead\r\n")
                         while stream.readline() not in (b".\r\n", b""):
                             pass
+                        if self.slow == "cut":  # a positive start, then the connection ends
+                            client.sendall(b"250 2.0")
+                            return
                         self._say(client, b"250 2.0.0 queued as 1\r\n", self.slow == "data")
                     elif verb == b"QUIT":
                         client.sendall(b"221 bye\r\n")

@@ -356,6 +356,17 @@ def test_email_sends_one_message_with_text_and_html(database, smtp_server):
     assert "<strong>Employee:</strong>" in parts["text/html"]
 
 
+def test_an_smtp_reply_cut_short_is_not_a_delivery(database):
+    """A "250 2.0" and then the end of the connection: no complete positive answer."""
+    with TricklingSmtpServer("cut") as server:
+        router = make_router(database, {"ap": email_to(server.port)})
+        [event_id] = add_events(database)
+        router.run_once()
+    assert state(database, event_id)["status"] == "failed"
+    [(_, outcome, _, error)] = attempts_of(database, event_id)
+    assert outcome != "delivered" and "ended mid-line" in error, (outcome, error)
+
+
 def test_email_over_implicit_tls_is_delivered(database, tmp_path):
     """security = "tls": the TLS handshake happens on the budgeted socket, then the dialogue."""
     import ssl
