@@ -200,14 +200,33 @@ def test_configure_script_sets_the_parameters_odoo_reads(odoo_ready, odoo_databa
     assert "SECRET-OK True" in shown.stdout
 
 
-def test_addons_uninstall_cleanly(odoo_ready, odoo_database):
+def test_addons_uninstall_cleanly_and_take_their_parameters(odoo_ready, odoo_database):
+    """Tables go, and so does every system parameter the bridge keeps: the secret first."""
+    keys = [
+        "ipai.webhook.url",
+        "ipai.webhook.secret",
+        "ipai.webhook.source",
+        "ipai.outbox.retention_days",
+        "ipai.booking.early_checkout_minutes",
+        "ipai_enterprise_bridge.paid_history_until",
+    ]
     script = (
+        "params = env['ir.config_parameter'].sudo()\n"
+        "for key in %r:\n"
+        "    params.set_param(key, 'set-before-uninstall')\n"
+        "params.set_param('web.base.url.test', 'kept')\n"
+        "env.cr.commit()\n"
         "modules = env['ir.module.module'].search([('name', 'in', %r)])\n"
         "modules.button_immediate_uninstall()\n"
         "env.cr.execute(\"select to_regclass('ipai_event_outbox'),"
         " to_regclass('ipai_equipment_booking'), to_regclass('ipai_bir_form'),"
         " to_regclass('ipai_logframe')\")\n"
-        "print('LEFT', env.cr.fetchone())\n" % (list(ADDONS),)
+        "print('LEFT', env.cr.fetchone())\n"
+        "env.cr.execute(\"select key from ir_config_parameter where key like 'ipai%%'"
+        " or key = 'web.base.url.test' order by key\")\n"
+        "print('PARAMETERS', [row[0] for row in env.cr.fetchall()])\n" % (keys, list(ADDONS))
     )
     result = odoo_bin(odoo_database, "shell", "--no-http", stdin=script)
-    assert "LEFT (None, None, None, None)" in result.stdout, (result.stdout + result.stderr)[-5000:]
+    output = (result.stdout + result.stderr)[-5000:]
+    assert "LEFT (None, None, None, None)" in result.stdout, output
+    assert "PARAMETERS ['web.base.url.test']" in result.stdout, output

@@ -19,4 +19,5 @@
         "data/ir_cron.xml",
     ],
     "post_init_hook": "post_init_hook",
+    "uninstall_hook": "uninstall_hook",
 }

@@ -1,5 +1,6 @@
 from datetime import datetime, time, timedelta
 
+import psycopg2.errors
 from odoo import api, fields, models
 from odoo.exceptions import UserError, ValidationError
 
@@ -8,6 +9,7 @@ from ipai_bus_lib.core.catalog import ASSET
 from ..utils.ipai_webhook import send_ipai_event
 
 ACTIVE_STATES = ("reserved", "checked_out")
+ONE_CHECKED_OUT_INDEX = "ipai_equipment_booking_one_checked_out"
 # How long before its start a booking may be checked out (ir.config_parameter, minutes).
 EARLY_CHECKOUT_PARAMETER = "ipai.booking.early_checkout_minutes"
 DEFAULT_EARLY_CHECKOUT_MINUTES = 60
@@ -63,7 +65,7 @@ class IpaiEquipmentBooking(models.Model):
         # One piece of equipment is in one place: at most one booking has it checked out, even
         # when two check-outs race.
         self.env.cr.execute(  # Odoo 18's create_unique_index takes no WHERE
-            "CREATE UNIQUE INDEX IF NOT EXISTS ipai_equipment_booking_one_checked_out"
+            f"CREATE UNIQUE INDEX IF NOT EXISTS {ONE_CHECKED_OUT_INDEX}"
             " ON ipai_equipment_booking (equipment_id) WHERE state = 'checked_out'"
         )
 
@@ -160,7 +162,9 @@ class IpaiEquipmentBooking(models.Model):
                 )
             if action == "checkout":
                 booking._ipai_check_can_leave()
-            booking.state = target
+                booking._ipai_take_equipment()
+            else:
+                booking.state = target
             booking._ipai_emit(event_type)
         return True
 
@@ -203,6 +207,26 @@ class IpaiEquipmentBooking(models.Model):
                     minutes=minutes,
                 )
             )
+
+    def _ipai_take_equipment(self):
+        """Check the booking out. Two check-outs of one piece of equipment at the same moment
+        both pass _ipai_check_can_leave (neither sees the other's yet); the unique index lets
+        one through, and the other is told so in words, not as a database error."""
+        self.ensure_one()
+        try:
+            with self.env.cr.savepoint():
+                self.state = "checked_out"
+                self.flush_recordset(["state"])
+        except psycopg2.errors.UniqueViolation as error:
+            if error.diag.constraint_name != ONE_CHECKED_OUT_INDEX:
+                raise
+            raise UserError(
+                self.env._(
+                    "%(equipment)s was checked out for another booking at the same moment. "
+                    "Reload to see who has it, and check it in before it goes out again.",
+                    equipment=self.equipment_id.name,
+                )
+            ) from None
 
     def _ipai_emit(self, event_type):
         self.ensure_one()

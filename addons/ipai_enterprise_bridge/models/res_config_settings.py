@@ -91,6 +91,7 @@ class ResConfigSettings(models.TransientModel):
             aggregate_id=str(self.env.uid),
             payload={"message": "Test event from Odoo settings", "database": self.env.cr.dbname},
             occurred_at=fields.Datetime.now().strftime("%Y-%m-%dT%H:%M:%SZ"),
+            source=self.env["ipai.event.outbox"]._ipai_source(),  # as every event of this database
         )
         key = f"test:{self.env.uid}:{fields.Datetime.now().timestamp()}"
         try:

@@ -1,4 +1,5 @@
 from datetime import datetime, timedelta
+from unittest.mock import patch
 
 from odoo import fields
 from odoo.exceptions import UserError, ValidationError
@@ -104,6 +105,25 @@ class TestBookingEvents(BridgeCase):
         self.assertEqual(tuesday.state, "reserved")
         self.assertEqual(len(self.outbox("asset.checked_out")), 1, "no second check-out told")
         self.assertEqual(self.projector.ipai_current_booking_id, monday)
+
+    def test_two_check_outs_at_the_same_moment_the_loser_is_told_in_words(self):
+        """Two sessions check out two bookings of one projector at once: each passes the holder
+        check (neither sees the other's yet), the unique index lets one through, and the other
+        reads a sentence, not "duplicate key value violates unique constraint"."""
+        monday, tuesday = self.book(), self.book(start=self.start + timedelta(days=1))
+        (monday | tuesday).action_reserve_asset()
+        monday.action_checkout_asset()
+        booking_class = type(tuesday)
+        with (
+            patch.object(booking_class, "_ipai_check_can_leave", lambda booking: None),
+            self.assertRaises(UserError) as caught,
+        ):
+            tuesday.action_checkout_asset()
+        message = str(caught.exception)
+        self.assertIn("Epson EB-X51 was checked out for another booking at the same moment", message)
+        self.assertNotIn("duplicate key", message)
+        self.assertEqual(tuesday.state, "reserved")
+        self.assertEqual(len(self.outbox("asset.checked_out")), 1, "no second check-out told")
 
     def test_checking_out_long_before_the_start_is_refused(self):
         """Within an hour of the start is fine; days ahead the booking would lie."""

@@ -1,10 +1,19 @@
 import hashlib
+import re
 import unittest
 
+import psycopg2
 from odoo.exceptions import AccessError, UserError
 from odoo.tests import tagged
 
-from .common import LIVE_RECEIVER_REASON, RECEIVER_SECRET, RECEIVER_URL, BridgeCase, closed_port_url
+from .common import (
+    BUS_DATABASE_URL,
+    LIVE_RECEIVER_REASON,
+    RECEIVER_SECRET,
+    RECEIVER_URL,
+    BridgeCase,
+    closed_port_url,
+)
 
 
 @tagged("post_install", "-at_install")
@@ -79,6 +88,25 @@ class TestSettingsAndAccess(BridgeCase):
         action = settings.action_ipai_send_test_event()
         self.assertEqual(action["params"]["type"], "success")
         self.assertIn("stored the test event", action["params"]["message"])
+
+    @unittest.skipUnless(RECEIVER_URL, LIVE_RECEIVER_REASON)
+    def test_send_test_event_goes_under_the_configured_source(self):
+        settings = self.env["res.config.settings"].create(
+            {
+                "ipai_webhook_url": RECEIVER_URL,
+                "ipai_webhook_secret": RECEIVER_SECRET,
+                "ipai_webhook_source": "odoo-manila-settings",
+            }
+        )
+        message = settings.action_ipai_send_test_event()["params"]["message"]
+        event_id = re.search(r"[0-9a-f-]{36}", message)[0]
+        conn = psycopg2.connect(BUS_DATABASE_URL)
+        try:
+            with conn.cursor() as cursor:
+                cursor.execute("select source from integration.outbox where id = %s", (event_id,))
+                self.assertEqual(cursor.fetchone(), ("odoo-manila-settings",))
+        finally:
+            conn.close()
 
     def test_the_secret_is_write_only_and_shown_by_its_fingerprint(self):
         self.save_settings("https://bus.example.ph/hook", "a-secret-of-sixteen-chars")
