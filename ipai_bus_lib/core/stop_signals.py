@@ -37,3 +37,12 @@ def call_on_stop_signal(
     threading.Thread(target=wait_then_call, name="stop-signal", daemon=True).start()
     for signum in signals:
         signal.signal(signum, handle)
+
+
+def ignore_stop_signals(signals: Iterable[signal.Signals] = STOP_SIGNALS) -> None:
+    """Ignore ``signals`` from now on: call when a command has stopped and is about to exit.
+
+    While Python finalizes it puts back the default action of each signal it handled, which
+    is to die: the last SIGTERM of a burst could then turn a clean exit into -15."""
+    for signum in signals:
+        signal.signal(signum, signal.SIG_IGN)

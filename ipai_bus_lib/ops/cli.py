@@ -100,7 +100,7 @@ def require_current_schema(url: str) -> None:
 
 
 def _run_router(router: Router, settings: Settings) -> None:
-    from ..core.stop_signals import call_on_stop_signal
+    from ..core.stop_signals import call_on_stop_signal, ignore_stop_signals
 
     call_on_stop_signal(router.stop)
     endpoints = _start_endpoints(router, settings)
@@ -119,6 +119,7 @@ def _run_router(router: Router, settings: Settings) -> None:
     finally:
         if endpoints is not None:
             endpoints.close()
+        ignore_stop_signals()
 
 
 def _start_endpoints(router: Router, settings: Settings) -> Any:
@@ -179,7 +180,7 @@ def cmd_secret_new(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_up(args: argparse.Namespace, settings: Settings) -> int:
     import threading
 
-    from ..core.stop_signals import call_on_stop_signal
+    from ..core.stop_signals import call_on_stop_signal, ignore_stop_signals
     from .stack import Stack, require_free_ports
     from .wiring import check_routing
 
@@ -194,6 +195,7 @@ def cmd_up(args: argparse.Namespace, settings: Settings) -> int:
             assert stack.supervisor is not None
             stack.supervisor.check()
         print("ipai-bus: stopping…", file=sys.stderr, flush=True)
+    ignore_stop_signals()
     print("ipai-bus: stopped", file=sys.stderr)
     return EXIT_OK
 

@@ -18,7 +18,7 @@ from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from ...core.settings import Settings
-from ...core.stop_signals import call_on_stop_signal
+from ...core.stop_signals import call_on_stop_signal, ignore_stop_signals
 from ...core.watchdog import WATCHDOG, shutdown_socket
 from ...storage.db import Database
 from .app import Console
@@ -106,3 +106,4 @@ def serve_console(settings: Settings, database_url: str, *, host: str, port: int
     finally:
         server.server_close()
         database.close()
+        ignore_stop_signals()
