@@ -214,12 +214,15 @@ class IpaiEquipmentBooking(models.Model):
         one through, and the other is told so in words, not as a database error."""
         self.ensure_one()
         try:
-            with self.env.cr.savepoint():
+            # Not a flushing savepoint: that would run the precommit hooks now, and with them
+            # the outbox's one-wake-per-transaction bookkeeping.
+            with self.env.cr.savepoint(flush=False):
                 self.state = "checked_out"
                 self.flush_recordset(["state"])
         except psycopg2.errors.UniqueViolation as error:
             if error.diag.constraint_name != ONE_CHECKED_OUT_INDEX:
                 raise
+            self.invalidate_recordset(["state"], flush=False)  # the database kept "reserved"
             raise UserError(
                 self.env._(
                     "%(equipment)s was checked out for another booking at the same moment. "
