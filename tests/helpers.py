@@ -210,6 +210,24 @@ def post_batch(base_url: str, body: bytes, headers: Mapping[str, str]) -> reques
     return requests.post(base_url + BATCH_PATH, data=body, headers=dict(headers), timeout=30)
 
 
+@contextlib.contextmanager
+def key_held_by_another_request(database_url: str, key: str = "held") -> Iterator[None]:
+    """While inside: ``key`` inserted by a transaction that has not committed, as a concurrent
+    request for the same key holds it; rolled back at the end."""
+    holder = psycopg2.connect(database_url)
+    try:
+        with holder.cursor() as cursor:
+            cursor.execute(
+                "insert into integration.event_key (source, idempotency_key, event_id)"
+                " values ('odoo', %s, gen_random_uuid())",
+                (key,),
+            )
+        yield
+    finally:
+        holder.rollback()
+        holder.close()
+
+
 def send_at_once(base_url: str, bodies: list[bytes], *, key: str) -> list[requests.Response]:
     """Each batch body signed under its own batch key, all posted at one moment; the answers."""
     headers = [signed(body, key=f"{key}-{n}") for n, body in enumerate(bodies)]

@@ -30,6 +30,7 @@ from .helpers import (
     batch_event,
     event_body,
     free_port,
+    key_held_by_another_request,
     receiver_process,
     send_overlapping_batches,
     signed,
@@ -471,20 +472,11 @@ def test_a_key_held_by_another_transaction_is_busy_503_in_the_edge_function(edge
     """The Edge Function answers a lost race for a key as the Python receiver does: 503 "busy"
     with Retry-After, after one retry, and stores nothing for it."""
     base, url = edge_function
-    holder = psycopg2.connect(url)
-    try:
-        with holder.cursor() as cursor:
-            cursor.execute(
-                "insert into integration.event_key (source, idempotency_key, event_id)"
-                " values ('odoo', 'held', gen_random_uuid())"
-            )
+    with key_held_by_another_request(url):
         body = event_body("held")
         answer = requests.post(
             base + WEBHOOK_PATH, data=body, headers=signed(body, key="held"), timeout=30
         )
-    finally:
-        holder.rollback()
-        holder.close()
     assert answer.status_code == 503 and answer.headers["retry-after"] == "1"
     assert answer.json() == {"ok": False, "error": "busy with concurrent requests, retry later"}
     assert stored_rows(url) == []

@@ -24,6 +24,7 @@ from .helpers import (
     batch_event,
     counts,
     event_body,
+    key_held_by_another_request,
     post,
     post_batch,
     private_cluster,
@@ -390,13 +391,7 @@ def test_request_log_never_holds_secret_signature_or_payload(server, clean_bus):
 def test_a_key_held_by_another_transaction_is_busy_503_not_an_outage(server, clean_bus):
     """#22 item 2: a lock wait past lock_timeout answers 503 "busy" with Retry-After, and the
     worker still stores other keys at once (the wait did not trip its "database down" latch)."""
-    holder = psycopg2.connect(clean_bus)
-    try:
-        with holder.cursor() as cursor:  # a request for key "held" that has not committed yet
-            cursor.execute(
-                "insert into integration.event_key (source, idempotency_key, event_id)"
-                " values ('odoo', 'held', gen_random_uuid())"
-            )
+    with key_held_by_another_request(clean_bus):
         body = event_body("held")
         response = post(server.base_url, body, signed(body, key="held"))
         assert response.headers["Retry-After"] == "1"
@@ -404,9 +399,6 @@ def test_a_key_held_by_another_transaction_is_busy_503_not_an_outage(server, cle
         for n in range(4):  # both workers, each more than once
             body = event_body(f"free-{n}")
             assert post(server.base_url, body, signed(body, key=f"free-{n}")).status_code == 200
-    finally:
-        holder.rollback()
-        holder.close()
     body = event_body("held")
     assert post(server.base_url, body, signed(body, key="held")).status_code == 200
 
@@ -415,13 +407,7 @@ def test_requests_beyond_the_queue_are_told_busy_at_once_and_stored_data_is_inta
     """One thread, held 2 s by a key another transaction holds: of 40 requests sent meanwhile,
     16 wait their turn and the rest are answered 503 "receiver busy" with Retry-After at once."""
     with receiver_process(clean_bus, tmp_path, threads=1) as running:
-        holder = psycopg2.connect(clean_bus)
-        try:
-            with holder.cursor() as cursor:
-                cursor.execute(
-                    "insert into integration.event_key (source, idempotency_key, event_id)"
-                    " values ('odoo', 'held', gen_random_uuid())"
-                )
+        with key_held_by_another_request(clean_bus):
             held = event_body("held")
             blocker = threading.Thread(
                 target=post, args=(running.base_url, held, signed(held, key="held"))
@@ -440,9 +426,6 @@ def test_requests_beyond_the_queue_are_told_busy_at_once_and_stored_data_is_inta
             for thread in senders:
                 thread.join()
             blocker.join()
-        finally:
-            holder.rollback()
-            holder.close()
     busy = [response for response in answers if response.status_code == 503]
     assert busy and all(r.json() == {"ok": False, "error": "receiver busy, retry later"} for r in busy)
     assert all(r.headers["Retry-After"] == "1" for r in busy)
