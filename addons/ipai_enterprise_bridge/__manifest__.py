@@ -1,7 +1,7 @@
 {
     "name": "IPAI Enterprise Bridge",
     "summary": "Signed business events from expenses and equipment bookings to the IPAI bus",
-    "version": "18.0.1.2.0",
+    "version": "18.0.1.3.0",
     "category": "Productivity",
     "license": "LGPL-3",
     "author": "IPAI",
@@ -17,6 +17,7 @@
         "views/res_config_settings_views.xml",
         "views/menus.xml",
         "data/ir_cron.xml",
+        "data/ipai_bus_link.xml",
     ],
     "post_init_hook": "post_init_hook",
     "uninstall_hook": "uninstall_hook",

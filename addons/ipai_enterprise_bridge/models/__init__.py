@@ -1,6 +1,7 @@
 from . import (
     hr_expense,
     hr_expense_sheet,
+    ipai_bus_link,
     ipai_equipment_booking,
     ipai_event_outbox,
     maintenance_equipment,

@@ -17,7 +17,10 @@ from ..utils.ipai_webhook import (
     SOURCE_PARAMETER,
     URL_PARAMETER,
     BatchPoster,
+    BusUnreachable,
     DeliveryError,
+    NotPosted,
+    bus_key,
     default_source,
 )
 
@@ -40,11 +43,35 @@ NOT_CONFIGURED = (
 DISPATCH_CRON = "ipai_enterprise_bridge.ir_cron_dispatch_events"
 WAKE_KEY = "ipai_enterprise_bridge.dispatcher_woken"
 # Appended to the queueing statement: the dispatch cron's trigger row, only if rows were queued.
+# Rows to post now: unsent and due, and no earlier event of the same record is waiting out
+# its back-off (such a one holds its record's later events back, across runs and restarts).
+# The anti-join reads only rows not yet due, through the due index.
+DUE_ROWS = (
+    "o.state IN ('pending', 'failed') AND o.next_attempt_at <= %(now)s AND NOT EXISTS ("
+    "SELECT FROM ipai_event_outbox earlier WHERE earlier.state IN ('pending', 'failed')"
+    " AND earlier.next_attempt_at > %(now)s AND earlier.aggregate_type = o.aggregate_type"
+    " AND earlier.aggregate_id = o.aggregate_id AND earlier.id < o.id)"
+)
 WAKE_CTE = (
     ", woken AS (INSERT INTO ir_cron_trigger (cron_id, call_at, create_uid, create_date,"
     " write_uid, write_date) SELECT %s, %s, %s, %s, %s, %s"
     " WHERE EXISTS (SELECT FROM queued))"
 )
+
+
+# What a failed attempt writes, by kind (see utils/ipai_webhook.py). Refused by the bus: this
+# event backs off on its own. In a batch the bus did not take: failed but still due, no attempt
+# counted (the bus link counts the probes and decides when). Not posted: only the reason.
+FAILURE_UPDATES = {
+    DeliveryError: "UPDATE ipai_event_outbox SET state = 'failed', attempts = attempts + 1,"
+    " last_error = %(error)s, next_attempt_at = %(now)s + make_interval(mins =>"
+    " (%(delays)s::int[])[least(attempts + 1, array_length(%(delays)s::int[], 1))]),"
+    " write_date = %(now)s, write_uid = %(uid)s WHERE id = ANY(%(ids)s)",
+    BusUnreachable: "UPDATE ipai_event_outbox SET state = 'failed',"
+    " last_error = %(error)s, write_date = %(now)s, write_uid = %(uid)s WHERE id = ANY(%(ids)s)",
+    NotPosted: "UPDATE ipai_event_outbox SET last_error = %(error)s, write_date = %(now)s,"
+    " write_uid = %(uid)s WHERE id = ANY(%(ids)s) AND last_error IS DISTINCT FROM %(error)s",
+}
 
 
 class IpaiEventOutbox(models.Model):
@@ -62,6 +89,12 @@ class IpaiEventOutbox(models.Model):
     res_id = fields.Integer(string="Record ID", readonly=True)
     payload = fields.Text(required=True, readonly=True)
     idempotency_key = fields.Char(required=True, readonly=True)
+    bus_key = fields.Char(
+        string="Key at the bus",
+        readonly=True,
+        help="The idempotency key the bus stores this event under: this one scoped to the "
+        "database. Empty on events queued before 18.0.1.3.0, which go out under their own key.",
+    )
     occurred_at = fields.Datetime(required=True, readonly=True, default=fields.Datetime.now)
     state = fields.Selection(
         [("pending", "Pending"), ("sent", "Sent"), ("failed", "Failed, will retry")],
@@ -69,7 +102,7 @@ class IpaiEventOutbox(models.Model):
         required=True,
         readonly=True,
     )
-    attempts = fields.Integer(readonly=True, default=0)
+    attempts = fields.Integer(readonly=True, default=0, aggregator=False)  # a sum means nothing
     next_attempt_at = fields.Datetime(readonly=True, default=fields.Datetime.now)
     last_error = fields.Text(readonly=True)
     sent_at = fields.Datetime(readonly=True)
@@ -77,7 +110,7 @@ class IpaiEventOutbox(models.Model):
     record_ref = fields.Reference(
         selection="_selection_record_models", string="Record", compute="_compute_record_ref"
     )
-    payload_display = fields.Text(string="Payload", compute="_compute_payload_display")
+    payload_display = fields.Text(string="Payload, indented", compute="_compute_payload_display")
 
     @api.model
     def _selection_record_models(self):
@@ -132,6 +165,7 @@ class IpaiEventOutbox(models.Model):
             return self.browse()
         now = fields.Datetime.now()
         uid = self.env.uid
+        database_uuid = self._database_uuid()
         rows = [
             (
                 event["event_type"],
@@ -141,6 +175,7 @@ class IpaiEventOutbox(models.Model):
                 event["record"].id,
                 json.dumps(event["payload"]),
                 event["key"],
+                bus_key(event["key"], database_uuid),
                 event.get("occurred_at") or now,
                 "pending",
                 0,
@@ -156,7 +191,7 @@ class IpaiEventOutbox(models.Model):
         self.env.cr.execute(
             "WITH queued AS ("  # noqa: UP031 - the %s placeholders are psycopg2's to fill
             " INSERT INTO ipai_event_outbox (event_type, aggregate_type, aggregate_id, res_model,"
-            " res_id, payload, idempotency_key, occurred_at, state, attempts, next_attempt_at,"
+            " res_id, payload, idempotency_key, bus_key, occurred_at, state, attempts, next_attempt_at,"
             " create_uid, create_date, write_uid, write_date) VALUES %s"
             " ON CONFLICT (idempotency_key) DO NOTHING RETURNING id)%s"
             " SELECT id FROM queued" % (", ".join(["%s"] * len(rows)), cron_id and WAKE_CTE or ""),
@@ -194,28 +229,53 @@ class IpaiEventOutbox(models.Model):
 
     @api.model
     def _ipai_source(self):
-        """The name this database gives the bus (``ipai.webhook.source``), by default derived
-        from the database's name: the bus keeps records of different sources apart."""
+        """The name this database gives the bus (``ipai.webhook.source``), by default one made
+        from its ``database.uuid`` (default_source): the bus keeps sources' records apart."""
         configured = self.env["ir.config_parameter"].sudo().get_param(SOURCE_PARAMETER)
-        return configured or default_source(self.env.cr.dbname)
+        return configured or default_source(self._database_uuid())
+
+    @api.model
+    def _database_uuid(self):
+        return self.env["ir.config_parameter"].sudo().get_param("database.uuid")
 
     @api.model
     def _cron_dispatch_events(self, limit=DISPATCH_BATCH):
-        """Post due events, oldest first, over one kept-alive connection; reschedule the ones
-        that fail with back-off; tell the cron how many remain. Returns how many were taken."""
+        """Post due events, oldest first, over one kept-alive connection; tell the cron how many
+        remain. Returns how many the bus took.
+
+        A record's event is never posted while an earlier one of that record waits (DUE_ROWS).
+        An event the bus refuses backs off on its own (RETRY_MINUTES); a batch the bus does not
+        take marks the bus away (ipai.bus.link), and nothing more is posted until the next
+        probe, a few seconds on, which sends the oldest batch again.
+        """
         params = self.env["ir.config_parameter"].sudo()
         url, secret = params.get_param(URL_PARAMETER), params.get_param(SECRET_PARAMETER)
         self.flush_model()  # the queries below read the table, not the ORM cache
         if not url or not secret:
             self._note_not_configured()
             return 0
+        link = self.env["ipai.bus.link"]._current()
+        if link._waiting_for_probe(fields.Datetime.now()):
+            return 0  # the probe's own wake-up comes at next_probe_at
         self.env.cr.execute(
-            "SELECT id FROM ipai_event_outbox WHERE state IN ('pending', 'failed')"
-            " AND next_attempt_at <= %s ORDER BY id LIMIT %s"
+            "SELECT id FROM ipai_event_outbox o WHERE " + DUE_ROWS + " ORDER BY id LIMIT %(limit)s"
             " FOR UPDATE SKIP LOCKED",
-            (fields.Datetime.now(), limit),
+            {"now": fields.Datetime.now(), "limit": limit},
         )
         due = self.browse([row[0] for row in self.env.cr.fetchall()])
+        taken = self._post(due, url, secret)
+        if taken["unreachable"]:
+            link._mark_away(str(taken["unreachable"]), fields.Datetime.now())
+        else:
+            link._mark_back()
+        remaining = 0 if taken["unreachable"] else self._count_due()  # away: the probe's turn
+        self.env["ir.cron"]._notify_progress(done=taken["sent"], remaining=remaining)
+        return taken["sent"]
+
+    def _post(self, due, url, secret):
+        """Post these rows in batches, keeping each batch's outcomes before the next is posted
+        (a crash resends at most one batch, which the bus answers as duplicates). Returns how
+        many were sent and, when the bus did not take a batch, why."""
         testing = getattr(threading.current_thread(), "testing", False)
         source = self._ipai_source()
         items = [
@@ -223,26 +283,27 @@ class IpaiEventOutbox(models.Model):
                 event.id,
                 (event.aggregate_type, event.aggregate_id),
                 event._envelope(source),
-                event.idempotency_key,
+                event.bus_key or event.idempotency_key,
             )
             for event in due
         ]
+        sent = 0
         with BatchPoster(url, secret) as poster:
             for start in range(0, len(items), BATCH_EVENTS):
-                self._record_outcomes(poster.post_all(items[start : start + BATCH_EVENTS]))
+                outcomes = poster.post_all(items[start : start + BATCH_EVENTS])
+                self._record_outcomes(outcomes)
+                sent += sum(isinstance(answer, dict) for answer in outcomes.values())
                 if not testing:
-                    # Each batch's outcomes are kept before the next is posted: a crash resends
-                    # at most one batch, which the bus answers as duplicates.
                     self.env.cr.commit()  # pylint: disable=invalid-commit
-        self.env["ir.cron"]._notify_progress(done=len(due), remaining=self._count_due())
-        return len(due)
+                if poster.unreachable:
+                    break
+        return {"sent": sent, "unreachable": poster.unreachable}
 
     def _count_due(self):
         self.flush_model()
         self.env.cr.execute(
-            "SELECT count(*) FROM ipai_event_outbox WHERE state IN"
-            " ('pending', 'failed') AND next_attempt_at <= %s",
-            (fields.Datetime.now(),),
+            "SELECT count(*) FROM ipai_event_outbox o WHERE " + DUE_ROWS,
+            {"now": fields.Datetime.now()},
         )
         return self.env.cr.fetchone()[0]
 
@@ -276,19 +337,23 @@ class IpaiEventOutbox(models.Model):
                 " WHERE o.id = v.id",
                 [now, now, self.env.uid, *sent],
             )
-        failures = {}
+        by_kind = {}
         for event_id, outcome in outcomes.items():
             if isinstance(outcome, DeliveryError):
-                failures.setdefault(str(outcome), []).append(event_id)
-        for error, event_ids in failures.items():
+                by_kind.setdefault((type(outcome), str(outcome)), []).append(event_id)
+        for (kind, error), event_ids in by_kind.items():
             self.env.cr.execute(
-                "UPDATE ipai_event_outbox SET state = 'failed', attempts = attempts + 1,"
-                " last_error = %s, next_attempt_at = %s + make_interval(mins =>"
-                " (%s::int[])[least(attempts + 1, %s)]), write_date = %s, write_uid = %s"
-                " WHERE id = ANY(%s)",
-                (error, now, list(RETRY_MINUTES), len(RETRY_MINUTES), now, self.env.uid, event_ids),
+                FAILURE_UPDATES[kind],
+                {
+                    "error": error,
+                    "now": now,
+                    "delays": list(RETRY_MINUTES),
+                    "uid": self.env.uid,
+                    "ids": event_ids,
+                },
             )
-            _logger.warning("%d IPAI event(s) not delivered: %s", len(event_ids), error)
+            if kind is DeliveryError:
+                _logger.warning("%d IPAI event(s) not delivered: %s", len(event_ids), error)
         self.invalidate_model()
 
     @api.model
@@ -322,4 +387,5 @@ class IpaiEventOutbox(models.Model):
                 self.env._("These events were already delivered; there is nothing to retry.")
             )
         undelivered.write({"state": "pending", "next_attempt_at": fields.Datetime.now()})
+        self.env["ipai.bus.link"]._current()._probe_now()
         self._wake_dispatcher()

@@ -21,8 +21,13 @@ class ResConfigSettings(models.TransientModel):
         string="Source name",
         config_parameter="ipai.webhook.source",
         help="How this database is named on the bus (letters, digits, _ . -). Databases that "
-        "share one bus need different names; empty means this database's name.",
+        "share one bus need different names; empty means one made from this database's "
+        "unique id (database.uuid), shown above.",
     )
+    ipai_webhook_source_in_use = fields.Char(
+        string="Source in use", compute="_compute_ipai_webhook_source_in_use"
+    )
+    ipai_bus_link_status = fields.Char(string="Bus status", compute="_compute_ipai_bus_link_status")
     # Write-only: the form starts empty whatever is stored, and shows only whether a secret is
     # set and its fingerprint. Typing one replaces it; leaving it empty keeps the stored one.
     ipai_webhook_secret = fields.Char(
@@ -44,6 +49,26 @@ class ResConfigSettings(models.TransientModel):
                 if stored
                 else self.env._("Not set")
             )
+
+    @api.depends("ipai_webhook_source")
+    def _compute_ipai_webhook_source_in_use(self):
+        in_use = self.env["ipai.event.outbox"]._ipai_source()
+        for settings in self:
+            settings.ipai_webhook_source_in_use = in_use
+
+    def _compute_ipai_bus_link_status(self):
+        link = self.env["ipai.bus.link"]._current()
+        if link.away_since:
+            status = self.env._(
+                "Not taking events since %(since)s UTC: %(error)s. Next try %(probe)s UTC.",
+                since=link.away_since,
+                error=link.last_error,
+                probe=link.next_probe_at,
+            )
+        else:
+            status = self.env._("Taking events")
+        for settings in self:
+            settings.ipai_bus_link_status = status
 
     def set_values(self):
         for settings in self:
@@ -77,6 +102,7 @@ class ResConfigSettings(models.TransientModel):
             if settings.sudo().ipai_webhook_secret:
                 params.set_param(SECRET_PARAMETER, settings.sudo().ipai_webhook_secret)
         if params.get_param("ipai.webhook.url") and params.get_param("ipai.webhook.secret"):
+            self.env["ipai.bus.link"]._current()._probe_now()
             self.env["ipai.event.outbox"]._wake_dispatcher()  # what waited goes out now
         return result
 

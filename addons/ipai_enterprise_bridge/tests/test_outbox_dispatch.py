@@ -19,7 +19,7 @@ from .common import (
 
 
 def bus_rows(idempotency_keys):
-    """The bus's stored outbox rows and audit copies for these keys."""
+    """The bus's stored outbox rows and audit copies for these keys (the rows' bus_key)."""
     conn = psycopg2.connect(BUS_DATABASE_URL)
     try:
         with conn.cursor() as cursor:
@@ -30,6 +30,21 @@ def bus_rows(idempotency_keys):
                 (list(idempotency_keys),),
             )
             return cursor.fetchall()
+    finally:
+        conn.close()
+
+
+def stored_in_order(events):
+    """The bus keys of these events that the bus stored, in the bus's order (seq)."""
+    conn = psycopg2.connect(BUS_DATABASE_URL)
+    try:
+        with conn.cursor() as cursor:
+            cursor.execute(
+                "select idempotency_key from integration.outbox"
+                " where idempotency_key = any(%s) order by seq",
+                (events.mapped("bus_key"),),
+            )
+            return [row[0] for row in cursor.fetchall()]
     finally:
         conn.close()
 
@@ -53,7 +68,7 @@ class TestOutboxDispatch(BridgeCase):
         self.assertEqual(event.state, "pending", "nothing is posted on the user's request path")
         self.assertEqual(self.env["ipai.event.outbox"]._cron_dispatch_events(), 1)
         self.assertEqual(event.state, "sent", event.last_error)
-        [(bus_id, event_type, payload, digest, logged)] = bus_rows([event.idempotency_key])
+        [(bus_id, event_type, payload, digest, logged)] = bus_rows([event.bus_key])
         self.assertEqual((bus_id, event_type), (event.bus_event_id, "asset.reserved"))
         self.assertEqual(payload, json.loads(event.payload))
         self.assertTrue(digest, "the receiver kept the accepted signature's fingerprint")
@@ -64,19 +79,24 @@ class TestOutboxDispatch(BridgeCase):
         """With the receiver down the event waits, failing; once it is back it arrives once."""
         self.configure_receiver(closed_port_url(), RECEIVER_SECRET)
         event = self.reserve()
+        link = self.env["ipai.bus.link"]._current()
         self.env["ipai.event.outbox"]._cron_dispatch_events()
-        self.assertEqual((event.state, event.attempts), ("failed", 1))
+        self.assertEqual((event.state, event.attempts), ("failed", 0), "a probe is no attempt")
         self.assertIn("unreachable", event.last_error)
         self.assertNotIn(RECEIVER_SECRET, event.last_error)
-        self.assertGreater(event.next_attempt_at, fields.Datetime.now(), "retried with back-off")
-        self.assertEqual(self.env["ipai.event.outbox"]._cron_dispatch_events(), 0, "not yet due")
+        self.assertLessEqual(event.next_attempt_at, fields.Datetime.now(), "due once the bus is")
+        self.assertTrue(link.away_since)
+        self.assertIn("unreachable", link.last_error)
+        self.assertEqual(self.env["ipai.event.outbox"]._cron_dispatch_events(), 0, "probe not due")
+        self.assertEqual(link.probes, 1, "no post before the probe is due")
 
         self.configure_receiver(RECEIVER_URL, RECEIVER_SECRET)
-        event.next_attempt_at = fields.Datetime.now() - timedelta(seconds=1)  # time passes
+        link.next_probe_at = fields.Datetime.now() - timedelta(seconds=1)  # time passes
         self.env["ipai.event.outbox"]._cron_dispatch_events()
-        self.assertEqual((event.state, event.attempts), ("sent", 2))
+        self.assertEqual((event.state, event.attempts), ("sent", 1))
+        self.assertFalse(link.away_since or link.next_probe_at, "the bus answers again")
         self.env["ipai.event.outbox"]._cron_dispatch_events()
-        self.assertEqual(len(bus_rows([event.idempotency_key])), 1, "delivered exactly once")
+        self.assertEqual(len(bus_rows([event.bus_key])), 1, "delivered exactly once")
 
     @unittest.skipUnless(RECEIVER_URL, LIVE_RECEIVER_REASON)
     def test_a_resend_of_a_delivered_event_is_a_duplicate_at_the_bus(self):
@@ -88,7 +108,7 @@ class TestOutboxDispatch(BridgeCase):
         event.write({"state": "pending", "next_attempt_at": fields.Datetime.now()})
         self.env["ipai.event.outbox"]._cron_dispatch_events()
         self.assertEqual(event.bus_event_id, first, "the bus answered with the first event's id")
-        self.assertEqual(len(bus_rows([event.idempotency_key])), 1)
+        self.assertEqual(len(bus_rows([event.bus_key])), 1)
 
     def test_wrong_secret_is_refused_by_the_receiver_and_kept_for_retry(self):
         """A receiver refusal is shown to the administrator, the event is kept."""
@@ -99,6 +119,7 @@ class TestOutboxDispatch(BridgeCase):
         self.env["ipai.event.outbox"]._cron_dispatch_events()
         self.assertEqual(event.state, "failed")
         self.assertIn("HTTP 401: invalid signature", event.last_error)
+        self.assertIn("HTTP 401", self.env["ipai.bus.link"]._current().last_error)
 
     def test_malformed_url_fails_the_event_with_a_clear_error(self):
         self.configure_receiver("bus.example.ph/hook", "a-secret-of-sixteen-chars")
@@ -112,13 +133,53 @@ class TestOutboxDispatch(BridgeCase):
         self.configure_receiver(closed_port_url(), "a-secret-of-sixteen-chars")
         event = self.reserve()
         self.env["ipai.event.outbox"]._cron_dispatch_events()
+        link = self.env["ipai.bus.link"]._current()
+        self.assertGreater(link.next_probe_at, fields.Datetime.now())
         event.action_retry()
         self.assertEqual(event.state, "pending")
         self.assertLessEqual(event.next_attempt_at, fields.Datetime.now())
+        self.assertLessEqual(link.next_probe_at, fields.Datetime.now(), "the bus is tried at once")
         event.write({"state": "sent"})
         with self.assertRaises(UserError) as caught:
             event.action_retry()
         self.assertIn("already delivered", str(caught.exception))
+
+    @unittest.skipUnless(RECEIVER_URL, LIVE_RECEIVER_REASON)
+    def test_after_an_outage_every_records_events_arrive_in_order_in_one_run(self):
+        """Twenty bookings go through three steps while the bus is away, the dispatcher
+        running between the steps as the cron would: one probe per interval, nothing else
+        posted, no attempts counted. When the bus answers, the whole backlog goes in one run
+        and the bus holds every booking's events in the order Odoo queued them."""
+        self.configure_receiver(closed_port_url(), RECEIVER_SECRET)
+        outbox, link = self.env["ipai.event.outbox"], self.env["ipai.bus.link"]._current()
+        bookings = [
+            self.new_booking(f"Outage projector {n}", datetime(2026, 5, 1, 1) + timedelta(days=n))
+            for n in range(20)
+        ]
+        for step in ("action_reserve_asset", "action_checkout_asset", "action_checkin_asset"):
+            for booking in bookings:
+                getattr(booking, step)()
+            outbox._cron_dispatch_events()  # the probe, refused
+            self.assertTrue(
+                self.dispatch_triggers().filtered(lambda t: t.call_at == link.next_probe_at),
+                "the dispatcher is woken for the probe",
+            )
+            before = [(e.state, e.attempts, e.last_error) for e in self.outbox()]
+            self.assertEqual(outbox._cron_dispatch_events(), 0)  # woken by a user, too early
+            self.assertEqual([(e.state, e.attempts, e.last_error) for e in self.outbox()], before)
+            link.next_probe_at = fields.Datetime.now() - timedelta(seconds=1)  # 5 s pass
+        queued = self.outbox()
+        self.assertEqual(len(queued), 60)
+        self.assertEqual((link.probes, set(queued.mapped("attempts"))), (3, {0}))
+
+        self.configure_receiver(RECEIVER_URL, RECEIVER_SECRET)  # the bus answers again
+        self.assertEqual(outbox._cron_dispatch_events(), 60, "the backlog goes in one run")
+        self.assertEqual(set(queued.mapped("state")), {"sent"})
+        self.assertFalse(link.away_since)
+        for booking in bookings:
+            events = queued.filtered(lambda e, b=booking: e.aggregate_id == str(b.equipment_id.id))
+            self.assertEqual(len(events), 3)
+            self.assertEqual(stored_in_order(events), events.mapped("bus_key"), booking.display_name)
 
     def dispatch_triggers(self):
         cron = self.env.ref("ipai_enterprise_bridge.ir_cron_dispatch_events")
@@ -215,7 +276,7 @@ class TestCatchUpAndConfiguration(BridgeCase):
         self.assertEqual(set(backlog.mapped("state")), {"sent"}, "every event delivered")
         self.assertGreater(calls, 1, "the cron ran again while events remained")
         self.assertEqual(progress.remaining, 0)
-        stored = bus_rows(backlog.mapped("idempotency_key"))
+        stored = bus_rows(backlog.mapped("bus_key"))
         self.assertEqual(len(stored), 1000, "each event stored once at the bus")
         self.assertEqual(len({row[0] for row in stored}), 1000)
 
@@ -256,14 +317,21 @@ class TestCatchUpAndConfiguration(BridgeCase):
         self.assertFalse(old.exists(), "the old sent event is gone")
         self.assertTrue(recent.exists() and waiting.exists(), "recent and waiting ones stay")
 
-    def test_events_name_this_database_as_their_source(self):
-        """By default the source is the database's name; Settings can name it otherwise."""
+    def test_events_go_under_a_source_unique_to_this_database_and_keys_scoped_to_it(self):
+        """By default the source is made from database.uuid, which no two databases share
+        whatever they are called; Settings shows the one in use and can name it otherwise.
+        Every event's key at the bus is scoped to the database too."""
         [event] = self.queue_backlog(1)
-        expected = default_source(self.env.cr.dbname)
-        self.assertEqual(event._envelope().source, expected)
-        self.assertEqual(expected, self.env.cr.dbname, "a plain database name is kept as is")
+        database_uuid = self.env["ir.config_parameter"].sudo().get_param("database.uuid")
+        self.assertEqual(event._envelope().source, default_source(database_uuid))
+        self.assertEqual(event.bus_key, f"{event.idempotency_key}@{database_uuid}")
+        settings = self.env["res.config.settings"].create({})
+        self.assertEqual(settings.ipai_webhook_source_in_use, f"odoo-{database_uuid}")
         self.env["res.config.settings"].create({"ipai_webhook_source": "odoo-manila"}).execute()
         self.assertEqual(event._envelope().source, "odoo-manila")
+        self.assertEqual(
+            self.env["res.config.settings"].create({}).ipai_webhook_source_in_use, "odoo-manila"
+        )
         with self.assertRaises(UserError):
             self.env["res.config.settings"].create({"ipai_webhook_source": "Odoo Manila!"}).execute()
         self.assertEqual(event._envelope().source, "odoo-manila", "a refused name changes nothing")
@@ -298,16 +366,20 @@ class TestCatchUpAndConfiguration(BridgeCase):
         second_record[1].sudo().write({"event_type": "Not.A.Type"})  # the bus refuses it (400)
         self.env["ipai.event.outbox"]._cron_dispatch_events()
         self.assertEqual(set(first_record.mapped("state")), {"sent"})
-        self.assertEqual(second_record.mapped("state"), ["sent", "failed", "failed"])
+        self.assertEqual(second_record.mapped("state"), ["sent", "failed", "pending"])
         self.assertIn("event_type must be lowercase dotted words", second_record[1].last_error)
         self.assertEqual(second_record[2].last_error, WAITING_BEHIND)
-        conn = psycopg2.connect(BUS_DATABASE_URL)
-        with conn.cursor() as cursor:
-            cursor.execute(
-                "select idempotency_key from integration.outbox"
-                " where idempotency_key = any(%s) order by seq",
-                (first_record.mapped("idempotency_key"),),
-            )
-            accepted = [row[0] for row in cursor.fetchall()]
-        conn.close()
-        self.assertEqual(accepted, first_record.mapped("idempotency_key"), "accepted in order")
+        self.assertEqual(stored_in_order(first_record), first_record.mapped("bus_key"))
+
+        # Later runs: the third is due, but the second backs off, so the third still waits.
+        outbox = self.env["ipai.event.outbox"]
+        self.assertGreater(second_record[1].next_attempt_at, fields.Datetime.now())
+        self.assertEqual(outbox._cron_dispatch_events(), 0)
+        self.assertEqual(second_record[2].state, "pending")
+        self.assertEqual(stored_in_order(second_record), second_record[:1].mapped("bus_key"))
+        # The second is mended and comes due: both go, in order.
+        second_record[1].sudo().write(
+            {"event_type": "asset.reserved", "next_attempt_at": fields.Datetime.now()}
+        )
+        self.assertEqual(outbox._cron_dispatch_events(), 2)
+        self.assertEqual(stored_in_order(second_record), second_record.mapped("bus_key"))

@@ -6,7 +6,6 @@ outbox, in the caller's transaction; the dispatch cron posts it after commit.
 """
 
 import logging
-import re
 import uuid
 
 import requests
@@ -75,9 +74,17 @@ def send_ipai_events(env, events):
     return env["ipai.event.outbox"].sudo()._enqueue_many(events)
 
 
-def default_source(database_name):
-    """A database's name as a bus source: 1-64 characters of [A-Za-z0-9_.-]."""
-    return re.sub(r"[^A-Za-z0-9_.-]", "-", database_name)[:64] or "odoo"
+def default_source(database_uuid):
+    """The source a database sends under unless its administrator names one: its
+    ``database.uuid``, so two databases never share one by default, whatever they are called,
+    and renaming a database does not move its events' history at the bus."""
+    return f"odoo-{database_uuid}"
+
+
+def bus_key(key, database_uuid):
+    """The key the bus knows an event by: the outbox's key (event, record, moment) scoped to
+    the database, so no two databases' events share one, even under one source name."""
+    return f"{key}@{database_uuid}"
 
 
 class DeliveryError(Exception):
@@ -130,8 +137,19 @@ WAITING_BEHIND = (
     "not posted: an earlier event of the same record was not delivered, and "
     "events of one record go in order"
 )
+BUS_AWAY = "not posted: the bus did not take the batch before it; this one goes out once it does"
 # Events per signed request: one round trip and one commit at the bus for all of them.
 BATCH_EVENTS = 250
+
+
+class BusUnreachable(DeliveryError):
+    """The bus did not take a whole batch (unreachable, timed out, or the request refused as
+    such): nothing of it was stored. The dispatcher probes the bus rather than each event."""
+
+
+class NotPosted(DeliveryError):
+    """Kept back unposted (behind an earlier event of its record, or after the bus did not
+    take a batch): no attempt is counted."""
 
 
 class BatchPoster:
@@ -139,14 +157,15 @@ class BatchPoster:
     the bus stores each batch at once, in order, and delivers each record's events so.
 
     An event the bus would refuse is checked here first, with the bus's own rules, and kept
-    back with the reason; its record's later events wait behind it (WAITING_BEHIND), as they
-    wait behind one the bus could not be reached for. Pure HTTP, no ORM: the caller prepares
-    the envelopes and writes the outcomes.
+    back with the reason; its record's later events wait behind it (WAITING_BEHIND). Once the
+    bus does not take a batch (``unreachable``), nothing more is posted this run (BUS_AWAY).
+    Pure HTTP, no ORM: the caller prepares the envelopes and writes the outcomes.
     """
 
     def __init__(self, url, secret, *, batch_events=BATCH_EVENTS, timeout=POST_TIMEOUT_SECONDS):
         self.url, self.secret, self.timeout = url, secret, timeout
         self.batch_events = batch_events
+        self.unreachable = None  # the BusUnreachable of this run's first batch not taken
         self._session = requests.Session()
         self._held_back = set()  # records with an undelivered event in this run
 
@@ -160,14 +179,18 @@ class BatchPoster:
             item_id, record, envelope, key = item
             check = parse_batch_event({**envelope.to_json(), "idempotency_key": key})
             if record in self._held_back:
-                outcomes[item_id] = DeliveryError(WAITING_BEHIND)
+                outcomes[item_id] = NotPosted(WAITING_BEHIND)
             elif check.refusal:
                 outcomes[item_id] = DeliveryError(f"the bus would refuse this event: {check.refusal}")
                 self._held_back.add(record)
             else:
                 ready.append(item)
         for start in range(0, len(ready), self.batch_events):
-            outcomes.update(self._post_batch(ready[start : start + self.batch_events]))
+            batch = ready[start : start + self.batch_events]
+            if self.unreachable:
+                outcomes.update((item[0], NotPosted(BUS_AWAY)) for item in batch)
+            else:
+                outcomes.update(self._post_batch(batch))
         return outcomes
 
     def _post_batch(self, items):
@@ -182,8 +205,9 @@ class BatchPoster:
                 session=self._session,
             )
         except DeliveryError as error:
+            self.unreachable = BusUnreachable(str(error))
             self._held_back.update(item[1] for item in items)
-            return {item[0]: error for item in items}
+            return {item[0]: self.unreachable for item in items}
         outcomes = {}
         for item, result in zip(items, answer["results"]):
             if result["status"] == "refused":
