@@ -85,6 +85,30 @@ def test_status_shows_what_is_pending_failed_and_dead(bus_env, clean_bus):
     assert document["event_log_last_hour"]["total"] == 5
 
 
+def test_status_names_a_source_two_odoo_databases_send_under(bus_env, clean_bus):
+    """Odoo scopes its keys to its database (key@database.uuid): two databases under one
+    source name are told apart by those, and status says so; one database per source is
+    quiet, as are keys that name no database."""
+    conn = psycopg2.connect(clean_bus)
+    with conn, conn.cursor() as cursor:
+        for source, database in [
+            ("odoo-shared", uuid.uuid4()),
+            ("odoo-shared", uuid.uuid4()),
+            ("odoo-manila", uuid.uuid4()),
+            ("odoo-manila", None),
+        ]:
+            envelope = Envelope("asset.overdue", "maintenance.equipment", "57", {"x": 1}, source=source)
+            key = "asset.overdue:57:1796083200.0" + (f"@{database}" if database else "")
+            outbox.insert_event(cursor, envelope, idempotency_key=key)
+    conn.close()
+    shown = cli("status", env=bus_env)
+    assert shown.returncode == 0, shown.stderr
+    assert "Sources shared by several Odoo databases" in shown.stdout
+    assert "odoo-shared: 2 databases" in shown.stdout and "odoo-manila:" not in shown.stdout
+    document = json.loads(cli("status", "--json", env=bus_env).stdout)
+    assert document["sources_shared_by_databases"] == [{"source": "odoo-shared", "databases": 2}]
+
+
 def test_events_show_and_tail(bus_env, clean_bus):
     ids = seed_states(clean_bus)
     shown = cli("events", "show", str(ids["dead"]), env=bus_env)

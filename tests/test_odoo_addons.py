@@ -7,11 +7,14 @@ at .venv holding its requirements). Without it these tests are skipped, saying s
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
+import json
 import os
 import re
 import subprocess
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -59,9 +62,10 @@ def odoo_env(extra: dict | None = None) -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": path, **(extra or {})}
 
 
-@pytest.fixture(scope="module")
-def odoo_database(server_url):
-    """Connection options for a fresh Odoo database, owned by a role that is not 'postgres'."""
+@contextlib.contextmanager
+def fresh_odoo_database(server_url: str, *names: str) -> Iterator[dict]:
+    """Connection options for a new Odoo database, owned by a role that is not 'postgres';
+    it, and the databases ``names`` made from it, are dropped afterwards."""
     conn = psycopg2.connect(server_url)
     conn.autocommit = True
     with conn.cursor() as cursor:
@@ -71,19 +75,29 @@ def odoo_database(server_url):
     conn.close()
     parts = urlsplit(server_url)
     name = f"ipai_odoo_{uuid.uuid4().hex[:8]}"
-    yield {"name": name, "host": parts.hostname or "127.0.0.1", "port": str(parts.port or 5432)}
-    # Dropped by its owner, the Odoo role: DATABASE_URL's role may not be a superuser.
-    conn = psycopg2.connect(
-        host=parts.hostname or "127.0.0.1",
-        port=parts.port or 5432,
-        dbname=parts.path.lstrip("/") or "postgres",
-        user=ODOO_ROLE,
-        password=ODOO_ROLE_PASSWORD,
-    )
-    conn.autocommit = True
-    with conn.cursor() as cursor:
-        cursor.execute(f'drop database if exists "{name}" with (force)')
-    conn.close()
+    try:
+        yield {"name": name, "host": parts.hostname or "127.0.0.1", "port": str(parts.port or 5432)}
+    finally:
+        # Dropped by their owner, the Odoo role: DATABASE_URL's role may not be a superuser.
+        conn = psycopg2.connect(
+            host=parts.hostname or "127.0.0.1",
+            port=parts.port or 5432,
+            dbname=parts.path.lstrip("/") or "postgres",
+            user=ODOO_ROLE,
+            password=ODOO_ROLE_PASSWORD,
+        )
+        conn.autocommit = True
+        with conn.cursor() as cursor:
+            for dropped in (name, *(f"{name}{suffix}" for suffix in names)):
+                cursor.execute(f'drop database if exists "{dropped}" with (force)')
+        conn.close()
+
+
+@pytest.fixture(scope="module")
+def odoo_database(server_url):
+    """The module's Odoo database (the first test installs the addons in it), and its twin."""
+    with fresh_odoo_database(server_url, "_twin") as database:
+        yield database
 
 
 def odoo_command(
@@ -114,9 +128,14 @@ def odoo_command(
 
 
 def odoo_bin(
-    database: dict, *args: str, env: dict | None = None, stdin: str | None = None, timeout: int = 1800
+    database: dict,
+    *args: str,
+    env: dict | None = None,
+    stdin: str | None = None,
+    timeout: int = 1800,
+    addons: tuple[Path, ...] = (ODOO_PATH / "addons", REPO / "addons"),
 ) -> subprocess.CompletedProcess:
-    command = odoo_command(database, *args)
+    command = odoo_command(database, *args, addons=addons)
     return subprocess.run(
         command,
         input=stdin,
@@ -198,6 +217,160 @@ def test_configure_script_sets_the_parameters_odoo_reads(odoo_ready, odoo_databa
     shown = odoo_bin(odoo_database, "shell", "--no-http", stdin=check)
     assert "URL https://bus.example.ph/functions/v1/odoo-webhook" in shown.stdout, shown.stderr
     assert "SECRET-OK True" in shown.stdout
+
+
+# One booking through the given steps, dispatched after each: what Odoo queued, and the source.
+BOOKING_SCRIPT = """
+import json
+from datetime import datetime
+params = env['ir.config_parameter'].sudo()
+outbox = env['ipai.event.outbox']
+booking = env['ipai.equipment.booking'].search([('equipment_id.name', '=', %(name)r)], limit=1)
+if not booking:
+    equipment = env['maintenance.equipment'].create({'name': %(name)r})
+    booking = env['ipai.equipment.booking'].create({'equipment_id': equipment.id,
+        'date_from': datetime(2026, 6, 1, 1), 'date_to': datetime(2026, 6, 1, 9)})
+for step, url in %(steps)r:
+    params.set_param('ipai.webhook.url', url)
+    params.set_param('ipai.webhook.secret', %(secret)r)
+    getattr(booking, step)()
+    env.cr.commit()
+    if 'ipai.bus.link' in env:  # 18.0.1.3.0 on: the probe is due
+        env['ipai.bus.link']._current().next_probe_at = False
+    outbox._cron_dispatch_events()
+    env.cr.commit()
+rows = outbox.search([('res_model', '=', 'ipai.equipment.booking'), ('res_id', '=', booking.id)],
+                     order='id')
+print('RESULT', json.dumps({'source': outbox._ipai_source(), 'booking': booking.id,
+    'equipment': booking.equipment_id.id,
+    'events': [(r.event_type, r.state, r.idempotency_key,
+                'bus_key' in r._fields and r.bus_key or None) for r in rows]}))
+"""
+
+
+def book(database: dict, name: str, steps: list[tuple[str, str]], **options) -> dict:
+    """Run BOOKING_SCRIPT on ``database``: (booking action, webhook URL) per step."""
+    script = BOOKING_SCRIPT % {"name": name, "steps": steps, "secret": PRIMARY_SECRET}
+    result = odoo_bin(database, "shell", "--no-http", stdin=script, **options)
+    found = [line for line in result.stdout.splitlines() if line.startswith("RESULT ")]
+    assert found, (result.stdout + result.stderr)[-5000:]
+    return json.loads(found[-1][len("RESULT ") :])
+
+
+def stored_at_bus(bus_url: str, keys: list[str]) -> list[tuple[str, str, str]]:
+    """(source, aggregate_id, idempotency_key) of these keys at the bus, in the bus's order."""
+    conn = psycopg2.connect(bus_url)
+    with conn.cursor() as cursor:
+        cursor.execute(
+            "select source, aggregate_id, idempotency_key from integration.outbox"
+            " where idempotency_key = any(%s) order by seq",
+            (keys,),
+        )
+        rows = cursor.fetchall()
+    conn.close()
+    return rows
+
+
+def duplicate_database(database: dict, copy: str) -> None:
+    """What Odoo's database manager's Duplicate does (a copy gets a database.uuid of its own)."""
+    script = (
+        "import sys, odoo\n"
+        "odoo.tools.config.parse_config(sys.argv[1:])\n"
+        "from odoo.service import db\n"
+        f"db.exp_duplicate_database({database['name']!r}, {copy!r})\n"
+    )
+    options = odoo_command(database, "server")[3:]  # the connection and addons options
+    result = subprocess.run(
+        [str(ODOO_PYTHON), "-c", script, *options],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=odoo_env(),
+        cwd=ODOO_PATH,
+    )
+    assert result.returncode == 0, (result.stdout + result.stderr)[-5000:]
+
+
+def test_two_databases_with_default_settings_share_a_bus_and_lose_nothing(
+    odoo_ready, odoo_database, bus_url, tmp_path
+):
+    """A database and its duplicate, both on default settings: the same booking id and
+    equipment id in each, and each event arrives once, under its own database's source."""
+    twin = {**odoo_database, "name": odoo_database["name"] + "_twin"}
+    duplicate_database(odoo_database, twin["name"])
+    with receiver_process(bus_url, tmp_path, secrets=PRIMARY_SECRET) as receiver:
+        url = receiver.base_url + "/functions/v1/odoo-webhook"
+        steps = [("action_reserve_asset", url), ("action_checkout_asset", url)]
+        first, second = (book(database, "Shared projector", steps) for database in (odoo_database, twin))
+    assert (first["booking"], first["equipment"]) == (second["booking"], second["equipment"])
+    assert first["source"] != second["source"]
+    assert all(s.startswith("odoo-") and len(s) == 41 for s in (first["source"], second["source"]))
+    for sent in (first, second):
+        assert [state for _, state, _, _ in sent["events"]] == ["sent", "sent"], sent
+    keys = [key for sent in (first, second) for *_, key in sent["events"]]
+    stored = stored_at_bus(bus_url, keys)
+    assert len(stored) == 4 and len({row[2] for row in stored}) == 4, "each once, none merged"
+    assert {(row[0], row[1]) for row in stored} == {
+        (first["source"], str(first["equipment"])),
+        (second["source"], str(second["equipment"])),
+    }
+
+
+# The last commit of release 18.0.1.2.0, which sent under the database's name by default.
+PREVIOUS_RELEASE = "c90810cec6837a47c0891e26b2c3de09d5668223"
+
+
+def test_an_upgrade_from_the_previous_release_keeps_the_source_it_sent_under(
+    odoo_ready, server_url, bus_url, tmp_path
+):
+    """Installed with 18.0.1.2.0, one event sent and one left queued by an outage; upgraded:
+    the queued one goes out under its old key, the next under a scoped one, all three under
+    the source the database has always used, in order."""
+    previous = tmp_path / "previous"
+    previous.mkdir()
+    archive = subprocess.run(
+        ["git", "-C", str(REPO), "archive", PREVIOUS_RELEASE, "addons/ipai_enterprise_bridge"],
+        capture_output=True,
+        timeout=60,
+    )
+    if archive.returncode != 0:
+        pytest.skip(f"release {PREVIOUS_RELEASE} not in this clone's history: upgrade not tried")
+    subprocess.run(["tar", "-x", "-C", str(previous)], input=archive.stdout, check=True)
+    old_addons = (ODOO_PATH / "addons", previous / "addons")
+    with fresh_odoo_database(server_url) as database:
+        installed = odoo_bin(
+            database,
+            "server",
+            "-i",
+            "ipai_enterprise_bridge",
+            "--without-demo=all",
+            "--stop-after-init",
+            "--log-level=warn",
+            addons=old_addons,
+        )
+        assert installed.returncode == 0, installed.stderr[-5000:]
+        with receiver_process(bus_url, tmp_path, secrets=PRIMARY_SECRET) as receiver:
+            url = receiver.base_url + "/functions/v1/odoo-webhook"
+            down = f"http://127.0.0.1:{free_port()}/functions/v1/odoo-webhook"
+            before = book(
+                database,
+                "Upgraded projector",
+                [("action_reserve_asset", url), ("action_checkout_asset", down)],
+                addons=old_addons,
+            )
+            upgraded = odoo_bin(database, "server", "-u", "ipai_enterprise_bridge", "--stop-after-init")
+            assert upgraded.returncode == 0, upgraded.stderr[-5000:]
+            after = book(database, "Upgraded projector", [("action_checkin_asset", url)])
+    assert before["source"] == database["name"], "18.0.1.2.0 sent under the database's name"
+    assert after["source"] == before["source"], "the upgrade keeps it"
+    reserved, checked_out, checked_in = after["events"]
+    assert [event[1] for event in after["events"]] == ["sent"] * 3
+    assert reserved[3] is None and checked_out[3] is None, "queued before: their own keys"
+    assert checked_in[3] == checked_in[2] + "@" + checked_in[3].rsplit("@", 1)[1]
+    keys = [reserved[2], checked_out[2], checked_in[3]]
+    stored = stored_at_bus(bus_url, keys)
+    assert [row[2] for row in stored] == keys, "each once, in order"
+    assert {row[0] for row in stored} == {before["source"]}
 
 
 def test_addons_uninstall_cleanly_and_take_their_parameters(odoo_ready, odoo_database):

@@ -62,6 +62,7 @@ class Status:
     logged_last_hour: int
     logged_last_hour_by_type: dict[str, int]
     open_circuits: list[dict[str, Any]]
+    shared_sources: list[dict[str, Any]]
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -83,6 +84,7 @@ class Status:
                 {**row, "open_until": row["open_until"].isoformat() if row["open_until"] else None}
                 for row in self.open_circuits
             ],
+            "sources_shared_by_databases": self.shared_sources,
         }
 
 
@@ -98,6 +100,7 @@ def status(cursor: Any, *, dead_limit: int = 10) -> Status:
     cursor.execute(SQL["logged_last_hour"])
     logged = dict(cursor.fetchall())
     circuits = _rows(cursor, SQL["open_circuits"])
+    shared = _rows(cursor, SQL["shared_sources"])
     return Status(
         by_status,
         by_type,
@@ -109,6 +112,7 @@ def status(cursor: Any, *, dead_limit: int = 10) -> Status:
         sum(logged.values()),
         logged,
         circuits,
+        shared,
     )
 
 

@@ -97,6 +97,12 @@ def render_status(report: operations.Status) -> str:
             f"  {row['destination']} {_pause(row)}: {operations.shorten(row['last_error'] or '', 90)}"
             for row in report.open_circuits
         ]
+    if report.shared_sources:
+        lines += ["", "Sources shared by several Odoo databases (last day): give each its own"]
+        lines += [
+            f"  {row['source']}: {row['databases']} databases (Settings > IPAI Bus > Source name)"
+            for row in report.shared_sources
+        ]
     lines += [
         "",
         f"Event log, last hour: {report.logged_last_hour} accepted"

@@ -43,6 +43,17 @@ select id, event_type, aggregate_id, attempts, last_error, updated_at
 select event_type, count(*) from integration.event_log
  where received_at > now() - interval '1 hour' group by 1 order by 1;
 
+-- name: shared_sources
+-- Sources that more than one Odoo database sent under in the last day. Odoo scopes each key
+-- to its database ("...@<database.uuid>"), so two uuids under one source are two senders
+-- sharing a name: their records (same model, same id) are one record here.
+select source, count(distinct substring(idempotency_key from '@([0-9a-f-]{36})$')) as databases
+  from integration.event_log
+ where received_at > now() - interval '1 day' and idempotency_key ~ '@[0-9a-f-]{36}$'
+ group by source
+having count(distinct substring(idempotency_key from '@([0-9a-f-]{36})$')) > 1
+ order by source;
+
 -- name: open_circuits
 select destination, failures, open_until, last_error, open_until <= now() as trial_due
   from integration.destination_state where state = 'open' order by 1;
