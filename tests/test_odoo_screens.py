@@ -57,6 +57,10 @@ def odoo(odoo_ready, odoo_database, tmp_path_factory):  # noqa: F811
         odoo_database, "server", "-i", "ipai_finance_ppm", "--stop-after-init", "--without-demo=all"
     )
     assert installed.returncode == 0, installed.stderr[-3000:]
+    install_log = installed.stdout + installed.stderr
+    assert "have the same label" not in install_log, [
+        line for line in install_log.splitlines() if "same label" in line
+    ]
     port = free_port()
     log_path = tmp_path_factory.mktemp("odoo") / "odoo.log"
     log = open(log_path, "w")
@@ -152,6 +156,7 @@ def data(odoo):
         for step, name in (("in_progress", "Preparing"), ("filed", "Filed"))
     }
     form = rpc("ipai.bir.form", "search", [("code", "=", "1601-C")], limit=1)[0]
+    other_form = rpc("ipai.bir.form", "search", [("code", "=", "0619-E")], limit=1)[0]
     late = (users_today() - timedelta(days=48)).isoformat()
     tasks = {
         step: rpc(
@@ -169,6 +174,19 @@ def data(odoo):
         )
         for step, label in (("filed", "September (filed)"), ("in_progress", "September (late)"))
     }
+    tasks["other_late"] = rpc(  # a second late return of the period: days late are not added up
+        "project.task",
+        "create",
+        {
+            "name": "0619-E September (late)",
+            "project_id": project,
+            "stage_id": stages["in_progress"],
+            "ipai_bir_form_id": other_form,
+            "ipai_period_covered": "2026-09",
+            "ipai_filing_deadline": late,
+            "date_deadline": late,
+        },
+    )
     today = users_today().isoformat()  # due today: on this month's calendar, not late yet
     tasks["due_today"] = rpc(
         "project.task",
@@ -229,6 +247,10 @@ def test_settings_show_the_secret_only_by_its_fingerprint_beside_full_width_fiel
     secret_input = block.locator("div[name=ipai_webhook_secret] input")
     assert secret_input.input_value() == "", "the stored secret never reaches the browser"
     assert SECRET not in page.content()
+    database_uuid = data["rpc"]("ir.config_parameter", "get_param", "database.uuid")
+    source_in_use = block.locator("div[name=ipai_webhook_source_in_use]").inner_text()
+    assert source_in_use == f"odoo-{database_uuid}", "the source actually used, not a placeholder"
+    assert "Taking events" in block.locator("div[name=ipai_bus_link_status]").inner_text()
     url_box = block.locator("div[name=ipai_webhook_url] input").bounding_box()
     assert url_box["width"] > 400, "the URL field is not squeezed beside its label"
     icon = page.locator(
@@ -272,7 +294,12 @@ def test_the_equipment_shows_its_overdue_booking_and_only_the_button_that_applie
     assert header.get_by_role("button", name="Check in").is_visible()
     for hidden in ("Reserve", "Check out"):
         assert header.get_by_role("button", name=hidden).count() == 0
-    assert page.locator(".ribbon", has_text="Overdue").is_visible()
+    ribbon = page.locator(".ribbon", has_text="Overdue")
+    assert ribbon.is_visible()
+    sheet, band = page.locator(".o_form_sheet").bounding_box(), ribbon.bounding_box()
+    assert band["y"] - sheet["y"] < 60, f"at the top of the sheet: {band} in {sheet}"
+    assert abs(band["x"] + band["width"] - (sheet["x"] + sheet["width"])) < 5, "its right corner"
+    assert ribbon.locator("span").inner_text().strip().lower() == "overdue", "not cut to OV…"
     assert EQUIPMENT in page.locator("div[name=ipai_current_booking_id]").inner_text()
     shot(page, "4-equipment")
 
@@ -300,7 +327,7 @@ def test_a_filed_return_shows_no_red_countdown_and_a_late_one_says_so(page, data
     page.goto(page.base + f"/project/{data['project']}/tasks")
     page.locator(".o_kanban_record").first.wait_for()
     filed = page.locator(".o_kanban_record", has_text="September (filed)")
-    late = page.locator(".o_kanban_record", has_text="September (late)")
+    late = page.locator(".o_kanban_record", has_text="1601-C September (late)")
     assert "filed" in filed.inner_text() and "days late" not in filed.inner_text()
     assert filed.locator(".o_field_remaining_days .text-danger").count() == 0
     assert "48 days late" in late.inner_text()
@@ -316,9 +343,12 @@ def test_the_filing_calendar_and_the_list_by_period(page, data):
     shot(page, "7-filing-calendar")
     page.locator(".o_switch_view.o_list").click()
     page.locator(".o_group_header").first.wait_for()
-    assert "2026-09 (2)" in page.locator(".o_group_header").first.inner_text().replace("\n", " ")
+    september = page.locator(".o_group_header").first
+    assert "2026-09 (3)" in september.inner_text().replace("\n", " ")
+    days_late = september.locator("td.o_list_number").all_inner_texts()
+    assert "48" in days_late and "96" not in days_late, f"the worst, not a sum: {days_late}"
     page.locator(".o_group_header").first.click()
-    late_row = page.locator(".o_data_row", has_text="September (late)")
+    late_row = page.locator(".o_data_row", has_text="1601-C September (late)")
     assert "text-danger" in (late_row.get_attribute("class") or "")
     shot(page, "8-filing-list")
 
@@ -333,22 +363,50 @@ def test_the_generator_reads_as_a_person_does_and_knows_its_project(page, data):
     assert "BIR filings 2026" in dialog.locator("div[name=project_id]").inner_text() or (
         dialog.locator("div[name=project_id] input").input_value() == "BIR filings 2026"
     )
-    year = str(users_today().year)
-    assert dialog.locator("div[name=year] input").input_value() == year, "no thousands comma"
+    closed = users_today().replace(day=1) - timedelta(days=1)  # the month that just closed
+    year = dialog.locator("div[name=year] input").input_value()
+    assert year == str(closed.year), "that month's year, with no thousands comma"
     month = dialog.locator("div[name=month] select")
-    assert month.locator("option:checked").inner_text() == users_today().strftime("%B")
+    assert month.locator("option:checked").inner_text() == closed.strftime("%B")
     shot(page, "9-generator")
     dialog.get_by_role("button", name="Cancel").click()
 
 
-def test_administrators_see_waiting_and_failed_events_counted(page, data):
+def test_administrators_see_each_waiting_and_failed_event_failing_first(page, data):
+    """Not folded into one "Failed, will retry (N)" line with attempts summed: each event,
+    the failing ones first."""
+    rpc = data["rpc"]
+    rpc(
+        "ipai.event.outbox",
+        "write",
+        data["events"][1:2],
+        {
+            "state": "failed",
+            "attempts": 3,
+            "last_error": "the receiver at http://127.0.0.1:9/hook is unreachable (ConnectionError)",
+        },
+    )
     page.goto(page.base + "/action-ipai_enterprise_bridge.ipai_event_outbox_waiting_action")
-    header = page.locator(".o_group_header").first
-    header.wait_for()
-    pending = data["rpc"]("ipai.event.outbox", "search_count", [("state", "=", "pending")])
-    assert f"Pending ({pending})" in header.inner_text().replace("\n", " ")
+    rows = page.locator(".o_data_row")
+    rows.first.wait_for()
+    waiting = rpc("ipai.event.outbox", "search_count", [("state", "!=", "sent")])
+    wait_until(lambda: rows.count() == waiting, what=f"the {waiting} waiting events listed")
+    assert page.locator(".o_group_header").count() == 0
+    assert "Failed, will retry" in rows.first.inner_text(), "failing first"
+    assert "unreachable" in rows.first.inner_text()
+    shot(page, "10-waiting-and-failed")
     page.locator(".o_navbar_apps_menu .dropdown-toggle").click()
     integration = page.locator(".o_app", has_text="Integration")
     integration.first.wait_for()
     assert integration.count() == 1, "in the apps menu"
-    shot(page, "10-integration")
+    shot(page, "11-integration")
+
+
+def test_the_bookings_list_shows_minutes_not_seconds(page, data):
+    page.goto(page.base + "/action-ipai_enterprise_bridge.ipai_equipment_booking_action")
+    row = page.locator(".o_data_row").first
+    row.wait_for()
+    shown = row.locator("td[name=date_from]").inner_text().strip()
+    manila = data["start"] + timedelta(hours=8)
+    assert shown == manila.strftime("%m/%d/%Y %H:%M"), f"no seconds: {shown!r}"
+    shot(page, "12-bookings")

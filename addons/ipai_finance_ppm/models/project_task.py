@@ -10,8 +10,10 @@ from ipai_bus_lib.core.catalog import FINANCE_TASK
 
 from .ipai_bir_form import PERIOD_FORMATS, parse_period, period_label
 
-# Generated filing tasks are due at this hour of their filing day, local time.
+# Generated filing tasks are due at this hour of their filing day, local time: the company's,
+# else the BIR's (not the user's, whose zone would move a Manila deadline to another hour).
 FILING_HOUR = 9
+BIR_TIME_ZONE = "Asia/Manila"
 
 
 class ProjectTask(models.Model):
@@ -32,6 +34,7 @@ class ProjectTask(models.Model):
     )
     ipai_days_overdue = fields.Integer(
         string="Days overdue",
+        aggregator="max",  # a group's worst lateness; a sum of days means nothing
         compute="_compute_ipai_days_overdue",
         store=True,
         help="Days past the filing deadline while not filed; refreshed daily",
@@ -211,9 +214,9 @@ class ProjectTask(models.Model):
 
     @api.model
     def _ipai_local_to_utc(self, day, hour):
-        """``hour`` o'clock on ``day`` where the company is (else the user), as the naive UTC
-        Odoo stores: a deadline 'by 25 April' reads 25 April in Manila, not 24 or 26."""
-        tz_name = self.env.company.partner_id.tz or self.env.user.tz or "UTC"
+        """``hour`` o'clock on ``day`` where the company is (else in Manila, the BIR's zone), as
+        the naive UTC Odoo stores: a deadline 'by 25 April' reads 25 April in Manila."""
+        tz_name = self.env.company.partner_id.tz or BIR_TIME_ZONE
         local = pytz.timezone(tz_name).localize(datetime.combine(day, time(hour, 0)))
         return local.astimezone(pytz.utc).replace(tzinfo=None)
 

@@ -1,4 +1,5 @@
 from datetime import date
+from unittest.mock import patch
 
 from odoo import fields
 from odoo.exceptions import AccessError, ValidationError
@@ -57,6 +58,48 @@ class TestGeneratorAndRules(FinanceCase):
             task.with_context(tz="Asia/Manila"), task.date_deadline
         )
         self.assertEqual((local.date(), local.hour), (date(2026, 4, 25), 9))
+
+    def test_without_a_company_zone_deadlines_fall_in_manila_not_in_the_users_zone(self):
+        """A company with no time zone, an administrator in Paris: still 09:00 in Manila."""
+        self.env.company.partner_id.tz = False
+        self.env.user.tz = "Europe/Paris"
+        tasks = self.generate("quarter", quarter="1")
+        task = tasks.filtered(lambda t: t.ipai_bir_form_id.code == "2550Q")
+        local = fields.Datetime.context_timestamp(
+            task.with_context(tz="Asia/Manila"), task.date_deadline
+        )
+        self.assertEqual((local.date(), local.hour), (date(2026, 4, 25), 9))
+
+    def test_the_generator_offers_the_periods_that_just_closed(self):
+        """Opened on 2 December 2026: November (2026), Q3 (2026), and the year 2025; in
+        January, December of the year before."""
+        generator = self.env["ipai.filing.task.generator"].with_context(ipai_today=None)
+        for today, month, quarter, year_of in [
+            (date(2026, 12, 2), ("2026", "11"), ("2026", "3"), 2025),
+            (date(2027, 1, 5), ("2026", "12"), ("2026", "4"), 2026),
+        ]:
+            with patch.object(fields.Date, "context_today", lambda *a, today=today: today):
+                wizard = generator.create({"project_id": self.project.id})
+                self.assertEqual((str(wizard.year), wizard.month), month)
+                self.assertEqual(wizard.quarter, quarter[1])
+                wizard.period_type = "quarter"
+                wizard._onchange_period_type()
+                self.assertEqual(str(wizard.year), quarter[0])
+                wizard.period_type = "year"
+                wizard._onchange_period_type()
+                self.assertEqual(wizard.year, year_of)
+
+    def test_days_late_is_not_summed_over_a_group(self):
+        """The filing list grouped by period shows the worst lateness, not a sum of days."""
+        tasks = self.new_task(ipai_filing_deadline=date(2026, 2, 10)) | self.new_task(
+            ipai_filing_deadline=date(2026, 2, 12), ipai_prep_deadline=date(2026, 2, 5)
+        )
+        tasks.with_context(ipai_today=date(2026, 2, 15))._compute_ipai_days_overdue()
+        self.assertEqual(sorted(tasks.mapped("ipai_days_overdue")), [3, 5])
+        [group] = self.env["project.task"].web_read_group(
+            [("id", "in", tasks.ids)], ["ipai_days_overdue"], ["ipai_period_covered"]
+        )["groups"]
+        self.assertEqual(group["ipai_days_overdue"], 5)
 
     def test_generator_is_idempotent(self):
         first = self.generate("month", month="1")

@@ -1,4 +1,5 @@
 import calendar
+from datetime import timedelta
 
 from odoo import api, fields, models
 from odoo.exceptions import UserError
@@ -6,6 +7,18 @@ from odoo.exceptions import UserError
 from ..models.ipai_bir_form import period_label
 
 FREQUENCY_OF = {"month": "monthly", "quarter": "quarterly", "year": "annual"}
+
+
+def just_closed(today):
+    """The periods that closed last before ``today``, as (year, number) by period type: on
+    2 December 2026, November, Q3 and 2025. Filings are made for those, not the running one."""
+    last_month = today.replace(day=1) - timedelta(days=1)
+    quarter_end = today.replace(day=1, month=(today.month - 1) // 3 * 3 + 1) - timedelta(days=1)
+    return {
+        "month": (last_month.year, last_month.month),
+        "quarter": (quarter_end.year, (quarter_end.month - 1) // 3 + 1),
+        "year": (today.year - 1, None),
+    }
 
 
 class IpaiFilingTaskGenerator(models.TransientModel):
@@ -23,12 +36,26 @@ class IpaiFilingTaskGenerator(models.TransientModel):
     period_type = fields.Selection(
         [("month", "Month"), ("quarter", "Quarter"), ("year", "Year")], required=True, default="month"
     )
-    year = fields.Integer(required=True, default=lambda self: fields.Date.context_today(self).year)
+    year = fields.Integer(required=True, default=lambda self: self._just_closed()["month"][0])
     month = fields.Selection(
         [(str(n), calendar.month_name[n]) for n in range(1, 13)],
-        default=lambda self: str(fields.Date.context_today(self).month),
+        default=lambda self: str(self._just_closed()["month"][1]),
     )
-    quarter = fields.Selection([(str(n), f"Q{n}") for n in range(1, 5)], default="1")
+    quarter = fields.Selection(
+        [(str(n), f"Q{n}") for n in range(1, 5)],
+        default=lambda self: str(self._just_closed()["quarter"][1]),
+    )
+
+    @api.model
+    def _just_closed(self):
+        return just_closed(fields.Date.context_today(self))
+
+    @api.onchange("period_type")
+    def _onchange_period_type(self):
+        """The year of the period of this type that just closed (December's filings are made
+        in January, of the year before)."""
+        if self.period_type:
+            self.year = self._just_closed()[self.period_type][0]
 
     @api.model
     def _default_project(self):
