@@ -2,6 +2,7 @@ import hashlib
 
 from odoo import api, fields, models
 from odoo.exceptions import UserError
+from odoo.tools.misc import format_datetime
 
 from ipai_bus_lib.core.catalog import SOURCE_PATTERN, Envelope
 
@@ -56,14 +57,15 @@ class ResConfigSettings(models.TransientModel):
         for settings in self:
             settings.ipai_webhook_source_in_use = in_use
 
+    @api.depends("ipai_webhook_url")  # without a dependency, a new form never computes it
     def _compute_ipai_bus_link_status(self):
         link = self.env["ipai.bus.link"]._current()
         if link.away_since:
             status = self.env._(
-                "Not taking events since %(since)s UTC: %(error)s. Next try %(probe)s UTC.",
-                since=link.away_since,
+                "Not taking events since %(since)s: %(error)s. Next try %(probe)s.",
+                since=format_datetime(self.env, link.away_since),  # in the user's zone
                 error=link.last_error,
-                probe=link.next_probe_at,
+                probe=format_datetime(self.env, link.next_probe_at),
             )
         else:
             status = self.env._("Taking events")
