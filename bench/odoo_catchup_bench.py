@@ -74,6 +74,18 @@ print('RESULT', json.dumps({'elapsed': elapsed, 'runs': runs, 'sent': sent}))
 """
 
 
+def bus_database(admin_url: str) -> str:
+    """On a fresh cluster: Odoo's role, and a migrated database named bus (its URL)."""
+    conn = psycopg2.connect(admin_url)
+    conn.autocommit = True
+    conn.cursor().execute(f"create role {ROLE} login createdb password %s", (PASSWORD,))
+    conn.cursor().execute("create database bus")
+    conn.close()
+    bus_url = admin_url.rsplit("/", 1)[0] + "/bus"
+    migrate(bus_url)
+    return bus_url
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=10000)
@@ -89,13 +101,7 @@ def main() -> None:
         admin_url = cluster.ensure_running()
         receiver = None
         try:
-            conn = psycopg2.connect(admin_url)
-            conn.autocommit = True
-            conn.cursor().execute(f"create role {ROLE} login createdb password %s", (PASSWORD,))
-            conn.cursor().execute("create database bus")
-            conn.close()
-            bus_url = admin_url.rsplit("/", 1)[0] + "/bus"
-            migrate(bus_url)
+            bus_url = bus_database(admin_url)
             port = free_port()
             receiver = subprocess.Popen(
                 [sys.executable, "-m", "ipai_bus_lib.ops.cli", "serve", "--port", str(port)],

@@ -27,10 +27,10 @@ import psycopg2
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from odoo_catchup_bench import bus_database  # noqa: E402
 from odoo_expense_bench import ODOO_PATH, PASSWORD, ROLE, create_database, odoo, odoo_command  # noqa: E402
 
 from ipai_bus_lib.storage.embedded import EmbeddedPostgres  # noqa: E402
-from ipai_bus_lib.storage.migrator import migrate  # noqa: E402
 from tests.helpers import free_port, wait_for_receiver  # noqa: E402
 from tests.readiness import http_answers, wait_for_server  # noqa: E402
 
@@ -78,13 +78,7 @@ def main() -> None:
         admin_url = cluster.ensure_running()
         processes: list[subprocess.Popen] = []
         try:
-            conn = psycopg2.connect(admin_url)
-            conn.autocommit = True
-            conn.cursor().execute(f"create role {ROLE} login createdb password %s", (PASSWORD,))
-            conn.cursor().execute("create database bus")
-            conn.close()
-            bus_url = admin_url.rsplit("/", 1)[0] + "/bus"
-            migrate(bus_url)
+            bus_url = bus_database(admin_url)
             port = free_port()
             database = create_database(str(cluster.port()), "ipai_finance_ppm")
             url = f"http://127.0.0.1:{port}/functions/v1/odoo-webhook"

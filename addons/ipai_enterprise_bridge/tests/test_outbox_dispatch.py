@@ -18,35 +18,34 @@ from .common import (
 )
 
 
-def bus_rows(idempotency_keys):
-    """The bus's stored outbox rows and audit copies for these keys (the rows' bus_key)."""
+def bus_query(sql, params):
+    """Rows of a query on the bus's database."""
     conn = psycopg2.connect(BUS_DATABASE_URL)
     try:
         with conn.cursor() as cursor:
-            cursor.execute(
-                "select o.id::text, o.event_type, o.payload, o.signature_digest,"
-                " (select count(*) from integration.event_log l where l.event_id = o.id)"
-                " from integration.outbox o where o.idempotency_key = any(%s)",
-                (list(idempotency_keys),),
-            )
+            cursor.execute(sql, params)
             return cursor.fetchall()
     finally:
         conn.close()
 
 
+def bus_rows(idempotency_keys):
+    """The bus's stored outbox rows and audit copies for these keys (the rows' bus_key)."""
+    return bus_query(
+        "select o.id::text, o.event_type, o.payload, o.signature_digest,"
+        " (select count(*) from integration.event_log l where l.event_id = o.id)"
+        " from integration.outbox o where o.idempotency_key = any(%s)",
+        (list(idempotency_keys),),
+    )
+
+
 def stored_in_order(events):
     """The bus keys of these events that the bus stored, in the bus's order (seq)."""
-    conn = psycopg2.connect(BUS_DATABASE_URL)
-    try:
-        with conn.cursor() as cursor:
-            cursor.execute(
-                "select idempotency_key from integration.outbox"
-                " where idempotency_key = any(%s) order by seq",
-                (events.mapped("bus_key"),),
-            )
-            return [row[0] for row in cursor.fetchall()]
-    finally:
-        conn.close()
+    rows = bus_query(
+        "select idempotency_key from integration.outbox where idempotency_key = any(%s) order by seq",
+        (events.mapped("bus_key"),),
+    )
+    return [row[0] for row in rows]
 
 
 @tagged("post_install", "-at_install")

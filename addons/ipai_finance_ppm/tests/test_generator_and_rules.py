@@ -49,26 +49,24 @@ class TestGeneratorAndRules(FinanceCase):
         )
         self.assertEqual(tasks.mapped("ipai_task_code")[0][:4], "BIR-")
 
-    def test_generated_deadlines_fall_on_the_filing_day_where_the_company_is(self):
-        """'File by 2026-04-25' must read 25 April 09:00 in Manila, whatever the server's zone."""
-        self.env.company.partner_id.tz = "Asia/Manila"
+    def deadline_in_manila_of_2550q_for_q1(self):
         tasks = self.generate("quarter", quarter="1")
         task = tasks.filtered(lambda t: t.ipai_bir_form_id.code == "2550Q")
         local = fields.Datetime.context_timestamp(
             task.with_context(tz="Asia/Manila"), task.date_deadline
         )
-        self.assertEqual((local.date(), local.hour), (date(2026, 4, 25), 9))
+        return local.date(), local.hour
+
+    def test_generated_deadlines_fall_on_the_filing_day_where_the_company_is(self):
+        """'File by 2026-04-25' must read 25 April 09:00 in Manila, whatever the server's zone."""
+        self.env.company.partner_id.tz = "Asia/Manila"
+        self.assertEqual(self.deadline_in_manila_of_2550q_for_q1(), (date(2026, 4, 25), 9))
 
     def test_without_a_company_zone_deadlines_fall_in_manila_not_in_the_users_zone(self):
         """A company with no time zone, an administrator in Paris: still 09:00 in Manila."""
         self.env.company.partner_id.tz = False
         self.env.user.tz = "Europe/Paris"
-        tasks = self.generate("quarter", quarter="1")
-        task = tasks.filtered(lambda t: t.ipai_bir_form_id.code == "2550Q")
-        local = fields.Datetime.context_timestamp(
-            task.with_context(tz="Asia/Manila"), task.date_deadline
-        )
-        self.assertEqual((local.date(), local.hour), (date(2026, 4, 25), 9))
+        self.assertEqual(self.deadline_in_manila_of_2550q_for_q1(), (date(2026, 4, 25), 9))
 
     def test_the_generator_offers_the_periods_that_just_closed(self):
         """Opened on 2 December 2026: November (2026), Q3 (2026), and the year 2025; in
