@@ -280,6 +280,27 @@ class TestCatchUpAndConfiguration(BridgeCase):
         self.assertEqual(len({row[0] for row in stored}), 1000)
 
     @unittest.skipUnless(RECEIVER_URL, LIVE_RECEIVER_REASON)
+    def test_large_events_go_in_batches_the_bus_takes(self):
+        """Twenty events of 210 KiB each, 4.1 MiB together: over the bus's 4 MiB a batch,
+        which it would refuse whole at every probe. Cut by size, they all go in one run."""
+        from ..utils.ipai_webhook import ipai_event, send_ipai_events
+
+        self.configure_receiver(RECEIVER_URL, RECEIVER_SECRET)
+        payload = {**self.booking._ipai_payload(), "asset_name": "Projector " + "x" * 210 * 1024}
+        start = datetime(2026, 4, 1)
+        send_ipai_events(
+            self.env,
+            [
+                ipai_event("asset.reserved", self.booking, payload, stamp=start + timedelta(seconds=n))
+                for n in range(20)
+            ],
+        )
+        large = self.outbox("asset.reserved")
+        self.assertEqual(self.env["ipai.event.outbox"]._cron_dispatch_events(), 20)
+        self.assertEqual(set(large.mapped("state")), {"sent"}, set(large.mapped("last_error")))
+        self.assertEqual(stored_in_order(large), large.mapped("bus_key"))
+
+    @unittest.skipUnless(RECEIVER_URL, LIVE_RECEIVER_REASON)
     def test_unconfigured_bus_keeps_events_waiting_then_sends_them_once_saved(self):
         """Before the URL and secret are set, events wait saying why, without spending
         attempts; saving the settings wakes the dispatcher and they go out."""

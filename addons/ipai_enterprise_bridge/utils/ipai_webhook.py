@@ -11,7 +11,9 @@ import uuid
 import requests
 from odoo import fields
 
+from ipai_bus_lib.core import exact_json
 from ipai_bus_lib.core.catalog import (
+    MAX_BATCH_BYTES,
     Envelope,
     batch_body,
     batch_url,
@@ -177,21 +179,35 @@ class BatchPoster:
         outcomes, ready = {}, []
         for item in items:
             item_id, record, envelope, key = item
-            check = parse_batch_event({**envelope.to_json(), "idempotency_key": key})
+            element = {**envelope.to_json(), "idempotency_key": key}
+            check = parse_batch_event(element)
             if record in self._held_back:
                 outcomes[item_id] = NotPosted(WAITING_BEHIND)
             elif check.refusal:
                 outcomes[item_id] = DeliveryError(f"the bus would refuse this event: {check.refusal}")
                 self._held_back.add(record)
             else:
-                ready.append(item)
-        for start in range(0, len(ready), self.batch_events):
-            batch = ready[start : start + self.batch_events]
+                ready.append((item, len(exact_json.dumps(element).encode()) + 1))  # and a comma
+        for batch in self._batches(ready):
             if self.unreachable:
                 outcomes.update((item[0], NotPosted(BUS_AWAY)) for item in batch)
             else:
                 outcomes.update(self._post_batch(batch))
         return outcomes
+
+    def _batches(self, sized_items):
+        """The items in order, cut into batches the bus takes: at most ``batch_events`` events
+        and MAX_BATCH_BYTES bytes each (a batch refused for its size would be refused again at
+        every probe, and hold the whole outbox back)."""
+        batch, size = [], len(b'{"events":[]}')
+        for item, item_size in sized_items:
+            if batch and (len(batch) == self.batch_events or size + item_size > MAX_BATCH_BYTES):
+                yield batch
+                batch, size = [], len(b'{"events":[]}')
+            batch.append(item)
+            size += item_size
+        if batch:
+            yield batch
 
     def _post_batch(self, items):
         events = [(envelope, key) for _, _, envelope, key in items]
