@@ -308,7 +308,9 @@ class Sender:
 class Bus:
     """The processes under test and the faults done to them."""
 
-    def __init__(self, home: Path, sink: FlakySink, mail: MailSink) -> None:
+    def __init__(
+        self, home: Path, sink: FlakySink, mail: MailSink, trace_router: str | None = None
+    ) -> None:
         os.chmod(home, 0o711)  # under root the cluster's own user walks through it
         self.cluster = EmbeddedPostgres(home / "pg")
         self.url = self.cluster.ensure_running()
@@ -343,13 +345,17 @@ class Bus:
         }
         self.logs = home
         self.receiver = self._start("serve", "--port", str(self.port), "--workers", "2")
-        self.routers = [self._start("route") for _ in range(ROUTERS)]
+        self.routers = [self._start("route", traced=trace_router)]  # router 0: its memory is read
+        self.routers += [self._start("route") for _ in range(ROUTERS - 1)]
         self.stop_times: list[tuple[str, float | None]] = []  # a SIGTERM burst, how long to stop
 
-    def _start(self, *args: str) -> subprocess.Popen:
+    def _start(self, *args: str, traced: str | None = None) -> subprocess.Popen:
         log = open(self.logs / f"{args[0]}-{time.monotonic_ns()}.log", "w")  # noqa: SIM115
+        command = ["-m", "ipai_bus_lib.ops.cli", *args]
+        if traced:
+            command = [str(Path(__file__).with_name("traced_router.py")), traced, "60"]
         return subprocess.Popen(
-            [sys.executable, "-m", "ipai_bus_lib.ops.cli", *args],
+            [sys.executable, *command],
             env=self.env,
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -491,12 +497,17 @@ def main() -> None:
         help="the faults caused in turn (comma-separated Bus methods)",
     )
     parser.add_argument("--keep", help="keep the processes' logs in this directory")
+    parser.add_argument(
+        "--trace-router",
+        metavar="DIRECTORY",
+        help="run router 0 under tracemalloc, a snapshot a minute in DIRECTORY (slower)",
+    )
     args = parser.parse_args()
     seconds = args.minutes * 60
     random.seed(12)
     sink, mail = FlakySink(), MailSink()
     with tempfile.TemporaryDirectory(prefix="ipai-chaos-") as home:
-        bus = Bus(Path(home), sink, mail)
+        bus = Bus(Path(home), sink, mail, trace_router=args.trace_router)
         try:
             wait_for_receiver(bus.port, process=bus.receiver)
             sender = Sender(bus.port, args.rate)
