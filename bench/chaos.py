@@ -332,7 +332,9 @@ class Bus:
             "IPAI_WEBHOOK_SECRET": SECRET,
             "IPAI_ROUTES_FILE": str(routes),
             "CHAOS_SINK_URL": sink.url,
-            "IPAI_DELIVERY_TIMEOUT_SECONDS": "5",
+            # Under the 5 s resume bound: a delivery in flight when a fault ends can only be
+            # given up at its budget, then retried after the first delay (1 s).
+            "IPAI_DELIVERY_TIMEOUT_SECONDS": "3",
             "CHAOS_SINK_SECRET": "whsec_Y2hhb3Mtc2luay1zZWNyZXQtZm9yLXRlc3Rz",
             "IPAI_RETRY_DELAYS": "1,2,5",
             "IPAI_MAX_ATTEMPTS": "12",

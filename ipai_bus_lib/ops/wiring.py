@@ -12,10 +12,12 @@ from ..delivery.router import Router
 
 def make_router(settings: Settings, url: str, *, worker: str | None = None) -> Router:
     """A router wired from the settings: routes file (or the default), destinations, limits."""
+    from ..core.memory import cap_malloc_arenas
     from ..delivery.router import ROUTER_SESSION_SETTINGS, Router, RouterConfig
     from ..delivery.router.metrics import RouterMetrics
     from ..storage.db import Database
 
+    cap_malloc_arenas()  # before the delivery threads exist
     routing, destinations, limits = routing_from(settings)
     config = RouterConfig(
         batch_size=settings.router_batch_size,
