@@ -13,6 +13,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 from ...core.errors import DatabaseUnavailable
+from ...core.memory import FreedMemoryReturner
 from ...storage import outbox
 from ...storage.db import Database, connect
 from ...storage.outbox import OutboxEvent
@@ -67,6 +68,7 @@ class Router:
         # the database busy claiming, delivering's Python and settling all at once.
         self._claim_pool = ThreadPoolExecutor(1, thread_name_prefix="claim")
         self._claimed_ahead: Future[list[OutboxEvent]] | None = None
+        self._freed_memory = FreedMemoryReturner()
         # None until probed: whether a LISTENing connection hears the outbox's NOTIFY.
         self.notifications_arrive: bool | None = None
 
@@ -125,6 +127,7 @@ class Router:
                     backoff = FIRST_RECONNECT_SECONDS
                     if handled < self.config.batch_size or not self.config.drain:
                         self._finish_settling()
+                        self._freed_memory.when_idle()
                         self._wait_for_work(listener)
                 except DatabaseUnavailable as exc:
                     # Soon at first, so delivery resumes within a second or two of the
