@@ -74,6 +74,7 @@ def main() -> None:
     parser.add_argument("--tasks", type=int, default=100, help="each makes four events")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="ipai-outage-") as home:
+        os.chmod(home, 0o711)  # under root the cluster's own user walks through it
         cluster = EmbeddedPostgres(Path(home) / "pg")  # durable defaults
         admin_url = cluster.ensure_running()
         processes: list[subprocess.Popen] = []
@@ -196,7 +197,7 @@ def wait_for_bus(bus_url: str, expected: int, timeout: float) -> dict:
             with conn.cursor() as cursor:
                 cursor.execute(
                     "select count(*), count(distinct idempotency_key),"
-                    " extract(epoch from max(received_at)) from integration.outbox"
+                    " extract(epoch from max(received_at)) from integration.event_log"
                 )
                 count, distinct, last = cursor.fetchone()
             if count >= expected or time.monotonic() > deadline:
