@@ -4,7 +4,8 @@ The core (catalog, signing, outbox access, migrations) needs only psycopg2, so O
 it is; the receiver, router and embedded PostgreSQL come with the ``server`` extra.
 """
 
-from .core.catalog import CATALOG, Envelope, new_envelope, parse_envelope
+from .core.catalog import CATALOG
+from .core.envelope import Envelope, new_envelope, parse_envelope
 from .core.errors import IpaiBusError
 from .core.signing import sign, signature_headers, verify
 

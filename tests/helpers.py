@@ -288,3 +288,46 @@ def console_sign_in(
         timeout=10,
     )
     return session, answer
+
+
+def insert_event(
+    cursor,
+    envelope,
+    *,
+    idempotency_key: str,
+    signature_digest: str | None = None,
+    max_attempts: int = 4,
+):
+    """Store one event straight through integration.insert_outbox_event (as SQL clients and
+    the seed's n8n flows do), without the receiver's signed-request copy; a duplicate writes
+    nothing. Returns outbox.InsertResult."""
+    from psycopg2.extras import Json
+
+    from ipai_bus_lib.core import exact_json
+    from ipai_bus_lib.storage.outbox import InsertResult
+
+    cursor.execute(
+        "select event_id, duplicate from integration.insert_outbox_event("
+        " p_event_type => %s, p_aggregate_type => %s, p_aggregate_id => %s, p_payload => %s,"
+        " p_idempotency_key => %s, p_source => %s, p_occurred_at => %s,"
+        " p_signature_digest => %s, p_max_attempts => %s)",
+        (
+            envelope.event_type,
+            envelope.aggregate_type,
+            envelope.aggregate_id,
+            Json(dict(envelope.payload), dumps=exact_json.dumps),
+            idempotency_key,
+            envelope.source,
+            envelope.occurred_at,
+            signature_digest,
+            max_attempts,
+        ),
+    )
+    event_id, duplicate = cursor.fetchone()
+    return InsertResult(event_id=event_id, duplicate=duplicate)
+
+
+def insert_event_log(cursor, event_id) -> int:
+    """Copy an outbox event into the append-only event_log; returns the log row's id."""
+    cursor.execute("select integration.insert_event_log(p_event_id => %s)", (event_id,))
+    return int(cursor.fetchone()[0])

@@ -10,7 +10,7 @@ from urllib.parse import urlsplit, urlunsplit
 import psycopg2
 import pytest
 
-from ipai_bus_lib.core import catalog
+from ipai_bus_lib.core import batch, contract
 from ipai_bus_lib.storage import outbox
 
 from .helpers import (
@@ -153,7 +153,7 @@ def test_a_replayed_batch_signature_under_another_key_is_refused(receiver, clean
         ("list", 400, 'body must be a JSON object {"events": [...]} with at least one event'),
         ("json", 400, "body is not valid UTF-8 JSON"),
         ("count", 413, "batch of 1001 events: at most 1000 per request"),
-        ("bytes", 413, f"body larger than {catalog.MAX_BATCH_BYTES} bytes"),
+        ("bytes", 413, f"body larger than {contract.MAX_BATCH_BYTES} bytes"),
     ],
 )
 def test_a_bad_batch_is_refused_whole_and_stores_nothing(receiver, clean_bus, tamper, status, error):
@@ -171,7 +171,7 @@ def test_a_bad_batch_is_refused_whole_and_stores_nothing(receiver, clean_bus, ta
             "list": json.dumps([batch_event("t1")]).encode(),
             "json": b'{"events": [',
             "count": batch_body([batch_event(f"c{i}") for i in range(1001)]),
-            "bytes": batch_body([batch_event("big", payload={"blob": "x" * catalog.MAX_BATCH_BYTES})]),
+            "bytes": batch_body([batch_event("big", payload={"blob": "x" * contract.MAX_BATCH_BYTES})]),
         }[tamper]
         headers = signed(body, key="bad")
     before = snapshot(clean_bus)
@@ -227,7 +227,7 @@ def test_the_least_privileged_ingest_role_may_store_batches(bus_url, clean_bus):
         limited = urlunsplit(
             parts._replace(netloc=f"batch_tester:batch-tester-pw@{parts.hostname}:{parts.port}")
         )
-        events = catalog.parse_batch({"events": [batch_event("role-1"), batch_event("role-2")]})
+        events = batch.parse_batch({"events": [batch_event("role-1"), batch_event("role-2")]})
         limited_conn = psycopg2.connect(limited)
         limited_conn.autocommit = True
         try:

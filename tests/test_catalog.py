@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from ipai_bus_lib.core import catalog
+from ipai_bus_lib.core import catalog, odoo_key
+from ipai_bus_lib.core import envelope as envelopes
 from ipai_bus_lib.core.errors import EnvelopeError
 
 VALID = {
@@ -52,21 +53,21 @@ def test_build_payload_refuses_an_uncatalogued_type():
 
 def test_new_envelope_takes_aggregate_type_from_the_catalog():
     moment = datetime(2026, 1, 22, 7, 26, 26, 123456, tzinfo=timezone.utc)
-    envelope = catalog.new_envelope("asset.reserved", 7, {"booking_id": 3}, occurred_at=moment)
+    envelope = envelopes.new_envelope("asset.reserved", 7, {"booking_id": 3}, occurred_at=moment)
     assert envelope.aggregate_type == "maintenance.equipment"
     assert envelope.aggregate_id == "7"
     assert envelope.occurred_at == "2026-01-22T07:26:26Z"
-    assert catalog.parse_envelope(__import__("json").loads(envelope.to_bytes())) == envelope
+    assert envelopes.parse_envelope(__import__("json").loads(envelope.to_bytes())) == envelope
 
 
 def test_parse_accepts_the_contract_shape_and_numeric_aggregate_id():
-    envelope = catalog.parse_envelope({**VALID, "aggregate_id": 42})
+    envelope = envelopes.parse_envelope({**VALID, "aggregate_id": 42})
     assert envelope.aggregate_id == "42"
 
 
 def test_parse_defaults_source_to_odoo_and_accepts_types_outside_the_catalog():
     document = {key: value for key, value in VALID.items() if key != "source"}
-    envelope = catalog.parse_envelope({**document, "event_type": "test"})
+    envelope = envelopes.parse_envelope({**document, "event_type": "test"})
     assert envelope.source == "odoo" and envelope.event_type == "test"
 
 
@@ -93,7 +94,7 @@ def test_parse_defaults_source_to_odoo_and_accepts_types_outside_the_catalog():
 def test_parse_names_the_bad_field(change, field):
     document = {**VALID, **change}
     with pytest.raises(EnvelopeError) as caught:
-        catalog.parse_envelope(document)
+        envelopes.parse_envelope(document)
     assert caught.value.field == field, f"error should name {field}: {caught.value}"
 
 
@@ -101,22 +102,22 @@ def test_parse_names_the_bad_field(change, field):
 def test_parse_refuses_a_missing_required_field(field):
     document = {key: value for key, value in VALID.items() if key != field}
     with pytest.raises(EnvelopeError, match=f"missing field: {field}"):
-        catalog.parse_envelope(document)
+        envelopes.parse_envelope(document)
 
 
 def test_parse_refuses_a_non_object_body():
     with pytest.raises(EnvelopeError, match="JSON object"):
-        catalog.parse_envelope([VALID])
+        envelopes.parse_envelope([VALID])
 
 
 @pytest.mark.parametrize("key", ["", "x" * 256, "tab\there", "é"])
 def test_bad_idempotency_keys_are_refused(key):
     with pytest.raises(EnvelopeError):
-        catalog.check_idempotency_key(key)
+        envelopes.check_idempotency_key(key)
 
 
 def test_odoo_idempotency_key_reads_naive_write_date_as_utc():
-    key = catalog.idempotency_key("expense.submitted", 42, datetime(2026, 1, 22, 7, 26, 26))
+    key = odoo_key.idempotency_key("expense.submitted", 42, datetime(2026, 1, 22, 7, 26, 26))
     assert key == "expense.submitted:42:1769066786.0"
 
 

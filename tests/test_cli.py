@@ -15,9 +15,9 @@ import psutil
 import psycopg2
 import pytest
 
-from ipai_bus_lib.core.catalog import Envelope
-from ipai_bus_lib.storage import outbox
+from ipai_bus_lib.core.envelope import Envelope
 
+from . import helpers
 from .helpers import cli, console_sign_in, free_port, snapshot, wait_until
 from .readiness import http_answers, log_says, wait_for_server
 
@@ -40,7 +40,7 @@ def seed_states(url: str) -> dict[str, uuid.UUID]:
             ("completed", "asset.reserved"),
         ]:
             envelope = Envelope(event_type, "x", name, {"amount": 1})
-            ids[name] = outbox.insert_event(cursor, envelope, idempotency_key=name).event_id
+            ids[name] = helpers.insert_event(cursor, envelope, idempotency_key=name).event_id
         cursor.execute(
             "update integration.outbox set status = 'failed', attempts = 1,"
             " last_error = 'HTTP 502: bad gateway', available_at = now() + interval '30 s'"
@@ -99,7 +99,7 @@ def test_status_names_a_source_two_odoo_databases_send_under(bus_env, clean_bus)
         ]:
             envelope = Envelope("asset.overdue", "maintenance.equipment", "57", {"x": 1}, source=source)
             key = "asset.overdue:57:1796083200.0" + (f"@{database}" if database else "")
-            outbox.insert_event(cursor, envelope, idempotency_key=key)
+            helpers.insert_event(cursor, envelope, idempotency_key=key)
     conn.close()
     shown = cli("status", env=bus_env)
     assert shown.returncode == 0, shown.stderr

@@ -12,11 +12,11 @@ import time
 import psycopg2
 import pytest
 
-from ipai_bus_lib.core.catalog import Envelope
+from ipai_bus_lib.core.envelope import Envelope
 from ipai_bus_lib.core.secret_files import ensure_secret_file
-from ipai_bus_lib.storage import outbox
 from ipai_bus_lib.storage.migrator import available_migrations
 
+from . import helpers
 from .helpers import (
     PRIMARY_SECRET,
     cli,
@@ -92,7 +92,7 @@ def test_status_does_not_call_a_failed_event_pending(clean_bus):
     conn = psycopg2.connect(clean_bus)
     conn.autocommit = True
     with conn.cursor() as cursor:
-        event_id = outbox.insert_event(
+        event_id = helpers.insert_event(
             cursor, Envelope("expense.paid", "hr.expense", "5", {}), idempotency_key="f1"
         ).event_id
         cursor.execute(
@@ -127,7 +127,7 @@ def test_a_pending_event_held_by_ordering_says_what_it_waits_for(clean_bus):
     conn.autocommit = True
     with conn.cursor() as cursor:
         first, second = (
-            outbox.insert_event(
+            helpers.insert_event(
                 cursor, Envelope("expense.paid", "hr.expense", "77", {}), idempotency_key=key
             ).event_id
             for key in ("held-1", "held-2")

@@ -18,7 +18,7 @@ import psycopg2
 import pytest
 import requests
 
-from ipai_bus_lib.core.catalog import Envelope
+from ipai_bus_lib.core.envelope import Envelope
 from ipai_bus_lib.storage import outbox
 
 from .helpers import console_sign_in, free_port, snapshot, wait_until

@@ -9,7 +9,7 @@ import psycopg2
 import psycopg2.errors
 import pytest
 
-from ipai_bus_lib.core.catalog import Envelope
+from ipai_bus_lib.core.envelope import Envelope
 from ipai_bus_lib.core.errors import (
     DatabaseUnavailable,
     EmbeddedPostgresError,
@@ -17,6 +17,8 @@ from ipai_bus_lib.core.errors import (
 )
 from ipai_bus_lib.storage import migrator, outbox
 from ipai_bus_lib.storage.embedded import EmbeddedPostgres
+
+from . import helpers
 
 
 def applied_versions(url: str) -> list[str]:
@@ -108,7 +110,7 @@ def test_an_install_with_events_upgrades_and_keeps_every_rule(make_database, mon
         with conn, conn.cursor() as cursor:
             stored = {}
             for key in ("old-pending", "old-completed", "old-dead"):
-                outbox.insert_event(
+                helpers.insert_event(
                     cursor,
                     Envelope("expense.submitted", "hr.expense", key, {"amount": 1}),
                     idempotency_key=key,
@@ -130,7 +132,7 @@ def test_an_install_with_events_upgrades_and_keeps_every_rule(make_database, mon
 
         with conn, conn.cursor() as cursor:
             for key, event_id in stored.items():
-                again = outbox.insert_event(
+                again = helpers.insert_event(
                     cursor,
                     Envelope("expense.submitted", "hr.expense", key, {"amount": 1}),
                     idempotency_key=key,
@@ -138,7 +140,7 @@ def test_an_install_with_events_upgrades_and_keeps_every_rule(make_database, mon
                 )
                 assert (again.event_id, again.duplicate) == (event_id, True)
         with pytest.raises(psycopg2.Error) as replay, conn, conn.cursor() as cursor:
-            outbox.insert_event(
+            helpers.insert_event(
                 cursor,
                 Envelope("expense.submitted", "hr.expense", "x", {"amount": 1}),
                 idempotency_key="another-key",

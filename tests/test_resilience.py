@@ -20,13 +20,14 @@ import psycopg2
 import pytest
 import requests
 
-from ipai_bus_lib.core.catalog import Envelope
+from ipai_bus_lib.core.envelope import Envelope
 from ipai_bus_lib.delivery.destinations import MattermostDestination
 from ipai_bus_lib.delivery.formatters import format_event
 from ipai_bus_lib.storage import outbox
 from ipai_bus_lib.storage.embedded import EmbeddedPostgres
 from ipai_bus_lib.storage.migrator import migrate
 
+from . import helpers
 from .helpers import (
     WEBHOOK_PATH,
     cli,
@@ -331,7 +332,7 @@ def test_10_huge_numbers_and_texts_make_bounded_messages(database):
     with HttpSink() as sink:
         router = make_router(database, {"mm": MattermostDestination("mm", sink.url)})
         with database.transaction() as cursor:
-            event_id = outbox.insert_event(
+            event_id = helpers.insert_event(
                 cursor,
                 Envelope("expense.submitted", "hr.expense", "10", {"amount": "1e100000000"}),
                 idempotency_key="huge",
@@ -551,7 +552,7 @@ def test_the_same_record_id_from_two_sources_never_waits_for_the_other(database)
     """Record 7 of one Odoo database does not wait behind record 7 of another."""
     with database.transaction() as cursor:
         for source in ("odoo-manila", "odoo-cebu"):
-            outbox.insert_event(
+            helpers.insert_event(
                 cursor,
                 Envelope("expense.submitted", "hr.expense", "7", {"amount": 1}, source=source),
                 idempotency_key="expense.submitted:7:1",

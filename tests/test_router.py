@@ -14,7 +14,7 @@ import pytest
 from aiosmtpd.controller import Controller
 from standardwebhooks.webhooks import Webhook
 
-from ipai_bus_lib.core.catalog import Envelope
+from ipai_bus_lib.core.envelope import Envelope
 from ipai_bus_lib.delivery.destinations import (
     ConsoleDestination,
     DeliveryFailed,
@@ -28,6 +28,7 @@ from ipai_bus_lib.delivery.router import Router, RouterConfig
 from ipai_bus_lib.delivery.routes import DestinationSpec, Route, RoutingTable, parse_routing
 from ipai_bus_lib.storage import outbox
 
+from . import helpers
 from .helpers import free_port
 from .sinks import HttpSink, Reply, TricklingSmtpServer
 from .test_message_safety import MENTION_LIKE, linkified, markdown_links_and_text
@@ -77,7 +78,7 @@ def add_events(
                 },
             )
             ids.append(
-                outbox.insert_event(
+                helpers.insert_event(
                     cursor, envelope, idempotency_key=str(uuid.uuid4()), max_attempts=max_attempts
                 ).event_id
             )
@@ -467,7 +468,7 @@ def test_a_hostile_expense_reaches_the_channel_and_the_mailbox_as_data(database,
         router = make_router(database, destinations, odoo_base_url="https://erp.example.ph")
         with database.transaction() as cursor:
             envelope = Envelope("expense.submitted", "hr.expense", "7", HOSTILE_EXPENSE)
-            outbox.insert_event(cursor, envelope, idempotency_key=str(uuid.uuid4()))
+            helpers.insert_event(cursor, envelope, idempotency_key=str(uuid.uuid4()))
         assert router.run_once() == 1
     own = ["https://erp.example.ph/odoo/hr.expense/7"]
     posted = sink.received[0].json()["text"]
@@ -574,7 +575,7 @@ def test_aggregate_order_holds_when_the_first_event_fails_twice(database):
         router = make_router(database, {"n8n": HttpForwardDestination("n8n", sink.url, FORWARD_SECRET)})
         first = add_events(database, aggregate="sheet-9")[0]
         with database.transaction() as cursor:
-            second = outbox.insert_event(
+            second = helpers.insert_event(
                 cursor,
                 Envelope("expense.approved", "hr.expense", "sheet-9", {"amount": 200}),
                 idempotency_key="second",
@@ -600,7 +601,7 @@ def test_dead_event_stops_blocking_its_aggregate(database):
         router = make_router(database, {"n8n": HttpForwardDestination("n8n", sink.url, FORWARD_SECRET)})
         first = add_events(database, aggregate="sheet-1")[0]
         with database.transaction() as cursor:
-            second = outbox.insert_event(
+            second = helpers.insert_event(
                 cursor,
                 Envelope("expense.paid", "hr.expense", "sheet-1", {"amount": 200}),
                 idempotency_key="2nd",

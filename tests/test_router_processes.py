@@ -13,9 +13,9 @@ import psycopg2
 import pytest
 import requests
 
-from ipai_bus_lib.core.catalog import Envelope
-from ipai_bus_lib.storage import outbox
+from ipai_bus_lib.core.envelope import Envelope
 
+from . import helpers
 from .helpers import free_port, wait_until
 from .readiness import http_answers, wait_for_server
 from .sinks import HttpSink, Reply
@@ -44,7 +44,7 @@ def add_events(database_url: str, count: int) -> list[str]:
                 "asset.reserved", "maintenance.equipment", str(number), {"booking_id": number}
             )
             ids.append(
-                str(outbox.insert_event(cursor, envelope, idempotency_key=str(uuid.uuid4())).event_id)
+                str(helpers.insert_event(cursor, envelope, idempotency_key=str(uuid.uuid4())).event_id)
             )
     conn.close()
     return ids
@@ -168,7 +168,7 @@ def test_router_metrics_count_known_traffic_and_health_answers(clean_bus, start_
         for number in range(5):
             event_type = "asset.reserved" if number < 3 else "asset.checked_out"
             envelope = Envelope(event_type, "maintenance.equipment", str(number), {"booking_id": 1})
-            outbox.insert_event(cursor, envelope, idempotency_key=f"metrics-{number}")
+            helpers.insert_event(cursor, envelope, idempotency_key=f"metrics-{number}")
     conn.close()
     port = free_port()
 

@@ -11,10 +11,12 @@ import psycopg2
 import psycopg2.errors
 import pytest
 
-from ipai_bus_lib.core.catalog import Envelope
+from ipai_bus_lib.core.envelope import Envelope
 from ipai_bus_lib.core.errors import InvalidArgument, ReplayedSignature
 from ipai_bus_lib.storage import outbox
 from ipai_bus_lib.storage.db import Database
+
+from . import helpers
 
 
 def envelope(aggregate_id: str = "1", event_type: str = "expense.submitted") -> Envelope:
@@ -24,7 +26,7 @@ def envelope(aggregate_id: str = "1", event_type: str = "expense.submitted") -> 
 def insert(conn, key: str, **kwargs) -> outbox.InsertResult:
     """One event of its own aggregate (events of one aggregate are claimed one at a time)."""
     with conn, conn.cursor() as cursor:
-        return outbox.insert_event(cursor, envelope(aggregate_id=key), idempotency_key=key, **kwargs)
+        return helpers.insert_event(cursor, envelope(aggregate_id=key), idempotency_key=key, **kwargs)
 
 
 def row(conn, event_id) -> dict:
@@ -75,7 +77,7 @@ def test_insert_of_a_known_key_is_a_duplicate_and_writes_nothing(conn):
 def test_same_key_from_another_source_is_a_new_event(conn):
     first = insert(conn, "k1")
     with conn, conn.cursor() as cursor:
-        other = outbox.insert_event(
+        other = helpers.insert_event(
             cursor, Envelope("test", "x", "1", {}, source="n8n"), idempotency_key="k1"
         )
     assert other.event_id != first.event_id and not other.duplicate
@@ -110,9 +112,9 @@ def test_byte_identical_resend_is_a_duplicate_not_a_replay(conn):
 
 def test_replay_is_translated_by_the_library(database):
     with database.transaction() as cursor:
-        outbox.insert_event(cursor, envelope(), idempotency_key="k1", signature_digest="a" * 64)
+        helpers.insert_event(cursor, envelope(), idempotency_key="k1", signature_digest="a" * 64)
     with pytest.raises(ReplayedSignature), database.transaction() as cursor:
-        outbox.insert_event(cursor, envelope(), idempotency_key="k2", signature_digest="a" * 64)
+        helpers.insert_event(cursor, envelope(), idempotency_key="k2", signature_digest="a" * 64)
 
 
 def test_twenty_threads_inserting_one_key_store_one_event(database):
@@ -121,7 +123,7 @@ def test_twenty_threads_inserting_one_key_store_one_event(database):
     def race(_):
         barrier.wait()
         with database.transaction() as cursor:
-            return outbox.insert_event(cursor, envelope(), idempotency_key="same")
+            return helpers.insert_event(cursor, envelope(), idempotency_key="same")
 
     with ThreadPoolExecutor(20) as pool:
         results = list(pool.map(race, range(20)))
@@ -158,8 +160,8 @@ def test_keys_live_beside_the_outbox_and_a_purge_forgets_them_with_their_events(
 def test_event_log_copies_the_event_once(conn):
     result = insert(conn, "k1")
     with conn, conn.cursor() as cursor:
-        first = outbox.insert_event_log(cursor, result.event_id)
-        again = outbox.insert_event_log(cursor, result.event_id)
+        first = helpers.insert_event_log(cursor, result.event_id)
+        again = helpers.insert_event_log(cursor, result.event_id)
         cursor.execute("select event_type, idempotency_key, payload from integration.event_log")
         logged = cursor.fetchall()
     assert first == again
@@ -177,7 +179,7 @@ def test_event_log_copies_the_event_once(conn):
 def test_event_log_refuses_change(conn, statement):
     result = insert(conn, "k1")
     with conn, conn.cursor() as cursor:
-        outbox.insert_event_log(cursor, result.event_id)
+        helpers.insert_event_log(cursor, result.event_id)
     with pytest.raises(psycopg2.errors.InsufficientPrivilege, match="append-only"):
         with conn, conn.cursor() as cursor:
             cursor.execute(statement)
@@ -207,7 +209,7 @@ def test_claim_skips_events_not_yet_due(conn):
 def test_two_connections_claiming_at_once_never_share_a_row(database):
     with database.transaction() as cursor:
         for number in range(400):
-            outbox.insert_event(cursor, envelope(str(number)), idempotency_key=f"k{number}")
+            helpers.insert_event(cursor, envelope(str(number)), idempotency_key=f"k{number}")
     barrier = threading.Barrier(2)
 
     def worker(name):
@@ -397,7 +399,7 @@ def test_claim_queries_use_the_partial_indexes(conn):
             " from generate_series(1, 20000) g"
         )
         for number in range(20):
-            outbox.insert_event(cursor, envelope(f"live-{number}"), idempotency_key=f"live-{number}")
+            helpers.insert_event(cursor, envelope(f"live-{number}"), idempotency_key=f"live-{number}")
         cursor.execute("analyze integration.outbox")
         cursor.execute(
             "explain select id from integration.outbox where status in"

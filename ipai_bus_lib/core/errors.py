@@ -95,6 +95,11 @@ class DatabaseBusy(DatabaseError):
     a deadlock, a serialization failure). The database is answering; trying again is safe."""
 
 
+class InvalidInput(IpaiBusError):
+    """An operator's input (a command-line argument, a console form) is not what it must be;
+    nothing was changed. The message says what was expected."""
+
+
 class InvalidArgument(DatabaseError):
     """A SQL function refused its arguments (SQLSTATE 22023); nothing was written."""
 

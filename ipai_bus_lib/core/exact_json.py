@@ -116,7 +116,7 @@ def dumps(value: Any, *, indent: int | None = None, default: Callable[[Any], Any
 
     Decimals pass through json's encoder as marked strings (a NUL, this process's token, the
     digits) and the marks are then replaced by the bare digits. Payload strings never hold a NUL
-    (catalog.is_storable refuses them), and only number characters are ever unquoted.
+    (storability.is_storable refuses them), and only number characters are ever unquoted.
     """
     if indent is None and default is None:
         text = _COMPACT.encode(value)

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from datetime import datetime, timezone
 
-from .catalog import CATALOG, Envelope, new_envelope
+from .catalog import CATALOG
+from .envelope import Envelope, new_envelope
 
 
 def sample_envelope(event_type: str, *, occurred_at: datetime | None = None) -> Envelope:

@@ -14,6 +14,14 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+from .contract import (
+    IDEMPOTENCY_KEY_HEADER,
+    MAX_DIGESTS_PER_HEADER,
+    SIGNATURE_HEADER,
+    TIMESTAMP_HEADER,
+    TIMESTAMP_PATTERN,
+    TOLERANCE_SECONDS,
+)
 from .errors import (
     FutureTimestamp,
     InvalidSignature,
@@ -22,14 +30,6 @@ from .errors import (
     MissingTimestamp,
     StaleTimestamp,
 )
-
-TIMESTAMP_HEADER = "x-ipai-timestamp"
-SIGNATURE_HEADER = "x-ipai-signature"
-IDEMPOTENCY_KEY_HEADER = "x-idempotency-key"
-TOLERANCE_SECONDS = 300
-# More digests than any rotation needs only costs the receiver HMACs: refuse them.
-MAX_DIGESTS_PER_HEADER = 8
-_TIMESTAMP_DIGITS = 16
 
 Secret = str | bytes
 
@@ -78,7 +78,7 @@ def parse_timestamp(header: str | None) -> int:
     if header is None or header.strip() == "":
         raise MissingTimestamp()
     value = header.strip()
-    if not value.isascii() or not value.isdigit() or len(value) > _TIMESTAMP_DIGITS:
+    if not TIMESTAMP_PATTERN.fullmatch(value):
         raise MalformedTimestamp()
     return int(value)
 

@@ -27,7 +27,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..core.catalog import DOMAINS, EVENT_TYPE_PATTERN
+from ..core.catalog import DOMAINS
+from ..core.contract import EVENT_TYPE_PATTERN
 from ..core.errors import ConfigurationError
 
 if sys.version_info >= (3, 11):

@@ -30,13 +30,19 @@ from urllib.parse import unquote
 import h11
 from gunicorn.workers.base import Worker
 
-from ..core.catalog import BATCH_PATH_SUFFIX, MAX_BATCH_BYTES, MAX_EVENT_BYTES
+from ..core.contract import (
+    BATCH_PATH_SUFFIX,
+    IDEMPOTENCY_KEY_HEADER,
+    MAX_BATCH_BYTES,
+    MAX_EVENT_BYTES,
+    TIMESTAMP_HEADER,
+)
 
 SERVER_NAME = "ipai-bus"
 MAX_HEAD_BYTES = 16 * 1024
 # Only these headers must come once; others are joined with "," as WSGI servers do.
 SINGLE_HEADERS = frozenset(
-    {b"x-idempotency-key", b"x-ipai-timestamp", b"content-length", b"content-type"}
+    {IDEMPOTENCY_KEY_HEADER.encode(), TIMESTAMP_HEADER.encode(), b"content-length", b"content-type"}
 )
 _READ_SIZE = 64 * 1024
 

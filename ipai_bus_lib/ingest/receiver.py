@@ -18,7 +18,17 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
-from ..core import catalog, exact_json, signing
+from ..core import exact_json, signing
+from ..core.batch import BatchEvent, parse_batch
+from ..core.contract import BATCH_PATH_SUFFIX, MAX_BATCH_BYTES, MAX_BATCH_EVENTS, MAX_EVENT_BYTES
+from ..core.envelope import (
+    BODY_TOO_DEEP,
+    MAX_BODY_DEPTH,
+    TOO_DEEP,
+    Envelope,
+    check_idempotency_key,
+    parse_envelope,
+)
 from ..core.errors import (
     BatchTooLarge,
     DatabaseBusy,
@@ -34,11 +44,11 @@ from ..storage.queries import load
 from .metrics import ReceiverMetrics
 
 WEBHOOK_PATH = "/functions/v1/odoo-webhook"
-BATCH_PATH = WEBHOOK_PATH + catalog.BATCH_PATH_SUFFIX
+BATCH_PATH = WEBHOOK_PATH + BATCH_PATH_SUFFIX
 HEALTH_PATH = "/healthz"
 READY_PATH = "/readyz"
 SQL = load("receiver")
-MAX_BODY_BYTES = catalog.MAX_EVENT_BYTES
+MAX_BODY_BYTES = MAX_EVENT_BYTES
 _READ_CHUNK = 64 * 1024
 _QUICK_FAILURE_SECONDS = 0.25
 
@@ -53,8 +63,8 @@ class ReceiverConfig:
 
     secrets: tuple[str, ...]
     max_body_bytes: int = MAX_BODY_BYTES
-    max_batch_bytes: int = catalog.MAX_BATCH_BYTES
-    max_batch_events: int = catalog.MAX_BATCH_EVENTS
+    max_batch_bytes: int = MAX_BATCH_BYTES
+    max_batch_events: int = MAX_BATCH_EVENTS
     tolerance_seconds: int = signing.TOLERANCE_SECONDS
     max_attempts: int = outbox.DEFAULT_MAX_ATTEMPTS
     # When set, GET /metrics asks for ``Authorization: Bearer <token>``.
@@ -208,7 +218,7 @@ class Receiver:
         body, verified = self._verified_body(environ, self.config.max_batch_bytes)
         document = _parse_json(body)
         try:
-            events = catalog.parse_batch(document, max_events=self.config.max_batch_events)
+            events = parse_batch(document, max_events=self.config.max_batch_events)
         except BatchTooLarge as exc:
             raise Refusal(413, str(exc), "too_large") from None
         except EnvelopeError as exc:
@@ -217,7 +227,7 @@ class Receiver:
         stored = self._store_batch(events, batch_key, verified)
         return BatchAccepted([_batch_result(event, stored.get(i)) for i, event in enumerate(events)])
 
-    def _store(self, envelope: catalog.Envelope, key: str, verified: signing.Verified) -> Accepted:
+    def _store(self, envelope: Envelope, key: str, verified: signing.Verified) -> Accepted:
         result = self._with_database(
             lambda cursor: outbox.record_event(
                 cursor,
@@ -231,7 +241,7 @@ class Receiver:
         return Accepted(str(result.event_id), envelope.event_type, result.duplicate)
 
     def _store_batch(
-        self, events: list[catalog.BatchEvent], batch_key: str, verified: signing.Verified
+        self, events: list[BatchEvent], batch_key: str, verified: signing.Verified
     ) -> dict[int, outbox.InsertResult]:
         """Store the batch's valid events in one statement; their results by position."""
         valid = [(i, event) for i, event in enumerate(events) if event.envelope is not None]
@@ -373,31 +383,31 @@ def _signature_headers(environ: Mapping[str, Any]) -> dict[str, str]:
 
 def _parse_json(body: bytes) -> Any:
     """The body's JSON, numbers exact (see core.exact_json): what was signed is what is kept."""
-    if exact_json.nests_deeper_than(body, catalog.MAX_BODY_DEPTH):
-        raise Refusal(400, catalog.BODY_TOO_DEEP, "bad_request")
+    if exact_json.nests_deeper_than(body, MAX_BODY_DEPTH):
+        raise Refusal(400, BODY_TOO_DEEP, "bad_request")
     try:
         return exact_json.loads(body.decode("utf-8"))
     except (UnicodeDecodeError, ValueError, RecursionError):
         raise Refusal(400, "body is not valid UTF-8 JSON", "bad_request") from None
 
 
-def _parse_envelope(document: Any) -> catalog.Envelope:
+def _parse_envelope(document: Any) -> Envelope:
     try:
-        return catalog.parse_envelope(document)
+        return parse_envelope(document)
     except EnvelopeError as exc:
         raise Refusal(400, str(exc), "bad_request") from None
     except RecursionError:
-        raise Refusal(400, catalog.TOO_DEEP, "bad_request") from None
+        raise Refusal(400, TOO_DEEP, "bad_request") from None
 
 
 def _idempotency_key(environ: Mapping[str, Any]) -> str:
     try:
-        return catalog.check_idempotency_key(environ.get("HTTP_X_IDEMPOTENCY_KEY"))
+        return check_idempotency_key(environ.get("HTTP_X_IDEMPOTENCY_KEY"))
     except EnvelopeError as exc:
         raise Refusal(400, str(exc), "bad_request") from None
 
 
-def _batch_result(event: catalog.BatchEvent, stored: outbox.InsertResult | None) -> dict[str, str]:
+def _batch_result(event: BatchEvent, stored: outbox.InsertResult | None) -> dict[str, str]:
     if stored is None:
         return {"status": "refused", "error": event.refusal or "not stored"}
     status = "duplicate" if stored.duplicate else "stored"

@@ -13,16 +13,10 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from ..core.catalog import (
-    MAX_BATCH_EVENTS,
-    Envelope,
-    batch_body,
-    batch_url,
-    lookup,
-    new_envelope,
-    parse_batch,
-    parse_envelope,
-)
+from ..core.batch import batch_body, batch_url, parse_batch
+from ..core.catalog import lookup
+from ..core.contract import MAX_BATCH_EVENTS
+from ..core.envelope import Envelope, new_envelope, parse_envelope
 from ..core.errors import ConfigurationError, EnvelopeError, IpaiBusError
 from ..core.samples import sample_envelope
 from ..core.settings import Settings, active_secrets

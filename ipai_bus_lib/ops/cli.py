@@ -10,8 +10,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .. import __version__
-from ..core.catalog import MAX_BATCH_EVENTS
-from ..core.errors import ConfigurationError, DatabaseUnavailable, InvalidArgument, IpaiBusError
+from ..core.contract import MAX_BATCH_EVENTS
+from ..core.errors import (
+    ConfigurationError,
+    DatabaseUnavailable,
+    InvalidArgument,
+    InvalidInput,
+    IpaiBusError,
+)
 from ..core.settings import Settings, active_secrets
 from ..storage.database_location import database_url, embedded_cluster, running_database_url
 from .operator_cli import add_operator_commands
@@ -391,7 +397,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigurationError as exc:
         print(f"ipai-bus: configuration error: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    except InvalidArgument as exc:
+    except (InvalidInput, InvalidArgument) as exc:
         print(f"ipai-bus: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except DatabaseUnavailable as exc:

@@ -10,7 +10,7 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
-from ..core.catalog import Envelope
+from ..core.envelope import Envelope
 from ..core.samples import all_samples
 from ..core.settings import Settings
 from ..delivery.formatters import format_event

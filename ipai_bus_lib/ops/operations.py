@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from ..core.errors import InvalidArgument
+from ..core.errors import InvalidInput
 from ..storage.outbox import STATUSES
 from ..storage.queries import load
 
@@ -211,13 +211,13 @@ def last_errors_of(cursor: Any, event_ids: list[str]) -> dict[str, str]:
 
 
 def parse_event_ids(texts: list[str]) -> list[uuid.UUID]:
-    """Event ids from the command line; raises InvalidArgument naming the first bad one."""
+    """Event ids from the command line; raises InvalidInput naming the first bad one."""
     ids = []
     for text in texts:
         try:
             ids.append(uuid.UUID(text))
         except ValueError:
-            raise InvalidArgument(f"{text!r} is not an event id (a UUID)") from None
+            raise InvalidInput(f"{text!r} is not an event id (a UUID)") from None
     return ids
 
 

@@ -13,7 +13,7 @@ from datetime import timedelta
 from typing import Any
 
 from ..core import exact_json
-from ..core.errors import ConfigurationError, InvalidArgument
+from ..core.errors import ConfigurationError, InvalidInput
 from ..core.settings import Settings
 from ..storage.db import UnreadableValue, connect, translate_error
 from . import operations
@@ -243,7 +243,7 @@ def cmd_retry(args: argparse.Namespace, settings: Settings, resolve_url: UrlReso
                 if event_id not in operations.existing_ids(cursor, explicit)
             ]
             if missing:
-                raise InvalidArgument(f"no such event: {', '.join(missing)}; nothing retried")
+                raise InvalidInput(f"no such event: {', '.join(missing)}; nothing retried")
         else:
             ids = operations.select_for_retry(
                 cursor, type_pattern=args.type, since=since, include_failed=args.include_failed

@@ -5,11 +5,13 @@ from __future__ import annotations
 from typing import Protocol
 
 from ...core.errors import IpaiBusError
-from ...storage.outbox import OutboxEvent
+from ...core.stored_event import StoredEvent
 from ..formatters import Message
 
 # A delivery's whole budget: connecting, sending, and reading the complete answer.
 DEFAULT_TIMEOUT_SECONDS = 10.0
+# How much of a peer's answer (an HTTP body, an SMTP reply) a delivery error quotes.
+MAX_ERROR_CHARS = 300
 
 
 class DeliveryFailed(IpaiBusError):
@@ -36,7 +38,7 @@ class Destination(Protocol):
     needs_message: bool
     waits_on_network: bool
 
-    def deliver(self, event: OutboxEvent, message: Message | None) -> int | None:
+    def deliver(self, event: StoredEvent, message: Message | None) -> int | None:
         """Deliver one event; returns the HTTP status (or None); raises DeliveryFailed."""
 
     def close(self) -> None:

@@ -6,7 +6,7 @@ import sys
 import threading
 from typing import Any
 
-from ...storage.outbox import OutboxEvent
+from ...core.stored_event import StoredEvent
 from ..formatters import Message
 
 
@@ -21,7 +21,7 @@ class ConsoleDestination:
         self.name = name
         self.stream = stream or sys.stdout
 
-    def deliver(self, event: OutboxEvent, message: Message | None) -> int | None:
+    def deliver(self, event: StoredEvent, message: Message | None) -> int | None:
         assert message is not None
         with self._lock:
             print(f"--- {event.event_type} {event.id}\n{message.markdown}", file=self.stream, flush=True)
@@ -40,7 +40,7 @@ class NoopDestination:
     def __init__(self, name: str = "noop") -> None:
         self.name = name
 
-    def deliver(self, event: OutboxEvent, message: Message | None) -> int | None:
+    def deliver(self, event: StoredEvent, message: Message | None) -> int | None:
         return None
 
     def close(self) -> None:

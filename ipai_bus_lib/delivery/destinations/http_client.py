@@ -20,7 +20,7 @@ from datetime import datetime, timezone
 from urllib.parse import urlsplit
 
 from ...core.watchdog import WATCHDOG, shutdown_socket
-from .base import DeliveryFailed
+from .base import MAX_ERROR_CHARS, DeliveryFailed
 
 # However long a destination asks us to wait (Retry-After), we try again within an hour.
 MAX_RETRY_AFTER_SECONDS = 3600.0
@@ -32,7 +32,6 @@ MAX_ANSWER_BYTES = 64 * 1024
 # retried. Each destination type names its set (PERMANENT_REFUSALS); a routes file may set
 # `permanent_statuses` per destination.
 HTTP_PERMANENT_REFUSALS = frozenset({400, 413, 415, 422})
-_ERROR_BODY_CHARS = 300
 MAX_ANSWER_HEAD_BYTES = 64 * 1024
 _RECV_BYTES = 65536
 
@@ -281,7 +280,7 @@ def post_json(
         raise DeliveryFailed(f"connection failed: {type(exc).__name__}: {exc}") from None
     if 200 <= status < 300:
         return status
-    detail = f"HTTP {status}: {data[:_ERROR_BODY_CHARS].decode('utf-8', 'replace').strip()}"
+    detail = f"HTTP {status}: {data[:MAX_ERROR_CHARS].decode('utf-8', 'replace').strip()}"
     if status == 429:
         raise DeliveryFailed(
             detail,

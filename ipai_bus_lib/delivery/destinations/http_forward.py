@@ -7,7 +7,7 @@ from typing import Any
 
 from ...core import exact_json
 from ...core.signing import standard_webhooks_headers
-from ...storage.outbox import OutboxEvent
+from ...core.stored_event import StoredEvent
 from ..formatters import Message
 from .base import DEFAULT_TIMEOUT_SECONDS
 from .http_client import HTTP_PERMANENT_REFUSALS, KeepAliveClient, post_json
@@ -33,7 +33,7 @@ class HttpForwardDestination:
         self.permanent = permanent
         self.client = KeepAliveClient(timeout)
 
-    def deliver(self, event: OutboxEvent, message: Message | None) -> int | None:
+    def deliver(self, event: StoredEvent, message: Message | None) -> int | None:
         body = exact_json.dumps(forward_document(event)).encode()
         headers = standard_webhooks_headers(self.secret, message_id=str(event.id), body=body)
         return post_json(self.client, self.url, body, headers, permanent=self.permanent)
@@ -42,7 +42,7 @@ class HttpForwardDestination:
         self.client.close()
 
 
-def forward_document(event: OutboxEvent) -> dict[str, Any]:
+def forward_document(event: StoredEvent) -> dict[str, Any]:
     """The JSON an HTTP forward sends: Standard Webhooks' type/timestamp/data shape."""
     return {
         "type": event.event_type,

@@ -12,11 +12,10 @@ from email.message import EmailMessage
 from typing import Any
 
 from ...core.errors import ConfigurationError
+from ...core.stored_event import StoredEvent
 from ...core.watchdog import WATCHDOG, shutdown_socket
-from ...storage.outbox import OutboxEvent
 from ..formatters import Message
-from .base import DEFAULT_TIMEOUT_SECONDS, DeliveryFailed
-from .http_client import _ERROR_BODY_CHARS
+from .base import DEFAULT_TIMEOUT_SECONDS, MAX_ERROR_CHARS, DeliveryFailed
 
 
 class EmailDestination:
@@ -48,7 +47,7 @@ class EmailDestination:
         self.username, self.password = username, password
         self.tls_context = tls_context or ssl.create_default_context()
 
-    def deliver(self, event: OutboxEvent, message: Message | None) -> int | None:
+    def deliver(self, event: StoredEvent, message: Message | None) -> int | None:
         """Send one e-mail; every byte of the SMTP session, greeting to QUIT, within the budget.
 
         Past the budget the socket is shut down; the delivery then fails (and is retried) even
@@ -78,7 +77,7 @@ class EmailDestination:
             raise DeliveryFailed(f"SMTP server did not finish within {self.timeout:g} s")
         return None
 
-    def _mail(self, event: OutboxEvent, message: Message) -> EmailMessage:
+    def _mail(self, event: StoredEvent, message: Message) -> EmailMessage:
         mail = EmailMessage()
         mail["Subject"] = f"{message.emoji} {message.title}"
         mail["From"] = self.sender
@@ -96,7 +95,7 @@ class EmailDestination:
                 exc, smtplib.SMTPAuthenticationError
             )
             return DeliveryFailed(
-                f"SMTP {exc.smtp_code}: {exc.smtp_error!r}"[:_ERROR_BODY_CHARS], retryable=not permanent
+                f"SMTP {exc.smtp_code}: {exc.smtp_error!r}"[:MAX_ERROR_CHARS], retryable=not permanent
             )
         if isinstance(exc, smtplib.SMTPRecipientsRefused):
             return DeliveryFailed(f"recipients refused: {sorted(exc.recipients)}", retryable=False)

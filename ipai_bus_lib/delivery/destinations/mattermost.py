@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from ...storage.outbox import OutboxEvent
+from ...core.stored_event import StoredEvent
 from ..formatters import Message
 from .base import DEFAULT_TIMEOUT_SECONDS
 from .http_client import KeepAliveClient, post_json
@@ -39,7 +39,7 @@ class MattermostDestination:
         }
         self.client = KeepAliveClient(timeout)
 
-    def deliver(self, event: OutboxEvent, message: Message | None) -> int | None:
+    def deliver(self, event: StoredEvent, message: Message | None) -> int | None:
         assert message is not None
         body = json.dumps({"text": message.markdown, **self.fields}).encode()
         return post_json(self.client, self.url, body, {}, permanent=self.permanent)

@@ -9,8 +9,8 @@ import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 
-from ...core.catalog import storable_text
 from ...core.errors import DatabaseUnavailable
+from ...core.storability import storable_text
 from ...storage.db import Database
 from ...storage.queries import load
 from ..destinations import CircuitBreaker, DeliveryFailed, Destination, TokenBucket

@@ -8,9 +8,9 @@ import threading
 import time
 import uuid
 
+from ...core.stored_event import StoredEvent
 from ...storage import outbox
 from ...storage.db import Database
-from ...storage.outbox import OutboxEvent
 from .config import MAX_HOLD_SECONDS, RouterConfig
 
 log = logging.getLogger("ipai_bus.router")
@@ -49,12 +49,12 @@ class LeaseKeeper:
                     "router %s: could not renew %d lease(s): %s", self.config.worker, len(held), exc
                 )
 
-    def hold(self, events: list[OutboxEvent]) -> None:
+    def hold(self, events: list[StoredEvent]) -> None:
         now = time.monotonic()
         with self._held_lock:
             self._held.update((event.id, now) for event in events)
 
-    def let_go(self, events: list[OutboxEvent]) -> None:
+    def let_go(self, events: list[StoredEvent]) -> None:
         with self._held_lock:
             for event in events:
                 self._held.pop(event.id, None)

@@ -14,9 +14,9 @@ from typing import Any
 
 from ...core.errors import DatabaseUnavailable
 from ...core.memory import FreedMemoryReturner
+from ...core.stored_event import StoredEvent
 from ...storage import outbox
 from ...storage.db import Database, connect
-from ...storage.outbox import OutboxEvent
 from ...storage.queries import load
 from ..destinations import Destination, TokenBucket
 from ..routes import RoutingTable
@@ -67,7 +67,7 @@ class Router:
         # While a full batch is planned and delivered, the next one is claimed: a backlog keeps
         # the database busy claiming, delivering's Python and settling all at once.
         self._claim_pool = ThreadPoolExecutor(1, thread_name_prefix="claim")
-        self._claimed_ahead: Future[list[OutboxEvent]] | None = None
+        self._claimed_ahead: Future[list[StoredEvent]] | None = None
         self._freed_memory = FreedMemoryReturner()
         # None until probed: whether a LISTENing connection hears the outbox's NOTIFY.
         self.notifications_arrive: bool | None = None
@@ -221,7 +221,7 @@ class Router:
             if not quietly:
                 raise  # the batch's leases run out and its events come back: nothing is lost
 
-    def _claim(self) -> list[OutboxEvent]:
+    def _claim(self) -> list[StoredEvent]:
         with self.database.transaction() as cursor:
             events = outbox.claim(
                 cursor,
@@ -232,7 +232,7 @@ class Router:
         self.leases.hold(events)
         return events
 
-    def _next_batch(self) -> list[OutboxEvent]:
+    def _next_batch(self) -> list[StoredEvent]:
         """The batch claimed ahead, else one claimed now; a full batch claims the next ahead."""
         ahead, self._claimed_ahead = self._claimed_ahead, None
         events = ahead.result() if ahead is not None else self._claim()
@@ -257,7 +257,7 @@ class Router:
         except Exception:  # noqa: BLE001 - their leases run out and they come back
             log.warning("router %s: a batch claimed ahead is left to its leases", self.config.worker)
 
-    def _claim_and_deliver(self) -> tuple[list[OutboxEvent], list[Attempt], list[OutboxEvent]]:
+    def _claim_and_deliver(self) -> tuple[list[StoredEvent], list[Attempt], list[StoredEvent]]:
         events = self._next_batch()
         if not events:
             return [], [], []

@@ -8,8 +8,8 @@ import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from ...core.stored_event import StoredEvent
 from ...storage.db import Database, UnreadableValue
-from ...storage.outbox import OutboxEvent
 from ...storage.queries import load
 from ..destinations import Destination
 from ..formatters import Message, format_event
@@ -25,7 +25,7 @@ POISON_HINT = "fix the data or the routes, then `ipai-bus retry` it (or purge it
 class Attempt:
     """One (event, destination) delivery try and how it ended."""
 
-    event: OutboxEvent
+    event: StoredEvent
     destination: str
     outcome: str = "pending"  # delivered | failed | dead | deferred | not_started
     http_status: int | None = None
@@ -48,7 +48,11 @@ class Planner:
         self.config, self.database, self.routing = config, database, routing
         self.destinations = destinations
 
-    def plan(self, events: list[OutboxEvent]) -> tuple[list[Attempt], list[OutboxEvent]]:
+    def plan(self, events: list[StoredEvent]) -> tuple[list[Attempt], list[StoredEvent]]:
+        """The attempts a claimed batch needs, one per (event, destination) not yet delivered,
+        each with its formatted message or the reason it cannot be sent (unreadable, cannot be
+        formatted); and the events no route matches. Reads which pairs an earlier attempt
+        delivered, so a retried event never reaches a destination twice."""
         by_type = {name: self.routing.route_for(name) for name in {e.event_type for e in events}}
         routes = {event.id: by_type[event.event_type] for event in events}
         # A retried event, or one with several destinations (handed back part-way by a stopping
@@ -61,7 +65,7 @@ class Planner:
             ]
         )
         attempts: list[Attempt] = []
-        unrouted: list[OutboxEvent] = []
+        unrouted: list[StoredEvent] = []
         for event in events:
             route = routes[event.id]
             if route is None:
@@ -85,7 +89,7 @@ class Planner:
             ]
         return attempts, unrouted
 
-    def _message(self, event: OutboxEvent, route: Route) -> Message | None:
+    def _message(self, event: StoredEvent, route: Route) -> Message | None:
         if not any(self.destinations[name].needs_message for name in route.destinations):
             return None
         return format_event(
@@ -104,7 +108,7 @@ class Planner:
             return {(event_id, name) for event_id, name in cursor.fetchall()}
 
 
-def unreadable_reason(event: OutboxEvent) -> str | None:
+def unreadable_reason(event: StoredEvent) -> str | None:
     """Why an event's stored data cannot be delivered (None when it can)."""
     if isinstance(event.payload, UnreadableValue):
         return f"its payload cannot be read ({event.payload.reason})"

@@ -12,11 +12,11 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
-from ...core.catalog import storable_text
 from ...core.errors import DatabaseUnavailable
+from ...core.storability import storable_text
+from ...core.stored_event import StoredEvent
 from ...storage import outbox
 from ...storage.db import Database
-from ...storage.outbox import OutboxEvent
 from ...storage.queries import load
 from .config import LATEST_EPOCH_SECONDS, RouterConfig
 from .planning import POISON_HINT, Attempt
@@ -30,8 +30,8 @@ class Verdict:
     """What one claimed event comes to after its attempts."""
 
     acked: list[uuid.UUID] = field(default_factory=list)
-    failed: list[tuple[OutboxEvent, str, float | None]] = field(default_factory=list)
-    dead: list[tuple[OutboxEvent, str]] = field(default_factory=list)
+    failed: list[tuple[StoredEvent, str, float | None]] = field(default_factory=list)
+    dead: list[tuple[StoredEvent, str]] = field(default_factory=list)
     released: list[tuple[uuid.UUID, float | None]] = field(default_factory=list)
 
     def only(self, event_id: uuid.UUID) -> Verdict:
@@ -51,15 +51,20 @@ class Settler:
         self,
         config: RouterConfig,
         database: Database,
-        on_settled: Callable[[list[OutboxEvent]], None],
+        on_settled: Callable[[list[StoredEvent]], None],
         on_recorded: Callable[[list[Attempt]], None] | None = None,
     ) -> None:
         self.config, self.database, self.on_settled = config, database, on_settled
         self.on_recorded = on_recorded
 
     def settle(
-        self, events: list[OutboxEvent], attempts: list[Attempt], unrouted: list[OutboxEvent]
+        self, events: list[StoredEvent], attempts: list[Attempt], unrouted: list[StoredEvent]
     ) -> None:
+        """Write each event's fate from its attempts in one transaction: acknowledged,
+        retried at its back-off (or a destination's Retry-After), dead with the reason, or
+        handed back unstarted; unrouted events go dead saying which route is missing. The
+        attempts are recorded beside them. A database that is away raises DatabaseUnavailable
+        (the leases run out and the events come back)."""
         verdict = judge(events, attempts)
         for event in unrouted:
             verdict.dead.append(
@@ -86,10 +91,10 @@ class Settler:
 
     def _settle_one_by_one(
         self,
-        events: list[OutboxEvent],
+        events: list[StoredEvent],
         verdict: Verdict,
         recorded: list[Attempt],
-        unrouted: list[OutboxEvent],
+        unrouted: list[StoredEvent],
     ) -> None:
         for event in events:
             try:
@@ -113,7 +118,7 @@ class Settler:
                     )
 
     def _write_verdict(
-        self, verdict: Verdict, recorded: list[Attempt], unrouted: list[OutboxEvent]
+        self, verdict: Verdict, recorded: list[Attempt], unrouted: list[StoredEvent]
     ) -> None:
         with self.database.transaction() as cursor:
             if verdict.acked:
@@ -134,7 +139,7 @@ class Settler:
             record_attempts(cursor, self.config.worker, recorded, unrouted)
 
 
-def judge(events: list[OutboxEvent], attempts: list[Attempt]) -> Verdict:
+def judge(events: list[StoredEvent], attempts: list[Attempt]) -> Verdict:
     """Each event's fate from its attempts: all delivered → ack; any dead → dead; any failed →
     retry (at the latest Retry-After); otherwise deferred or not started → handed back."""
     verdict = Verdict()
@@ -161,7 +166,7 @@ def judge(events: list[OutboxEvent], attempts: list[Attempt]) -> Verdict:
 
 
 def record_attempts(
-    cursor: Any, worker: str, attempts: Iterable[Attempt], unrouted: Iterable[OutboxEvent]
+    cursor: Any, worker: str, attempts: Iterable[Attempt], unrouted: Iterable[StoredEvent]
 ) -> None:
     """Write the batch's attempts in one round of COPY (a quarter of the router's Python time
     went to adapting seven arrays for integration.record_delivery_attempts)."""

@@ -14,7 +14,7 @@ from http.cookies import SimpleCookie
 from typing import Any
 from urllib.parse import parse_qs, urlencode
 
-from ...core.errors import DatabaseUnavailable, InvalidArgument
+from ...core.errors import DatabaseUnavailable, InvalidInput
 from ...storage.db import Database
 from .. import operations
 from . import data, pages
@@ -256,7 +256,7 @@ class Console:
             )
         try:
             ids = operations.parse_event_ids(texts)
-        except InvalidArgument as exc:
+        except InvalidInput as exc:
             raise Answer(
                 400, pages.layout("Bad request", _problem(f"{exc}; nothing was changed."))
             ) from None

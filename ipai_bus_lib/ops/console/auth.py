@@ -22,6 +22,9 @@ from pathlib import Path
 from ...core.errors import ConfigurationError
 from ...core.secret_files import config_dir, write_private_file
 
+# The console password is the console's own rule, not the webhook secret's.
+MIN_PASSWORD_LENGTH = 16
+
 SESSION_COOKIE = "ipai_console_session"
 LOGIN_COOKIE = "ipai_console_login"
 SESSION_SECONDS = 8 * 3600
@@ -45,8 +48,10 @@ def ensure_password(path: Path) -> str:
         password = path.read_text().strip()
     except OSError as exc:
         raise ConfigurationError(f"console password file {path}: {exc.strerror}") from None
-    if len(password) < 16:
-        raise ConfigurationError(f"console password file {path}: at least 16 characters, please")
+    if len(password) < MIN_PASSWORD_LENGTH:
+        raise ConfigurationError(
+            f"console password file {path}: at least {MIN_PASSWORD_LENGTH} characters, please"
+        )
     return password
 
 

@@ -9,31 +9,39 @@
 // Logs never hold the secret, the signature or the payload.
 import postgres from "npm:postgres@3.4.5";
 
+// The wire contract's numbers and patterns: the one file the Python library reads too.
+import contract from "../../../ipai_bus_lib/core/wire_contract.json" with { type: "json" };
+
 // One event: a single-event body, or one event of a batch as compact UTF-8 JSON (413 beyond).
-export const MAX_EVENT_BYTES = 256 * 1024;
+export const MAX_EVENT_BYTES: number = contract.sizes.max_event_bytes;
 export const MAX_BODY_BYTES = MAX_EVENT_BYTES;
-// One batch request (POST …/odoo-webhook/batch): at most this many events and bytes, as in
-// ipai_bus_lib.core.catalog.
-export const MAX_BATCH_EVENTS = 1000;
-export const MAX_BATCH_BYTES = 4 * 1024 * 1024;
-export const TOLERANCE_MS = 300_000;
-const MAX_DIGESTS = 8;
-export const MIN_SECRET_LENGTH = 16;
+// One batch request (POST …/odoo-webhook/batch): at most this many events and bytes.
+export const MAX_BATCH_EVENTS: number = contract.sizes.max_batch_events;
+export const MAX_BATCH_BYTES: number = contract.sizes.max_batch_bytes;
+export const TOLERANCE_MS: number = contract.signature.tolerance_seconds * 1000;
+const MAX_DIGESTS: number = contract.signature.max_digests_per_header;
+export const MIN_SECRET_LENGTH: number = contract.signature.min_secret_length;
+const TIMESTAMP = new RegExp(contract.signature.timestamp_pattern);
+const TIMESTAMP_HEADER = contract.headers.timestamp;
+const SIGNATURE_HEADER = contract.headers.signature;
+const KEY_HEADER = contract.headers.idempotency_key;
 // PostgreSQL's numeric (jsonb numbers) holds 131072 digits before the point, 16383 after.
 const MAX_NUMBER_EXPONENT = 131071;
 const MAX_NUMBER_SCALE = 16383;
 const NUMBER_OUT_OF_RANGE =
   "payload number out of range: PostgreSQL's numeric holds 1e-16383 to 1e131071";
-const MAX_TEXT = 255;
-const MAX_DEPTH = 32;
+const MAX_TEXT: number = contract.envelope.max_text_length;
+const MAX_DEPTH: number = contract.envelope.max_payload_depth;
 // A whole body may nest this deep: a batch's payloads sit three levels down ({"events": [{...}]}).
 const MAX_BODY_DEPTH = MAX_DEPTH + 3;
 const BODY_TOO_DEEP =
   `body nests deeper than ${MAX_BODY_DEPTH} levels (a payload may nest at most ${MAX_DEPTH})`;
-const EVENT_TYPE = /^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)*$/;
-const SOURCE = /^[A-Za-z0-9_.-]{1,64}$/;
-const KEY = /^[\x20-\x7e]{1,255}$/;
-const ISO = /^(\d{4})-(\d{2})-(\d{2})T(\d{2}):(\d{2}):(\d{2})(\.\d{1,9})?(Z|[+-]\d{2}:\d{2})$/;
+const EVENT_TYPE = new RegExp(contract.envelope.event_type_pattern);
+const SOURCE = new RegExp(contract.envelope.source_pattern);
+const DEFAULT_SOURCE: string = contract.envelope.default_source;
+const MAX_NUMERIC_AGGREGATE_ID: number = contract.envelope.max_numeric_aggregate_id;
+const KEY = new RegExp(contract.envelope.idempotency_key_pattern);
+const ISO = new RegExp(contract.envelope.occurred_at_pattern);
 // The u flag makes a surrogate pair one code point, so only lone surrogates match (as in Python).
 const UNSTORABLE_TEXT = /[\x00-\x1f\x7f\ud800-\udfff]/u;
 const UNSTORABLE_JSON = /[\x00\ud800-\udfff]/u;
@@ -94,12 +102,12 @@ export interface Verified {
 export async function verify(
   secrets: string[], body: Bytes, headers: Headers, now = Date.now(),
 ): Promise<Verified> {
-  const rawTimestamp = headers.get("x-ipai-timestamp");
+  const rawTimestamp = headers.get(TIMESTAMP_HEADER);
   if (rawTimestamp === null || rawTimestamp.trim() === "") {
     throw new Refusal(401, "missing x-ipai-timestamp header", "unauthorized");
   }
   const timestamp = rawTimestamp.trim();
-  if (!/^[0-9]{1,16}$/.test(timestamp)) {
+  if (!TIMESTAMP.test(timestamp)) {
     throw new Refusal(401, "x-ipai-timestamp must be integer milliseconds since the Unix epoch",
       "unauthorized");
   }
@@ -110,7 +118,7 @@ export async function verify(
   if (stamp > now + TOLERANCE_MS) {
     throw new Refusal(401, "timestamp outside the 5 minute window (in the future)", "unauthorized");
   }
-  const header = headers.get("x-ipai-signature");
+  const header = headers.get(SIGNATURE_HEADER);
   if (header === null || header.trim() === "") {
     throw new Refusal(401, "missing x-ipai-signature header", "unauthorized");
   }
@@ -170,8 +178,8 @@ function requiredText(doc: Record<string, Json>, name: string): string {
 
 // occurred_at's bounds, as in ipai_bus_lib.core.catalog: real zone offsets (-12:00 to +14:00), and a
 // moment from 0001-01-02 to 9999-12-31 in UTC, so a reader in any time zone can represent it.
-const MAX_OFFSET_MINUTES = 14 * 60;
-const MIN_OFFSET_MINUTES = -12 * 60;
+const MAX_OFFSET_MINUTES: number = contract.envelope.max_utc_offset_minutes;
+const MIN_OFFSET_MINUTES: number = contract.envelope.min_utc_offset_minutes;
 const LATEST_MS = (() => { const d = new Date(0); d.setUTCFullYear(9999, 11, 31); return d.getTime(); })();
 const EARLIEST_UTC_MS = (() => { const d = new Date(0); d.setUTCFullYear(1, 0, 2); return d.getTime(); })();
 
@@ -214,9 +222,9 @@ export function parseEnvelope(doc: Json, exact: Exact = doc): Envelope {
   const aggregateType = requiredText(doc, "aggregate_type");
   const rawId = doc["aggregate_id"];
   if (typeof rawId === "number" && Number.isInteger(rawId) &&
-    !(rawId >= 0 && rawId <= Number.MAX_SAFE_INTEGER)) {
+    !(rawId >= 0 && rawId <= MAX_NUMERIC_AGGREGATE_ID)) {
     throw badRequest("aggregate_id sent as a number must be a whole number from 0 to " +
-      `${Number.MAX_SAFE_INTEGER} (send larger ids as text)`);
+      `${MAX_NUMERIC_AGGREGATE_ID} (send larger ids as text)`);
   }
   const aggregateId = typeof rawId === "number" && Number.isInteger(rawId)
     ? String(rawId) : requiredText(doc, "aggregate_id");
@@ -230,7 +238,7 @@ export function parseEnvelope(doc: Json, exact: Exact = doc): Envelope {
       " or lone surrogate");
   }
   const storedPayload = exactPayload(exact);
-  const source = "source" in doc ? doc["source"] : "odoo";
+  const source = "source" in doc ? doc["source"] : DEFAULT_SOURCE;
   if (typeof source !== "string" || !SOURCE.test(source)) {
     throw badRequest("source must be 1-64 characters of [A-Za-z0-9_.-]");
   }
@@ -451,7 +459,7 @@ async function verifiedBody(req: Request, limit: number) {
 }
 
 function idempotencyKey(req: Request): string {
-  const key = req.headers.get("x-idempotency-key");
+  const key = req.headers.get(KEY_HEADER);
   if (key === null || !KEY.test(key)) {
     throw badRequest("x-idempotency-key header must be 1-255 printable ASCII characters");
   }
