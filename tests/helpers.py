@@ -168,7 +168,7 @@ def event_body(key_suffix: str = "1", **changes: Any) -> bytes:
 
 
 def signed(
-    body: bytes, *, key: str, secret: str = PRIMARY_SECRET, timestamp_ms: int | None = None
+    body: bytes, *, key: str | None, secret: str = PRIMARY_SECRET, timestamp_ms: int | None = None
 ) -> dict[str, str]:
     return signing.signature_headers(secret, body, idempotency_key=key, timestamp_ms=timestamp_ms)
 

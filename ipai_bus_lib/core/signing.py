@@ -59,18 +59,22 @@ def signature_headers(
     secrets: Secret | Sequence[Secret],
     body: bytes,
     *,
-    idempotency_key: str,
+    idempotency_key: str | None,
     timestamp_ms: int | None = None,
 ) -> dict[str, str]:
-    """The headers of a signed request; several secrets give several comma-separated digests."""
+    """The headers of a signed request; several secrets give several comma-separated digests.
+    ``idempotency_key`` is the event's key on the single-event path, None on the batch path
+    (each event's key is in the body)."""
     keys = [secrets] if isinstance(secrets, (str, bytes)) else list(secrets)
     stamp = now_ms() if timestamp_ms is None else timestamp_ms
-    return {
+    headers = {
         "Content-Type": "application/json",
         TIMESTAMP_HEADER: str(stamp),
         SIGNATURE_HEADER: ",".join(sign(key, body, timestamp_ms=stamp) for key in keys),
-        IDEMPOTENCY_KEY_HEADER: idempotency_key,
     }
+    if idempotency_key is not None:
+        headers[IDEMPOTENCY_KEY_HEADER] = idempotency_key
+    return headers
 
 
 def parse_timestamp(header: str | None) -> int:

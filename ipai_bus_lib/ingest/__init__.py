@@ -1,2 +1,2 @@
-"""Ingest: the signed webhook receiver, its HTTP front and metrics, and the sender that signs and
-posts events to it."""
+"""Ingest: the signed webhook receiver, its HTTP front and metrics (the sender that posts to it
+is core/sender.py, shared with the Odoo addon)."""

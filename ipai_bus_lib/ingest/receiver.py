@@ -223,8 +223,9 @@ class Receiver:
             raise Refusal(413, str(exc), "too_large") from None
         except EnvelopeError as exc:
             raise Refusal(400, str(exc), "bad_request") from None
-        batch_key = _idempotency_key(environ)
-        stored = self._store_batch(events, batch_key, verified)
+        # Each event's key is in the signed body: the batch is named by its signature, and an
+        # x-idempotency-key header (senders before 0.2 sent one) means nothing here.
+        stored = self._store_batch(events, verified.fingerprint, verified)
         return BatchAccepted([_batch_result(event, stored.get(i)) for i, event in enumerate(events)])
 
     def _store(self, envelope: Envelope, key: str, verified: signing.Verified) -> Accepted:
@@ -241,7 +242,7 @@ class Receiver:
         return Accepted(str(result.event_id), envelope.event_type, result.duplicate)
 
     def _store_batch(
-        self, events: list[BatchEvent], batch_key: str, verified: signing.Verified
+        self, events: list[BatchEvent], batch_name: str, verified: signing.Verified
     ) -> dict[int, outbox.InsertResult]:
         """Store the batch's valid events in one statement; their results by position."""
         valid = [(i, event) for i, event in enumerate(events) if event.envelope is not None]
@@ -252,7 +253,7 @@ class Receiver:
             lambda cursor: outbox.record_batch(
                 cursor,
                 items,  # type: ignore[arg-type]  # valid events have both
-                batch_key=batch_key,
+                batch_key=batch_name,
                 signature_digest=verified.fingerprint,
                 signed=verified,
                 max_attempts=self.config.max_attempts,

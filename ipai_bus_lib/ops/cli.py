@@ -258,7 +258,7 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_send(args: argparse.Namespace, settings: Settings) -> int:
-    from ..ingest.sender import send_from_arguments
+    from .send import send_from_arguments
 
     return send_from_arguments(args, settings)
 

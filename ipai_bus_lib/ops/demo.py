@@ -12,13 +12,14 @@ from typing import Any
 
 from ..core.envelope import Envelope
 from ..core.samples import all_samples
+from ..core.sender import post_event
 from ..core.settings import Settings
 from ..delivery.formatters import format_event
 from ..ingest.receiver import READY_PATH
-from ..ingest.sender import post_event, receiver_url, signing_secret
 from ..storage.database_location import running_database_url
 from ..storage.db import connect
 from . import operations
+from .send import receiver_url, signing_secret
 from .stack import Stack, receiver_healthy
 
 

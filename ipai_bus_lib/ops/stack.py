@@ -23,8 +23,8 @@ from ..core.errors import ConfigurationError, IpaiBusError
 from ..core.secret_files import ensure_secret_file
 from ..core.settings import Settings, generated_secret_file, read_secret_file
 from ..ingest.receiver import READY_PATH
-from ..ingest.sender import receiver_url
 from ..storage.migrator import migrate
+from .send import receiver_url
 
 RESTARTS_ALLOWED = 5
 RESTART_WINDOW_SECONDS = 60.0

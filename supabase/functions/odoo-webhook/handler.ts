@@ -481,7 +481,9 @@ async function acceptBatch(req: Request): Promise<BatchResult[]> {
   const { body, signed } = await verifiedBody(req, MAX_BATCH_BYTES);
   const { doc, exact } = parseJson(body);
   const events = parseBatch(doc, exact);
-  const batchKey = idempotencyKey(req);
+  // Each event's key is in the signed body: the batch is named by its signature, and an
+  // x-idempotency-key header (senders before 0.2 sent one) means nothing here.
+  const batchKey = signed.fingerprint;
   const valid = events.flatMap((event, position) => "refusal" in event ? [] : [{ ...event, position }]);
   const stored = new Map<number, { event_id: string; duplicate: boolean }>();
   if (valid.length > 0) {

@@ -1,5 +1,5 @@
-"""Sending signed events to a receiver, one or a batch at a time: `ipai-bus send`, the demo,
-and scripts."""
+"""`ipai-bus send`: the events it was asked for (flags, a file, samples, a load), posted through
+the one sender (core/sender.py), with the local receiver's URL and secret as defaults."""
 
 from __future__ import annotations
 
@@ -7,25 +7,18 @@ import argparse
 import dataclasses
 import json
 import time
-import urllib.error
-import urllib.request
 import uuid
 from pathlib import Path
-from typing import Any
 
-from ..core.batch import batch_body, batch_url, parse_batch
+from ..core.batch import parse_batch
 from ..core.catalog import lookup
 from ..core.contract import MAX_BATCH_EVENTS
 from ..core.envelope import Envelope, new_envelope, parse_envelope
 from ..core.errors import ConfigurationError, EnvelopeError, IpaiBusError
 from ..core.samples import sample_envelope
+from ..core.sender import ReceiverUnreachable, post_batch, post_event
 from ..core.settings import Settings, active_secrets
-from ..core.signing import signature_headers
-from .receiver import WEBHOOK_PATH
-
-
-class ReceiverUnreachable(IpaiBusError):
-    """No receiver answered at the URL."""
+from ..ingest.receiver import WEBHOOK_PATH
 
 
 def receiver_url(settings: Settings, path: str = WEBHOOK_PATH) -> str:
@@ -42,49 +35,6 @@ def signing_secret(settings: Settings) -> str:
         "no webhook secret: set IPAI_WEBHOOK_SECRET, or run `ipai-bus up` once to make one",
         setting="IPAI_WEBHOOK_SECRET",
     )
-
-
-def post_event(
-    url: str, envelope: Envelope, *, secret: str, key: str, timeout: float = 10.0
-) -> tuple[int, dict[str, Any]]:
-    """Sign and POST one envelope; returns the HTTP status and the receiver's JSON answer."""
-    return _post_signed(url, envelope.to_bytes(), secret=secret, key=key, timeout=timeout)
-
-
-def post_batch(
-    url: str,
-    events: list[tuple[Envelope, str]],
-    *,
-    secret: str,
-    batch_key: str | None = None,
-    timeout: float = 30.0,
-) -> tuple[int, dict[str, Any]]:
-    """Sign and POST (envelope, idempotency key) pairs as one batch to the receiver's batch
-    path (``url`` is the webhook's); returns the status and the answer, a result per event."""
-    key = batch_key or f"batch:{uuid.uuid4()}"
-    return _post_signed(batch_url(url), batch_body(events), secret=secret, key=key, timeout=timeout)
-
-
-def _post_signed(
-    url: str, body: bytes, *, secret: str, key: str, timeout: float
-) -> tuple[int, dict[str, Any]]:
-    request = urllib.request.Request(
-        url, data=body, method="POST", headers=signature_headers(secret, body, idempotency_key=key)
-    )
-    try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310
-            return response.status, json.loads(response.read() or b"{}")
-    except urllib.error.HTTPError as answer:
-        try:
-            document = json.loads(answer.read() or b"{}")
-        except ValueError:
-            document = {"ok": False, "error": f"HTTP {answer.code} (not JSON)"}
-        return answer.code, document
-    except (urllib.error.URLError, OSError) as exc:
-        reason = getattr(exc, "reason", exc)
-        raise ReceiverUnreachable(
-            f"no receiver at {url}: {reason} (is `ipai-bus up` running?)"
-        ) from None
 
 
 def envelope_from_arguments(args: argparse.Namespace) -> Envelope:
@@ -187,7 +137,15 @@ def send_load(url: str, envelope: Envelope, *, count: int, batch_size: int, secr
 
 
 def send_from_arguments(args: argparse.Namespace, settings: Settings) -> int:
+    """`ipai-bus send`: post what the arguments ask for; returns the exit code."""
     url = args.url or receiver_url(settings)
+    try:
+        return _send(args, settings, url)
+    except ReceiverUnreachable as exc:
+        raise IpaiBusError(f"{exc} (is `ipai-bus up` running?)") from None
+
+
+def _send(args: argparse.Namespace, settings: Settings, url: str) -> int:
     secret = signing_secret(settings)
     batch = batch_from_file(args.file) if args.file else None
     if batch is not None:
@@ -195,7 +153,11 @@ def send_from_arguments(args: argparse.Namespace, settings: Settings) -> int:
             raise ConfigurationError(
                 f"{args.file} holds {len(batch)} events: at most {MAX_BATCH_EVENTS}"
             )
-        status, answer = post_batch(url, batch, secret=secret, batch_key=args.key)
+        if args.key:
+            raise ConfigurationError(
+                f"--key names one event's key; the events of {args.file} carry their own"
+            )
+        status, answer = post_batch(url, batch, secret=secret)
         print(f"HTTP {status} {json.dumps(answer)}")
         return 0 if status == 200 and not answer.get("refused") else 1
     envelope = envelope_from_arguments(args)
