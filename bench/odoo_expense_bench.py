@@ -19,6 +19,7 @@ No HTTP call to the bus happens on either path: posting is the dispatch cron's j
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import socket
@@ -28,6 +29,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import psycopg2
@@ -255,11 +257,11 @@ def report(title: str, without: dict, with_addon: dict) -> None:
     )
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--runs", type=int, default=300)
-    args = parser.parse_args()
-    with tempfile.TemporaryDirectory(prefix="ipai-odoo-bench-") as home:
+@contextlib.contextmanager
+def odoo_cluster(prefix: str = "ipai-odoo-bench-") -> Iterator[str]:
+    """A throw-away durable embedded PostgreSQL with Odoo's role; yields its port."""
+    with tempfile.TemporaryDirectory(prefix=prefix) as home:
+        os.chmod(home, 0o711)  # the embedded server's user must reach its data directory
         cluster = EmbeddedPostgres(Path(home))  # durable defaults
         url = cluster.ensure_running()
         try:
@@ -267,15 +269,22 @@ def main() -> None:
             conn.autocommit = True
             conn.cursor().execute(f"create role {ROLE} login createdb password %s", (PASSWORD,))
             conn.close()
-            port = str(cluster.port())
-            databases = [
-                create_database(port, "hr_expense,maintenance"),
-                create_database(port, "ipai_enterprise_bridge"),
-            ]
-            requests_timed = as_the_user_submits(port, databases, args.runs)
-            transactions_timed = [in_transaction(database, args.runs) for database in databases]
+            yield str(cluster.port())
         finally:
             cluster.stop()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=300)
+    args = parser.parse_args()
+    with odoo_cluster() as port:
+        databases = [
+            create_database(port, "hr_expense,maintenance"),
+            create_database(port, "ipai_enterprise_bridge"),
+        ]
+        requests_timed = as_the_user_submits(port, databases, args.runs)
+        transactions_timed = [in_transaction(database, args.runs) for database in databases]
     print(
         f"Odoo 18 at {ODOO_PATH}; {args.runs} submissions of a 2-line report each; "
         f"{os.cpu_count()} cores; PostgreSQL durable (fsync on)"

@@ -17,17 +17,12 @@ import json
 import os
 import statistics
 import sys
-import tempfile
 from pathlib import Path
-
-import psycopg2
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from odoo_expense_bench import ODOO_PATH, PASSWORD, ROLE, create_database, odoo  # noqa: E402
-
-from ipai_bus_lib.storage.embedded import EmbeddedPostgres  # noqa: E402
+from odoo_expense_bench import ODOO_PATH, create_database, odoo, odoo_cluster  # noqa: E402
 
 SHELL_SCRIPT = """
 import json, time
@@ -72,19 +67,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=300)
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory(prefix="ipai-wake-bench-") as home:
-        os.chmod(home, 0o711)  # the embedded server's user must reach its data directory
-        cluster = EmbeddedPostgres(Path(home))  # durable defaults
-        url = cluster.ensure_running()
-        try:
-            conn = psycopg2.connect(url)
-            conn.autocommit = True
-            conn.cursor().execute(f"create role {ROLE} login createdb password %s", (PASSWORD,))
-            conn.close()
-            database = create_database(str(cluster.port()), "ipai_enterprise_bridge")
-            output = odoo(database, "shell", "--log-level=warn", stdin=SHELL_SCRIPT % vars(args))
-        finally:
-            cluster.stop()
+    with odoo_cluster("ipai-wake-bench-") as port:
+        database = create_database(port, "ipai_enterprise_bridge")
+        output = odoo(database, "shell", "--log-level=warn", stdin=SHELL_SCRIPT % vars(args))
     line = next(line for line in output.splitlines() if line.startswith("RESULT "))
     timings = json.loads(line.removeprefix("RESULT "))
     baseline = statistics.median(timings["none"])

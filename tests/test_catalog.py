@@ -157,3 +157,18 @@ def test_every_type_has_its_emoji_title_link_and_a_valid_sample():
         assert sample.payload[spec.domain.link_field] is not None, name
     with pytest.raises(EnvelopeError):
         catalog.FINANCE_TASK.event_type("archived")
+
+
+def test_names_that_left_the_catalog_still_import_from_it_with_a_warning():
+    """Addons of the previous release import these from core.catalog: the upgrade installs
+    the library first, so they must resolve, to the one object now kept elsewhere."""
+    from ipai_bus_lib.core import batch, contract
+
+    with pytest.warns(DeprecationWarning, match="moved to ipai_bus_lib.core.envelope"):
+        assert catalog.Envelope is envelopes.Envelope
+    with pytest.warns(DeprecationWarning):
+        assert catalog.SOURCE_PATTERN is contract.SOURCE_PATTERN
+    with pytest.warns(DeprecationWarning):
+        assert catalog.parse_batch_event is batch.parse_batch_event
+    with pytest.raises(AttributeError, match="no attribute 'Nothing'"):
+        catalog.Nothing  # noqa: B018

@@ -6,6 +6,8 @@ module; nothing else lists the event types or their payload fields.
 
 from __future__ import annotations
 
+import importlib
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
@@ -236,3 +238,58 @@ def build_payload(event_type: str, values: Mapping[str, Any]) -> dict[str, Any]:
             f"{event_type} payload has no field(s) {', '.join(unknown)}", field="payload"
         )
     return {name: json_value(values.get(name)) for name in spec.payload_fields}
+
+
+# Names this module held before the catalog was split by concern (release 0.1), where they
+# are now. Addons of earlier releases import them from here; an upgrade installs the library
+# before the addons it serves, so they resolve, with a DeprecationWarning, until the next release.
+_MOVED = {
+    **dict.fromkeys(
+        (
+            "BATCH_PATH_SUFFIX",
+            "DEFAULT_SOURCE",
+            "EVENT_TYPE_PATTERN",
+            "IDEMPOTENCY_KEY_PATTERN",
+            "ISO_DATETIME_PATTERN",
+            "MAX_BATCH_BYTES",
+            "MAX_BATCH_EVENTS",
+            "MAX_EVENT_BYTES",
+            "MAX_NUMERIC_AGGREGATE_ID",
+            "MAX_PAYLOAD_DEPTH",
+            "MAX_TEXT_FIELD_LENGTH",
+            "SOURCE_PATTERN",
+        ),
+        "contract",
+    ),
+    **dict.fromkeys(
+        (
+            "BODY_TOO_DEEP",
+            "MAX_BODY_DEPTH",
+            "TOO_DEEP",
+            "Envelope",
+            "check_idempotency_key",
+            "new_envelope",
+            "parse_envelope",
+        ),
+        "envelope",
+    ),
+    **dict.fromkeys(
+        ("BatchEvent", "batch_body", "batch_url", "parse_batch", "parse_batch_event"), "batch"
+    ),
+    **dict.fromkeys(("is_storable", "storable_text"), "storability"),
+    **dict.fromkeys(("EARLIEST_OCCURRED_AT", "LATEST_OCCURRED_AT", "MAX_UTC_OFFSET"), "moments"),
+    "idempotency_key": "odoo_key",
+}
+
+
+def __getattr__(name: str) -> Any:
+    """A name that moved out of this module (see _MOVED), from its new home."""
+    if name not in _MOVED:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    home = f"{__package__}.{_MOVED[name]}"
+    warnings.warn(
+        f"{__name__}.{name} moved to {home}; import it from there",
+        DeprecationWarning,
+        stacklevel=2,
+    )
+    return getattr(importlib.import_module(home), name)

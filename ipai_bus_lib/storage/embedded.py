@@ -25,6 +25,9 @@ from urllib.parse import quote
 
 from ..core.errors import EmbeddedPostgresError
 from ..core.secret_files import write_private_file
+from .queries import load
+
+SQL = load("embedded")
 
 SUPERUSER = "postgres"
 RECEIVER_ROLE = "ipai_bus_receiver"
@@ -130,15 +133,17 @@ class EmbeddedPostgres:
             write_private_file(password_file, secrets.token_urlsafe(24) + "\n")
         password = password_file.read_text().strip()
         import psycopg2
+        from psycopg2 import sql
 
         conn = psycopg2.connect(self.url(database))
         conn.autocommit = True
         try:
             with conn.cursor() as cursor:
-                cursor.execute("select 1 from pg_roles where rolname = %s", (login,))
-                verb = "alter" if cursor.fetchone() else "create"
-                cursor.execute(f"{verb} role {login} login password %s", (password,))
-                cursor.execute(f"grant {member_of} to {login}")
+                cursor.execute(SQL["role_exists"], {"role": login})
+                statement = "alter_login" if cursor.fetchone() else "create_login"
+                names = {"login": sql.Identifier(login), "member_of": sql.Identifier(member_of)}
+                cursor.execute(sql.SQL(SQL[statement]).format(**names), {"password": password})
+                cursor.execute(sql.SQL(SQL["grant_membership"]).format(**names))
         finally:
             conn.close()
         return f"postgresql://{login}:{quote(password, safe='')}@127.0.0.1:{self.port()}/{database}"

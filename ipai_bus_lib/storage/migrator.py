@@ -16,27 +16,20 @@ from typing import TYPE_CHECKING, Any
 
 import psycopg2
 import psycopg2.errors
+from psycopg2 import sql
 
 from ..core.errors import MigrationError
 from .db import connect, translate_error
+from .queries import load
 
 if TYPE_CHECKING:
     from importlib.abc import Traversable
 
 SUPABASE_ROLES = ("anon", "authenticated", "service_role")
-# Any constant will do: it keeps two runners (two `ipai-bus up`) from migrating at once.
 _MIGRATION_LOCK_KEY = 0x1BA1_B05
 _FILE_NAME = re.compile(r"^(\d{14})_([a-z0-9_]+)\.sql$")
 
-_CREATE_LEDGER = """
-create schema if not exists integration;
-create table if not exists integration.schema_migrations (
-    version    text primary key,
-    name       text not null,
-    checksum   text not null,
-    applied_at timestamptz not null default now()
-);
-"""
+SQL = load("migrator")
 
 
 @dataclass(frozen=True)
@@ -89,10 +82,10 @@ def _migrate(conn: Any) -> list[str]:
     applied_now = []
     try:
         with conn, conn.cursor() as cursor:
-            cursor.execute("select pg_advisory_lock(%s)", (_MIGRATION_LOCK_KEY,))
+            cursor.execute(SQL["lock"], {"key": _MIGRATION_LOCK_KEY})
         ensure_supabase_roles(conn)
         with conn, conn.cursor() as cursor:
-            cursor.execute(_CREATE_LEDGER)
+            cursor.execute(SQL["create_ledger"])
         recorded = _recorded_checksums(conn)
         for migration in available_migrations():
             if _already_applied(migration, recorded):
@@ -108,24 +101,23 @@ def ensure_supabase_roles(conn: Any) -> None:
     """Create anon, authenticated and service_role when missing (a plain PostgreSQL)."""
     with conn, conn.cursor() as cursor:
         for role in SUPABASE_ROLES:
-            cursor.execute("select 1 from pg_roles where rolname = %s", (role,))
+            cursor.execute(SQL["role_exists"], {"role": role})
             if cursor.fetchone() is None:
                 # Roles are cluster-wide: another database's runner may create it first.
-                cursor.execute("savepoint create_role")
+                cursor.execute(SQL["savepoint"])
                 try:
-                    cursor.execute(f'create role "{role}" nologin')
+                    cursor.execute(sql.SQL(SQL["create_nologin_role"]).format(role=sql.Identifier(role)))
                 except (psycopg2.errors.DuplicateObject, psycopg2.errors.UniqueViolation):
-                    cursor.execute("rollback to savepoint create_role")
+                    cursor.execute(SQL["rollback_to_savepoint"])
 
 
 def _recorded_checksums(conn: Any) -> dict[str, str]:
     with conn, conn.cursor() as cursor:
-        cursor.execute("select version, checksum from integration.schema_migrations")
+        cursor.execute(SQL["recorded_checksums"])
         recorded = dict(cursor.fetchall())
-        # Applied by `supabase db push` instead: Supabase keeps its own ledger.
-        cursor.execute("select to_regclass('supabase_migrations.schema_migrations') is not null")
+        cursor.execute(SQL["has_supabase_ledger"])  # applied by `supabase db push` instead
         if cursor.fetchone()[0]:
-            cursor.execute("select version from supabase_migrations.schema_migrations")
+            cursor.execute(SQL["supabase_versions"])
             for (version,) in cursor.fetchall():
                 recorded.setdefault(version, "")
     return recorded
@@ -148,9 +140,8 @@ def _apply(conn: Any, migration: Migration) -> None:
         with conn, conn.cursor() as cursor:
             cursor.execute(migration.sql)
             cursor.execute(
-                "insert into integration.schema_migrations (version, name, checksum)"
-                " values (%s, %s, %s)",
-                (migration.version, migration.name, migration.checksum),
+                SQL["record_migration"],
+                {"version": migration.version, "name": migration.name, "checksum": migration.checksum},
             )
     except psycopg2.Error as exc:
         raise MigrationError(

@@ -56,50 +56,34 @@ class HrExpenseSheet(models.Model):
             ],
         )
 
-    # --- paid: payment_state is computed, so the change is seen here and emitted at commit ------
+    # --- paid: one rule (_ipai_emit_paid); the compute and the cron only propose sheets -------
 
     def _compute_from_account_move_ids(self):
-        field = self._fields["payment_state"]
-        known_before = {sheet.id: self.env.cache.get(sheet, field, None) for sheet in self}
+        """payment_state is computed here: a sheet that comes out paid is proposed for
+        expense.paid at commit, when its payment is final (a recompute of one already
+        announced proposes it again, and _ipai_emit_paid finds nothing left to announce)."""
         super()._compute_from_account_move_ids()
-        paid_now = [sheet.id for sheet in self if sheet.id and sheet.payment_state == "paid"]
-        if not paid_now:
-            return  # the common case (e.g. a submission) costs no query
-        stored = self._ipai_stored_payment_states(
-            [sheet_id for sheet_id in paid_now if known_before[sheet_id] is None]
-        )
-        newly_paid = {
-            sheet_id
-            for sheet_id in paid_now
-            if (known_before[sheet_id] or stored.get(sheet_id)) != "paid"
-        }
-        if newly_paid:
+        paid = [sheet.id for sheet in self if sheet.id and sheet.payment_state == "paid"]
+        if paid:
             pending = self.env.cr.precommit.data.setdefault(PAID_PRECOMMIT_KEY, set())
             if not pending:
                 self.env.cr.precommit.add(self._ipai_emit_paid_at_commit)
-            pending.update(newly_paid)
-
-    def _ipai_stored_payment_states(self, ids):
-        """payment_state as last written to the table, for sheets the cache knew nothing of."""
-        ids = [sheet_id for sheet_id in ids if isinstance(sheet_id, int)]
-        if not ids:
-            return {}
-        self.env.cr.execute("SELECT id, payment_state FROM hr_expense_sheet WHERE id = ANY(%s)", (ids,))
-        return dict(self.env.cr.fetchall())
+            pending.update(paid)
 
     def _ipai_emit_paid_at_commit(self):
         ids = self.env.cr.precommit.data.pop(PAID_PRECOMMIT_KEY, set())
-        sheets = self.env["hr.expense.sheet"].sudo().browse(sorted(ids)).exists()
-        sheets.filtered(lambda sheet: sheet.payment_state == "paid")._ipai_emit_paid()
+        self.env["hr.expense.sheet"].sudo().browse(sorted(ids)).exists()._ipai_emit_paid()
 
     def _ipai_emit_paid(self):
-        """expense.paid once per expense line, ever (the line records it), dated when the
-        payment was made: the cron and the compute share this."""
+        """The one place that decides expense.paid: each expense line of a report whose
+        payment_state is paid gets it once, ever (the line records it), dated when the
+        payment was made."""
+        paid = self.filtered(lambda sheet: sheet.payment_state == "paid")
         lines_of = {
             sheet.id: sheet.expense_line_ids.filtered(lambda line: not line.ipai_paid_announced)
-            for sheet in self
+            for sheet in paid
         }
-        unannounced = self.filtered(lambda sheet: lines_of[sheet.id])
+        unannounced = paid.filtered(lambda sheet: lines_of[sheet.id])
         unannounced._ipai_emit(
             EXPENSE.event_type("paid"),
             lines_of=lines_of,
@@ -107,7 +91,7 @@ class HrExpenseSheet(models.Model):
         )
         announced = self.env["hr.expense"].union(*lines_of.values())
         if announced:
-            # SQL, not the ORM: this runs in a pre-commit hook, after the ORM's last flush.
+            # SQL, not the ORM: at commit this runs after the ORM's last flush.
             self.env.cr.execute(
                 "UPDATE hr_expense SET ipai_paid_announced = TRUE WHERE id = ANY(%s)", (announced.ids,)
             )
@@ -123,16 +107,12 @@ class HrExpenseSheet(models.Model):
 
     @api.model
     def _cron_detect_paid_expenses(self, limit=500):
-        """Safety net: paid sheets with lines not yet announced get expense.paid for them."""
-        self.env.flush_all()  # the query below reads the tables, not the ORM cache
-        self.env.cr.execute(
-            """
-            SELECT DISTINCT sheet.id FROM hr_expense_sheet sheet
-              JOIN hr_expense line ON line.sheet_id = sheet.id
-             WHERE sheet.payment_state = 'paid' AND line.ipai_paid_announced IS NOT TRUE
-             ORDER BY sheet.id LIMIT %s""",
-            (limit,),
+        """Safety net for payments the compute did not see (e.g. written by SQL): proposes
+        paid sheets with a line not yet announced. Returns how many it proposed."""
+        sheets = self.sudo().search(
+            [("payment_state", "=", "paid"), ("expense_line_ids.ipai_paid_announced", "=", False)],
+            order="id",
+            limit=limit,
         )
-        sheets = self.sudo().browse([row[0] for row in self.env.cr.fetchall()])
         sheets._ipai_emit_paid()
         return len(sheets)

@@ -4,7 +4,8 @@ from odoo import api, fields, models
 from odoo.exceptions import UserError
 from odoo.tools.misc import format_datetime
 
-from ipai_bus_lib.core.catalog import SOURCE_PATTERN, Envelope
+from ipai_bus_lib.core.contract import MIN_SECRET_LENGTH, SOURCE_PATTERN
+from ipai_bus_lib.core.envelope import Envelope
 
 from ..utils.ipai_webhook import SECRET_PARAMETER, DeliveryError, post_event
 
@@ -34,8 +35,8 @@ class ResConfigSettings(models.TransientModel):
     ipai_webhook_secret = fields.Char(
         string="New webhook secret",
         groups="base.group_system",
-        help="Type a secret to set or replace it (at least 16 characters). The stored one is never "
-        "shown; leave this empty to keep it.",
+        help=f"Type a secret to set or replace it (at least {MIN_SECRET_LENGTH} characters). The "
+        "stored one is never shown; leave this empty to keep it.",
     )
     ipai_webhook_secret_status = fields.Char(
         string="Webhook secret", compute="_compute_ipai_webhook_secret_status"
@@ -91,11 +92,12 @@ class ResConfigSettings(models.TransientModel):
                     )
                 )
             secret = settings.sudo().ipai_webhook_secret or ""
-            if secret and (len(secret) < 16 or "," in secret or secret != secret.strip()):
+            if secret and (len(secret) < MIN_SECRET_LENGTH or "," in secret or secret != secret.strip()):
                 raise UserError(
                     self.env._(
-                        "The IPAI webhook secret must be at least 16 characters, "
-                        "without commas or surrounding spaces."
+                        "The IPAI webhook secret must be at least %(length)s characters, "
+                        "without commas or surrounding spaces.",
+                        length=MIN_SECRET_LENGTH,
                     )
                 )
         result = super().set_values()

@@ -1,11 +1,23 @@
 """Wake Odoo's cron workers without opening a database connection on every request.
 
 Odoo's cron workers LISTEN on the ``cron_trigger`` channel of the ``postgres`` database, and
-``ir.cron._notifydb()`` sends that NOTIFY through Odoo's pool, which never keeps connections
-to ``postgres`` (``sql_db.Cursor.close``): each call opens one and authenticates, about 5 ms on
-the user's request. This module keeps one such connection per process instead, in psycopg2's
-asynchronous mode: a wake only sends the NOTIFY (the server runs it on receipt) and the answer
-is read at the next wake, so the request does not wait for a round trip either.
+``ir.cron._notifydb()`` (what ``_trigger()`` calls after commit) sends that NOTIFY through
+Odoo's pool, which never keeps connections to ``postgres`` (``sql_db.Cursor.close``): each call
+opens one and authenticates, on the user's request. This module keeps one such connection per
+process instead, in psycopg2's asynchronous mode: a wake only sends the NOTIFY (the server runs
+it on receipt) and the answer is read at the next wake, so the request does not wait for a
+round trip either. ``models/ir_cron.py`` makes it ``_notifydb()``, so the addon wakes its
+dispatcher with Odoo's own ``_trigger()``.
+
+Measured (``bench/odoo_wake_bench.py --runs 300``: a transaction writing the cron's trigger
+row, committed, on real Odoo 18 with a durable PostgreSQL on this project's 2-core machine):
+
+    trigger row, no wake-up (baseline)            median  2.28 ms
+    ir.cron._trigger() as Odoo 18 ships it        median 19.45 ms   +17.17 ms
+    the same NOTIFY on the kept connection        median  3.48 ms    +1.20 ms
+
+A submission takes about 24 ms as the user sees it: Odoo's own NOTIFY would add some 70% to it.
+The cron wakes as fast either way: the NOTIFY and the channel are the same.
 
 A failure here costs only latency: the trigger row is already committed, and the cron runs on
 its own schedule anyway.

@@ -1,28 +1,23 @@
 """Odoo's side of the wire contract: build, sign and post events with the bus library.
 
-No second implementation of the signing rule or the event catalog lives here: both come from
-ipai_bus_lib. ``send_ipai_event`` (the seed's entry point) only queues the event in Odoo's own
-outbox, in the caller's transaction; the dispatch cron posts it after commit.
+No second implementation of the signing rule, the event catalog or the sender lives here: all
+come from ipai_bus_lib (the CLI posts through the same SignedSender). ``send_ipai_event`` (the
+seed's entry point) only queues the event in Odoo's own outbox, in the caller's transaction;
+the dispatch cron posts it after commit.
 """
 
 import logging
-import uuid
 
-import requests
 from odoo import fields
 
 from ipai_bus_lib.core import exact_json
-from ipai_bus_lib.core.catalog import (
-    MAX_BATCH_BYTES,
-    Envelope,
-    batch_body,
-    batch_url,
-    build_payload,
-    idempotency_key,
-    lookup,
-    parse_batch_event,
-)
-from ipai_bus_lib.core.signing import signature_headers
+from ipai_bus_lib.core.batch import parse_batch_event
+from ipai_bus_lib.core.catalog import build_payload, lookup
+from ipai_bus_lib.core.contract import MAX_BATCH_BYTES
+from ipai_bus_lib.core.envelope import Envelope
+from ipai_bus_lib.core.errors import ConfigurationError
+from ipai_bus_lib.core.odoo_key import idempotency_key
+from ipai_bus_lib.core.sender import ReceiverUnreachable, SignedSender
 
 _logger = logging.getLogger(__name__)
 
@@ -93,46 +88,37 @@ class DeliveryError(Exception):
     """The receiver could not be reached or did not accept the event; ``message`` says why."""
 
 
-def post_event(url, secret, envelope: Envelope, key, *, timeout=POST_TIMEOUT_SECONDS, session=None):
-    """Sign and POST one envelope (over ``session`` when given, to keep its connection alive).
-    Returns the receiver's JSON answer on 200.
-
-    Raises DeliveryError with a message fit for an administrator (never the secret).
-    """
-    return _post_signed(url, secret, envelope.to_bytes(), key, timeout=timeout, session=session)
-
-
-def post_batch(url, secret, events, batch_key, *, timeout=POST_TIMEOUT_SECONDS, session=None):
-    """Sign and POST (envelope, key) pairs as one batch to the webhook's batch path
-    (``url`` is the webhook's). Returns the answer on 200: a result per event, in order."""
-    return _post_signed(
-        url and batch_url(url), secret, batch_body(events), batch_key, timeout=timeout, session=session
-    )
-
-
-def _post_signed(url, secret, body, key, *, timeout, session):
-    if not url or not url.startswith(("http://", "https://")):
-        raise DeliveryError("the webhook URL must start with http:// or https://")
+def open_sender(url, secret, *, timeout=POST_TIMEOUT_SECONDS):
+    """A SignedSender to the configured webhook; DeliveryError when it is not configured."""
     if not secret:
         raise DeliveryError("no webhook secret is configured")
     try:
-        response = (session or requests).post(
-            url, data=body, timeout=timeout, headers=signature_headers(secret, body, idempotency_key=key)
-        )
-    except requests.exceptions.InvalidURL:
-        raise DeliveryError("the webhook URL is malformed") from None
-    except requests.exceptions.Timeout:
-        raise DeliveryError(f"the receiver did not answer within {timeout} s") from None
-    except requests.exceptions.RequestException as exc:
-        raise DeliveryError(f"the receiver at {url} is unreachable ({type(exc).__name__})") from None
+        return SignedSender(url, secret, timeout=timeout)
+    except ConfigurationError as error:
+        raise DeliveryError(str(error)) from None
+
+
+def accepted(answer_of, url):
+    """The receiver's JSON answer when it took the request (HTTP 200, ok); else DeliveryError
+    with a message fit for an administrator (never the secret)."""
     try:
-        answer = response.json()
-    except ValueError:
-        answer = {}
-    if response.status_code != 200 or not answer.get("ok"):
-        error = answer.get("error") or response.text[:200]
-        raise DeliveryError(f"the receiver answered HTTP {response.status_code}: {error}")
+        status, answer = answer_of()
+    except ReceiverUnreachable as error:
+        if error.timed_out:
+            raise DeliveryError(f"the receiver at {url} is not answering ({error.reason})") from None
+        raise DeliveryError(f"the receiver at {url} is unreachable ({error.reason})") from None
+    if status != 200 or not answer.get("ok"):
+        raise DeliveryError(f"the receiver answered HTTP {status}: {answer.get('error')}")
     return answer
+
+
+def post_event(url, secret, envelope: Envelope, key, *, timeout=POST_TIMEOUT_SECONDS):
+    """Sign and POST one envelope; returns the receiver's JSON answer on 200.
+
+    Raises DeliveryError with a message fit for an administrator (never the secret).
+    """
+    with open_sender(url, secret, timeout=timeout) as sender:
+        return accepted(lambda: sender.post_event(envelope, key), url)
 
 
 WAITING_BEHIND = (
@@ -168,7 +154,7 @@ class BatchPoster:
         self.url, self.secret, self.timeout = url, secret, timeout
         self.batch_events = batch_events
         self.unreachable = None  # the BusUnreachable of this run's first batch not taken
-        self._session = requests.Session()
+        self._sender = None  # opened at the first batch: a bad URL is that batch's failure
         self._held_back = set()  # records with an undelivered event in this run
 
     def post_all(self, items):
@@ -212,14 +198,8 @@ class BatchPoster:
     def _post_batch(self, items):
         events = [(envelope, key) for _, _, envelope, key in items]
         try:
-            answer = post_batch(
-                self.url,
-                self.secret,
-                events,
-                f"odoo-batch:{uuid.uuid4()}",
-                timeout=self.timeout,
-                session=self._session,
-            )
+            self._sender = self._sender or open_sender(self.url, self.secret, timeout=self.timeout)
+            answer = accepted(lambda: self._sender.post_batch(events), self.url)
         except DeliveryError as error:
             self.unreachable = BusUnreachable(str(error))
             self._held_back.update(item[1] for item in items)
@@ -240,4 +220,5 @@ class BatchPoster:
         return self
 
     def __exit__(self, *exc):
-        self._session.close()
+        if self._sender is not None:
+            self._sender.close()
