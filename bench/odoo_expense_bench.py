@@ -235,7 +235,7 @@ def as_the_user_submits(port: str, databases: list[dict], runs: int) -> list[dic
 def wait_for_http(base_url: str, server: subprocess.Popen) -> None:
     wait_for_server(
         "Odoo",
-        http_answers(base_url + "/web/webclient/version_info", statuses=(200, 405)),
+        http_answers(base_url + "/web/health"),
         process=server,
     )
 

@@ -120,6 +120,7 @@ def _link(event_type: str, payload: Mapping[str, Any], base_url: str | None) -> 
 
 
 def format_expense(event_type: str, payload: Mapping[str, Any], base_url: str | None) -> Message:
+    """An expense event as a message: who, how much, what for, and a link to the expense."""
     who = text(payload.get("employee_name"))
     if payload.get("employee_code"):
         who += f" ({text(payload.get('employee_code'))})"
@@ -167,6 +168,7 @@ def format_finance_task(event_type: str, payload: Mapping[str, Any], base_url: s
 
 
 def format_generic(event_type: str, payload: Mapping[str, Any], base_url: str | None) -> Message:
+    """A type outside the catalog: its first 12 payload fields, as text."""
     shown = tuple(((text(key), text(value)),) for key, value in list(payload.items())[:12])
     return Message(GENERIC_EMOJI, f"Event {text(event_type)}", shown or ((("", "(no payload)"),),))
 

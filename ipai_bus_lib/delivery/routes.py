@@ -63,6 +63,7 @@ class Route:
     formatter: str = "auto"
 
     def matches(self, event_type: str) -> bool:
+        """True when ``event_type`` matches: ``*``, a ``domain.*`` prefix, or the exact type."""
         if self.pattern == "*":
             return True
         if self.pattern.endswith(".*"):

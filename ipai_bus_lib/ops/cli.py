@@ -207,6 +207,7 @@ def cmd_up(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def describe_stack(stack: Stack) -> str:
+    """What `up` started, where, and with which secret (its first characters only)."""
     from ..core.secret_files import masked
 
     settings = stack.settings
@@ -288,6 +289,7 @@ def _port(text: str) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``ipai-bus`` argument parser: one subcommand per operator task."""
     parser = argparse.ArgumentParser(
         prog="ipai-bus",
         description="IPAI integration bus: receive signed Odoo events, store them, route them.",

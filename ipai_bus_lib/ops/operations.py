@@ -161,6 +161,7 @@ def events_since(cursor: Any, after_id: int, limit: int = 100) -> list[dict[str,
 
 
 def last_log_id(cursor: Any) -> int:
+    """The newest event_log id (0 when empty): where `events tail` starts."""
     cursor.execute(SQL["last_log_id"])
     return int(cursor.fetchone()[0])
 
@@ -194,6 +195,7 @@ def purge_completed(cursor: Any, older_than: timedelta, *, actor: str) -> int:
 
 
 def existing_ids(cursor: Any, event_ids: list[uuid.UUID]) -> set[uuid.UUID]:
+    """Which of ``event_ids`` are in the outbox."""
     cursor.execute(SQL["existing_ids"], (event_ids,))
     return {row[0] for row in cursor.fetchall()}
 

@@ -56,6 +56,9 @@ def cmd_status(args: argparse.Namespace, settings: Settings, resolve_url: UrlRes
 
 
 def render_status(report: operations.Status) -> str:
+    """`ipai-bus status` as text: the outbox by status and its oldest waits, what is not
+    completed by type, the latest dead events and why, paused destinations, sources shared by
+    several Odoo databases, and the last hour's accepted events."""
     counts = report.by_status
     lines = [
         "Outbox",
@@ -152,6 +155,7 @@ def _pause(circuit: dict) -> str:
 
 
 def render_history(event_id: Any, history: dict[str, Any]) -> str:
+    """`ipai-bus events show` as text: the event, its audit copy and every delivery attempt."""
     row = history["outbox"] or {}
     logged = history["event_log"] or {}
     source = row or logged

@@ -4,7 +4,6 @@ from . import (
     ipai_bus_link,
     ipai_equipment_booking,
     ipai_event_outbox,
-    ir_cron,
     maintenance_equipment,
     res_config_settings,
 )

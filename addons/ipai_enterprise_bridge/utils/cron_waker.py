@@ -6,18 +6,19 @@ Odoo's pool, which never keeps connections to ``postgres`` (``sql_db.Cursor.clos
 opens one and authenticates, on the user's request. This module keeps one such connection per
 process instead, in psycopg2's asynchronous mode: a wake only sends the NOTIFY (the server runs
 it on receipt) and the answer is read at the next wake, so the request does not wait for a
-round trip either. ``models/ir_cron.py`` makes it ``_notifydb()``, so the addon wakes its
-dispatcher with Odoo's own ``_trigger()``.
+round trip either. The cron wakes as fast either way: the NOTIFY and the channel are the same.
 
 Measured (``bench/odoo_wake_bench.py --runs 300``: a transaction writing the cron's trigger
-row, committed, on real Odoo 18 with a durable PostgreSQL on this project's 2-core machine):
+row and committing, real Odoo 18, durable PostgreSQL, a 2-core host; median added to the
+commit over no wake-up at all):
 
-    trigger row, no wake-up (baseline)            median  2.28 ms
-    ir.cron._trigger() as Odoo 18 ships it        median 19.45 ms   +17.17 ms
-    the same NOTIFY on the kept connection        median  3.48 ms    +1.20 ms
+                                                   quiet host   beside the test suite
+    ir.cron._trigger(), NOTIFY through _notifydb()   +1.74 ms       +17.17 ms
+    the same NOTIFY on this kept connection          +0.27 ms        +1.20 ms
 
-A submission takes about 24 ms as the user sees it: Odoo's own NOTIFY would add some 70% to it.
-The cron wakes as fast either way: the NOTIFY and the channel are the same.
+A submission takes about 70 ms on that host (24 ms on a faster one); opening a connection
+costs the most when the machine is busy. The trigger row itself is written by the queueing
+statement (models/ipai_event_outbox.py ``_dispatch_cron_to_wake`` says why not ``_trigger()``).
 
 A failure here costs only latency: the trigger row is already committed, and the cron runs on
 its own schedule anyway.

@@ -24,6 +24,7 @@ MAX_HOLD_SECONDS = 15 * 60
 
 
 def default_worker_name() -> str:
+    """A name no other router has: host, process and a random suffix (leases are held by it)."""
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
 
 

@@ -26,6 +26,7 @@ class LeaseKeeper:
         self._thread: threading.Thread | None = None
 
     def start(self) -> None:
+        """Start renewing (once; again after the thread died)."""
         if self._thread is None or not self._thread.is_alive():
             self._thread = threading.Thread(target=self._keep_leases, daemon=True, name="lease-keeper")
             self._thread.start()
@@ -50,11 +51,13 @@ class LeaseKeeper:
                 )
 
     def hold(self, events: list[StoredEvent]) -> None:
+        """Keep renewing the leases of ``events`` until let_go."""
         now = time.monotonic()
         with self._held_lock:
             self._held.update((event.id, now) for event in events)
 
     def let_go(self, events: list[StoredEvent]) -> None:
+        """Stop renewing the leases of ``events`` (settled or handed back)."""
         with self._held_lock:
             for event in events:
                 self._held.pop(event.id, None)

@@ -57,10 +57,12 @@ class RouterMetrics:
         self.registry.register(_StateCollector(database, breakers))
 
     def observe_claim(self, events: int) -> None:
+        """Count one claimed batch of ``events``."""
         if events:
             self.claim_batch.observe(events)
 
     def observe_attempts(self, attempts: Iterable[Attempt]) -> None:
+        """Count each started attempt by destination, type and outcome, and time it."""
         for attempt in attempts:
             if attempt.outcome == "not_started":
                 continue
@@ -69,6 +71,7 @@ class RouterMetrics:
                 self.delivery_seconds.labels(attempt.destination).observe(attempt.duration_ms / 1000)
 
     def render(self) -> tuple[bytes, str]:
+        """The metrics in Prometheus's text format, and its content type."""
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
 
 

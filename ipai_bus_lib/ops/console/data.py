@@ -40,6 +40,9 @@ class Overview:
 
 
 def overview(cursor: Any) -> Overview:
+    """The overview page's figures: waiting events by status, completed ones (counted exactly
+    up to EXACT_COUNT_LIMIT, estimated beyond), the oldest wait, events per minute over the last
+    hour, paused destinations, and what order and expired leases hold back."""
     waiting = dict((status, int(count)) for status, count in _tuples(cursor, "waiting_counts"))
     [(counted,)] = _tuples(cursor, "completed_up_to", (EXACT_COUNT_LIMIT + 1,))
     exact = counted <= EXACT_COUNT_LIMIT
@@ -99,6 +102,8 @@ class Page:
 
 
 def events_page(cursor: Any, filters: EventFilter, cursor_text: str | None = None) -> Page:
+    """One page of events matching ``filters``, newest first, after the keyset ``cursor_text``
+    (from the previous page's "older" link)."""
     before_at, before_position = parse_cursor(cursor_text)
     params = {
         "status": filters.status,
@@ -136,6 +141,7 @@ def event_detail(cursor: Any, event_id: uuid.UUID) -> dict[str, Any] | None:
 
 
 def dead_letters(cursor: Any, cursor_text: str | None = None) -> Page:
+    """One page of dead events, newest first, after the keyset ``cursor_text``."""
     before_at, before_id = None, None
     if cursor_text:
         moment, _, raw_id = cursor_text.partition("|")
@@ -155,4 +161,5 @@ def dead_letters(cursor: Any, cursor_text: str | None = None) -> Page:
 
 
 def destination_states(cursor: Any) -> dict[str, dict[str, Any]]:
+    """Each destination's breaker state as routers last saved it, by destination name."""
     return {row["destination"]: row for row in _rows(cursor, "destination_states")}
