@@ -62,13 +62,14 @@ class HrExpenseSheet(models.Model):
         """payment_state is computed here: a sheet that comes out paid is proposed for
         expense.paid at commit, when its payment is final (a recompute of one already
         announced proposes it again, and _ipai_emit_paid finds nothing left to announce)."""
-        super()._compute_from_account_move_ids()
+        result = super()._compute_from_account_move_ids()
         paid = [sheet.id for sheet in self if sheet.id and sheet.payment_state == "paid"]
         if paid:
             pending = self.env.cr.precommit.data.setdefault(PAID_PRECOMMIT_KEY, set())
             if not pending:
                 self.env.cr.precommit.add(self._ipai_emit_paid_at_commit)
             pending.update(paid)
+        return result
 
     def _ipai_emit_paid_at_commit(self):
         ids = self.env.cr.precommit.data.pop(PAID_PRECOMMIT_KEY, set())

@@ -3,6 +3,7 @@ from datetime import datetime, time, timedelta
 import psycopg2.errors
 from odoo import api, fields, models
 from odoo.exceptions import UserError, ValidationError
+from odoo.tools import SQL
 
 from ipai_bus_lib.core.catalog import ASSET
 
@@ -65,8 +66,11 @@ class IpaiEquipmentBooking(models.Model):
         # One piece of equipment is in one place: at most one booking has it checked out, even
         # when two check-outs race.
         self.env.cr.execute(  # Odoo 18's create_unique_index takes no WHERE
-            f"CREATE UNIQUE INDEX IF NOT EXISTS {ONE_CHECKED_OUT_INDEX}"
-            " ON ipai_equipment_booking (equipment_id) WHERE state = 'checked_out'"
+            SQL(
+                "CREATE UNIQUE INDEX IF NOT EXISTS %s"
+                " ON ipai_equipment_booking (equipment_id) WHERE state = 'checked_out'",
+                SQL.identifier(ONE_CHECKED_OUT_INDEX),
+            )
         )
 
     @api.depends("equipment_id", "date_from")
