@@ -755,6 +755,29 @@ def test_notify_wakes_a_waiting_router_at_once(database):
     assert not thread.is_alive()
 
 
+def test_a_router_told_not_to_listen_polls_at_its_own_interval(database):
+    """IPAI_ROUTER_LISTEN=0 with a 30 s poll means a claim every 30 s, not the 0.5 s a router
+    falls back to when notifications it listens for never arrive (behind a pooler)."""
+    import threading
+
+    with HttpSink() as sink:
+        router = make_router(
+            database, {"mm": MattermostDestination("mm", sink.url)}, listen=False, poll_seconds=30
+        )
+        thread = threading.Thread(target=router.run)
+        thread.start()
+        try:
+            time.sleep(0.5)  # past its first claim, waiting out the 30 s poll
+            add_events(database)
+            time.sleep(1.5)  # three of the pooled fallback's polls
+            assert router.poll_seconds == 30
+            assert sink.count() == 0, "the event waits for the configured poll"
+        finally:
+            router.stop()
+            thread.join(timeout=10)
+    assert not thread.is_alive()
+
+
 class StopsTheRouterAfter:
     """A destination that accepts events and asks the router to stop at the n-th one."""
 

@@ -74,8 +74,10 @@ class Router:
 
     @property
     def poll_seconds(self) -> float:
-        """How long an idle router waits between claims when no notification wakes it."""
-        if self.notifications_arrive is False:
+        """How long an idle router waits between claims when no notification wakes it: the
+        configured interval, or at most POOLED_POLL_SECONDS when it was to listen and found that
+        notifications do not arrive. A router told not to listen polls as configured."""
+        if self.config.listen and self.notifications_arrive is False:
             return min(self.config.poll_seconds, POOLED_POLL_SECONDS)
         return self.config.poll_seconds
 
