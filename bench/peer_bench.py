@@ -179,6 +179,13 @@ def install_graphile() -> Path | None:
     return modules
 
 
+GRAPHILE_JOBS = "select count(graphile_worker.add_job('noop')) from generate_series(1, %(n)s)"
+GRAPHILE_ORDERED_JOBS = (
+    "select count(graphile_worker.add_job('noop', queue_name => 'record-' || g))"
+    " from generate_series(1, %(n)s) g"
+)
+
+
 @dataclass(frozen=True)
 class GraphileConfig:
     processes: int
@@ -210,8 +217,17 @@ def _graphile(modules: Path, url: str, *args: str) -> subprocess.Popen:
 
 
 def graphile_run(
-    modules: Path, url: str, conn, postmaster: int, jobs: int, config: GraphileConfig
+    modules: Path,
+    url: str,
+    conn,
+    postmaster: int,
+    jobs: int,
+    config: GraphileConfig,
+    ordered: bool = False,
 ) -> Run:
+    """One drain by ``config.processes`` workers; ``ordered`` puts each job in a named queue of
+    its own record, Graphile Worker's way to keep one record's jobs in order (the router keeps
+    every record's events in order)."""
     vacuum_everything(conn)
     load = os.getloadavg()[0]
     workers = [
@@ -233,7 +249,7 @@ def graphile_run(
         seconds, server_cpu = timed_drain(
             conn,
             postmaster,
-            "select count(graphile_worker.add_job('noop')) from generate_series(1, %(n)s)",
+            GRAPHILE_ORDERED_JOBS if ordered else GRAPHILE_JOBS,
             {"n": jobs},
             lambda: not _exists(conn, "select exists (select 1 from graphile_worker._private_jobs)"),
         )
@@ -399,6 +415,11 @@ def main() -> None:
         default="2:50:500:5:off,2:50:500:5:on,1:50:500:5:off,2:100:1000:5:off,2:24:100:5:off",
         help="procs:concurrency:local-queue:complete-delay-ms:sync configurations to try",
     )
+    parser.add_argument(
+        "--graphile-ordered",
+        default="2:100:1000:5:off",
+        help="also run Graphile Worker with a named queue per record in this configuration ('' skips)",
+    )
     args = parser.parse_args()
     modules = install_graphile()
 
@@ -462,6 +483,14 @@ def main() -> None:
         print(f"alternating rounds ({args.rounds}), each system at its best:")
         for family, runs in results.items():
             print(line(systems[family][0], runs))
+        if modules is not None and args.graphile_ordered:
+            name, _ = systems["Graphile Worker"]
+            config = GraphileConfig.parse(args.graphile_ordered)
+            ordered = [
+                graphile_run(modules, url, conn, postmaster, args.jobs, config, ordered=True)
+                for _ in range(args.rounds)
+            ]
+            print(line(f"{config}, a named queue per record (per-record order)", ordered))
         ours = statistics.median(run.rate for run in results["router"])
         for family, runs in results.items():
             if family != "router":

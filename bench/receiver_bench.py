@@ -4,12 +4,16 @@ Starts a durable embedded PostgreSQL of its own (fsync on) and `ipai-bus serve` 
   1. direct: N threads, each with its own psycopg2 connection, calling insert_outbox_event;
   2. receiver: N concurrent keep-alive HTTP clients (asyncio, one process) posting signed events.
   3. with --batch N: the receiver's batch path, N events per signed request, a few clients;
-  4. with --flood: the receiver run again while 500 idle and 32 slow connections are held open.
+  4. with --flood: the receiver run again while 500 idle and 32 slow connections are held open;
+  5. with --backlog N: N events taken in by batch, then drained by `ipai-bus route` (its own
+     process) to an HTTP sink; the resident memory of each receiver worker and of the router
+     once the backlog is gone.
 Prints the rates, p50/p99 latency (per request), the ratios against direct inserts, and checks
 that every event sent was stored.
 
     python bench/receiver_bench.py --events 4000 --clients 16 --flood
     python bench/receiver_bench.py --events 30000 --clients 16 --batch 500
+    python bench/receiver_bench.py --events 2000 --backlog 100000
 """
 
 from __future__ import annotations
@@ -28,6 +32,9 @@ from pathlib import Path
 import psycopg2
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from router_bench import FORWARD_SECRET, Sink  # noqa: E402
 
 from ipai_bus_lib.core import signing  # noqa: E402
 from ipai_bus_lib.storage.embedded import EmbeddedPostgres  # noqa: E402
@@ -173,6 +180,95 @@ async def run_http(port: int, requests: list[bytes], clients: int) -> tuple[floa
     return len(requests) / (time.perf_counter() - started), latencies
 
 
+def resident_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError(f"no VmRSS for process {pid}")
+
+
+def child_pids(parent: int) -> list[int]:
+    children = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            if int(stat[stat.rindex(")") + 2 :].split()[1]) == parent:
+                children.append(int(entry.name))
+    return sorted(children)
+
+
+def backlog_memory(url: str, port: int, server: subprocess.Popen, events: int) -> None:
+    """Take ``events`` in by batch (500 a request), drain them with `ipai-bus route` to an HTTP
+    sink, and print each process's resident memory before and after."""
+    workers = child_pids(server.pid)
+    before = [resident_mib(pid) for pid in workers]
+    requests = signed_batch_requests(events, port, 500, run="backlog")
+    started = time.perf_counter()
+    asyncio.run(run_http(port, requests, 4))
+    ingest_seconds = time.perf_counter() - started
+    after_ingest = [resident_mib(pid) for pid in workers]
+    sink = Sink()
+    with tempfile.NamedTemporaryFile("w", suffix=".toml") as routes:
+        routes.write(
+            '[destinations.sink]\ntype = "http"\nurl_env = "SINK_URL"\nsecret_env = "SINK_SECRET"\n'
+            '[[routes]]\nmatch = "*"\ndestinations = ["sink"]\n'
+        )
+        routes.flush()
+        env = {
+            **os.environ,
+            "DATABASE_URL": url,
+            "IPAI_ROUTES_FILE": routes.name,
+            "SINK_URL": sink.url,
+            "SINK_SECRET": FORWARD_SECRET,
+        }
+        router = subprocess.Popen(
+            [sys.executable, "-m", "ipai_bus_lib.ops.cli", "route"],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            time.sleep(1.0)
+            router_idle = resident_mib(router.pid)
+            started = time.perf_counter()
+            while waiting_events(url):
+                time.sleep(0.2)
+            drain_seconds = time.perf_counter() - started
+            time.sleep(1.0)  # past the idle hand-back of freed memory
+            router_after = resident_mib(router.pid)
+        finally:
+            router.terminate()
+            router.wait(timeout=30)
+    delivered = len({event_id for event_id, _ in sink.finish()})
+    print(
+        f"backlog of {events}: taken in by batch in {ingest_seconds:.1f} s, drained by `ipai-bus route`"
+        f" (HTTP sink) in {drain_seconds:.1f} s; {delivered} delivered (with the earlier parts' events)"
+    )
+    for number, (idle, ingested) in enumerate(zip(before, after_ingest)):
+        print(
+            f"  receiver worker {number} resident memory: {idle:.0f} MiB idle -> {ingested:.0f} MiB after the backlog"
+        )
+    print(
+        f"  router resident memory: {router_idle:.0f} MiB idle -> {router_after:.0f} MiB after draining it"
+    )
+
+
+def waiting_events(url: str) -> bool:
+    conn = psycopg2.connect(url)
+    try:
+        with conn.cursor() as cursor:
+            cursor.execute(
+                "select exists (select 1 from integration.outbox"
+                " where status in ('pending', 'processing', 'failed'))"
+            )
+            return bool(cursor.fetchone()[0])
+    finally:
+        conn.close()
+
+
 def report(name: str, rate: float, latencies: list[float]) -> None:
     print(
         f"{name:<42} {rate:>9.0f} events/s   p50 {percentile(latencies, 0.5) * 1000:6.2f} ms"
@@ -191,6 +287,9 @@ def main() -> None:
     )
     parser.add_argument("--batch", type=int, default=0, help="also measure batches of this many events")
     parser.add_argument("--batch-clients", type=int, default=4, help="concurrent batch clients")
+    parser.add_argument(
+        "--backlog", type=int, default=0, help="also drain a backlog of this many events; memory after"
+    )
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="ipai-bench-") as home:
@@ -251,6 +350,8 @@ def main() -> None:
                     flood_rate, flood_latencies = asyncio.run(run_http(port, flooded, args.clients))
                 report("receiver under flood (500 idle, 32 slow)", flood_rate, flood_latencies)
                 print(f"ratio flood/no flood: {flood_rate / http_rate:.2f}")
+            if args.backlog:
+                backlog_memory(url, port, server, args.backlog)
         finally:
             server.terminate()
             server.wait(timeout=20)
