@@ -240,6 +240,21 @@ def test_secret_new_writes_a_private_file_and_never_overwrites(tmp_path):
     assert again.returncode == 2 and "pass --force" in again.stderr and target.read_text() == first
 
 
+def test_secret_new_whsec_makes_a_secret_the_standardwebhooks_library_verifies_with():
+    from standardwebhooks.webhooks import Webhook
+
+    from ipai_bus_lib.core.signing import standard_webhooks_headers, standard_webhooks_key
+
+    made = cli("secret", "new", "--whsec")
+    assert made.returncode == 0, made.stderr
+    secret = made.stdout.strip()
+    assert secret.startswith("whsec_") and len(standard_webhooks_key(secret)) == 32
+    assert cli("secret", "new", "--whsec").stdout.strip() != secret, "a new one each time"
+    body = b'{"type":"expense.submitted"}'
+    headers = standard_webhooks_headers(standard_webhooks_key(secret), message_id="msg_1", body=body)
+    assert Webhook(secret).verify(body, headers) == {"type": "expense.submitted"}
+
+
 def test_send_refuses_bad_json_and_reports_a_missing_receiver(tmp_path):
     env = {"IPAI_WEBHOOK_SECRET": "a-secret-of-sixteen-chars", "IPAI_RECEIVER_PORT": "1"}
     bad = cli("send", "--type", "expense.paid", "--aggregate-id", "1", "--payload", "{oops", env=env)

@@ -75,7 +75,7 @@ def test_a_bad_standard_webhooks_secret_in_the_routes_file_is_a_configuration_er
     assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
     assert result.stderr.strip() == (
         "ipai-bus: configuration error: destination sink: a Standard Webhooks secret is whsec_"
-        " followed by base64"
+        " followed by base64; make one with `ipai-bus secret new --whsec` and give it to both sides"
     )
 
 

@@ -3,11 +3,18 @@
 from __future__ import annotations
 
 import ast
+import base64
 import configparser
 import json
 from pathlib import Path
 
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from standardwebhooks.webhooks import Webhook
+
 from ipai_bus_lib.core.catalog import CATALOG
+from ipai_bus_lib.core.signing import standard_webhooks_key
 
 from .helpers import cli
 
@@ -44,6 +51,54 @@ def test_routes_check_refuses_a_wrong_file_in_one_line(tmp_path):
     refused = cli("routes", "check", str(routes))
     assert refused.returncode == 2 and refused.stderr.count("\n") == 1
     assert "Traceback" not in refused.stderr and "configuration error" in refused.stderr
+
+
+# Destination secrets a verifier could read otherwise than the bus signs with, and why.
+AMBIGUOUS_SECRETS = {
+    "hex, no prefix": ("ab12" * 16, "starts with whsec_"),
+    "base64, no prefix": ("dGVzdC1zdGFuZGFyZC13ZWJob29rcy1rZXk=", "starts with whsec_"),
+    "padding left out": ("whsec_dGVzdC1zdGFuZGFyZC13ZWJob29rcy1rZXk", "followed by base64"),
+    "trailing bits set": ("whsec_dGVzdC1zdGFuZGFyZC13ZWJob29rcy1rZXl=", "canonical form"),
+    "URL-safe alphabet": ("whsec_-_-_dGVzdC1zdGFuZGFyZC13ZWJob29rcy1r", "followed by base64"),
+    "a space inside": ("whsec_dGVzdC1zdGFuZGFy ZC13ZWJob29rcy1rZXk=", "followed by base64"),
+    "16-byte key": ("whsec_MDEyMzQ1Njc4OWFiY2RlZg==", "16 bytes"),
+    "65-byte key": ("whsec_" + base64.b64encode(b"k" * 65).decode(), "65 bytes"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(AMBIGUOUS_SECRETS))
+def test_routes_check_refuses_a_secret_a_verifier_could_read_otherwise(tmp_path, case):
+    secret, why = AMBIGUOUS_SECRETS[case]
+    routes = tmp_path / "routes.toml"
+    text = (
+        f'[destinations.hook]\ntype = "http"\nurl = "http://x"\nsecret = "{secret}"\n\n'
+        '[[routes]]\nmatch = "*"\ndestinations = ["hook"]\n'
+    )
+    routes.write_text(text)
+    refused = cli("routes", "check", str(routes))
+    assert refused.returncode == 2 and refused.stderr.count("\n") == 1, refused.stderr
+    assert refused.stderr.startswith("ipai-bus: configuration error: destination hook: ")
+    assert why in refused.stderr and "ipai-bus secret new --whsec" in refused.stderr
+    assert secret not in refused.stderr, "the secret itself is never printed"
+    assert routes.read_text() == text
+
+
+@settings(max_examples=200, deadline=None)
+@given(key=st.binary(min_size=24, max_size=64), position=st.integers(min_value=0), other=st.characters())
+def test_each_accepted_key_has_exactly_one_spelling(key, position, other):
+    """What the bus accepts, every Standard Webhooks library reads as the same key: no other
+    spelling of a key is accepted, so no verifier can be handed one it decodes differently."""
+    secret = "whsec_" + base64.b64encode(key).decode()
+    assert standard_webhooks_key(secret) == key
+    assert Webhook(secret)._whsecret == key
+    index = len("whsec_") + position % (len(secret) - len("whsec_"))
+    changed = secret[:index] + other + secret[index + 1 :]
+    if changed == secret:
+        return
+    try:
+        assert standard_webhooks_key(changed) != key
+    except ValueError:
+        pass  # refused: fine
 
 
 def test_the_license_file_is_the_one_setup_cfg_and_the_manifests_name():

@@ -164,28 +164,61 @@ def any_digest_matches(secrets: Sequence[Secret], message: bytes, digests: Seque
 # --- outgoing: the Standard Webhooks rule, for the router's HTTP forward destination --------------
 
 STANDARD_WEBHOOKS_SECRET_PREFIX = "whsec_"
+# The spec's symmetric keys: 24 to 64 random bytes.
+STANDARD_WEBHOOKS_KEY_BYTES = range(24, 65)
+NEW_WHSEC_HINT = "make one with `ipai-bus secret new --whsec` and give it to both sides"
 
 
-def standard_webhooks_headers(
-    secret: str, *, message_id: str, body: bytes, timestamp_s: int | None = None
-) -> dict[str, str]:
-    """webhook-id, webhook-timestamp and webhook-signature per the Standard Webhooks spec.
+def standard_webhooks_key(secret: str) -> bytes:
+    """The HMAC key of a Standard Webhooks secret, read the one way every reader reads it.
 
-    ``secret`` is ``whsec_`` followed by base64 key bytes (the form the spec's libraries take);
-    the signature is ``v1,`` + base64 HMAC-SHA256 over ``"{id}.{timestamp}.{body}"``.
-    Raises ValueError for a secret that is not of that form.
+    A secret is ``whsec_`` followed by canonical base64 (standard alphabet, padded, nothing
+    else) of 24 to 64 bytes. Whatever a verifier could read otherwise is refused with a
+    ValueError saying why: without the prefix (a hex string is valid base64 too, but a
+    hand-written check takes its characters as the key), padding left out or bits set that
+    strict decoders refuse and lenient ones ignore, other characters, a key out of range.
     """
-    encoded = (
-        secret[len(STANDARD_WEBHOOKS_SECRET_PREFIX) :]
-        if secret.startswith(STANDARD_WEBHOOKS_SECRET_PREFIX)
-        else secret
-    )
+    if not secret.startswith(STANDARD_WEBHOOKS_SECRET_PREFIX):
+        raise ValueError(
+            "a Standard Webhooks secret starts with whsec_ (without it, a verifier may take the"
+            f" characters as the key where the bus base64-decodes them); {NEW_WHSEC_HINT}"
+        )
+    encoded = secret[len(STANDARD_WEBHOOKS_SECRET_PREFIX) :]
     try:
         key = base64.b64decode(encoded, validate=True)
     except binascii.Error:
-        raise ValueError("a Standard Webhooks secret is whsec_ followed by base64") from None
-    if not key:
-        raise ValueError("the Standard Webhooks secret must not be empty")
+        raise ValueError(
+            f"a Standard Webhooks secret is whsec_ followed by base64; {NEW_WHSEC_HINT}"
+        ) from None
+    if base64.b64encode(key).decode("ascii") != encoded:
+        raise ValueError(
+            "this secret's base64 is not in its one canonical form (padding or trailing bits),"
+            f" which Standard Webhooks libraries decode differently; {NEW_WHSEC_HINT}"
+        )
+    if len(key) not in STANDARD_WEBHOOKS_KEY_BYTES:
+        raise ValueError(
+            f"this secret's key is {len(key)} bytes; Standard Webhooks keys are"
+            f" {STANDARD_WEBHOOKS_KEY_BYTES.start} to {STANDARD_WEBHOOKS_KEY_BYTES.stop - 1};"
+            f" {NEW_WHSEC_HINT}"
+        )
+    return key
+
+
+def new_standard_webhooks_secret() -> str:
+    """``whsec_`` and the base64 of 32 bytes from the operating system's random source."""
+    import secrets
+
+    return STANDARD_WEBHOOKS_SECRET_PREFIX + base64.b64encode(secrets.token_bytes(32)).decode("ascii")
+
+
+def standard_webhooks_headers(
+    key: bytes, *, message_id: str, body: bytes, timestamp_s: int | None = None
+) -> dict[str, str]:
+    """webhook-id, webhook-timestamp and webhook-signature per the Standard Webhooks spec.
+
+    ``key`` is the secret's key bytes (standard_webhooks_key); the signature is ``v1,`` +
+    base64 HMAC-SHA256 over ``"{id}.{timestamp}.{body}"``.
+    """
     stamp = int(time.time()) if timestamp_s is None else timestamp_s
     signed = f"{message_id}.{stamp}.".encode() + body
     digest = base64.b64encode(hmac.new(key, signed, hashlib.sha256).digest()).decode()

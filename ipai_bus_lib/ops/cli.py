@@ -170,8 +170,9 @@ def cmd_db(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_secret_new(args: argparse.Namespace, settings: Settings) -> int:
     from ..core.secret_files import new_webhook_secret, write_private_file
+    from ..core.signing import new_standard_webhooks_secret
 
-    secret = new_webhook_secret()
+    secret = new_standard_webhooks_secret() if args.whsec else new_webhook_secret()
     if args.output:
         try:
             write_private_file(Path(args.output), secret + "\n", exclusive=not args.force)
@@ -386,6 +387,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--output", "-o", metavar="FILE", help="write it to FILE (mode 0600) instead of printing it"
     )
     secret_new.add_argument("--force", action="store_true", help="replace FILE if it exists")
+    secret_new.add_argument(
+        "--whsec",
+        action="store_true",
+        help="a Standard Webhooks secret (whsec_ + base64 of 32 bytes) for an http destination"
+        " and its verifier (n8n, a service), instead of the Odoo-to-bus secret",
+    )
     secret_new.set_defaults(handler=cmd_secret_new)
     return parser
 

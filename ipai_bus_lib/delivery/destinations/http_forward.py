@@ -6,7 +6,7 @@ from datetime import datetime
 from typing import Any
 
 from ...core import exact_json
-from ...core.signing import standard_webhooks_headers
+from ...core.signing import standard_webhooks_headers, standard_webhooks_key
 from ...core.stored_event import StoredEvent
 from ..formatters import Message
 from .base import DEFAULT_TIMEOUT_SECONDS
@@ -28,14 +28,14 @@ class HttpForwardDestination:
         timeout: float = DEFAULT_TIMEOUT_SECONDS,
         permanent: frozenset[int] = HTTP_PERMANENT_REFUSALS,
     ) -> None:
-        standard_webhooks_headers(secret, message_id="check", body=b"")  # fail fast on a bad one
-        self.name, self.url, self.secret, self.timeout = name, url, secret, timeout
+        self.key = standard_webhooks_key(secret)  # a secret verifiers could read otherwise fails here
+        self.name, self.url, self.timeout = name, url, timeout
         self.permanent = permanent
         self.client = KeepAliveClient(timeout)
 
     def deliver(self, event: StoredEvent, message: Message | None) -> int | None:
         body = exact_json.dumps(forward_document(event)).encode()
-        headers = standard_webhooks_headers(self.secret, message_id=str(event.id), body=body)
+        headers = standard_webhooks_headers(self.key, message_id=str(event.id), body=body)
         return post_json(self.client, self.url, body, headers, permanent=self.permanent)
 
     def close(self) -> None:
