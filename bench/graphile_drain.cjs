@@ -32,7 +32,10 @@ async function work(concurrency, localQueueSize, completeDelay, sync) {
     max: concurrency + 2,
     options: sync === "off" ? "-c synchronous_commit=off" : undefined,
   });
+  // Graphile Worker warns about a pool whose idle and newly connected clients have no error
+  // handler; an error is printed rather than crashing the process.
   pgPool.on("error", (error) => console.error(error.message));
+  pgPool.on("connect", (client) => client.on("error", (error) => console.error(error.message)));
   let ran = 0;
   const runner = await run({
     pgPool,

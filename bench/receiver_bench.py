@@ -247,9 +247,9 @@ def backlog_memory(url: str, port: int, server: subprocess.Popen, events: int) -
         f"backlog of {events}: taken in by batch in {ingest_seconds:.1f} s, drained by `ipai-bus route`"
         f" (HTTP sink) in {drain_seconds:.1f} s; {delivered} delivered (with the earlier parts' events)"
     )
-    for number, (idle, ingested) in enumerate(zip(before, after_ingest)):
+    for number, (ahead, ingested) in enumerate(zip(before, after_ingest)):
         print(
-            f"  receiver worker {number} resident memory: {idle:.0f} MiB idle -> {ingested:.0f} MiB after the backlog"
+            f"  receiver worker {number} resident memory: {ahead:.0f} MiB before the backlog -> {ingested:.0f} MiB after it"
         )
     print(
         f"  router resident memory: {router_idle:.0f} MiB idle -> {router_after:.0f} MiB after draining it"
