@@ -219,6 +219,23 @@ def test_http_forward_is_verifiable_with_the_standardwebhooks_library(database):
         Webhook(FORWARD_SECRET).verify(tampered, request.headers)
 
 
+def test_an_event_every_destination_already_has_is_completed_not_sent_again(database):
+    """Its delivered attempt recorded but its acknowledgement not (a row set back by hand): the
+    router completes it at the next claim instead of holding it until its leases run out."""
+    with HttpSink() as sink:
+        router = make_router(database, {"n8n": HttpForwardDestination("n8n", sink.url, FORWARD_SECRET)})
+        [event_id] = add_events(database)
+        router.run_once()
+        with database.transaction() as cursor:
+            cursor.execute(
+                "update integration.outbox set status = 'pending', completed_at = null where id = %s",
+                (event_id,),
+            )
+        router.run_once()
+    assert state(database, event_id)["status"] == "completed"
+    assert sink.count() == 1 and [a[1] for a in attempts_of(database, event_id)] == ["delivered"]
+
+
 def test_a_peer_answering_with_a_nul_byte_gets_a_retry_not_a_dead_event(database):
     """PostgreSQL text cannot hold NUL: an error carrying the peer's body used to fail the
     settle, and the fallback then gave the event up as unrecordable."""

@@ -66,6 +66,9 @@ class Settler:
         attempts are recorded beside them. A database that is away raises DatabaseUnavailable
         (the leases run out and the events come back)."""
         verdict = judge(events, attempts)
+        # Routed, yet nothing to send: every destination took it on an earlier attempt.
+        planned = {attempt.event.id for attempt in attempts} | {event.id for event in unrouted}
+        verdict.acked += [event.id for event in events if event.id not in planned]
         for event in unrouted:
             verdict.dead.append(
                 (
