@@ -12,6 +12,7 @@ from .console import ConsoleDestination, NoopDestination
 from .http_forward import HttpForwardDestination
 from .mail import EmailDestination
 from .mattermost import MattermostDestination
+from .nats_jetstream import NatsJetStreamDestination
 
 
 @dataclass(frozen=True)
@@ -68,6 +69,19 @@ def build_destination(
             return HttpForwardDestination(spec.name, url, secret, timeout=timeout, **permanent)
         except ValueError as exc:
             raise ConfigurationError(f"destination {spec.name}: {exc}") from None
+    if spec.type == "nats":
+        url = from_env("url")
+        if not url:
+            raise ConfigurationError(
+                f"destination {spec.name}: needs url (or url_env), e.g. nats://127.0.0.1:4222"
+            )
+        return NatsJetStreamDestination(
+            spec.name,
+            url,
+            subject_prefix=str(options.get("subject_prefix", "ipai")),
+            token=from_env("token"),
+            timeout=timeout,
+        )
     if spec.type == "email":
         return EmailDestination(
             spec.name,
