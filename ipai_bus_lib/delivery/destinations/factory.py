@@ -13,6 +13,7 @@ from .http_forward import HttpForwardDestination
 from .mail import EmailDestination
 from .mattermost import MattermostDestination
 from .nats_jetstream import NatsJetStreamDestination
+from .rabbitmq import RabbitMqDestination
 
 
 @dataclass(frozen=True)
@@ -80,6 +81,19 @@ def build_destination(
             url,
             subject_prefix=str(options.get("subject_prefix", "ipai")),
             token=from_env("token"),
+            timeout=timeout,
+        )
+    if spec.type == "rabbitmq":
+        url = from_env("url")
+        if not url:
+            raise ConfigurationError(
+                f"destination {spec.name}: needs url (or url_env), e.g. amqp://user:password@host:5672/%2F"
+            )
+        return RabbitMqDestination(
+            spec.name,
+            url,
+            exchange=str(options.get("exchange", "")),
+            routing_key_prefix=str(options.get("routing_key_prefix", "ipai")),
             timeout=timeout,
         )
     if spec.type == "email":

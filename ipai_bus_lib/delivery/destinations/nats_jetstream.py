@@ -2,11 +2,9 @@
 
 The event id goes as ``Nats-Msg-Id``, so a redelivery inside the stream's duplicate window is
 stored once (the stream answers ``duplicate``); a delivery counts only once the stream's
-acknowledgement arrives. The subject is ``<prefix>.<source>.<aggregate type>.<aggregate id>``:
-one record's events are delivered one at a time in order (the router's claim), and a stream keeps
-a subject's messages in arrival order. Each token is percent-encoded where NATS would read a
-character as syntax (``.``, ``*``, ``>``, ``%``, spaces, controls, non-ASCII), so
-``hr.expense`` is the one token ``hr%2Eexpense``.
+acknowledgement arrives. The subject is the record's name (record_keys.py): one record's events
+are delivered one at a time in order (the router's claim), and a stream keeps a subject's
+messages in arrival order.
 
 The NATS client protocol (text over TCP: INFO, CONNECT, HPUB, SUB, MSG/HMSG, PING/PONG) is
 small enough to speak here without a dependency; each delivery borrows one kept connection.
@@ -15,7 +13,6 @@ small enough to speak here without a dependency; each delivery borrows one kept 
 from __future__ import annotations
 
 import json
-import re
 import secrets
 import socket
 import threading
@@ -29,27 +26,9 @@ from ...core.stored_event import StoredEvent
 from ..formatters import Message
 from .base import DEFAULT_TIMEOUT_SECONDS, MAX_ERROR_CHARS, DeliveryFailed
 from .http_forward import forward_document
+from .record_keys import PREFIX_PATTERN, PREFIX_RULE, record_headers, record_key
 
 MAX_CONTROL_LINE = 4096
-_SUBJECT_SAFE = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_:@+=,~")
-PREFIX_PATTERN = re.compile(r"[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*")
-
-
-def subject_token(text: str) -> str:
-    """One subject token: characters NATS gives meaning to, and any non-ASCII, percent-encoded."""
-    return (
-        "".join(
-            char if char in _SUBJECT_SAFE else "".join(f"%{byte:02X}" for byte in char.encode())
-            for char in text
-        )
-        or "%"  # the empty text: every encoded character is % and two digits
-    )
-
-
-def record_subject(prefix: str, event: StoredEvent) -> str:
-    """The subject of an event's record: every event of one record goes to the same one."""
-    tokens = (event.source, event.aggregate_type, event.aggregate_id)
-    return ".".join([prefix, *(subject_token(token) for token in tokens)])
 
 
 def _header_value(text: str) -> str:
@@ -79,8 +58,7 @@ class NatsJetStreamDestination:
             )
         if not PREFIX_PATTERN.fullmatch(subject_prefix):
             raise ConfigurationError(
-                f"destination {name}: subject_prefix must be tokens of letters, digits, - and _"
-                f" joined by . (got {subject_prefix!r})"
+                f"destination {name}: subject_prefix must be {PREFIX_RULE} (got {subject_prefix!r})"
             )
         self.name, self.timeout, self.subject_prefix = name, timeout, subject_prefix
         self.address = (parts.hostname, parts.port or 4222)
@@ -99,12 +77,9 @@ class NatsJetStreamDestination:
         headers = {
             "Nats-Msg-Id": str(event.id),
             "Content-Type": "application/json",
-            "Ipai-Event-Type": event.event_type,
-            "Ipai-Source": event.source,
-            "Ipai-Aggregate-Type": event.aggregate_type,
-            "Ipai-Aggregate-Id": event.aggregate_id,
+            **record_headers(event),
         }
-        subject = record_subject(self.subject_prefix, event)
+        subject = record_key(self.subject_prefix, event)
         connection, kept = self._borrow(deadline)
         while True:
             try:
