@@ -842,3 +842,46 @@ def test_forward_document_is_json(database):
     with database.transaction() as cursor:
         [event] = outbox.claim(cursor, worker="w")
     assert json.loads(json.dumps(forward_document(event)))["type"] == "expense.submitted"
+
+
+# --- telling the operator: dead events logged and counted -----------------------------------------
+
+
+def test_each_event_gone_dead_is_one_log_line_and_counted_by_reason(database, caplog):
+    from ipai_bus_lib.delivery.router.metrics import RouterMetrics
+
+    def reply(request) -> Reply:  # the record "r" is refused, the others fail
+        refused_record = b'"aggregate_id":"r"' in request.body
+        return Reply(400, b"refused: bad field") if refused_record else Reply(500, b"down")
+
+    with HttpSink(reply) as sink:
+        destinations = {"n8n": HttpForwardDestination("n8n", sink.url, FORWARD_SECRET)}
+        metrics = RouterMetrics(database, lambda: {})
+        router = Router(
+            RouterConfig(worker="teller", retry_delays=(2,), listen=False, concurrency=1),
+            database,
+            routing_to("n8n", pattern="expense.*"),
+            destinations,
+            metrics=metrics,
+        )
+        [refused] = add_events(database, aggregate="r")
+        [exhausted] = add_events(database, aggregate="x", max_attempts=1)
+        [unrouted] = add_events(database, aggregate="u", event_type="asset.reserved")
+        with caplog.at_level("WARNING", logger="ipai_bus.router"):
+            for _ in range(3):
+                router.run_once()
+    lines = [r.getMessage() for r in caplog.records if '"event": "event_dead"' in r.getMessage()]
+    assert all("\n" not in line for line in lines) and len(lines) == 3
+    deaths = {entry["event_id"]: entry for entry in map(json.loads, lines)}
+    assert set(deaths) == {str(refused), str(exhausted), str(unrouted)}
+    assert deaths[str(refused)]["reason"] == "refused"
+    assert deaths[str(refused)]["error"].startswith("n8n: HTTP 400")
+    assert deaths[str(exhausted)]["reason"] == "attempts_exhausted"
+    assert (deaths[str(exhausted)]["attempt"], deaths[str(exhausted)]["max_attempts"]) == (1, 1)
+    assert deaths[str(unrouted)]["reason"] == "no_route"
+    assert deaths[str(unrouted)]["record"] == "hr.expense/u"
+    assert deaths[str(unrouted)]["next"] == f"ipai-bus events show {unrouted}"
+    text = metrics.render()[0].decode()
+    for reason, count in (("refused", 1), ("attempts_exhausted", 1), ("no_route", 1), ("unreadable", 0)):
+        assert f'ipai_router_dead_events_total{{reason="{reason}"}} {count}.0' in text
+    assert {state(database, e)["status"] for e in (refused, exhausted, unrouted)} == {"dead"}

@@ -25,7 +25,7 @@ from .delivering import Deliverer
 from .leases import LeaseKeeper
 from .metrics import RouterMetrics
 from .planning import Attempt, Planner
-from .settling import Settler
+from .settling import Death, Settler, death_line
 
 log = logging.getLogger("ipai_bus.router")
 SQL = load("router")
@@ -59,6 +59,7 @@ class Router:
             database,
             on_settled=self.leases.let_go,
             on_recorded=metrics.observe_attempts if metrics else None,
+            on_dead=self._report_death,
         )
         # Settling a batch (ack, fail, attempts) runs on its own connection while the next batch
         # is claimed: the database then works on two cores instead of one.
@@ -71,6 +72,12 @@ class Router:
         self._freed_memory = FreedMemoryReturner()
         # None until probed: whether a LISTENing connection hears the outbox's NOTIFY.
         self.notifications_arrive: bool | None = None
+
+    def _report_death(self, death: Death) -> None:
+        """One structured log line per event given up, and its count by reason."""
+        log.warning(death_line(self.config.worker, death))
+        if self.metrics is not None:
+            self.metrics.observe_death(death)
 
     @property
     def poll_seconds(self) -> float:

@@ -22,6 +22,7 @@ from ...storage.db import Database
 from ...storage.queries import load
 from ..destinations import CircuitBreaker
 from .planning import Attempt
+from .settling import DEATH_REASONS, Death
 
 SQL = load("router")
 DELIVERY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
@@ -48,6 +49,15 @@ class RouterMetrics:
             buckets=DELIVERY_BUCKETS,
             registry=self.registry,
         )
+        self.dead_events = Counter(
+            "ipai_router_dead_events",
+            "Events this router gave up on, by reason (refused, no_route, unreadable,"
+            " attempts_exhausted, unrecordable)",
+            ["reason"],
+            registry=self.registry,
+        )
+        for reason in DEATH_REASONS:  # each series from the start: increase() sees the first one
+            self.dead_events.labels(reason)
         self.claim_batch = Histogram(
             "ipai_router_claim_batch_size",
             "Events per claimed batch",
@@ -69,6 +79,10 @@ class RouterMetrics:
             self.deliveries.labels(attempt.destination, attempt.event.event_type, attempt.outcome).inc()
             if attempt.outcome in ("delivered", "failed", "dead") and attempt.destination != "(router)":
                 self.delivery_seconds.labels(attempt.destination).observe(attempt.duration_ms / 1000)
+
+    def observe_death(self, death: Death) -> None:
+        """Count one event gone dead by its reason."""
+        self.dead_events.labels(death.reason).inc()
 
     def render(self) -> tuple[bytes, str]:
         """The metrics in Prometheus's text format, and its content type."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import io
+import json
 import logging
 import uuid
 from collections.abc import Callable, Iterable
@@ -44,6 +45,45 @@ class Verdict:
         )
 
 
+@dataclass(frozen=True)
+class Death:
+    """An event the router gave up on: which, why (one of DEATH_REASONS) and the error."""
+
+    event: StoredEvent
+    reason: str
+    error: str
+
+
+# Why an event went dead, as counted in ipai_router_dead_events_total{reason}.
+DEATH_REASONS = ("refused", "no_route", "unreadable", "attempts_exhausted", "unrecordable")
+
+
+def death_line(worker: str, death: Death) -> str:
+    """One JSON line, as the receiver logs each request: grep-able and parsed by log pipelines."""
+    event = death.event
+    return json.dumps(
+        {
+            "time": datetime.now(timezone.utc).isoformat(timespec="milliseconds"),
+            "event": "event_dead",
+            "reason": death.reason,
+            "event_id": str(event.id),
+            "event_type": event.event_type,
+            "source": event.source,
+            "record": f"{event.aggregate_type}/{event.aggregate_id}",
+            "attempt": event.attempts,
+            "max_attempts": event.max_attempts,
+            "worker": worker,
+            "error": death.error,
+            "next": f"ipai-bus events show {event.id}",
+        },
+        ensure_ascii=False,
+    )
+
+
+def report_death(death: Death) -> None:  # the default when no router wires its own
+    log.warning(death_line("router", death))
+
+
 class Settler:
     """Writes verdicts; tells ``on_settled`` which events it is done with, whatever happened."""
 
@@ -53,9 +93,11 @@ class Settler:
         database: Database,
         on_settled: Callable[[list[StoredEvent]], None],
         on_recorded: Callable[[list[Attempt]], None] | None = None,
+        on_dead: Callable[[Death], None] | None = None,
     ) -> None:
         self.config, self.database, self.on_settled = config, database, on_settled
         self.on_recorded = on_recorded
+        self.on_dead = on_dead or report_death
 
     def settle(
         self, events: list[StoredEvent], attempts: list[Attempt], unrouted: list[StoredEvent]
@@ -81,7 +123,7 @@ class Settler:
         if self.on_recorded is not None:
             self.on_recorded(recorded)
         try:
-            self._write_verdict(verdict, recorded, unrouted)
+            self._report(self._write_verdict(verdict, recorded, unrouted))
         except DatabaseUnavailable:
             raise  # the leases run out and the events come back: nothing is lost
         except Exception:  # noqa: BLE001 - one event's outcome must not stop the others'
@@ -101,33 +143,40 @@ class Settler:
     ) -> None:
         for event in events:
             try:
-                self._write_verdict(
-                    verdict.only(event.id),
-                    [a for a in recorded if a.event.id == event.id],
-                    [e for e in unrouted if e.id == event.id],
+                self._report(
+                    self._write_verdict(
+                        verdict.only(event.id),
+                        [a for a in recorded if a.event.id == event.id],
+                        [e for e in unrouted if e.id == event.id],
+                    )
                 )
             except DatabaseUnavailable:
                 raise
             except Exception as exc:  # noqa: BLE001
                 log.exception("router: the outcome of event %s cannot be recorded", event.id)
+                error = (
+                    f"the router could not record its outcome "
+                    f"({type(exc).__name__}: {str(exc)[:300]}); {POISON_HINT}"
+                )
                 with self.database.transaction() as cursor:
-                    outbox.fail(
-                        cursor,
-                        event.id,
-                        worker=self.config.worker,
-                        give_up=True,
-                        error=f"the router could not record its outcome "
-                        f"({type(exc).__name__}: {str(exc)[:300]}); {POISON_HINT}",
+                    gone = outbox.fail(
+                        cursor, event.id, worker=self.config.worker, give_up=True, error=error
                     )
+                if gone:
+                    self._report([Death(event, "unrecordable", error)])
 
     def _write_verdict(
         self, verdict: Verdict, recorded: list[Attempt], unrouted: list[StoredEvent]
-    ) -> None:
+    ) -> list[Death]:
+        """Write it in one transaction; the events it made dead (once committed)."""
+        deaths: list[Death] = []
+        unreadable = {a.event.id for a in recorded if a.destination == "(router)"}
+        no_route = {event.id for event in unrouted}
         with self.database.transaction() as cursor:
             if verdict.acked:
                 outbox.ack(cursor, verdict.acked, worker=self.config.worker)
             for event, error, retry_at in verdict.failed:
-                outbox.fail(
+                status = outbox.fail(
                     cursor,
                     event.id,
                     worker=self.config.worker,
@@ -135,11 +184,29 @@ class Settler:
                     retry_delays=self.config.retry_delays,
                     retry_at=moment(retry_at),
                 )
+                if status == "dead":
+                    deaths.append(Death(event, "attempts_exhausted", error))
             for event, error in verdict.dead:
-                outbox.fail(cursor, event.id, worker=self.config.worker, error=error, give_up=True)
+                if outbox.fail(cursor, event.id, worker=self.config.worker, error=error, give_up=True):
+                    reason = (
+                        "no_route"
+                        if event.id in no_route
+                        else "unreadable"
+                        if event.id in unreadable
+                        else "refused"
+                    )
+                    deaths.append(Death(event, reason, error))
             for available_at, ids in _group_releases(verdict.released).items():
                 outbox.release(cursor, ids, worker=self.config.worker, available_at=moment(available_at))
             record_attempts(cursor, self.config.worker, recorded, unrouted)
+        return deaths
+
+    def _report(self, deaths: list[Death]) -> None:
+        for death in deaths:
+            try:
+                self.on_dead(death)
+            except Exception:  # noqa: BLE001 - telling must not undo what was written
+                log.exception("router %s: reporting a dead event failed", self.config.worker)
 
 
 def judge(events: list[StoredEvent], attempts: list[Attempt]) -> Verdict:
