@@ -14,6 +14,7 @@ import threading
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import psycopg2
@@ -331,3 +332,18 @@ def insert_event_log(cursor, event_id) -> int:
     """Copy an outbox event into the append-only event_log; returns the log row's id."""
     cursor.execute("select integration.insert_event_log(p_event_id => %s)", (event_id,))
     return int(cursor.fetchone()[0])
+
+
+def assert_routes_check_refuses(routes: Path, good: str, wrong_lines: list[tuple[str, str]]) -> None:
+    """``good`` (a routes file) passes `routes check`; each (line, why) put in place of the line
+    setting the same key is refused in one line saying ``why``, and no traceback."""
+    routes.write_text(good)
+    checked = cli("routes", "check", str(routes))
+    assert checked.returncode == 0, checked.stderr
+    for wrong, why in wrong_lines:
+        key = wrong.split(" =")[0]
+        text = "\n".join(wrong if line.startswith(f"{key} =") else line for line in good.splitlines())
+        routes.write_text(text + "\n")
+        refused = cli("routes", "check", str(routes))
+        assert refused.returncode == 2 and why in refused.stderr, refused.stderr
+        assert refused.stderr.count("\n") == 1 and "Traceback" not in refused.stderr

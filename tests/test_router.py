@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import re
+import threading
 import time
 import uuid
+from collections.abc import Iterator
 from email import message_from_bytes
 from email.header import decode_header, make_header
 
@@ -749,16 +752,25 @@ def test_rate_limit_spaces_deliveries(database):
     assert times[-1] - times[0] >= 5 / 20 * 0.9, "6 deliveries at 20/s with burst 1 take >= 0.25 s"
 
 
-def test_notify_wakes_a_waiting_router_at_once(database):
-    import threading
+@contextlib.contextmanager
+def running(router: Router) -> Iterator[None]:
+    """The router's loop in a thread for the block; stopped and joined after it."""
+    thread = threading.Thread(target=router.run)
+    thread.start()
+    try:
+        yield
+    finally:
+        router.stop()
+        thread.join(timeout=10)
+    assert not thread.is_alive()
 
+
+def test_notify_wakes_a_waiting_router_at_once(database):
     with HttpSink() as sink:
         router = make_router(
             database, {"mm": MattermostDestination("mm", sink.url)}, listen=True, poll_seconds=30
         )
-        thread = threading.Thread(target=router.run)
-        thread.start()
-        try:
+        with running(router):
             time.sleep(0.5)  # the router is now waiting on LISTEN, its poll 30 s away
             started = time.monotonic()
             add_events(database)
@@ -766,33 +778,21 @@ def test_notify_wakes_a_waiting_router_at_once(database):
                 time.sleep(0.01)
             assert sink.count() == 1
             assert time.monotonic() - started < 2, "NOTIFY, not the 30 s poll, woke the router"
-        finally:
-            router.stop()
-            thread.join(timeout=10)
-    assert not thread.is_alive()
 
 
 def test_a_router_told_not_to_listen_polls_at_its_own_interval(database):
     """IPAI_ROUTER_LISTEN=0 with a 30 s poll means a claim every 30 s, not the 0.5 s a router
     falls back to when notifications it listens for never arrive (behind a pooler)."""
-    import threading
-
     with HttpSink() as sink:
         router = make_router(
             database, {"mm": MattermostDestination("mm", sink.url)}, listen=False, poll_seconds=30
         )
-        thread = threading.Thread(target=router.run)
-        thread.start()
-        try:
+        with running(router):
             time.sleep(0.5)  # past its first claim, waiting out the 30 s poll
             add_events(database)
             time.sleep(1.5)  # three of the pooled fallback's polls
             assert router.poll_seconds == 30
             assert sink.count() == 0, "the event waits for the configured poll"
-        finally:
-            router.stop()
-            thread.join(timeout=10)
-    assert not thread.is_alive()
 
 
 class StopsTheRouterAfter:
@@ -816,8 +816,6 @@ class StopsTheRouterAfter:
 def test_a_stopping_router_hands_back_the_batch_it_claimed_ahead(database):
     """With a backlog the next batch is claimed while one is delivered; a stop gives it back
     at once, attempts untouched, instead of leaving it to its leases."""
-    import threading
-
     ids = add_events(database, 60)
     destination = StopsTheRouterAfter("stopper", count=5)
     router = make_router(database, {"stopper": destination}, batch_size=10)

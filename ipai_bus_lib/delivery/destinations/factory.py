@@ -70,28 +70,25 @@ def build_destination(
             return HttpForwardDestination(spec.name, url, secret, timeout=timeout, **permanent)
         except ValueError as exc:
             raise ConfigurationError(f"destination {spec.name}: {exc}") from None
-    if spec.type == "nats":
+
+    def required_url(example: str) -> str:
         url = from_env("url")
         if not url:
-            raise ConfigurationError(
-                f"destination {spec.name}: needs url (or url_env), e.g. nats://127.0.0.1:4222"
-            )
+            raise ConfigurationError(f"destination {spec.name}: needs url (or url_env), e.g. {example}")
+        return url
+
+    if spec.type == "nats":
         return NatsJetStreamDestination(
             spec.name,
-            url,
+            required_url("nats://127.0.0.1:4222"),
             subject_prefix=str(options.get("subject_prefix", "ipai")),
             token=from_env("token"),
             timeout=timeout,
         )
     if spec.type == "rabbitmq":
-        url = from_env("url")
-        if not url:
-            raise ConfigurationError(
-                f"destination {spec.name}: needs url (or url_env), e.g. amqp://user:password@host:5672/%2F"
-            )
         return RabbitMqDestination(
             spec.name,
-            url,
+            required_url("amqp://user:password@host:5672/%2F"),
             exchange=str(options.get("exchange", "")),
             routing_key_prefix=str(options.get("routing_key_prefix", "ipai")),
             timeout=timeout,

@@ -34,12 +34,17 @@ class HttpForwardDestination:
         self.client = KeepAliveClient(timeout)
 
     def deliver(self, event: StoredEvent, message: Message | None) -> int | None:
-        body = exact_json.dumps(forward_document(event)).encode()
+        body = forward_body(event)
         headers = standard_webhooks_headers(self.key, message_id=str(event.id), body=body)
         return post_json(self.client, self.url, body, headers, permanent=self.permanent)
 
     def close(self) -> None:
         self.client.close()
+
+
+def forward_body(event: StoredEvent) -> bytes:
+    """The bytes every forwarding destination (HTTP, NATS, RabbitMQ) delivers for an event."""
+    return exact_json.dumps(forward_document(event)).encode()
 
 
 def forward_document(event: StoredEvent) -> dict[str, Any]:

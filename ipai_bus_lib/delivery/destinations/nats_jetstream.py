@@ -20,12 +20,11 @@ import time
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
-from ...core import exact_json
 from ...core.errors import ConfigurationError
 from ...core.stored_event import StoredEvent
 from ..formatters import Message
 from .base import DEFAULT_TIMEOUT_SECONDS, MAX_ERROR_CHARS, DeliveryFailed
-from .http_forward import forward_document
+from .http_forward import forward_body
 from .record_keys import PREFIX_PATTERN, PREFIX_RULE, record_headers, record_key
 
 MAX_CONTROL_LINE = 4096
@@ -73,7 +72,7 @@ class NatsJetStreamDestination:
     def deliver(self, event: StoredEvent, message: Message | None) -> int | None:
         """Publish one event; returns once the stream acknowledged it (or knew it already)."""
         deadline = time.monotonic() + self.timeout
-        body = exact_json.dumps(forward_document(event)).encode()
+        body = forward_body(event)
         headers = {
             "Nats-Msg-Id": str(event.id),
             "Content-Type": "application/json",

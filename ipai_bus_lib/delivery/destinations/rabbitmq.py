@@ -17,13 +17,12 @@ import functools
 import threading
 from typing import Any
 
-from ...core import exact_json
 from ...core.errors import ConfigurationError
 from ...core.stored_event import StoredEvent
 from ...core.watchdog import WATCHDOG, shutdown_socket
 from ..formatters import Message
 from .base import DEFAULT_TIMEOUT_SECONDS, MAX_ERROR_CHARS, DeliveryFailed
-from .http_forward import forward_document
+from .http_forward import forward_body
 from .record_keys import PREFIX_PATTERN, PREFIX_RULE, record_headers, record_key
 
 PERSISTENT = 2  # AMQP delivery mode: the broker writes the message to disk on a durable queue
@@ -92,7 +91,7 @@ class RabbitMqDestination:
             app_id="ipai-bus",
             headers=record_headers(event),
         )
-        body = exact_json.dumps(forward_document(event)).encode()
+        body = forward_body(event)
         kept = self._borrow()
         for attempt in ("kept", "new") if kept is not None else ("new",):
             connection, channel = kept if kept is not None and attempt == "kept" else self._open()
