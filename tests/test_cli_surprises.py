@@ -277,3 +277,14 @@ def test_serve_stopped_while_a_worker_is_being_born_stops_at_once(bus_url, clean
             process.kill()
             pytest.fail("serve lived on after SIGTERM: a worker lost the stop signal")
         assert process.returncode == 0, rest
+
+
+def test_help_says_the_default_this_environment_sets():
+    """`console --help` said 8789 while IPAI_CONSOLE_PORT chose another port."""
+    env = {name: "" for name in ("IPAI_CONSOLE_PORT", "IPAI_RECEIVER_PORT")}
+    plain = cli("console", "--help", env=env).stdout
+    assert "default 8789; IPAI_CONSOLE_PORT sets another" in " ".join(plain.split())
+    chosen = cli("console", "--help", env={**env, "IPAI_CONSOLE_PORT": "9123"}).stdout
+    assert "default 9123, from IPAI_CONSOLE_PORT" in " ".join(chosen.split()) and "8789" not in chosen
+    served = cli("serve", "--help", env={**env, "IPAI_RECEIVER_PORT": "9124"}).stdout
+    assert "default 9124, from IPAI_RECEIVER_PORT" in " ".join(served.split())

@@ -289,6 +289,17 @@ def _port(text: str) -> int:
     return value
 
 
+def _default(variable: str) -> str:
+    """What an option falls back to, as this environment sets it: `--help` says the truth."""
+    from ..core.settings import SETTINGS
+
+    [entry] = [entry for entry in SETTINGS if entry.variable == variable]
+    value = os.environ.get(variable, "").strip()
+    if value:
+        return f"default {value}, from {variable}"
+    return f"default {entry.shown_default or entry.default}; {variable} sets another"
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``ipai-bus`` argument parser: one subcommand per operator task."""
     parser = argparse.ArgumentParser(
@@ -302,10 +313,14 @@ def build_parser() -> argparse.ArgumentParser:
     migrate.set_defaults(handler=cmd_migrate)
 
     serve = commands.add_parser("serve", help="run the receiver (the webhook endpoint)")
-    serve.add_argument("--host", help="address to listen on (default IPAI_RECEIVER_HOST or 127.0.0.1)")
-    serve.add_argument("--port", type=_port, help="port (default IPAI_RECEIVER_PORT or 8787)")
-    serve.add_argument("--workers", type=_positive, help="worker processes (default 2)")
-    serve.add_argument("--threads", type=_positive, help="threads per worker (default 8)")
+    serve.add_argument("--host", help=f"address to listen on ({_default('IPAI_RECEIVER_HOST')})")
+    serve.add_argument("--port", type=_port, help=f"port ({_default('IPAI_RECEIVER_PORT')})")
+    serve.add_argument(
+        "--workers", type=_positive, help=f"worker processes ({_default('IPAI_RECEIVER_WORKERS')})"
+    )
+    serve.add_argument(
+        "--threads", type=_positive, help=f"threads per worker ({_default('IPAI_RECEIVER_THREADS')})"
+    )
     serve.set_defaults(handler=cmd_serve)
 
     route = commands.add_parser("route", help="run a router worker (run several to scale out)")
@@ -358,8 +373,8 @@ def build_parser() -> argparse.ArgumentParser:
     console = commands.add_parser(
         "console", help="the operator console (web page) alone; `up` starts it too"
     )
-    console.add_argument("--host", help="default IPAI_CONSOLE_HOST (127.0.0.1)")
-    console.add_argument("--port", type=_port, help="default IPAI_CONSOLE_PORT (8789)")
+    console.add_argument("--host", help=_default("IPAI_CONSOLE_HOST"))
+    console.add_argument("--port", type=_port, help=_default("IPAI_CONSOLE_PORT"))
     console.set_defaults(handler=cmd_console)
 
     types = commands.add_parser("types", help="the 14 event types, their records and payload fields")
