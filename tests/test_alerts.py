@@ -1,5 +1,6 @@
-"""The Prometheus alert rules (deploy/prometheus/): they load, each fires on what should raise it
-and stays quiet otherwise (promtool's own rule evaluation), and they use only what the bus exports."""
+"""The Prometheus alert rules (deploy/prometheus/) and the Grafana dashboard (deploy/grafana/):
+the rules load, each fires on what should raise it and stays quiet otherwise (promtool's own rule
+evaluation), every dashboard query parses as PromQL, and both use only what the bus exports."""
 
 from __future__ import annotations
 
@@ -16,7 +17,9 @@ from ipai_bus_lib.delivery.destinations import CircuitBreaker
 from ipai_bus_lib.delivery.router.metrics import RouterMetrics
 from ipai_bus_lib.ingest.metrics import ReceiverMetrics
 
-RULES = Path(__file__).resolve().parent.parent / "deploy" / "prometheus" / "ipai-bus-alerts.yml"
+DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
+RULES = DEPLOY / "prometheus" / "ipai-bus-alerts.yml"
+DASHBOARD = DEPLOY / "grafana" / "ipai-bus-dashboard.json"
 PROMTOOL = shutil.which("promtool")
 needs_promtool = pytest.mark.skipif(
     PROMTOOL is None,
@@ -193,15 +196,52 @@ def test_each_alert_fires_on_what_should_raise_it_and_only_then(tmp_path):
     assert tested.returncode == 0, tested.stdout + tested.stderr
 
 
-def test_every_rule_uses_only_metrics_the_bus_exports(database):
-    """Each ipai_* name in an expression is one a router or a receiver serves on /metrics."""
+def dashboard_queries() -> list[str]:
+    panels = json.loads(DASHBOARD.read_text())["panels"]
+    return [target["expr"] for panel in panels for target in panel["targets"]]
+
+
+def exported_names(database) -> set[str]:
+    """Every series name a router and a receiver serve on /metrics."""
     router = RouterMetrics(database, lambda: {"n8n": CircuitBreaker("n8n")})
     router.observe_claim(1)
     receiver = ReceiverMetrics(database)
     receiver.observe("accepted", 0.01)
-    exported = set(re.findall(r"^(ipai_[a-z_]+)", router.render()[0].decode(), re.MULTILINE))
-    exported |= set(re.findall(r"^(ipai_[a-z_]+)", receiver.render()[0].decode(), re.MULTILINE))
-    used = {name for rule in rules().values() for name in re.findall(r"\bipai_[a-z_]+", rule["expr"])}
+    text = router.render()[0].decode() + receiver.render()[0].decode()
+    names = set(re.findall(r"^(ipai_[a-z_]+)", text, re.MULTILINE))  # series with samples
+    suffixes = {"counter": ("_total",), "histogram": ("_bucket", "_sum", "_count"), "gauge": ("",)}
+    for name, kind in re.findall(r"^# TYPE (ipai_[a-z_]+) (\w+)", text, re.MULTILINE):
+        names |= {name, *(name + suffix for suffix in suffixes.get(kind, ()))}  # none observed yet
+    return names
+
+
+def test_the_rules_and_the_dashboard_use_only_metrics_the_bus_exports(database):
+    """Each ipai_* name in an expression is one a router or a receiver serves on /metrics."""
+    exported = exported_names(database)
+    expressions = [rule["expr"] for rule in rules().values()] + dashboard_queries()
+    used = {name for expression in expressions for name in re.findall(r"\bipai_[a-z_]+", expression)}
     assert used and used <= exported, used - exported
+
+
+@needs_promtool
+def test_every_dashboard_query_is_valid_promql(tmp_path):
+    """promtool reads each query as a recording rule's expression: a typo fails here."""
+    recording = {
+        "groups": [
+            {
+                "name": "dashboard",
+                "rules": [
+                    {"record": f"dashboard:query{n}", "expr": q}
+                    for n, q in enumerate(dashboard_queries())
+                ],
+            }
+        ]
+    }
+    rule_file = tmp_path / "dashboard-queries.json"
+    rule_file.write_text(json.dumps(recording))
+    checked = subprocess.run(
+        [PROMTOOL, "check", "rules", str(rule_file)], capture_output=True, text=True
+    )
+    assert checked.returncode == 0, checked.stdout + checked.stderr
     runbooks = [rule["annotations"]["runbook"] for rule in rules().values()]
     assert all("ipai-bus" in runbook or "curl" in runbook for runbook in runbooks)
