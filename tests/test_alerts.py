@@ -88,6 +88,24 @@ CASES = [
         ],
     ),
     (
+        "ten events retrying never alert; eleven for ten minutes do",
+        {f'ipai_outbox_events{{{RECEIVER}, status="failed"}}': "10x5 11x20"},
+        [
+            (5, "IpaiBusManyEventsRetrying", []),
+            (12, "IpaiBusManyEventsRetrying", []),
+            (
+                17,
+                "IpaiBusManyEventsRetrying",
+                [
+                    expected(
+                        "IpaiBusManyEventsRetrying",
+                        "11 events have been waiting for a retry for 10 minutes",
+                    )
+                ],
+            ),
+        ],
+    ),
+    (
         "lag over five minutes for five minutes",
         {f"ipai_outbox_lag_seconds{{{ROUTER}}}": "0 100 200 310 370 430 490 550 610 670 730"},
         [
