@@ -14,6 +14,7 @@ import uuid
 import psutil
 import psycopg2
 import pytest
+import requests
 
 from ipai_bus_lib.core.envelope import Envelope
 
@@ -303,9 +304,10 @@ def processes_mentioning(text: str) -> list[psutil.Process]:
 @pytest.mark.slow
 def test_up_from_an_empty_machine_delivers_and_stops_cleanly(fresh_home, tmp_path):
     log = open(tmp_path / "up.log", "w")
+    metrics_port = free_port()
     up = subprocess.Popen(
         [sys.executable, "-m", "ipai_bus_lib.ops.cli", "up"],
-        env={**os.environ, **fresh_home},
+        env={**os.environ, **fresh_home, "IPAI_ROUTER_METRICS_PORT": str(metrics_port)},
         stdout=log,
         stderr=subprocess.STDOUT,
     )
@@ -320,6 +322,11 @@ def test_up_from_an_empty_machine_delivers_and_stops_cleanly(fresh_home, tmp_pat
         assert f"127.0.0.1:{fresh_home['IPAI_RECEIVER_PORT']}/functions/v1/odoo-webhook" in text
         secret = (tmp_path / "config" / "webhook-secret").read_text().strip()
         assert secret not in text, "the secret must never be printed in full"
+        router_metrics = f"http://127.0.0.1:{metrics_port}/metrics"
+        receiver_metrics = f"http://127.0.0.1:{fresh_home['IPAI_RECEIVER_PORT']}/metrics"
+        assert f"metrics      router {router_metrics}, receiver {receiver_metrics}" in text
+        wait_for_server("the router's metrics under up", http_answers(router_metrics), process=up)
+        assert "ipai_router_dead_events_total" in requests.get(router_metrics, timeout=10).text
         assert stat.S_IMODE((tmp_path / "config" / "webhook-secret").stat().st_mode) == 0o600
         sent = cli("send", "--type", "expense.submitted", "--sample", env=fresh_home)
         assert sent.returncode == 0, sent.stderr

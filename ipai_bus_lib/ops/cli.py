@@ -226,8 +226,23 @@ def describe_stack(stack: Stack) -> str:
         f"  webhook URL  {stack.webhook_url}\n"
         f"  secret       {masked(stack.secret())} {where}\n"
         f"  database     {database}\n"
-        f"  routing      {routes}\n" + console_line(stack) + "  status       ipai-bus status"
+        f"  routing      {routes}\n"
+        + console_line(stack)
+        + metrics_line(settings)
+        + "  status       ipai-bus status"
     )
+
+
+def metrics_line(settings: Settings) -> str:
+    """Where Prometheus scrapes the router and the receiver (deploy/prometheus/ has the rules)."""
+    from .send import receiver_url
+
+    router = (
+        f"http://{settings.router_metrics_host}:{settings.router_metrics_port}/metrics"
+        if settings.router_metrics_port
+        else "off (IPAI_ROUTER_METRICS_PORT=0)"
+    )
+    return f"  metrics      router {router}, receiver {receiver_url(settings, '/metrics')}\n"
 
 
 def console_line(stack: Stack) -> str:
