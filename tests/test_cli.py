@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 import uuid
+from pathlib import Path
 
 import psutil
 import psycopg2
@@ -381,5 +382,7 @@ def test_demo_delivers_all_fourteen_and_leaves_nothing_running(fresh_home, tmp_p
     result = cli("demo", env=fresh_home, timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "demo: sent 14, stored 14, delivered 14" in result.stdout
+    log = Path(result.stdout.split("its own output goes to ")[1].split(")")[0])
+    assert not log.parent.exists(), "a demo that went well leaves no log behind"
     assert result.stdout.count("[completed]") == 14
     assert processes_mentioning(str(tmp_path / "data")) == []

@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import psycopg2
 import pytest
@@ -232,6 +233,8 @@ def test_demo_says_why_an_event_is_dead(fresh_home, tmp_path):  # noqa: F811
     assert result.returncode == 1, result.stdout + result.stderr
     assert result.stdout.count("[dead]") == 14
     assert result.stdout.count("why it is dead: sink: HTTP 400: this channel refuses bots") == 14
+    kept = result.stdout.split("demo: the bus's output is kept in ")[1].strip()
+    assert Path(kept).exists(), "a demo that failed keeps the bus's output to look into"
 
 
 def test_wrong_arguments_leave_stored_data_alone(clean_bus):
