@@ -291,3 +291,40 @@ def test_help_says_the_default_this_environment_sets():
     assert "default 9123, from IPAI_CONSOLE_PORT" in " ".join(chosen.split()) and "8789" not in chosen
     served = cli("serve", "--help", env={**env, "IPAI_RECEIVER_PORT": "9124"}).stdout
     assert "default 9124, from IPAI_RECEIVER_PORT" in " ".join(served.split())
+
+
+def test_send_sample_takes_the_record_asked_for():
+    """`--aggregate-id` was ignored with `--sample`: every sample shared one record, so one
+    failure held the others back."""
+    import argparse
+
+    from ipai_bus_lib.ops.send import envelope_from_arguments
+
+    asked = argparse.Namespace(file=None, sample=True, event_type="expense.submitted", aggregate_id="77")
+    envelope = envelope_from_arguments(asked)
+    assert envelope.aggregate_id == "77" and envelope.payload["employee_name"]
+    default = envelope_from_arguments(argparse.Namespace(**{**vars(asked), "aggregate_id": None}))
+    assert default.aggregate_id != "77"
+
+
+def test_send_file_counts_events_from_one(tmp_path):
+    batch = tmp_path / "batch.json"
+    good = {
+        "event_type": "asset.reserved",
+        "aggregate_type": "maintenance.equipment",
+        "aggregate_id": "1",
+    }
+    batch.write_text(
+        json.dumps(
+            {
+                "events": [
+                    {**good, "payload": {}, "idempotency_key": "k1"},
+                    {**good, "idempotency_key": "k2"},
+                ]
+            }
+        )
+    )
+    refused = cli("send", "--file", str(batch), env={"IPAI_WEBHOOK_SECRET": "a-secret-of-sixteen-chars"})
+    assert (
+        refused.returncode == 2 and f"event 2 of {batch} (events[1]) is not valid" in refused.stderr
+    ), refused.stderr

@@ -363,7 +363,9 @@ def build_parser() -> argparse.ArgumentParser:
         help='a JSON file holding one event envelope, or a batch {"events": [...]} (each event'
         " with its idempotency_key)",
     )
-    send.add_argument("--aggregate-id", help="the record's id (with --type)")
+    send.add_argument(
+        "--aggregate-id", help="the record's id (with --type; with --sample, instead of the sample's)"
+    )
     send.add_argument("--aggregate-type", help="default: the catalog's for --type")
     send.add_argument("--payload", help="the payload as a JSON object (with --type)")
     send.add_argument("--sample", action="store_true", help="with --type: a realistic sample payload")

@@ -47,7 +47,10 @@ def envelope_from_arguments(args: argparse.Namespace) -> Envelope:
                 raise ConfigurationError(
                     f"--sample needs a catalogued type; {args.event_type} is not one"
                 )
-            return sample_envelope(args.event_type)
+            sample = sample_envelope(args.event_type)
+            if args.aggregate_id:  # the sample's payload, for the record asked for
+                return dataclasses.replace(sample, aggregate_id=args.aggregate_id)
+            return sample
         if not args.aggregate_id:
             raise ConfigurationError("--type needs --aggregate-id (or --sample)")
         payload = json.loads(args.payload) if args.payload else {}
@@ -88,7 +91,9 @@ def batch_from_file(path: str) -> list[tuple[Envelope, str]] | None:
         raise ConfigurationError(f"not a valid batch: {exc}") from None
     for position, event in enumerate(events):
         if event.refusal:
-            raise ConfigurationError(f"event {position} of {path} is not valid: {event.refusal}")
+            raise ConfigurationError(
+                f"event {position + 1} of {path} (events[{position}]) is not valid: {event.refusal}"
+            )
     return [(event.envelope, event.idempotency_key) for event in events]  # type: ignore[misc]
 
 
