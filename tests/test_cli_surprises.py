@@ -328,3 +328,22 @@ def test_send_file_counts_events_from_one(tmp_path):
     assert (
         refused.returncode == 2 and f"event 2 of {batch} (events[1]) is not valid" in refused.stderr
     ), refused.stderr
+
+
+def test_events_show_does_not_call_a_delivered_events_old_error_its_last(clean_bus):
+    conn = psycopg2.connect(clean_bus)
+    conn.autocommit = True
+    with conn.cursor() as cursor:
+        event_id = helpers.insert_event(
+            cursor, Envelope("asset.reserved", "x", "1", {"booking_id": 1}), idempotency_key="k"
+        ).event_id
+        cursor.execute(
+            "update integration.outbox set status = 'completed', attempts = 2, completed_at = now(),"
+            " last_error = 'HTTP 503: busy' where id = %s",
+            (event_id,),
+        )
+    conn.close()
+    shown = cli("events", "show", str(event_id), env={"DATABASE_URL": clean_bus})
+    assert shown.returncode == 0, shown.stderr
+    assert "an earlier attempt's error: HTTP 503: busy" in shown.stdout
+    assert "last error" not in shown.stdout

@@ -178,7 +178,8 @@ def render_history(event_id: Any, history: dict[str, Any]) -> str:
                 " of the same record: events of one record are delivered in order"
             )
         if row.get("last_error"):
-            lines.append(f"  last error: {row['last_error']}")
+            label = "an earlier attempt's error" if row["status"] == "completed" else "last error"
+            lines.append(f"  {label}: {row['last_error']}")
     else:
         lines.append("  (outbox row purged; the audit copy remains)")
     lines.append(f"  payload {_payload_text(source.get('payload'))}")
