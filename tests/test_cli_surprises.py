@@ -347,3 +347,21 @@ def test_events_show_does_not_call_a_delivered_events_old_error_its_last(clean_b
     assert shown.returncode == 0, shown.stderr
     assert "an earlier attempt's error: HTTP 503: busy" in shown.stdout
     assert "last error" not in shown.stdout
+
+
+def test_status_says_when_nothing_waits(clean_bus):
+    """The by-type table used to vanish when nothing waited, leaving the reader to guess why."""
+    conn = psycopg2.connect(clean_bus)
+    conn.autocommit = True
+    with conn.cursor() as cursor:
+        event_id = helpers.insert_event(
+            cursor, Envelope("asset.reserved", "x", "1", {"booking_id": 1}), idempotency_key="k"
+        ).event_id
+        cursor.execute(
+            "update integration.outbox set status = 'completed', attempts = 1, completed_at = now() where id = %s",
+            (event_id,),
+        )
+    conn.close()
+    shown = cli("status", env={"DATABASE_URL": clean_bus})
+    assert shown.returncode == 0, shown.stderr
+    assert "Not completed, by type\n  none: every event is delivered" in shown.stdout

@@ -81,11 +81,14 @@ def render_status(report: operations.Status) -> str:
             f"  waiting behind an earlier event of the same record: {report.held_by_order}"
             " (events of one record go in order; see ipai-bus events show ID)"
         )
+    lines += ["", "Not completed, by type"]
     if report.by_type:
-        lines += ["", "Not completed, by type", f"  {'event type':<28}{'status':<12}events"]
+        lines.append(f"  {'event type':<28}{'status':<12}events")
         lines += [
             f"  {row['event_type']:<28}{row['status']:<12}{row['events']}" for row in report.by_type
         ]
+    else:
+        lines.append("  none: every event is delivered")
     if report.latest_dead:
         lines += ["", "Latest dead (ipai-bus events show ID; ipai-bus retry ID)"]
         for row in report.latest_dead:
