@@ -222,6 +222,7 @@ def single_parity_cases() -> list[tuple[str, str, bytes, dict[str, str]]]:
     valid = signed(body, key="parity-1")
     rotated = signing.signature_headers(OLD_SECRET, event_body("901"), idempotency_key="parity-2")
     stale = signed(body, key="parity-stale", timestamp_ms=signing.now_ms() - 301_000)
+    in_seconds = signed(body, key="parity-seconds", timestamp_ms=signing.now_ms() // 1000)
     future = signed(body, key="parity-future", timestamp_ms=signing.now_ms() + 301_000)
     malformed, shape = b"{not json", b'["an", "array"]'
     large = event_body("902", payload={"blob": "x" * (300 * 1024)})
@@ -266,6 +267,7 @@ def single_parity_cases() -> list[tuple[str, str, bytes, dict[str, str]]]:
         ("replayed under a new key", "POST", body, {**valid, "x-idempotency-key": "parity-1b"}),
         ("tampered body", "POST", body.replace(b"1250.5", b"9250.5"), valid),
         ("stale", "POST", body, stale),
+        ("timestamp in seconds", "POST", body, in_seconds),
         ("future", "POST", body, future),
         ("rotated (old) secret", "POST", event_body("901"), rotated),
         (

@@ -158,3 +158,14 @@ def test_fingerprint_is_the_same_whichever_digest_matched():
 def test_empty_secret_cannot_sign():
     with pytest.raises(ValueError, match="must not be empty"):
         signing.sign("", BODY, timestamp_ms=NOW)
+
+
+def test_a_timestamp_in_seconds_is_refused_saying_milliseconds_are_expected():
+    from ipai_bus_lib.core.errors import StaleTimestamp, TimestampInSeconds
+
+    now = 1_764_000_000_000
+    with pytest.raises(TimestampInSeconds, match="read as seconds; x-ipai-timestamp is milliseconds"):
+        signing.check_freshness(now // 1000, now=now)
+    with pytest.raises(StaleTimestamp) as stale:
+        signing.check_freshness(now - 301_000, now=now)
+    assert not isinstance(stale.value, TimestampInSeconds), "an old millisecond stamp is just old"

@@ -54,6 +54,15 @@ class StaleTimestamp(SignatureError):
     reason = "timestamp outside the 5 minute window (too old)"
 
 
+class TimestampInSeconds(StaleTimestamp):
+    """A timestamp that is now if read as seconds: a sender that forgot the milliseconds."""
+
+    reason = (
+        "timestamp outside the 5 minute window (too old): it is now if read as seconds;"
+        " x-ipai-timestamp is milliseconds since the Unix epoch"
+    )
+
+
 class FutureTimestamp(SignatureError):
     """The request claims to be signed further in the future than the tolerance allows."""
 

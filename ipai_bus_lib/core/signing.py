@@ -29,6 +29,7 @@ from .errors import (
     MissingSignature,
     MissingTimestamp,
     StaleTimestamp,
+    TimestampInSeconds,
 )
 
 Secret = str | bytes
@@ -93,6 +94,8 @@ def check_freshness(
     """Raise StaleTimestamp or FutureTimestamp when the timestamp is outside the window."""
     current = now_ms() if now is None else now
     if timestamp_ms < current - tolerance_seconds * 1000:
+        if abs(timestamp_ms * 1000 - current) <= tolerance_seconds * 1000:
+            raise TimestampInSeconds()
         raise StaleTimestamp()
     if timestamp_ms > current + tolerance_seconds * 1000:
         raise FutureTimestamp()

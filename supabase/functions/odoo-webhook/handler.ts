@@ -113,6 +113,10 @@ export async function verify(
   }
   const stamp = Number(timestamp);
   if (stamp < now - TOLERANCE_MS) {
+    if (Math.abs(stamp * 1000 - now) <= TOLERANCE_MS) {
+      throw new Refusal(401, "timestamp outside the 5 minute window (too old): it is now if read " +
+        "as seconds; x-ipai-timestamp is milliseconds since the Unix epoch", "unauthorized");
+    }
     throw new Refusal(401, "timestamp outside the 5 minute window (too old)", "unauthorized");
   }
   if (stamp > now + TOLERANCE_MS) {
