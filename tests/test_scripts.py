@@ -154,3 +154,39 @@ def test_each_addons_readme_rst_is_made_from_its_fragments():
     script = Path(__file__).resolve().parent.parent / "scripts" / "addon_readme.py"
     result = subprocess.run([sys.executable, str(script), "--check"], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_expense_flow_script_finds_the_receiver_at_ipai_receiver_port(clean_bus, tmp_path):
+    with receiver_process(clean_bus, tmp_path) as receiver:
+        port = receiver.base_url.rsplit(":", 1)[1]
+        env = {
+            "DATABASE_URL": clean_bus,
+            "IPAI_WEBHOOK_SECRET": PRIMARY_SECRET,
+            "IPAI_RECEIVER_PORT": port,
+        }
+        result = run("test-expense-flow.sh", env={**env, "IPAI_WEBHOOK_URL": ""})
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert counts(clean_bus) == (1, 1)
+
+
+@pytest.mark.parametrize(
+    ("script", "says"),
+    [
+        (
+            "configure-odoo-params.sh",
+            ("Needs psql", "~/.config/ipai-bus/webhook-secret", "--secret-file"),
+        ),
+        ("test-expense-flow.sh", ("openssl, curl and psql", "IPAI_RECEIVER_PORT", "DATABASE_URL")),
+    ],
+)
+def test_scripts_help_says_what_they_need_and_exits_0(script, says):
+    shown = run(script, "--help", env={})
+    assert shown.returncode == 0 and shown.stderr == "", shown.stderr
+    assert shown.stdout.startswith(f"Usage: {script}") and all(part in shown.stdout for part in says)
+    assert "set -euo" not in shown.stdout, "the help is text, not a line of the script"
+
+
+def test_configure_odoo_params_refuses_an_unknown_argument_with_its_usage():
+    refused = run("configure-odoo-params.sh", "--bogus", env={})
+    assert refused.returncode == 2 and "unknown argument --bogus" in refused.stderr
+    assert "Usage: configure-odoo-params.sh" in refused.stderr and refused.stdout == ""

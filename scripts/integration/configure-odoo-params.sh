@@ -9,7 +9,23 @@
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 
-usage() { sed -n '2,9p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
+help() {
+  cat <<'EOF'
+Usage: configure-odoo-params.sh --database URL --url WEBHOOK_URL [--secret-file FILE]
+
+Sets ipai.webhook.url and ipai.webhook.secret in an Odoo database (idempotent), as Odoo's
+Settings > IPAI Bus would. Needs psql (Debian: postgresql-client).
+
+  --database URL      the Odoo database (default ODOO_DATABASE_URL)
+  --url WEBHOOK_URL   the bus's webhook URL (default IPAI_WEBHOOK_URL), e.g.
+                      http://127.0.0.1:8787/functions/v1/odoo-webhook
+  --secret-file FILE  the file holding the secret (default IPAI_WEBHOOK_SECRET_FILE); or set
+                      IPAI_WEBHOOK_SECRET. `ipai-bus up` keeps the secret it generated in
+                      ~/.config/ipai-bus/webhook-secret. The secret is never an argument (it
+                      would show in the process list and the shell history) and never echoed.
+EOF
+}
+usage() { help >&2; exit 2; }
 fail() { echo "configure-odoo-params: $*" >&2; exit 1; }
 
 database="${ODOO_DATABASE_URL:-}"
@@ -20,7 +36,7 @@ while [ $# -gt 0 ]; do
     --database) database="${2:?--database needs a value}"; shift 2 ;;
     --url) url="${2:?--url needs a value}"; shift 2 ;;
     --secret-file) secret_file="${2:?--secret-file needs a value}"; shift 2 ;;
-    -h|--help) usage ;;
+    -h|--help) help; exit 0 ;;
     *) echo "configure-odoo-params: unknown argument $1" >&2; usage ;;
   esac
 done

@@ -6,15 +6,34 @@
 #   DATABASE_URL=postgresql://... IPAI_WEBHOOK_SECRET_FILE=~/.config/ipai-bus/webhook-secret \
 #   scripts/integration/test-expense-flow.sh [WEBHOOK_URL]
 #
-# WEBHOOK_URL defaults to IPAI_WEBHOOK_URL, else http://127.0.0.1:8787/functions/v1/odoo-webhook.
+# WEBHOOK_URL defaults to IPAI_WEBHOOK_URL, else http://127.0.0.1:$IPAI_RECEIVER_PORT (8787 when
+# unset)/functions/v1/odoo-webhook.
 set -euo pipefail
+
+if [ "${1:-}" = "-h" ] || [ "${1:-}" = "--help" ]; then
+  cat <<'EOF'
+Usage: test-expense-flow.sh [WEBHOOK_URL]
+
+Checks a running bus end to end: signs an expense.submitted with openssl, posts it with curl,
+checks with psql that its outbox row and event_log row exist, and that a resend is answered as
+a duplicate. Needs openssl, curl and psql.
+
+  WEBHOOK_URL                default IPAI_WEBHOOK_URL, else
+                             http://127.0.0.1:$IPAI_RECEIVER_PORT/functions/v1/odoo-webhook
+                             (port 8787 when IPAI_RECEIVER_PORT is unset)
+  DATABASE_URL               the bus database (`ipai-bus db url` prints the embedded one's)
+  IPAI_WEBHOOK_SECRET(_FILE) the secret; `ipai-bus up` keeps its own in
+                             ~/.config/ipai-bus/webhook-secret
+EOF
+  exit 0
+fi
 
 fail() { echo "test-expense-flow: FAIL: $*" >&2; exit 1; }
 for tool in openssl curl psql; do
   command -v "$tool" >/dev/null || fail "$tool is not installed"
 done
 
-url="${1:-${IPAI_WEBHOOK_URL:-http://127.0.0.1:8787/functions/v1/odoo-webhook}}"
+url="${1:-${IPAI_WEBHOOK_URL:-http://127.0.0.1:${IPAI_RECEIVER_PORT:-8787}/functions/v1/odoo-webhook}}"
 [ -n "${DATABASE_URL:-}" ] || fail "set DATABASE_URL to the bus database (ipai-bus db url prints it)"
 secret="${IPAI_WEBHOOK_SECRET:-}"
 if [ -z "$secret" ] && [ -n "${IPAI_WEBHOOK_SECRET_FILE:-}" ]; then
