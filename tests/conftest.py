@@ -32,6 +32,16 @@ def pytest_configure(config: pytest.Config) -> None:
         config._ipai_private_basetemp = base  # type: ignore[attr-defined]
 
 
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Iterator[None]:
+    """A skip is said once per reason in the summary, however many tests it skips: pytest
+    counts skips by file and line, so without Odoo the same sentence came fourteen times."""
+    outcome = yield
+    report = outcome.get_result()  # type: ignore[attr-defined]
+    if report.skipped and isinstance(report.longrepr, tuple) and len(report.longrepr) == 3:
+        report.longrepr = (str(Path(__file__).parent), None, report.longrepr[2])
+
+
 def pytest_unconfigure(config: pytest.Config) -> None:
     base = getattr(config, "_ipai_private_basetemp", None)
     if base:
