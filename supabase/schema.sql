@@ -536,6 +536,27 @@ begin
 end;
 $$;
 
+CREATE FUNCTION integration.resume_destination(p_destination text, p_actor text, p_reason text DEFAULT NULL::text) RETURNS boolean
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+begin
+    perform integration.require(length(btrim(p_actor)) between 1 and 200,
+        'resume_destination: actor must name who resumes');
+    update integration.destination_state
+       set resume_requested_at = now(), updated_at = now()
+     where destination = p_destination and state = 'open';
+    if not found then
+        return false;  -- not paused: nothing to resume, nothing recorded
+    end if;
+    insert into integration.operator_actions (action, actor, reason, detail)
+    values ('resume', p_actor, p_reason, jsonb_build_object('destination', p_destination));
+    return true;
+end;
+$$;
+
+COMMENT ON FUNCTION integration.resume_destination(p_destination text, p_actor text, p_reason text) IS 'Asks every router to try a paused destination now (its next delivery is the trial); audited. False when it is not paused.';
+
 CREATE FUNCTION integration.retry_events(p_ids uuid[], p_actor text, p_reason text DEFAULT NULL::text) RETURNS integer
     LANGUAGE plpgsql SECURITY DEFINER
     SET plan_cache_mode TO 'force_custom_plan'
@@ -670,10 +691,13 @@ CREATE TABLE integration.destination_state (
     open_until timestamp with time zone,
     last_error text,
     updated_at timestamp with time zone DEFAULT now() NOT NULL,
+    resume_requested_at timestamp with time zone,
     CONSTRAINT destination_state_known CHECK ((state = ANY (ARRAY['closed'::text, 'open'::text])))
 );
 
 COMMENT ON TABLE integration.destination_state IS 'Circuit breakers: an open destination is paused until open_until; its events wait without spending attempts.';
+
+COMMENT ON COLUMN integration.destination_state.resume_requested_at IS 'When an operator last asked to resume this destination now; routers whose breaker opened before it let a trial delivery through.';
 
 CREATE TABLE integration.event_key (
     source text NOT NULL,
@@ -726,10 +750,10 @@ CREATE TABLE integration.operator_actions (
     event_ids uuid[] DEFAULT '{}'::uuid[] NOT NULL,
     detail jsonb DEFAULT '{}'::jsonb NOT NULL,
     acted_at timestamp with time zone DEFAULT now() NOT NULL,
-    CONSTRAINT operator_actions_action_known CHECK ((action = ANY (ARRAY['retry'::text, 'purge'::text])))
+    CONSTRAINT operator_actions_action_known CHECK ((action = ANY (ARRAY['retry'::text, 'purge'::text, 'resume'::text])))
 );
 
-COMMENT ON TABLE integration.operator_actions IS 'Audit trail of operator actions on the outbox: retries (which events, why) and purges.';
+COMMENT ON TABLE integration.operator_actions IS 'Audit trail of operator actions: retries (which events, why), purges and resumed destinations.';
 
 ALTER TABLE integration.operator_actions ALTER COLUMN id ADD GENERATED ALWAYS AS IDENTITY (
     SEQUENCE NAME integration.operator_actions_id_seq
@@ -907,6 +931,9 @@ REVOKE ALL ON FUNCTION integration.release_outbox(p_ids uuid[], p_worker text, p
 GRANT ALL ON FUNCTION integration.release_outbox(p_ids uuid[], p_worker text, p_available_at timestamp with time zone) TO ipai_bus_router;
 
 REVOKE ALL ON FUNCTION integration.require(condition boolean, message text) FROM PUBLIC;
+
+REVOKE ALL ON FUNCTION integration.resume_destination(p_destination text, p_actor text, p_reason text) FROM PUBLIC;
+GRANT ALL ON FUNCTION integration.resume_destination(p_destination text, p_actor text, p_reason text) TO ipai_bus_operator;
 
 REVOKE ALL ON FUNCTION integration.retry_events(p_ids uuid[], p_actor text, p_reason text) FROM PUBLIC;
 GRANT ALL ON FUNCTION integration.retry_events(p_ids uuid[], p_actor text, p_reason text) TO ipai_bus_operator;

@@ -32,7 +32,7 @@ from ipai_bus_lib.delivery.routes import DestinationSpec, Route, RoutingTable, p
 from ipai_bus_lib.storage import outbox
 
 from . import helpers
-from .helpers import free_port
+from .helpers import cli, free_port
 from .sinks import HttpSink, Reply, TricklingSmtpServer
 from .test_message_safety import MENTION_LIKE, linkified, markdown_links_and_text
 
@@ -883,3 +883,55 @@ def test_each_event_gone_dead_is_one_log_line_and_counted_by_reason(database, ca
     for reason, count in (("refused", 1), ("attempts_exhausted", 1), ("no_route", 1), ("unreadable", 0)):
         assert f'ipai_router_dead_events_total{{reason="{reason}"}} {count}.0' in text
     assert {state(database, e)["status"] for e in (refused, exhausted, unrouted)} == {"dead"}
+
+
+def test_an_operator_resumes_a_paused_destination_at_once(database, clean_bus):
+    """`ipai-bus resume` ends a pause the breaker would have held for five minutes: the next
+    delivery is the trial, and the request is audited."""
+    answers = iter([Reply(503, b"down for a moment")])
+    with HttpSink(lambda request: next(answers, Reply(200, b"ok"))) as sink:
+        router = make_router(
+            database,
+            {"mm": MattermostDestination("mm", sink.url)},
+            breaker_threshold=1,
+            breaker_cooldown_seconds=300,
+            concurrency=1,
+        )
+        [first] = add_events(database, aggregate="a")
+        router.run_once()  # 503: the breaker opens for 300 s
+        [second] = add_events(database, aggregate="b")
+        make_due(database)
+        router.run_once()
+        assert sink.count() == 1, "paused: nothing more is sent"
+        assert state(database, second)["status"] == "pending"
+
+        retried = cli("retry", str(first), env={"DATABASE_URL": clean_bus})
+        assert retried.returncode == 0 and "paused destinations (mm)" in retried.stdout, retried.stderr
+        assert "`ipai-bus resume NAME` makes the trial now" in retried.stdout
+        refused = cli("resume", "nowhere", env={"DATABASE_URL": clean_bus})
+        assert refused.returncode == 2 and "nowhere is not paused" in refused.stderr
+        assert "paused now: mm" in refused.stderr
+        resumed = cli(
+            "resume",
+            "mm",
+            "--reason",
+            "fixed the webhook",
+            "--by",
+            "ana",
+            env={"DATABASE_URL": clean_bus},
+        )
+        assert resumed.returncode == 0 and "resumed by ana" in resumed.stdout, resumed.stderr
+        time.sleep(1.1)  # past the router's once-a-second look at the destination's state
+        make_due(database)
+        router.run_once()
+    assert state(database, first)["status"] == state(database, second)["status"] == "completed"
+    with database.transaction() as cursor:
+        cursor.execute(
+            "select action, actor, reason, detail from integration.operator_actions"
+            " where action = 'resume'"
+        )
+        assert cursor.fetchall() == [("resume", "ana", "fixed the webhook", {"destination": "mm"})]
+        cursor.execute("select state from integration.destination_state where destination = 'mm'")
+        assert cursor.fetchone() == ("closed",)
+    again = cli("resume", "mm", env={"DATABASE_URL": clean_bus})
+    assert again.returncode == 2 and "(none is paused)" in again.stderr

@@ -99,7 +99,7 @@ def status(cursor: Any, *, dead_limit: int = 10) -> Status:
     dead = _rows(cursor, SQL["latest_dead"], (dead_limit,))
     cursor.execute(SQL["logged_last_hour"])
     logged = dict(cursor.fetchall())
-    circuits = _rows(cursor, SQL["open_circuits"])
+    circuits = open_circuits(cursor)
     shared = _rows(cursor, SQL["shared_sources"])
     return Status(
         by_status,
@@ -186,6 +186,17 @@ def retry(cursor: Any, event_ids: list[uuid.UUID], *, actor: str, reason: str | 
     """Put failed/dead events back to pending (attempts reset); audited. Returns how many."""
     cursor.execute(SQL["retry_events"], (event_ids, actor, reason))
     return int(cursor.fetchone()[0])
+
+
+def open_circuits(cursor: Any) -> list[dict[str, Any]]:
+    """The paused destinations: name, failures, until when, the last error."""
+    return _rows(cursor, SQL["open_circuits"])
+
+
+def resume_destination(cursor: Any, destination: str, *, actor: str, reason: str | None) -> bool:
+    """Ask the routers to try a paused destination now; audited. False when it is not paused."""
+    cursor.execute(SQL["resume_destination"], (destination, actor, reason))
+    return bool(cursor.fetchone()[0])
 
 
 def purge_completed(cursor: Any, older_than: timedelta, *, actor: str) -> int:

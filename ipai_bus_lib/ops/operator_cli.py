@@ -260,6 +260,12 @@ def cmd_retry(args: argparse.Namespace, settings: Settings, resolve_url: UrlReso
         statuses = operations.statuses_of(cursor, [str(event_id) for event_id in ids])
         retried = operations.retry(cursor, ids, actor=actor, reason=args.reason)
         print(retry_summary(retried, actor, statuses))
+        paused = [row["destination"] for row in operations.open_circuits(cursor)]
+        if retried and paused:
+            print(
+                f"paused destinations ({', '.join(paused)}) hold their events until a trial"
+                " delivery succeeds; `ipai-bus resume NAME` makes the trial now"
+            )
         return 0
 
     return _with_cursor(settings, resolve_url, work)
@@ -281,6 +287,25 @@ def retry_summary(retried: int, actor: str, statuses_before: dict[str, str]) -> 
     return f"{retried} event(s) back to pending (attempts reset), recorded as retried by {actor}" + (
         f"; left alone (only failed or dead events are retried): {alone}" if alone else ""
     )
+
+
+def cmd_resume(args: argparse.Namespace, settings: Settings, resolve_url: UrlResolver) -> int:
+    actor = args.by or operations.current_actor()
+
+    def work(cursor: Any) -> int:
+        if operations.resume_destination(cursor, args.destination, actor=actor, reason=args.reason):
+            print(
+                f"destination {args.destination} resumed, recorded as resumed by {actor}: each"
+                " router holding it paused makes its next delivery the trial (within a second)"
+            )
+            return 0
+        paused = ", ".join(row["destination"] for row in operations.open_circuits(cursor))
+        raise InvalidInput(
+            f"destination {args.destination} is not paused; nothing to resume"
+            + (f" (paused now: {paused})" if paused else " (none is paused)")
+        )
+
+    return _with_cursor(settings, resolve_url, work)
 
 
 def cmd_purge(args: argparse.Namespace, settings: Settings, resolve_url: UrlResolver) -> int:
@@ -313,7 +338,7 @@ def _duration(text: str) -> timedelta:
 
 
 def add_operator_commands(commands: Any, resolve_url: UrlResolver) -> None:
-    """Register status, events, retry and purge on the main parser's subcommands."""
+    """Register status, events, retry, resume and purge on the main parser's subcommands."""
 
     def bind(handler: Callable[..., int]) -> Callable[[argparse.Namespace, Settings], int]:
         return lambda args, settings: handler(args, settings, resolve_url)
@@ -349,6 +374,14 @@ def add_operator_commands(commands: Any, resolve_url: UrlResolver) -> None:
     retry.add_argument("--reason", help="why, for the audit trail")
     retry.add_argument("--by", help="who, for the audit trail (default user@host)")
     retry.set_defaults(handler=bind(cmd_retry))
+
+    resume = commands.add_parser(
+        "resume", help="try a paused destination now instead of waiting out its breaker"
+    )
+    resume.add_argument("destination", help="the destination's name in the routes file")
+    resume.add_argument("--reason", help="why, for the audit trail")
+    resume.add_argument("--by", help="who, for the audit trail (default user@host)")
+    resume.set_defaults(handler=bind(cmd_resume))
 
     purge = commands.add_parser("purge", help="delete old completed outbox rows (not the log)")
     purge.add_argument(

@@ -58,6 +58,7 @@ class CircuitBreaker:
         self.on_change = on_change or (lambda state, until, error: None)
         self.failures = 0
         self.open_until: float | None = None
+        self.opened_at: float | None = None  # when it last opened: an older resume is spent
         self.trial_started: float | None = None
         self.lock = threading.Lock()
 
@@ -93,7 +94,8 @@ class CircuitBreaker:
             self.trial_started = None
             if self.failures < self.threshold and self.open_until is None:
                 return
-            self.open_until = self.clock() + self.cooldown
+            self.opened_at = self.clock()
+            self.open_until = self.opened_at + self.cooldown
             until = self.open_until
         self.on_change("open", until, error)
 
@@ -104,6 +106,16 @@ class CircuitBreaker:
             self.trial_started = None
             if self.open_until is None:
                 return
-            self.open_until = retry_at if retry_at is not None else self.clock() + self.cooldown
+            self.opened_at = self.clock()
+            self.open_until = retry_at if retry_at is not None else self.opened_at + self.cooldown
             until = self.open_until
         self.on_change("open", until, "throttled (HTTP 429)")
+
+    def resume(self, requested_at: float) -> bool:
+        """An operator asked at ``requested_at`` to try the destination now: if that was after
+        the breaker last opened, the pause ends and the next delivery is the trial."""
+        with self.lock:
+            if self.open_until is None or self.opened_at is None or requested_at < self.opened_at:
+                return False
+            self.open_until, self.trial_started = min(self.open_until, self.clock()), None
+            return True

@@ -20,6 +20,8 @@ from .settling import moment
 
 log = logging.getLogger("ipai_bus.router")
 SQL = load("router")
+# How often a router asks whether an operator resumed a destination it holds paused.
+RESUME_CHECK_SECONDS = 1.0
 
 
 class Deliverer:
@@ -45,6 +47,8 @@ class Deliverer:
             for name in self.destinations
         }
         self.pool = ThreadPoolExecutor(config.concurrency, thread_name_prefix="deliver")
+        self._resume_checked: dict[str, float] = {}
+        self._resume_lock = threading.Lock()
 
     def close(self) -> None:
         self.pool.shutdown(wait=True)
@@ -69,6 +73,8 @@ class Deliverer:
             return
         breaker = self.breakers[attempt.destination]
         paused_until = breaker.paused_until()
+        if paused_until is not None and self._resume_requested(attempt.destination, breaker):
+            paused_until = breaker.paused_until()
         if paused_until is not None:
             attempt.outcome, attempt.retry_at = "deferred", paused_until
             attempt.error = f"destination {attempt.destination} paused (circuit open)"
@@ -100,6 +106,25 @@ class Deliverer:
             breaker.record_failure(attempt.error)
         finally:
             attempt.duration_ms = (time.perf_counter() - started) * 1000
+
+    def _resume_requested(self, name: str, breaker: CircuitBreaker) -> bool:
+        """Whether an operator asked to resume ``name`` since its breaker opened; the database
+        is asked at most once per RESUME_CHECK_SECONDS per destination, however many wait."""
+        with self._resume_lock:
+            now = time.monotonic()
+            if now - self._resume_checked.get(name, float("-inf")) < RESUME_CHECK_SECONDS:
+                return False
+            self._resume_checked[name] = now
+        try:
+            with self.database.autocommit() as cursor:
+                cursor.execute(SQL["resume_requested_at"], {"name": name})
+                row = cursor.fetchone()
+        except DatabaseUnavailable:
+            return False
+        if row is None or row[0] is None or not breaker.resume(float(row[0])):
+            return False
+        log.warning("destination %s resumed by an operator: the next delivery is the trial", name)
+        return True
 
     def _breaker_changed(self, name: str) -> Callable[[str, float | None, str | None], None]:
         def changed(state: str, open_until: float | None, error: str | None) -> None:

@@ -89,6 +89,9 @@ select id from integration.outbox where status = any(%s)
 -- name: retry_events
 select integration.retry_events(p_ids => %s::uuid[], p_actor => %s, p_reason => %s);
 
+-- name: resume_destination
+select integration.resume_destination(p_destination => %s, p_actor => %s, p_reason => %s);
+
 -- name: purge_completed
 select integration.purge_completed(p_older_than => %s, p_actor => %s);
 

@@ -27,6 +27,11 @@ on conflict (destination) do update
        open_until = excluded.open_until,
        last_error = coalesce(excluded.last_error, s.last_error), updated_at = now();
 
+-- name: resume_requested_at
+-- When an operator last asked to resume a paused destination (ipai-bus resume); NULL if never.
+select extract(epoch from resume_requested_at) from integration.destination_state
+ where destination = %(name)s;
+
 -- name: stage_attempts
 -- A batch's attempts arrive by COPY into a table of the session's own (COPY cannot write a
 -- table under row level security, and the session's table needs no policy); emptied at commit.
