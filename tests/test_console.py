@@ -253,3 +253,81 @@ def test_every_refusal_leaves_the_data_untouched(bus):
     assert "Secure" not in signed_in.headers["Set-Cookie"], "plain HTTP on loopback"
     over_tls = requests.get(base + "/login", headers={"X-Forwarded-Proto": "https"})
     assert "Secure" in over_tls.headers["Set-Cookie"]
+
+
+def pause(url: str, name: str) -> None:
+    """The state a router writes when a destination's breaker opens."""
+    conn = psycopg2.connect(url)
+    with conn, conn.cursor() as cursor:
+        cursor.execute(
+            "insert into integration.destination_state (destination, state, failures, open_until,"
+            " last_error) values (%s, 'open', 5, now() + interval '5 minutes', 'HTTP 502: bad gateway')",
+            (name,),
+        )
+    conn.close()
+
+
+def resume_state(url: str) -> tuple:
+    conn = psycopg2.connect(url)
+    with conn.cursor() as cursor:
+        cursor.execute(
+            "select count(*) from integration.destination_state where resume_requested_at is not null"
+        )
+        requested = cursor.fetchone()[0]
+        cursor.execute(
+            "select actor, reason, detail from integration.operator_actions where action = 'resume'"
+        )
+        actions = cursor.fetchall()
+    conn.close()
+    return requested, actions
+
+
+def test_an_operator_resumes_a_paused_destination_from_the_console(bus):
+    base, url, _ = bus
+    pause(url, "booking-hook")
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+
+    operator, _ = console_sign_in(base, "Ana Reyes", PASSWORD)
+    headers = {"Content-Type": "application/x-www-form-urlencoded"}
+    form = {"destination": "booking-hook", "reason": "gateway fixed"}
+    assert (
+        operator.post(base + "/resume", data=form, headers=headers, allow_redirects=False).status_code
+        == 403
+    )
+    csrf = re.search(r'name="csrf" value="([^"]+)"', operator.get(base + "/destinations").text)[1]
+    no_reason = operator.post(
+        base + "/resume",
+        data={**form, "reason": " ", "csrf": csrf},
+        headers=headers,
+        allow_redirects=False,
+    )
+    assert no_reason.status_code == 303 and "error=1" in no_reason.headers["Location"]
+    not_paused = operator.post(
+        base + "/resume", data={**form, "destination": "mattermost", "csrf": csrf}, headers=headers
+    )
+    assert "mattermost is not paused; nothing was changed." in not_paused.text
+    assert resume_state(url) == (0, []), "no refusal recorded or changed anything"
+
+    with playwright_api.sync_playwright() as driver:
+        browser = driver.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        page = browser.new_page(viewport={"width": 1280, "height": 700})
+        page.goto(base + "/login")
+        page.fill("#operator", "Ana Reyes")
+        page.fill("#password", PASSWORD)
+        page.click("button[type=submit]")
+        page.wait_for_url(base + "/")
+        page.click("text=Destinations")
+        assert "paused until" in page.inner_text("table") and "HTTP 502: bad gateway" in page.inner_text(
+            "table"
+        )
+        page.fill("form.resume input[name=reason]", "gateway fixed")
+        page.screenshot(path=SCREENSHOTS / "console-10-destination-paused.png", full_page=True)
+        page.click("text=Resume now")
+        assert "booking-hook resumed by Ana Reyes: its next delivery is the trial." in (
+            page.get_by_role("status").inner_text()
+        )
+        assert "the next delivery is the trial" in page.inner_text("table")
+        assert page.locator("form.resume").count() == 0, "asked once: no second form"
+        page.screenshot(path=SCREENSHOTS / "console-11-destination-resumed.png", full_page=True)
+        browser.close()
+    assert resume_state(url) == (1, [("Ana Reyes", "gateway fixed", {"destination": "booking-hook"})])

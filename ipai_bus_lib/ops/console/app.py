@@ -1,4 +1,4 @@
-"""The console as a WSGI application: sign-in, the pages, and the one action (retry), each
+"""The console as a WSGI application: sign-in, the pages, and the actions (retry, resume), each
 request checked before it reads or changes anything."""
 
 from __future__ import annotations
@@ -130,6 +130,8 @@ class Console:
                 )
             if path == "/retry":
                 return self._retry(session, form)
+            if path == "/resume":
+                return self._resume(session, form)
             if path == "/logout":
                 self.sessions.end(session)
                 return 303, "", [("Location", "/login"), _clear_cookie(SESSION_COOKIE)]
@@ -188,7 +190,7 @@ class Console:
             states = data.destination_states(cursor)
             return (
                 "Destinations",
-                pages.destinations_page(self.destinations, states),
+                pages.destinations_page(self.destinations, states, session.csrf),
                 "/destinations",
             )
         raise Answer(404, pages.layout("Not found", _problem("No such page.")))
@@ -267,6 +269,28 @@ class Console:
             return _back(back, "Nothing retried: only failed or dead events are.", error=True)
         return _back(
             back, f"{retried} event(s) back to pending, recorded as retried by {session.operator}."
+        )
+
+    def _resume(
+        self, session: Session, form: Mapping[str, Any]
+    ) -> tuple[int, str, list[tuple[str, str]]]:
+        name, reason = form.get("destination", "").strip(), form.get("reason", "").strip()
+        if not name or not reason:
+            return _back(
+                "/destinations",
+                "Name the destination and say why you resume it; nothing was changed.",
+                error=True,
+            )
+        resumed = self._with_cursor(
+            lambda cursor: operations.resume_destination(
+                cursor, name, actor=session.operator, reason=reason
+            )
+        )
+        if not resumed:
+            return _back("/destinations", f"{name} is not paused; nothing was changed.", error=True)
+        return _back(
+            "/destinations",
+            f"{name} resumed by {session.operator}: its next delivery is the trial.",
         )
 
 

@@ -51,6 +51,7 @@ td.err { color: var(--bad); max-width: 520px; overflow-wrap: anywhere; }
 .status.completed { background: #d3f9d8; color: var(--good); }
 .status.dead { background: #ffe3e3; color: var(--bad); }
 .status.failed { background: #fff3c4; color: var(--warn); }
+form.resume { display: flex; gap: .4rem; margin-top: .4rem; }
 .status.pending, .status.processing { background: #dceefb; color: var(--accent); }
 form.filters { display: flex; gap: 10px; flex-wrap: wrap; align-items: end; margin-bottom: 14px; }
 form.filters label { display: flex; flex-direction: column; font-size: 13px; color: var(--muted); }
@@ -408,8 +409,28 @@ def dead_page(page: Page, csrf: str) -> str:
     )
 
 
+def _resume_cell(name: str, state: Mapping[str, Any], csrf: str) -> str:
+    """A paused destination's way out: asked already (no router has met it since), or the form."""
+    asked = state.get("resume_requested_at")
+    if asked is not None and state.get("updated_at") is not None and asked >= state["updated_at"]:
+        return f'<p class="note">resume asked {h(when(asked))}: the next delivery is the trial</p>'
+    return _resume_form(name, csrf)
+
+
+def _resume_form(name: str, csrf: str) -> str:
+    """End a destination's pause now (ipai-bus resume): its next delivery is the trial."""
+    return (
+        '<form method="post" action="/resume" class="resume">'
+        f'<input type="hidden" name="csrf" value="{h(csrf)}">'
+        f'<input type="hidden" name="destination" value="{h(name)}">'
+        '<input name="reason" required placeholder="why (for the audit trail)"'
+        f' aria-label="why resume {h(name)}">'
+        f'<button type="submit">Resume now</button></form>'
+    )
+
+
 def destinations_page(
-    configured: Mapping[str, Mapping[str, Any]], states: Mapping[str, Mapping[str, Any]]
+    configured: Mapping[str, Mapping[str, Any]], states: Mapping[str, Mapping[str, Any]], csrf: str
 ) -> str:
     names = sorted(set(configured) | set(states))
     rows = []
@@ -421,7 +442,8 @@ def destinations_page(
         rows.append(
             f"<tr><td>{h(name)}</td><td>{h(spec.get('type', 'not in this routes file'))}</td>"
             f"<td>{h(f'{rate}/s' if rate else 'no limit')}</td>"
-            f'<td><span class="status {"dead" if paused else "completed"}">{breaker}</span></td>'
+            f'<td><span class="status {"dead" if paused else "completed"}">{breaker}</span>'
+            f"{_resume_cell(name, state, csrf) if paused else ''}</td>"
             f"<td>{h(state.get('failures', 0))}</td>"
             f'<td class="err">{h(operations.shorten(state.get("last_error") or "", 160))}</td>'
             f"<td>{h(when(state.get('updated_at')))}</td></tr>"

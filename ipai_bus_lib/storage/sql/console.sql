@@ -31,7 +31,7 @@ select destination, failures, open_until, last_error, updated_at, open_until <= 
   from integration.destination_state where state = 'open' order by destination;
 
 -- name: destination_states
-select destination, state, failures, open_until, last_error, updated_at
+select destination, state, failures, open_until, last_error, updated_at, resume_requested_at
   from integration.destination_state order by destination;
 
 -- name: events_from_log
