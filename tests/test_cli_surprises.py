@@ -330,8 +330,9 @@ def test_send_file_counts_events_from_one(tmp_path):
     ), refused.stderr
 
 
-def test_events_show_does_not_call_a_delivered_events_old_error_its_last(clean_bus):
-    conn = psycopg2.connect(clean_bus)
+def one_completed_event(url: str, *, last_error: str | None = None) -> str:
+    """One event, delivered (with an earlier attempt's error, if given)."""
+    conn = psycopg2.connect(url)
     conn.autocommit = True
     with conn.cursor() as cursor:
         event_id = helpers.insert_event(
@@ -339,11 +340,16 @@ def test_events_show_does_not_call_a_delivered_events_old_error_its_last(clean_b
         ).event_id
         cursor.execute(
             "update integration.outbox set status = 'completed', attempts = 2, completed_at = now(),"
-            " last_error = 'HTTP 503: busy' where id = %s",
-            (event_id,),
+            " last_error = %s where id = %s",
+            (last_error, event_id),
         )
     conn.close()
-    shown = cli("events", "show", str(event_id), env={"DATABASE_URL": clean_bus})
+    return str(event_id)
+
+
+def test_events_show_does_not_call_a_delivered_events_old_error_its_last(clean_bus):
+    event_id = one_completed_event(clean_bus, last_error="HTTP 503: busy")
+    shown = cli("events", "show", event_id, env={"DATABASE_URL": clean_bus})
     assert shown.returncode == 0, shown.stderr
     assert "an earlier attempt's error: HTTP 503: busy" in shown.stdout
     assert "last error" not in shown.stdout
@@ -351,17 +357,7 @@ def test_events_show_does_not_call_a_delivered_events_old_error_its_last(clean_b
 
 def test_status_says_when_nothing_waits(clean_bus):
     """The by-type table used to vanish when nothing waited, leaving the reader to guess why."""
-    conn = psycopg2.connect(clean_bus)
-    conn.autocommit = True
-    with conn.cursor() as cursor:
-        event_id = helpers.insert_event(
-            cursor, Envelope("asset.reserved", "x", "1", {"booking_id": 1}), idempotency_key="k"
-        ).event_id
-        cursor.execute(
-            "update integration.outbox set status = 'completed', attempts = 1, completed_at = now() where id = %s",
-            (event_id,),
-        )
-    conn.close()
+    one_completed_event(clean_bus)
     shown = cli("status", env={"DATABASE_URL": clean_bus})
     assert shown.returncode == 0, shown.stderr
     assert "Not completed, by type\n  none: every event is delivered" in shown.stdout
