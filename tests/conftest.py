@@ -73,6 +73,8 @@ _TABLES_CLEANED_PER_TEST = (
     "integration.event_log",
     "integration.ingest_batch",
     "integration.signed_message",
+    "integration.destination_state",  # a paused destination must not reach the next test
+    "integration.operator_actions",
 )
 _APPEND_ONLY_TABLES = ("integration.event_log", "integration.signed_message")
 

@@ -269,7 +269,8 @@ def test_send_file_sends_a_batch_and_refuses_a_bad_one_up_front(receiver, clean_
     bad.write_text(batch_body([batch_event("file-3"), batch_event("file-4", payload=[])]).decode())
     refused = cli("send", "--file", str(bad), "--url", url, env=env)
     assert refused.returncode == 2
-    assert "event 1 of" in refused.stderr and "payload must be a JSON object" in refused.stderr
+    assert f"event 2 of {bad} (events[1])" in refused.stderr
+    assert "payload must be a JSON object" in refused.stderr
     assert len(stored_rows(clean_bus)[0]) == 2, "nothing of a refused file was sent"
 
     keyed = cli("send", "--file", str(good), "--key", "one-key", "--url", url, env=env)
