@@ -239,6 +239,7 @@ def backlog_memory(url: str, port: int, server: subprocess.Popen, events: int) -
             drain_seconds = time.perf_counter() - started
             time.sleep(1.0)  # past the idle hand-back of freed memory
             router_after = resident_mib(router.pid)
+            after_drain = [resident_mib(pid) for pid in workers]
         finally:
             router.terminate()
             router.wait(timeout=30)
@@ -247,9 +248,10 @@ def backlog_memory(url: str, port: int, server: subprocess.Popen, events: int) -
         f"backlog of {events}: taken in by batch in {ingest_seconds:.1f} s, drained by `ipai-bus route`"
         f" (HTTP sink) in {drain_seconds:.1f} s; {delivered} delivered (with the earlier parts' events)"
     )
-    for number, (ahead, ingested) in enumerate(zip(before, after_ingest)):
+    for number, (ahead, ingested, idle) in enumerate(zip(before, after_ingest, after_drain)):
         print(
-            f"  receiver worker {number} resident memory: {ahead:.0f} MiB before the backlog -> {ingested:.0f} MiB after it"
+            f"  receiver worker {number} resident memory: {ahead:.0f} MiB before the backlog ->"
+            f" {ingested:.0f} MiB after it -> {idle:.0f} MiB idle while the router drained it"
         )
     print(
         f"  router resident memory: {router_idle:.0f} MiB idle -> {router_after:.0f} MiB after draining it"

@@ -37,6 +37,7 @@ from ..core.contract import (
     MAX_EVENT_BYTES,
     TIMESTAMP_HEADER,
 )
+from ..core.memory import FreedMemoryReturner, cap_malloc_arenas
 
 SERVER_NAME = "ipai-bus"
 MAX_HEAD_BYTES = 16 * 1024
@@ -371,6 +372,7 @@ class AsyncReceiverWorker(Worker):  # type: ignore[misc]
         signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
 
     def run(self) -> None:
+        cap_malloc_arenas()  # before the request threads exist, as the router does
         open_files = raise_open_files_limit()
         limits = FrontLimits(
             **{
@@ -384,9 +386,14 @@ class AsyncReceiverWorker(Worker):  # type: ignore[misc]
         front = HttpFront(self.wsgi, limits, self.cfg.threads)
         await front.start(getattr(sock, "sock", sock) for sock in self.sockets)
         parent = self.ppid
+        # A batch request holds megabytes while it is parsed and stored; without handing the
+        # freed heap back, a worker stayed at its peak (71 MiB after a 100,000-event backlog).
+        freed_memory = FreedMemoryReturner()
         while self.alive:  # gunicorn's signal handlers clear `alive`; wake up to notice
             self.notify()
             if os.getppid() != parent:
                 break
+            if not any(connection.busy for connection in front.connections):
+                freed_memory.when_idle()
             await asyncio.sleep(0.5)
         await front.stop(self.cfg.graceful_timeout)
