@@ -164,11 +164,15 @@ def test_an_operator_signs_in_looks_around_and_retries_a_dead_event(bus):
 
         page.goto(base + f"/events/{dead}")
         assert "this channel does not take check-outs" in page.inner_text("main")
+        assert re.search(r"accepted\s+\d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC", page.inner_text("dl")), (
+            "times say their zone"
+        )
         assert '"booking_id": 7' in page.inner_text("pre")
         page.screenshot(path=SCREENSHOTS / "console-5-dead-event.png", full_page=True)
 
         destination.fixed = True  # the operator fixes the destination, then retries
         page.click("text=Dead letters")
+        assert page.locator(f'a[title="{dead}"]').count() == 1, "a short id carries the whole one"
         page.check(f'input[value="{dead}"]')
         page.fill("input[name=reason]", "channel now takes check-outs")
         page.screenshot(path=SCREENSHOTS / "console-6-dead-letters.png", full_page=True)

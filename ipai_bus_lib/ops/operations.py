@@ -248,7 +248,11 @@ def age(seconds: float | None) -> str:
 
 
 def when(moment: datetime | None) -> str:
-    """A stored moment as an operator reads it; one Python cannot represent, as stored."""
+    """A stored moment as an operator reads it, saying its zone ("2026-12-02 14:15:42 UTC");
+    one Python cannot represent, as stored."""
     if not moment:
         return "—"
-    return moment.strftime("%Y-%m-%d %H:%M:%S") if isinstance(moment, datetime) else str(moment)
+    if not isinstance(moment, datetime):
+        return str(moment)
+    zone = moment.strftime("%Z") if moment.tzinfo is not None else ""
+    return moment.strftime("%Y-%m-%d %H:%M:%S") + (f" {zone}" if zone else "")

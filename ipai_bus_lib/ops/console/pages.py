@@ -52,6 +52,7 @@ td.err { color: var(--bad); max-width: 520px; overflow-wrap: anywhere; }
 .status.dead { background: #ffe3e3; color: var(--bad); }
 .status.failed { background: #fff3c4; color: var(--warn); }
 form.resume { display: flex; gap: .4rem; margin-top: .4rem; }
+td.t { white-space: nowrap; }
 .status.pending, .status.processing { background: #dceefb; color: var(--accent); }
 form.filters { display: flex; gap: 10px; flex-wrap: wrap; align-items: end; margin-bottom: 14px; }
 form.filters label { display: flex; flex-direction: column; font-size: 13px; color: var(--muted); }
@@ -102,7 +103,7 @@ def table(headers: list[str], rows: list[str], empty: str) -> str:
 
 
 def event_link(event_id: Any) -> str:
-    return f'<a href="/events/{h(event_id)}">{h(str(event_id)[:8])}…</a>'
+    return f'<a href="/events/{h(event_id)}" title="{h(event_id)}">{h(str(event_id)[:8])}…</a>'
 
 
 def error_cell(text: str | None, width: int) -> str:
@@ -284,7 +285,7 @@ def events_page(page: Page, query: Mapping[str, str]) -> str:
     rows = [
         "<tr>"
         + td(event_link(row["id"]))
-        + td(h(when(row["at"])))
+        + td(h(when(row["at"])), "t")
         + td(h(row["event_type"]))
         + td(f"{h(row['aggregate_type'])} {h(row['aggregate_id'])}")
         + td(h(row["source"]))
@@ -340,7 +341,8 @@ def event_page(event_id: Any, history: Mapping[str, Any], csrf: str) -> str:
         body += retry_form([str(event_id)], csrf, f"/events/{event_id}")
     body += f"<h3>Payload</h3><pre>{h(_pretty(source.get('payload')))}</pre>"
     attempts = "".join(
-        f"<tr><td>{h(when(a['attempted_at']))}</td><td>{h(a['attempt'])}</td><td>{h(a['destination'])}</td>"
+        f'<tr><td class="t">{h(when(a["attempted_at"]))}</td><td>{h(a["attempt"])}</td>'
+        f"<td>{h(a['destination'])}</td>"
         f"<td>{h(a['outcome'])}</td><td>{h(a['http_status'])}</td><td>{a['duration_ms']:.0f} ms</td>"
         f'<td>{h(a["worker"])}</td><td class="err">{h(a["error"] or "")}</td></tr>'
         for a in history["attempts"]
@@ -351,7 +353,8 @@ def event_page(event_id: Any, history: Mapping[str, Any], csrf: str) -> str:
         f"<tbody>{attempts or '<tr><td colspan=8>No delivery attempt yet.</td></tr>'}</tbody></table>"
     )
     actions = "".join(
-        f"<tr><td>{h(when(a['acted_at']))}</td><td>{h(a['action'])}</td><td>{h(a['actor'])}</td>"
+        f'<tr><td class="t">{h(when(a["acted_at"]))}</td><td>{h(a["action"])}</td>'
+        f"<td>{h(a['actor'])}</td>"
         f"<td>{h(a['reason'] or '')}</td></tr>"
         for a in history["actions"]
     )
@@ -385,7 +388,7 @@ def dead_page(page: Page, csrf: str) -> str:
         "<tr>"
         + td(f'<input type="checkbox" name="id" value="{h(r["id"])}" aria-label="select {h(r["id"])}">')
         + td(event_link(r["id"]))
-        + td(h(when(r["updated_at"])))
+        + td(h(when(r["updated_at"])), "t")
         + td(h(r["event_type"]))
         + td(f"{h(r['aggregate_type'])} {h(r['aggregate_id'])}")
         + td(h(r["attempts"]))
@@ -446,7 +449,7 @@ def destinations_page(
             f"{_resume_cell(name, state, csrf) if paused else ''}</td>"
             f"<td>{h(state.get('failures', 0))}</td>"
             f'<td class="err">{h(operations.shorten(state.get("last_error") or "", 160))}</td>'
-            f"<td>{h(when(state.get('updated_at')))}</td></tr>"
+            f'<td class="t">{h(when(state.get("updated_at")))}</td></tr>'
         )
     return (
         "<h2>Destinations</h2><table><thead><tr><th>destination</th><th>type</th><th>rate limit</th>"
