@@ -361,3 +361,18 @@ def test_status_says_when_nothing_waits(clean_bus):
     shown = cli("status", env={"DATABASE_URL": clean_bus})
     assert shown.returncode == 0, shown.stderr
     assert "Not completed, by type\n  none: every event is delivered" in shown.stdout
+
+
+def test_retrying_an_event_no_route_takes_warns_it_will_die_again(clean_bus, tmp_path):
+    ids = seed_states(clean_bus)  # dead: an expense.approved and an asset.overdue
+    routes = tmp_path / "routes.toml"
+    routes.write_text(
+        '[destinations.out]\ntype = "console"\n\n[[routes]]\nmatch = "expense.*"\ndestinations = ["out"]\n'
+    )
+    env = {"DATABASE_URL": clean_bus, "IPAI_ROUTES_FILE": str(routes)}
+    asset = cli("retry", str(ids["dead_asset"]), "--reason", "try again", env=env)
+    assert asset.returncode == 0, asset.stderr
+    assert f"no route takes asset.overdue in the routes this command reads ({routes})" in asset.stdout
+    assert "will go dead again" in asset.stdout
+    expense = cli("retry", str(ids["dead"]), "--reason", "try again", env=env)
+    assert expense.returncode == 0 and "no route takes" not in expense.stdout, expense.stdout

@@ -217,6 +217,12 @@ def statuses_of(cursor: Any, event_ids: list[str]) -> dict[str, str]:
     return dict(cursor.fetchall())
 
 
+def types_of(cursor: Any, event_ids: list[uuid.UUID]) -> list[str]:
+    """The event types among ``event_ids``, each once."""
+    cursor.execute(SQL["types_of"], (event_ids,))
+    return [row[0] for row in cursor.fetchall()]
+
+
 def last_errors_of(cursor: Any, event_ids: list[str]) -> dict[str, str]:
     """The last error of each of ``event_ids`` that has one."""
     cursor.execute(SQL["last_errors_of"], (event_ids,))

@@ -260,6 +260,13 @@ def cmd_retry(args: argparse.Namespace, settings: Settings, resolve_url: UrlReso
         statuses = operations.statuses_of(cursor, [str(event_id) for event_id in ids])
         retried = operations.retry(cursor, ids, actor=actor, reason=args.reason)
         print(retry_summary(retried, actor, statuses))
+        unrouted = _types_without_route(settings, operations.types_of(cursor, ids)) if retried else []
+        if unrouted:
+            print(
+                f"no route takes {', '.join(unrouted)} in the routes this command reads"
+                f" ({settings.routes_file or 'the built-in ones'}): those events will go dead"
+                " again; add a route and restart the routers first"
+            )
         paused = [row["destination"] for row in operations.open_circuits(cursor)]
         if retried and paused:
             print(
@@ -269,6 +276,18 @@ def cmd_retry(args: argparse.Namespace, settings: Settings, resolve_url: UrlReso
         return 0
 
     return _with_cursor(settings, resolve_url, work)
+
+
+def _types_without_route(settings: Settings, event_types: list[str]) -> list[str]:
+    """Which of ``event_types`` no route matches (none when the routes file cannot be read:
+    `routes check` says why)."""
+    from ..delivery.routes import load_routing
+
+    try:
+        routing = load_routing(settings.routes_file, settings.environment)
+    except ConfigurationError:
+        return []
+    return [event_type for event_type in event_types if routing.route_for(event_type) is None]
 
 
 def retry_summary(retried: int, actor: str, statuses_before: dict[str, str]) -> str:

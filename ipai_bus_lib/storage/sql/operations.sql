@@ -101,6 +101,9 @@ select id from integration.outbox where id = any(%s::uuid[]);
 -- name: statuses_of
 select id::text, status from integration.outbox where id = any(%s::uuid[]);
 
+-- name: types_of
+select distinct event_type from integration.outbox where id = any(%s::uuid[]) order by 1;
+
 -- name: last_errors_of
 select id::text, last_error from integration.outbox
  where id = any(%s::uuid[]) and last_error is not null;
