@@ -41,7 +41,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from router_bench import make_router, reset, scratch_bus  # noqa: E402
+from router_bench import any_unsettled, make_router, reset, scratch_bus  # noqa: E402
 
 from ipai_bus_lib.delivery.destinations import NoopDestination  # noqa: E402
 from ipai_bus_lib.delivery.router import ROUTER_SESSION_SETTINGS  # noqa: E402
@@ -367,13 +367,7 @@ def router_run(url: str, conn, postmaster: int, jobs: int, processes: int, batch
             postmaster,
             PREFILL,
             {"n": jobs, "run": f"peer-{time.monotonic_ns()}"},
-            lambda: (
-                not _exists(
-                    conn,
-                    "select exists (select 1 from integration.outbox"
-                    " where status in ('pending', 'processing', 'failed'))",
-                )
-            ),
+            lambda: not any_unsettled(conn),
         )
     finally:
         stop.set()

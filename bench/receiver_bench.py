@@ -34,7 +34,7 @@ import psycopg2
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from router_bench import FORWARD_SECRET, Sink  # noqa: E402
+from router_bench import FORWARD_SECRET, Sink, any_unsettled  # noqa: E402
 
 from ipai_bus_lib.core import signing  # noqa: E402
 from ipai_bus_lib.storage.embedded import EmbeddedPostgres  # noqa: E402
@@ -234,8 +234,11 @@ def backlog_memory(url: str, port: int, server: subprocess.Popen, events: int) -
             time.sleep(1.0)
             router_idle = resident_mib(router.pid)
             started = time.perf_counter()
-            while waiting_events(url):
+            probe = psycopg2.connect(url)
+            probe.autocommit = True
+            while any_unsettled(probe):
                 time.sleep(0.2)
+            probe.close()
             drain_seconds = time.perf_counter() - started
             time.sleep(1.0)  # past the idle hand-back of freed memory
             router_after = resident_mib(router.pid)
@@ -256,19 +259,6 @@ def backlog_memory(url: str, port: int, server: subprocess.Popen, events: int) -
     print(
         f"  router resident memory: {router_idle:.0f} MiB idle -> {router_after:.0f} MiB after draining it"
     )
-
-
-def waiting_events(url: str) -> bool:
-    conn = psycopg2.connect(url)
-    try:
-        with conn.cursor() as cursor:
-            cursor.execute(
-                "select exists (select 1 from integration.outbox"
-                " where status in ('pending', 'processing', 'failed'))"
-            )
-            return bool(cursor.fetchone()[0])
-    finally:
-        conn.close()
 
 
 def report(name: str, rate: float, latencies: list[float]) -> None:
