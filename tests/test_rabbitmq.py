@@ -213,3 +213,26 @@ def test_routes_check_builds_a_rabbitmq_destination_and_refuses_wrong_settings(t
             ('exchange = ""', "needs exchange"),
         ],
     )
+
+
+def test_a_broker_that_never_answers_fails_the_delivery_within_its_budget(database):
+    """A listener that accepts and stays silent held a delivery 15 s (pika's own handshake
+    timeout) and escaped as an unexpected error; now it is a retry, inside the budget."""
+    import socket
+    import threading
+
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen()
+    held: list = []
+    threading.Thread(target=lambda: held.append(silent.accept()), daemon=True).start()
+    [event_id] = add_events(database)
+    url = f"amqp://guest:guest@127.0.0.1:{silent.getsockname()[1]}/%2F"
+    started = time.monotonic()
+    make_router(
+        database, {"queue": RabbitMqDestination("queue", url, exchange=EXCHANGE, timeout=2)}
+    ).run_once()
+    assert time.monotonic() - started < 6
+    waiting = state(database, event_id)
+    assert waiting["status"] == "failed" and "cannot be reached" in waiting["last_error"]
+    silent.close()

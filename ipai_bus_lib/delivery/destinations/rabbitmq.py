@@ -73,7 +73,8 @@ class RabbitMqDestination:
             self.parameters = pika.URLParameters(url)
         except Exception as exc:  # noqa: BLE001 - pika raises several kinds for a bad URL
             raise ConfigurationError(f"destination {name}: url cannot be read: {exc}") from None
-        self.parameters.socket_timeout = timeout
+        # The whole connection handshake within the budget too (pika's own default is 15 s).
+        self.parameters.socket_timeout = self.parameters.stack_timeout = timeout
         self.parameters.blocked_connection_timeout = timeout
         self.name, self.exchange, self.prefix, self.timeout = name, exchange, routing_key_prefix, timeout
         self._idle: list[Any] = []  # (connection, channel) pairs
@@ -132,11 +133,14 @@ class RabbitMqDestination:
 
     def _open(self) -> tuple[Any, Any]:
         pika = _pika()
+        # What a broker that accepts the connection and never speaks ends in.
+        from pika.adapters.utils.connection_workflow import AMQPConnectorException
+
         try:
             connection = pika.BlockingConnection(self.parameters)
             channel = connection.channel()
             channel.confirm_delivery()
-        except (pika.exceptions.AMQPError, OSError) as exc:
+        except (pika.exceptions.AMQPError, AMQPConnectorException, OSError) as exc:
             where = f"{self.parameters.host}:{self.parameters.port}"
             raise DeliveryFailed(f"RabbitMQ at {where} cannot be reached: {_described(exc)}") from None
         return connection, channel
