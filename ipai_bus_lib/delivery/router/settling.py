@@ -80,10 +80,6 @@ def death_line(worker: str, death: Death) -> str:
     )
 
 
-def report_death(death: Death) -> None:  # the default when no router wires its own
-    log.warning(death_line("router", death))
-
-
 class Settler:
     """Writes verdicts; tells ``on_settled`` which events it is done with, whatever happened."""
 
@@ -97,7 +93,7 @@ class Settler:
     ) -> None:
         self.config, self.database, self.on_settled = config, database, on_settled
         self.on_recorded = on_recorded
-        self.on_dead = on_dead or report_death
+        self.on_dead = on_dead
 
     def settle(
         self, events: list[StoredEvent], attempts: list[Attempt], unrouted: list[StoredEvent]
@@ -202,6 +198,8 @@ class Settler:
         return deaths
 
     def _report(self, deaths: list[Death]) -> None:
+        if self.on_dead is None:
+            return
         for death in deaths:
             try:
                 self.on_dead(death)
