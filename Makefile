@@ -24,8 +24,8 @@ test: $(BIN)/.installed
 
 lint: $(BIN)/.installed
 	$(BIN)/pip install --quiet ruff mypy pylint-odoo oca-odoo-pre-commit-hooks
-	$(BIN)/ruff check ipai_bus_lib tests bench scripts addons
-	$(BIN)/ruff format --check ipai_bus_lib tests bench scripts addons
+	$(BIN)/ruff check ipai_bus_lib tests bench scripts addons integrations
+	$(BIN)/ruff format --check ipai_bus_lib tests bench scripts addons integrations
 	$(BIN)/mypy
 	$(BIN)/pylint --rcfile=addons/.pylintrc addons/ipai_enterprise_bridge addons/ipai_finance_ppm
 	$(BIN)/python scripts/addon_readme.py --check
