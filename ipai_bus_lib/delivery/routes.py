@@ -26,6 +26,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from ..core.catalog import DOMAINS
 from ..core.contract import EVENT_TYPE_PATTERN
@@ -209,3 +210,35 @@ def _valid_pattern(pattern: str) -> bool:
 
 def _problem(origin: str, message: str) -> ConfigurationError:
     return ConfigurationError(f"routes file {origin}: {message}", setting="IPAI_ROUTES_FILE")
+
+
+def where_it_points(spec: DestinationSpec, env: Mapping[str, str]) -> str:
+    """Where ``spec`` delivers, with nothing secret in it: a URL as scheme, host and port only
+    (a webhook URL's path or query often is its key, and user info is a password), e-mail's
+    recipients, a broker's exchange or subject prefix; the variable a URL comes from, named."""
+    options = spec.options
+    variable = options.get("url_env")
+    url = env.get(str(variable), "") if variable else str(options.get("url", ""))
+    parts = urlsplit(url) if url else None
+    place = ""
+    if parts and parts.scheme and parts.hostname:
+        port = f":{parts.port}" if parts.port else ""
+        place = f"{parts.scheme}://{parts.hostname}{port}" + ("/…" if parts.path.strip("/") else "")
+    elif variable:
+        place = "not set"
+    if variable:
+        place = f"{place} (from {variable})"
+    if spec.type == "email":
+        return "to " + ", ".join(str(address) for address in options.get("to", []))
+    if spec.type == "rabbitmq":
+        return f"exchange {options.get('exchange', '')} at {place}"
+    if spec.type == "nats":
+        return f"subjects {options.get('subject_prefix', 'ipai')}.> at {place}"
+    if spec.type == "mattermost" and options.get("channel"):
+        return f"{place}, channel {options['channel']}"
+    return place or spec.type
+
+
+def routes_using(routing: RoutingTable, name: str) -> list[str]:
+    """The patterns of the routes that deliver to destination ``name``, in the file's order."""
+    return [route.pattern for route in routing.routes if name in route.destinations]

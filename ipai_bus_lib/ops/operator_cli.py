@@ -17,6 +17,7 @@ from ..core.errors import ConfigurationError, InvalidInput
 from ..core.settings import Settings
 from ..storage.db import UnreadableValue, connect, translate_error
 from . import operations
+from .wiring import types_without_route
 
 UrlResolver = Callable[[Settings], str]
 
@@ -260,7 +261,7 @@ def cmd_retry(args: argparse.Namespace, settings: Settings, resolve_url: UrlReso
         statuses = operations.statuses_of(cursor, [str(event_id) for event_id in ids])
         retried = operations.retry(cursor, ids, actor=actor, reason=args.reason)
         print(retry_summary(retried, actor, statuses))
-        unrouted = _types_without_route(settings, operations.types_of(cursor, ids)) if retried else []
+        unrouted = types_without_route(settings, operations.types_of(cursor, ids)) if retried else []
         if unrouted:
             print(
                 f"no route takes {', '.join(unrouted)} in the routes this command reads"
@@ -276,18 +277,6 @@ def cmd_retry(args: argparse.Namespace, settings: Settings, resolve_url: UrlReso
         return 0
 
     return _with_cursor(settings, resolve_url, work)
-
-
-def _types_without_route(settings: Settings, event_types: list[str]) -> list[str]:
-    """Which of ``event_types`` no route matches (none when the routes file cannot be read:
-    `routes check` says why)."""
-    from ..delivery.routes import load_routing
-
-    try:
-        routing = load_routing(settings.routes_file, settings.environment)
-    except ConfigurationError:
-        return []
-    return [event_type for event_type in event_types if routing.route_for(event_type) is None]
 
 
 def retry_summary(retried: int, actor: str, statuses_before: dict[str, str]) -> str:

@@ -48,6 +48,7 @@ def cmd_routes_check(args: argparse.Namespace, settings: Settings) -> int:
     goes where, and which catalogued types no route takes."""
     from dataclasses import replace
 
+    from ..delivery.routes import where_it_points
     from .wiring import routing_from
 
     routing, destinations, _ = routing_from(replace(settings, routes_file=Path(args.file)))
@@ -55,7 +56,7 @@ def cmd_routes_check(args: argparse.Namespace, settings: Settings) -> int:
         destination.close()
     print(f"{args.file}: valid; routes are read when a router starts (restart it after a change)")
     for name, spec in routing.destinations.items():
-        print(f"  destination {name:<16} {spec.type}")
+        print(f"  destination {name:<16} {spec.type:<10} {where_it_points(spec, settings.environment)}")
     for route in routing.routes:
         print(f"  route {route.pattern:<24} → {', '.join(route.destinations)}")
     unrouted = [name for name in CATALOG if routing.route_for(name) is None]

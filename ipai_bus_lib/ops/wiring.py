@@ -82,16 +82,35 @@ def check_routing(settings: Settings) -> None:
 
 
 def configured_destinations(settings: Settings) -> dict[str, dict[str, Any]]:
-    """Each destination's type and rate limit as the routes file says (nothing secret); {} when
-    the routes cannot be read here (the console then shows what the database knows)."""
+    """Each destination's type, rate limit, where it points and the routes using it, as the
+    routes file says (nothing secret); {} when the routes cannot be read here (the console then
+    shows what the database knows)."""
     from ..core.errors import ConfigurationError
-    from ..delivery.routes import load_routing
+    from ..delivery.routes import load_routing, routes_using, where_it_points
 
     try:
         routing = load_routing(settings.routes_file, settings.environment)
     except ConfigurationError:
         return {}
     return {
-        name: {"type": spec.type, "rate": spec.rate_per_second}
+        name: {
+            "type": spec.type,
+            "rate": spec.rate_per_second,
+            "target": where_it_points(spec, settings.environment),
+            "routes": routes_using(routing, name),
+        }
         for name, spec in routing.destinations.items()
     }
+
+
+def types_without_route(settings: Settings, event_types: list[str]) -> list[str]:
+    """Which of ``event_types`` no route matches (none when the routes file cannot be read:
+    `routes check` says why)."""
+    from ..core.errors import ConfigurationError
+    from ..delivery.routes import load_routing
+
+    try:
+        routing = load_routing(settings.routes_file, settings.environment)
+    except ConfigurationError:
+        return []
+    return [event_type for event_type in event_types if routing.route_for(event_type) is None]

@@ -55,6 +55,8 @@ class Death:
 
 
 # Why an event went dead, as counted in ipai_router_dead_events_total{reason}.
+# How an unrouted event's last_error begins; the console recognises it to warn before a retry.
+NO_ROUTE_ERROR = "no route matches event type "
 DEATH_REASONS = ("refused", "no_route", "unreadable", "attempts_exhausted", "unrecordable")
 
 
@@ -111,7 +113,7 @@ class Settler:
             verdict.dead.append(
                 (
                     event,
-                    f"no route matches event type {event.event_type}; add "
+                    f"{NO_ROUTE_ERROR}{event.event_type}; add "
                     "one to the routes file, then `ipai-bus retry`",
                 )
             )
@@ -248,7 +250,7 @@ def record_attempts(
     ]
     lines += [
         f"{event.id.hex}\t{event.attempts:d}\t{by}\t(none)\tunrouted\t\\N\t"
-        f"{_copy_text(f'no route matches event type {event.event_type}')}\t0.0\n"
+        f"{_copy_text(NO_ROUTE_ERROR + event.event_type)}\t0.0\n"
         for event in unrouted
     ]
     if not lines:

@@ -87,13 +87,18 @@ class _QuietHandler(WSGIRequestHandler):
 
 def serve_console(settings: Settings, database_url: str, *, host: str, port: int) -> None:
     """Serve the console until SIGTERM or Ctrl-C."""
-    from ..wiring import configured_destinations
+    from ..wiring import configured_destinations, types_without_route
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     path = console_password_file(settings)
     sessions = Sessions(ensure_password(path))
     database = Database(database_url, max_size=4, application_name="ipai-bus console")
-    app = Console(database, sessions, configured_destinations(settings))
+    app = Console(
+        database,
+        sessions,
+        configured_destinations(settings),
+        unrouted=functools.partial(types_without_route, settings),
+    )
     server = make_server(host, port, app, server_class=_ThreadingServer, handler_class=_QuietHandler)
     call_on_stop_signal(server.shutdown)  # serve_forever returns once the signal's thread asks
     print(

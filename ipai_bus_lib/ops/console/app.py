@@ -62,9 +62,11 @@ class Console:
         sessions: Sessions,
         destinations: Mapping[str, Mapping[str, Any]] | None = None,
         throttle: SignInThrottle | None = None,
+        unrouted: Callable[[list[str]], list[str]] = lambda event_types: [],
     ) -> None:
         self.database, self.sessions = database, sessions
         self.destinations = dict(destinations or {})
+        self.unrouted = unrouted  # which event types no route of the routes file takes
         self.throttle = throttle or SignInThrottle()
 
     def __call__(self, environ: Mapping[str, Any], start_response: StartResponse) -> Iterable[bytes]:
@@ -184,8 +186,9 @@ class Console:
                 raise Answer(404, pages.layout("Not found", _problem(f"No event {event_id}.")))
             return f"Event {event_id}", pages.event_page(event_id, history, session.csrf), "/events"
         if path == "/dead":
-            page = _or_400(lambda: data.dead_letters(cursor, query.get("before")))
-            return "Dead letters", pages.dead_page(page, session.csrf), "/dead"
+            kind = query.get("type") or None
+            page = _or_400(lambda: data.dead_letters(cursor, query.get("before"), kind))
+            return "Dead letters", pages.dead_page(page, session.csrf, kind), "/dead"
         if path == "/destinations":
             states = data.destination_states(cursor)
             return (
@@ -262,14 +265,21 @@ class Console:
             raise Answer(
                 400, pages.layout("Bad request", _problem(f"{exc}; nothing was changed."))
             ) from None
-        retried = self._with_cursor(
-            lambda cursor: operations.retry(cursor, ids, actor=session.operator, reason=reason)
-        )
+
+        def retry(cursor: Any) -> tuple[int, list[str]]:
+            done = operations.retry(cursor, ids, actor=session.operator, reason=reason)
+            return done, self.unrouted(operations.types_of(cursor, ids)) if done else []
+
+        retried, unrouted = self._with_cursor(retry)
         if not retried:
             return _back(back, "Nothing retried: only failed or dead events are.", error=True)
-        return _back(
-            back, f"{retried} event(s) back to pending, recorded as retried by {session.operator}."
-        )
+        message = f"{retried} event(s) back to pending, recorded as retried by {session.operator}."
+        if unrouted:
+            message += (
+                f" No route takes {', '.join(unrouted)}: those events will go dead again;"
+                " add a route and restart the routers."
+            )
+        return _back(back, message, error=bool(unrouted))
 
     def _resume(
         self, session: Session, form: Mapping[str, Any]
@@ -345,8 +355,12 @@ def _filters(query: Mapping[str, str]) -> data.EventFilter:
 
 
 def _moment(text: str | None, name: str) -> datetime | None:
+    """A moment as typed, or as copied from a table ("2026-12-02 14:00:05 UTC")."""
     if not text:
         return None
+    text = text.strip()
+    if text.endswith(" UTC"):
+        text = text.removesuffix(" UTC") + "+00:00"
     try:
         moment = datetime.fromisoformat(text)
     except ValueError:
@@ -354,7 +368,7 @@ def _moment(text: str | None, name: str) -> datetime | None:
             400,
             pages.layout(
                 "Bad request",
-                _problem(f"{name}: {text!r} is not a date and time like 2026-11-27T09:00."),
+                _problem(f"{name}: {text!r} is not a date and time like {pages.MOMENT_EXAMPLE}."),
             ),
         ) from None
     return moment if moment.tzinfo else moment.astimezone()  # the console's own zone

@@ -37,6 +37,7 @@ class Overview:
     paused: list[dict[str, Any]]
     held_by_order: int
     expired_leases: int
+    now: datetime  # the database's, in its zone: the chart's clock times
 
 
 def overview(cursor: Any) -> Overview:
@@ -64,6 +65,7 @@ def overview(cursor: Any) -> Overview:
         paused=_rows(cursor, "paused_destinations"),
         held_by_order=status["held_by_order"],
         expired_leases=status["expired_leases"],
+        now=_tuples(cursor, "now")[0][0],
     )
 
 
@@ -140,8 +142,9 @@ def event_detail(cursor: Any, event_id: uuid.UUID) -> dict[str, Any] | None:
     return operations.event_history(cursor, event_id)
 
 
-def dead_letters(cursor: Any, cursor_text: str | None = None) -> Page:
-    """One page of dead events, newest first, after the keyset ``cursor_text``."""
+def dead_letters(cursor: Any, cursor_text: str | None = None, type_pattern: str | None = None) -> Page:
+    """One page of dead events, newest first, after the keyset ``cursor_text``, of the types
+    ``type_pattern`` matches (``expense.*``, a type, or all)."""
     before_at, before_id = None, None
     if cursor_text:
         moment, _, raw_id = cursor_text.partition("|")
@@ -152,7 +155,12 @@ def dead_letters(cursor: Any, cursor_text: str | None = None) -> Page:
     rows = _rows(
         cursor,
         "dead_letters",
-        {"before_at": before_at, "before_id": before_id, "limit": PAGE_SIZE + 1},
+        {
+            "before_at": before_at,
+            "before_id": before_id,
+            "type_like": EventFilter(type_pattern=type_pattern).like(),
+            "limit": PAGE_SIZE + 1,
+        },
     )
     more = len(rows) > PAGE_SIZE
     rows = rows[:PAGE_SIZE]
@@ -161,5 +169,11 @@ def dead_letters(cursor: Any, cursor_text: str | None = None) -> Page:
 
 
 def destination_states(cursor: Any) -> dict[str, dict[str, Any]]:
-    """Each destination's breaker state as routers last saved it, by destination name."""
-    return {row["destination"]: row for row in _rows(cursor, "destination_states")}
+    """Each destination's breaker state as routers last saved it, and its newest failed or
+    refused attempt (``latest_failure``), by destination name."""
+    states: dict[str, dict[str, Any]] = {
+        row["destination"]: row for row in _rows(cursor, "destination_states")
+    }
+    for failure in _rows(cursor, "latest_failures"):
+        states.setdefault(failure["destination"], {})["latest_failure"] = failure
+    return states

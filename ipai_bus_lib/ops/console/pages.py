@@ -4,16 +4,20 @@ inline SVG drawn here; the style sheet is served by the app (/console.css)."""
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from datetime import datetime, timedelta
 from html import escape
 from typing import Any
 from urllib.parse import urlencode
 
 from ...core import exact_json
+from ...delivery.router.settling import NO_ROUTE_ERROR
 from .. import operations
 from ..operations import age, when
 from .data import Overview, Page
 
 STATUSES = ("pending", "processing", "failed", "dead", "completed")
+# Times are typed as the tables show them (a time copied from a table works as it is).
+MOMENT_EXAMPLE = "2026-12-02 14:00 UTC"
 
 STYLE = """
 :root { --ink: #1f2933; --muted: #616e7c; --line: #d9e2ec; --accent: #2f6fb0; --bad: #b42318;
@@ -75,7 +79,23 @@ dt { color: var(--muted); } dd { margin: 0; overflow-wrap: anywhere; }
 .login label { display: block; margin: 12px 0 4px; color: var(--muted); }
 .login input { width: 100%; }
 .login button { margin-top: 16px; width: 100%; }
-svg.chart { background: #fff; border: 1px solid var(--line); }
+svg.chart { background: #fff; border: 1px solid var(--line); max-width: 100%; height: auto; }
+.scroll { overflow-x: auto; max-width: 100%; }
+code.id { user-select: all; font-size: 15px; overflow-wrap: anywhere; }
+.warn-note { background: #fff3c4; border: 1px solid #f0c36d; padding: 8px 12px; margin: 12px 0; }
+@media (max-width: 640px) {
+  header { flex-wrap: wrap; gap: 0 16px; padding: 0 12px; }
+  header h1 { padding: 10px 0 0; }
+  header nav { width: 100%; }
+  header nav a { margin-right: 12px; padding: 8px 0; }
+  header .who { margin-left: 0; padding-bottom: 8px; }
+  main { padding: 12px 12px 32px; }
+  .card { flex: 1 1 40%; min-width: 0; }
+  form.filters label { flex: 1 1 40%; }
+  form.filters input, form.filters select { width: 100%; }
+  dl { grid-template-columns: 1fr; }
+  dt { margin-top: 6px; }
+}
 """
 
 NAV = (
@@ -99,7 +119,9 @@ def td(content: str, css: str = "") -> str:
 def table(headers: list[str], rows: list[str], empty: str) -> str:
     head = "".join(f"<th>{h(name)}</th>" for name in headers)
     body = "".join(rows) or f"<tr><td colspan={len(headers)}>{h(empty)}</td></tr>"
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+    return (
+        f'<div class="scroll"><table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>'
+    )
 
 
 def event_link(event_id: Any) -> str:
@@ -213,8 +235,8 @@ def overview_page(view: Overview) -> str:
         )
     body += "".join(f'<p class="waiting">{h(note)}</p>' for note in notes)
     total = sum(view.per_minute)
-    body += f"<h3>Events accepted per minute, last hour ({total} in all)</h3>"
-    body += per_minute_chart(view.per_minute)
+    body += f"<h3>Events accepted per minute, last hour: {total:,} accepted</h3>"
+    body += per_minute_chart(view.per_minute, view.now)
     body += "<h3>Paused destinations</h3>"
     rows = [
         "<tr>"
@@ -243,28 +265,54 @@ def _card(label: str, value: Any, *, link: str | None = None, tone: str = "") ->
     return f'<div class="card {tone}" data-card="{h(label)}">{inner}</div>'
 
 
-def per_minute_chart(per_minute: list[int], width: int = 720, height: int = 140) -> str:
-    """60 bars, an hour ago on the left, this minute on the right; a title per bar."""
-    peak = max(per_minute) or 1
-    bar = width / 60
-    bars = []
+_AXIS_TEXT = 'font-size="11" fill="#616e7c"'
+
+
+def per_minute_chart(per_minute: list[int], now: datetime, width: int = 720, height: int = 170) -> str:
+    """60 bars, an hour ago on the left, this minute on the right, with a count axis and clock
+    times (in ``now``'s zone) under every quarter hour; a title per bar."""
+    left, bottom, top = 44, 22, 10
+    plot_width, plot_height = width - left - 8, height - bottom - top
+    peak = _axis_top(max(per_minute))
+    bar = plot_width / 60
+    parts = []
+    for tick in (0, peak // 2, peak) if peak % 2 == 0 else (0, peak):
+        y = top + plot_height - plot_height * tick / peak
+        parts.append(
+            f'<line x1="{left}" x2="{width - 8}" y1="{y:.1f}" y2="{y:.1f}" stroke="#d9e2ec"/>'
+            f'<text x="{left - 6}" y="{y + 4:.1f}" {_AXIS_TEXT} text-anchor="end">{tick:,}</text>'
+        )
     for index, count in enumerate(reversed(per_minute)):
         minutes_ago = 59 - index
-        tall = round((height - 20) * count / peak, 1)
-        bars.append(
-            f'<rect x="{index * bar + 1:.1f}" y="{height - 16 - tall:.1f}" width="{bar - 2:.1f}"'
-            f' height="{tall:.1f}" fill="#2f6fb0"><title>{count} event(s), '
-            f"{minutes_ago} min ago</title></rect>"
+        tall = plot_height * count / peak
+        parts.append(
+            f'<rect x="{left + index * bar + 1:.1f}" y="{top + plot_height - tall:.1f}"'
+            f' width="{bar - 2:.1f}" height="{tall:.1f}" fill="#2f6fb0"><title>{count:,} event(s),'
+            f" {(now - timedelta(minutes=minutes_ago)):%H:%M}</title></rect>"
         )
-    labels = (
-        f'<text x="0" y="{height - 2}" font-size="11" fill="#616e7c">60 min ago</text>'
-        f'<text x="{width - 40}" y="{height - 2}" font-size="11" fill="#616e7c">now</text>'
-        f'<text x="4" y="12" font-size="11" fill="#616e7c">peak {peak}/min</text>'
+    for minutes_ago in (59, 45, 30, 15, 0):
+        x = left + (59 - minutes_ago) * bar + bar / 2
+        parts.append(
+            f'<text x="{x:.1f}" y="{height - 6}" {_AXIS_TEXT} text-anchor="middle">'
+            f"{(now - timedelta(minutes=minutes_ago)):%H:%M}</text>"
+        )
+    zone = now.strftime("%Z")
+    parts.append(
+        f'<text x="{width - 8}" y="{top + 2}" {_AXIS_TEXT} text-anchor="end">'
+        f"per minute, {h(zone)}</text>"
     )
     return (
         f'<svg class="chart" role="img" aria-label="events per minute, last hour" width="{width}"'
-        f' height="{height}" viewBox="0 0 {width} {height}">{"".join(bars)}{labels}</svg>'
+        f' height="{height}" viewBox="0 0 {width} {height}">{"".join(parts)}</svg>'
     )
+
+
+def _axis_top(peak: int) -> int:
+    """The count at the top of the axis: the peak rounded up to 1, 2 or 5 times a power of ten."""
+    if peak <= 2:
+        return 2
+    scale = 10 ** (len(str(peak)) - 1)
+    return next(step * scale for step in (1, 2, 5, 10) if step * scale >= peak)
 
 
 def events_page(page: Page, query: Mapping[str, str]) -> str:
@@ -278,8 +326,8 @@ def events_page(page: Page, query: Mapping[str, str]) -> str:
         + text_field("type", filters.type_pattern, placeholder="expense.*")
         + text_field("source", filters.source)
         + text_field("record", filters.record, label="record id")
-        + text_field("since", query.get("since"), kind="datetime-local")
-        + text_field("until", query.get("until"), kind="datetime-local")
+        + text_field("since", query.get("since"), placeholder=MOMENT_EXAMPLE)
+        + text_field("until", query.get("until"), placeholder=MOMENT_EXAMPLE)
         + '<button type="submit">Filter</button><a href="/events">clear</a></form>'
     )
     rows = [
@@ -291,7 +339,7 @@ def events_page(page: Page, query: Mapping[str, str]) -> str:
         + td(h(row["source"]))
         + td(status_badge(row["status"]))
         + td(h(row["attempts"]))
-        + error_cell(row["last_error"], 90)
+        + error_cell(row["last_error"] if row["status"] in ("failed", "dead") else None, 90)
         + "</tr>"
         for row in page.rows
     ]
@@ -327,7 +375,8 @@ def event_page(event_id: Any, history: Mapping[str, Any], csrf: str) -> str:
         f"<dt>{h(name)}</dt><dd>{status_badge(row.get('status')) if name == 'status' else h(value)}</dd>"
         for name, value in facts
     )
-    body = f"<h2>Event {h(event_id)}</h2><dl>{items}</dl>"
+    whole_id = f'<code class="id" title="one click selects it whole">{h(event_id)}</code>'
+    body = f"<h2>Event {whole_id}</h2><dl>{items}</dl>"
     if not row:
         body += '<p class="note">The outbox row was purged; the audit copy remains.</p>'
     waiting = history.get("waiting_behind")
@@ -341,16 +390,17 @@ def event_page(event_id: Any, history: Mapping[str, Any], csrf: str) -> str:
         body += retry_form([str(event_id)], csrf, f"/events/{event_id}")
     body += f"<h3>Payload</h3><pre>{h(_pretty(source.get('payload')))}</pre>"
     attempts = "".join(
-        f'<tr><td class="t">{h(when(a["attempted_at"]))}</td><td>{h(a["attempt"])}</td>'
+        f'<tr><td class="t">{h(when(a["attempted_at"]))}</td><td>{_attempt_number(a)}</td>'
         f"<td>{h(a['destination'])}</td>"
         f"<td>{h(a['outcome'])}</td><td>{h(a['http_status'])}</td><td>{a['duration_ms']:.0f} ms</td>"
         f'<td>{h(a["worker"])}</td><td class="err">{h(a["error"] or "")}</td></tr>'
         for a in history["attempts"]
     )
     body += (
-        "<h3>Delivery attempts</h3><table><thead><tr><th>when</th><th>#</th><th>destination</th>"
-        "<th>outcome</th><th>HTTP</th><th>took</th><th>worker</th><th>error</th></tr></thead>"
-        f"<tbody>{attempts or '<tr><td colspan=8>No delivery attempt yet.</td></tr>'}</tbody></table>"
+        '<h3>Delivery attempts</h3><div class="scroll"><table><thead><tr><th>when</th><th>#</th>'
+        "<th>destination</th><th>outcome</th><th>HTTP</th><th>took</th><th>worker</th><th>error</th>"
+        f"</tr></thead><tbody>{attempts or '<tr><td colspan=8>No delivery attempt yet.</td></tr>'}"
+        "</tbody></table></div>"
     )
     actions = "".join(
         f'<tr><td class="t">{h(when(a["acted_at"]))}</td><td>{h(a["action"])}</td>'
@@ -360,10 +410,17 @@ def event_page(event_id: Any, history: Mapping[str, Any], csrf: str) -> str:
     )
     if actions:
         body += (
-            "<h3>Operator actions</h3><table><thead><tr><th>when</th><th>action</th><th>by</th>"
-            f"<th>reason</th></tr></thead><tbody>{actions}</tbody></table>"
+            '<h3>Operator actions</h3><div class="scroll"><table><thead><tr><th>when</th>'
+            f"<th>action</th><th>by</th><th>reason</th></tr></thead><tbody>{actions}</tbody></table></div>"
         )
     return body
+
+
+def _attempt_number(attempt: Mapping[str, Any]) -> str:
+    """A deferred delivery (its destination paused) was not tried and counts as no attempt."""
+    if attempt["outcome"] == "deferred":
+        return '<span title="not tried: the destination was paused; not counted">—</span>'
+    return h(attempt["attempt"])
 
 
 def _pretty(payload: Any) -> str:
@@ -372,18 +429,19 @@ def _pretty(payload: Any) -> str:
     return str(payload)
 
 
-def retry_form(ids: Iterable[str], csrf: str, back: str) -> str:
+def retry_form(ids: Iterable[str], csrf: str, back: str, label: str = "Retry") -> str:
     hidden = "".join(f'<input type="hidden" name="id" value="{h(i)}">' for i in ids)
     return (
         f'<form method="post" action="/retry" class="filters">{hidden}'
         f'<input type="hidden" name="csrf" value="{h(csrf)}">'
         f'<input type="hidden" name="back" value="{h(back)}">'
         '<label>why (for the audit trail)<input name="reason" required size="40"'
-        ' placeholder="channel recreated"></label><button type="submit">Retry</button></form>'
+        ' placeholder="channel recreated"></label>'
+        f'<button type="submit">{h(label)}</button></form>'
     )
 
 
-def dead_page(page: Page, csrf: str) -> str:
+def dead_page(page: Page, csrf: str, type_pattern: str | None = None) -> str:
     rows = [
         "<tr>"
         + td(f'<input type="checkbox" name="id" value="{h(r["id"])}" aria-label="select {h(r["id"])}">')
@@ -396,19 +454,45 @@ def dead_page(page: Page, csrf: str) -> str:
         + "</tr>"
         for r in page.rows
     ]
+    form = (
+        '<form class="filters" method="get" action="/dead">'
+        + text_field("type", type_pattern, placeholder="expense.*")
+        + '<button type="submit">Filter</button><a href="/dead">clear</a></form>'
+    )
     if not rows:
-        return '<h2>Dead letters</h2><p class="note">None: nothing has been given up on.</p>'
-    pager = older_link("/dead", {"before": page.next_cursor}) if page.next_cursor else ""
+        nothing = (
+            "No dead event of that type." if type_pattern else "None: nothing has been given up on."
+        )
+        return f'<h2>Dead letters</h2>{form if type_pattern else ""}<p class="note">{h(nothing)}</p>'
+    pager = ""
+    if page.next_cursor:
+        older = {"before": page.next_cursor, **({"type": type_pattern} if type_pattern else {})}
+        pager = older_link("/dead", older)
+    back = "/dead" + (f"?{urlencode({'type': type_pattern})}" if type_pattern else "")
     headers = ["", "event", "died", "type", "record", "attempts", "why"]
     return (
-        "<h2>Dead letters</h2>"
+        f"<h2>Dead letters</h2>{form}{_no_route_warning(page.rows)}"
         '<form method="post" action="/retry">'
         f'<input type="hidden" name="csrf" value="{h(csrf)}">'
-        '<input type="hidden" name="back" value="/dead">'
+        f'<input type="hidden" name="back" value="{h(back)}">'
         + table(headers, rows, "")
         + '<p class="filters"><label>why retry (for the audit trail)<input name="reason" required'
         ' size="40" placeholder="channel recreated"></label>'
-        '<button type="submit">Retry selected</button></p></form>' + pager
+        '<button type="submit">Retry selected</button></p></form>'
+        + retry_form([str(r["id"]) for r in page.rows], csrf, back, f"Retry all {len(page.rows)} shown")
+        + pager
+    )
+
+
+def _no_route_warning(rows: list[dict[str, Any]]) -> str:
+    """Events that died for want of a route die again when retried, until a route takes them."""
+    types = sorted({r["event_type"] for r in rows if (r["last_error"] or "").startswith(NO_ROUTE_ERROR)})
+    if not types:
+        return ""
+    return (
+        f'<p class="warn-note">No route took {h(", ".join(types))}: retried as they are, those'
+        " events die again. Add a route to the routes file and restart the routers first"
+        " (<code>ipai-bus routes check FILE</code> shows what goes where).</p>"
     )
 
 
@@ -442,19 +526,36 @@ def destinations_page(
         paused = state.get("state") == "open"
         breaker = f"paused until {h(when(state.get('open_until')))}" if paused else "taking deliveries"
         rate = spec.get("rate")
+        routes = ", ".join(spec.get("routes", [])) or ("no route" if spec else "—")
         rows.append(
             f"<tr><td>{h(name)}</td><td>{h(spec.get('type', 'not in this routes file'))}</td>"
+            f"<td>{h(spec.get('target'))}</td><td>{h(routes)}</td>"
             f"<td>{h(f'{rate}/s' if rate else 'no limit')}</td>"
             f'<td><span class="status {"dead" if paused else "completed"}">{breaker}</span>'
             f"{_resume_cell(name, state, csrf) if paused else ''}</td>"
             f"<td>{h(state.get('failures', 0))}</td>"
-            f'<td class="err">{h(operations.shorten(state.get("last_error") or "", 160))}</td>'
+            f"{_latest_failure_cell(state)}"
             f'<td class="t">{h(when(state.get("updated_at")))}</td></tr>'
         )
+    headers = ["destination", "type", "where it points", "routes", "rate limit", "breaker",
+               "failures in a row", "newest failure or refusal", "changed"]  # fmt: skip
     return (
-        "<h2>Destinations</h2><table><thead><tr><th>destination</th><th>type</th><th>rate limit</th>"
-        "<th>breaker</th><th>failures in a row</th><th>last error</th><th>changed</th></tr></thead>"
-        f"<tbody>{''.join(rows) or '<tr><td colspan=7>No destination yet.</td></tr>'}</tbody></table>"
-        '<p class="note">Routes are read when a router starts; this page shows the routes file'
-        " the console was started with.</p>"
+        "<h2>Destinations</h2>"
+        + table(headers, rows, "No destination yet.")
+        + '<p class="note">Routes are read when a router starts; this page shows the routes file'
+        " the console was started with. Addresses show their host only: a webhook URL's path is"
+        " often its key.</p>"
     )
+
+
+def _latest_failure_cell(state: Mapping[str, Any]) -> str:
+    """The newest failed or refused attempt (a refusal never pauses, so the breaker has none)."""
+    failure = state.get("latest_failure")
+    if not failure:
+        return error_cell(state.get("last_error"), 160)
+    error = failure.get("error") or ""
+    status = failure.get("http_status")
+    answer = f"HTTP {status}: " if status and not error.startswith("HTTP ") else ""
+    kind = "refused for good" if failure["outcome"] == "dead" else "failed, retried"
+    text = f"{when(failure['attempted_at'])}, {kind}: {answer}{error}"
+    return error_cell(text, 200)

@@ -34,6 +34,19 @@ select destination, failures, open_until, last_error, updated_at, open_until <= 
 select destination, state, failures, open_until, last_error, updated_at, resume_requested_at
   from integration.destination_state order by destination;
 
+-- name: now
+select now();
+
+-- name: latest_failures
+-- Each destination's newest failed or refused attempt among the newest 10,000 attempts (bounded
+-- by the time index whatever the table's size): a refusal (a 400) never opens the breaker, so
+-- destination_state has no error for it.
+select distinct on (destination) destination, attempted_at, outcome, http_status, error
+  from (select destination, attempted_at, outcome, http_status, error
+          from integration.delivery_attempts order by attempted_at desc limit 10000) recent
+ where outcome in ('failed', 'dead')
+ order by destination, attempted_at desc;
+
 -- name: events_from_log
 -- The event log, newest first, joined to each event's outbox row (absent once purged).
 select l.event_id as id, l.event_type, l.source, l.aggregate_type, l.aggregate_id,
@@ -69,6 +82,7 @@ select o.id, o.event_type, o.source, o.aggregate_type, o.aggregate_id, o.created
 select id, event_type, aggregate_type, aggregate_id, attempts, last_error, updated_at
   from integration.outbox
  where status = 'dead'
+   and (%(type_like)s::text is null or event_type like %(type_like)s)
    and (%(before_at)s::timestamptz is null or (updated_at, id) < (%(before_at)s, %(before_id)s))
  order by updated_at desc, id desc
  limit %(limit)s;
