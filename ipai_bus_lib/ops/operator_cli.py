@@ -17,7 +17,6 @@ from ..core.errors import ConfigurationError, InvalidInput
 from ..core.settings import Settings
 from ..storage.db import UnreadableValue, connect, translate_error
 from . import operations
-from .wiring import types_without_route
 
 UrlResolver = Callable[[Settings], str]
 
@@ -261,6 +260,10 @@ def cmd_retry(args: argparse.Namespace, settings: Settings, resolve_url: UrlReso
         statuses = operations.statuses_of(cursor, [str(event_id) for event_id in ids])
         retried = operations.retry(cursor, ids, actor=actor, reason=args.reason)
         print(retry_summary(retried, actor, statuses))
+        # Imported here: the router's modules load prometheus_client, which must not be loaded
+        # before `serve` sets PROMETHEUS_MULTIPROC_DIR (its value class is fixed at import).
+        from .wiring import types_without_route
+
         unrouted = types_without_route(settings, operations.types_of(cursor, ids)) if retried else []
         if unrouted:
             print(
