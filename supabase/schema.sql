@@ -82,6 +82,8 @@ CREATE TABLE integration.outbox (
     updated_at timestamp with time zone DEFAULT now() NOT NULL,
     completed_at timestamp with time zone,
     seq bigint NOT NULL,
+    traceparent text,
+    tracestate text,
     CONSTRAINT outbox_attempts_range CHECK (((attempts >= 0) AND ((max_attempts >= 1) AND (max_attempts <= 100)))),
     CONSTRAINT outbox_processing_has_lease CHECK (((status <> 'processing'::text) OR ((locked_by IS NOT NULL) AND (lease_expires_at IS NOT NULL)))),
     CONSTRAINT outbox_status_known CHECK ((status = ANY (ARRAY['pending'::text, 'processing'::text, 'completed'::text, 'failed'::text, 'dead'::text])))
@@ -89,6 +91,10 @@ CREATE TABLE integration.outbox (
 WITH (autovacuum_vacuum_scale_factor='0.02', autovacuum_vacuum_threshold='1000', autovacuum_analyze_scale_factor='0.02', autovacuum_analyze_threshold='1000');
 
 COMMENT ON TABLE integration.outbox IS 'Every accepted event and its delivery state: pending -> processing -> completed; failed = retry scheduled at available_at; dead = gave up (see last_error).';
+
+COMMENT ON COLUMN integration.outbox.traceparent IS 'W3C traceparent the event came with (version 00), continued by the router; null when none came.';
+
+COMMENT ON COLUMN integration.outbox.tracestate IS 'W3C tracestate that came with traceparent (at most 512 characters).';
 
 CREATE FUNCTION integration.claim_outbox(p_worker text, p_limit integer DEFAULT 25, p_lease_seconds integer DEFAULT 60) RETURNS SETOF integration.outbox
     LANGUAGE plpgsql SECURITY DEFINER
@@ -288,8 +294,10 @@ begin
                e.value->>'idempotency_key' as idempotency_key,
                (e.value->>'occurred_at')::timestamptz as occurred_at,
                coalesce((e.value->>'batch_position')::integer,
-                        (e.position - 1)::integer) as signed_position
-          from jsonb_array_elements(p_events) with ordinality as e(value, position)
+                        (e.position - 1)::integer) as signed_position,
+               t.traceparent, t.tracestate
+          from jsonb_array_elements(p_events) with ordinality as e(value, position),
+               integration.trace_context(e.value->>'traceparent', e.value->>'tracestate') t
     ), keyed as (
         insert into integration.event_key as k
             (source, idempotency_key, signature_digest, event_id)
@@ -301,10 +309,10 @@ begin
     ), inserted as (
         insert into integration.outbox as o
             (id, source, event_type, aggregate_type, aggregate_id, payload, idempotency_key,
-             signature_digest, occurred_at, max_attempts)
+             signature_digest, occurred_at, max_attempts, traceparent, tracestate)
         select i.new_id, i.source, i.event_type, i.aggregate_type, i.aggregate_id, i.payload,
                i.idempotency_key, p_signature_digest || '/' || i.signed_position, i.occurred_at,
-               p_max_attempts
+               p_max_attempts, i.traceparent, i.tracestate
           from incoming i join keyed k on k.event_id = i.new_id
          order by i.event_position
         returning o.id, o.source, o.event_type, o.aggregate_type, o.aggregate_id, o.payload,
@@ -346,7 +354,7 @@ $_$;
 
 COMMENT ON FUNCTION integration.insert_outbox_batch(p_batch_key text, p_signature_digest text, p_events jsonb, p_max_attempts integer) IS 'Stores a batch of checked events and their event_log copies in one statement; idempotent per (source, idempotency_key). Returns per element its event id and whether it was a duplicate. Raises IB001 when the batch signature was accepted under another batch key.';
 
-CREATE FUNCTION integration.insert_outbox_event(p_event_type text, p_aggregate_type text, p_aggregate_id text, p_payload jsonb, p_idempotency_key text, p_source text DEFAULT 'odoo'::text, p_occurred_at timestamp with time zone DEFAULT NULL::timestamp with time zone, p_signature_digest text DEFAULT NULL::text, p_max_attempts integer DEFAULT 4) RETURNS TABLE(event_id uuid, duplicate boolean)
+CREATE FUNCTION integration.insert_outbox_event(p_event_type text, p_aggregate_type text, p_aggregate_id text, p_payload jsonb, p_idempotency_key text, p_source text DEFAULT 'odoo'::text, p_occurred_at timestamp with time zone DEFAULT NULL::timestamp with time zone, p_signature_digest text DEFAULT NULL::text, p_max_attempts integer DEFAULT 4, p_traceparent text DEFAULT NULL::text, p_tracestate text DEFAULT NULL::text) RETURNS TABLE(event_id uuid, duplicate boolean)
     LANGUAGE plpgsql SECURITY DEFINER
     SET plan_cache_mode TO 'force_custom_plan'
     SET search_path TO 'pg_catalog', 'pg_temp'
@@ -396,9 +404,11 @@ begin
     if v_id is not null then
         insert into integration.outbox
             (id, source, event_type, aggregate_type, aggregate_id, payload, idempotency_key,
-             signature_digest, occurred_at, max_attempts)
-        values (v_id, p_source, p_event_type, p_aggregate_type, p_aggregate_id, p_payload,
-                p_idempotency_key, p_signature_digest, p_occurred_at, p_max_attempts);
+             signature_digest, occurred_at, max_attempts, traceparent, tracestate)
+        select v_id, p_source, p_event_type, p_aggregate_type, p_aggregate_id, p_payload,
+               p_idempotency_key, p_signature_digest, p_occurred_at, p_max_attempts,
+               t.traceparent, t.tracestate
+          from integration.trace_context(p_traceparent, p_tracestate) t;
         insert into integration.event_log
             (event_id, source, event_type, aggregate_type, aggregate_id, payload,
              idempotency_key, signature_digest, occurred_at)
@@ -415,7 +425,7 @@ begin
 end;
 $_$;
 
-COMMENT ON FUNCTION integration.insert_outbox_event(p_event_type text, p_aggregate_type text, p_aggregate_id text, p_payload jsonb, p_idempotency_key text, p_source text, p_occurred_at timestamp with time zone, p_signature_digest text, p_max_attempts integer) IS 'Stores one event; idempotent on (source, idempotency_key). Returns the event id and whether it was a duplicate (then nothing is written). NOTIFYs integration_outbox on a new event. Raises IB001 when the signature digest was already accepted under another key.';
+COMMENT ON FUNCTION integration.insert_outbox_event(p_event_type text, p_aggregate_type text, p_aggregate_id text, p_payload jsonb, p_idempotency_key text, p_source text, p_occurred_at timestamp with time zone, p_signature_digest text, p_max_attempts integer, p_traceparent text, p_tracestate text) IS 'Stores one event; idempotent on (source, idempotency_key). Returns the event id and whether it was a duplicate (then nothing is written). NOTIFYs integration_outbox on a new event. Raises IB001 when the signature digest was already accepted under another key. Keeps a valid W3C trace context with it.';
 
 CREATE FUNCTION integration.keep_signed_message(p_digest text, p_message bytea, p_signatures text) RETURNS boolean
     LANGUAGE plpgsql SECURITY DEFINER
@@ -585,6 +595,19 @@ begin
 end;
 $$;
 
+CREATE FUNCTION integration.trace_context(p_traceparent text, p_tracestate text) RETURNS TABLE(traceparent text, tracestate text)
+    LANGUAGE sql IMMUTABLE PARALLEL SAFE
+    AS $_$
+    select case when valid then p_traceparent end,
+           case when valid and length(p_tracestate) <= 512 and p_tracestate ~ '^[ -~]+$'
+                then p_tracestate end
+      from (select coalesce(p_traceparent ~ '^00-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$'
+                            and substr(p_traceparent, 4, 32) <> repeat('0', 32)
+                            and substr(p_traceparent, 37, 16) <> repeat('0', 16), false) as valid) v;
+$_$;
+
+COMMENT ON FUNCTION integration.trace_context(p_traceparent text, p_tracestate text) IS 'The trace context to keep: a valid version-00 traceparent and a printable tracestate of at most 512 characters, else nulls.';
+
 CREATE FUNCTION public.ack_outbox(p_ids uuid[], p_worker text) RETURNS integer
     LANGUAGE sql SECURITY DEFINER
     SET search_path TO 'pg_catalog', 'pg_temp'
@@ -635,13 +658,13 @@ CREATE FUNCTION public.insert_outbox_batch(p_batch_key text, p_signature_digest 
         p_batch_key, p_signature_digest, p_events, p_max_attempts);
 $$;
 
-CREATE FUNCTION public.insert_outbox_event(p_event_type text, p_aggregate_type text, p_aggregate_id text, p_payload jsonb, p_idempotency_key text, p_source text DEFAULT 'odoo'::text, p_occurred_at timestamp with time zone DEFAULT NULL::timestamp with time zone, p_signature_digest text DEFAULT NULL::text, p_max_attempts integer DEFAULT 4) RETURNS TABLE(event_id uuid, duplicate boolean)
+CREATE FUNCTION public.insert_outbox_event(p_event_type text, p_aggregate_type text, p_aggregate_id text, p_payload jsonb, p_idempotency_key text, p_source text DEFAULT 'odoo'::text, p_occurred_at timestamp with time zone DEFAULT NULL::timestamp with time zone, p_signature_digest text DEFAULT NULL::text, p_max_attempts integer DEFAULT 4, p_traceparent text DEFAULT NULL::text, p_tracestate text DEFAULT NULL::text) RETURNS TABLE(event_id uuid, duplicate boolean)
     LANGUAGE sql SECURITY DEFINER
     SET search_path TO 'pg_catalog', 'pg_temp'
     AS $$
     select * from integration.insert_outbox_event(
         p_event_type, p_aggregate_type, p_aggregate_id, p_payload, p_idempotency_key, p_source,
-        p_occurred_at, p_signature_digest, p_max_attempts);
+        p_occurred_at, p_signature_digest, p_max_attempts, p_traceparent, p_tracestate);
 $$;
 
 CREATE FUNCTION public.keep_signed_message(p_digest text, p_message bytea, p_signatures text) RETURNS boolean
@@ -915,7 +938,7 @@ REVOKE ALL ON FUNCTION integration.insert_event_log(p_event_id uuid) FROM PUBLIC
 
 REVOKE ALL ON FUNCTION integration.insert_outbox_batch(p_batch_key text, p_signature_digest text, p_events jsonb, p_max_attempts integer) FROM PUBLIC;
 
-REVOKE ALL ON FUNCTION integration.insert_outbox_event(p_event_type text, p_aggregate_type text, p_aggregate_id text, p_payload jsonb, p_idempotency_key text, p_source text, p_occurred_at timestamp with time zone, p_signature_digest text, p_max_attempts integer) FROM PUBLIC;
+REVOKE ALL ON FUNCTION integration.insert_outbox_event(p_event_type text, p_aggregate_type text, p_aggregate_id text, p_payload jsonb, p_idempotency_key text, p_source text, p_occurred_at timestamp with time zone, p_signature_digest text, p_max_attempts integer, p_traceparent text, p_tracestate text) FROM PUBLIC;
 
 REVOKE ALL ON FUNCTION integration.keep_signed_message(p_digest text, p_message bytea, p_signatures text) FROM PUBLIC;
 
@@ -937,6 +960,8 @@ GRANT ALL ON FUNCTION integration.resume_destination(p_destination text, p_actor
 
 REVOKE ALL ON FUNCTION integration.retry_events(p_ids uuid[], p_actor text, p_reason text) FROM PUBLIC;
 GRANT ALL ON FUNCTION integration.retry_events(p_ids uuid[], p_actor text, p_reason text) TO ipai_bus_operator;
+
+REVOKE ALL ON FUNCTION integration.trace_context(p_traceparent text, p_tracestate text) FROM PUBLIC;
 
 REVOKE ALL ON FUNCTION public.ack_outbox(p_ids uuid[], p_worker text) FROM PUBLIC;
 GRANT ALL ON FUNCTION public.ack_outbox(p_ids uuid[], p_worker text) TO service_role;
@@ -968,9 +993,9 @@ REVOKE ALL ON FUNCTION public.insert_outbox_batch(p_batch_key text, p_signature_
 GRANT ALL ON FUNCTION public.insert_outbox_batch(p_batch_key text, p_signature_digest text, p_events jsonb, p_max_attempts integer) TO service_role;
 GRANT ALL ON FUNCTION public.insert_outbox_batch(p_batch_key text, p_signature_digest text, p_events jsonb, p_max_attempts integer) TO ipai_bus_ingest;
 
-REVOKE ALL ON FUNCTION public.insert_outbox_event(p_event_type text, p_aggregate_type text, p_aggregate_id text, p_payload jsonb, p_idempotency_key text, p_source text, p_occurred_at timestamp with time zone, p_signature_digest text, p_max_attempts integer) FROM PUBLIC;
-GRANT ALL ON FUNCTION public.insert_outbox_event(p_event_type text, p_aggregate_type text, p_aggregate_id text, p_payload jsonb, p_idempotency_key text, p_source text, p_occurred_at timestamp with time zone, p_signature_digest text, p_max_attempts integer) TO service_role;
-GRANT ALL ON FUNCTION public.insert_outbox_event(p_event_type text, p_aggregate_type text, p_aggregate_id text, p_payload jsonb, p_idempotency_key text, p_source text, p_occurred_at timestamp with time zone, p_signature_digest text, p_max_attempts integer) TO ipai_bus_ingest;
+REVOKE ALL ON FUNCTION public.insert_outbox_event(p_event_type text, p_aggregate_type text, p_aggregate_id text, p_payload jsonb, p_idempotency_key text, p_source text, p_occurred_at timestamp with time zone, p_signature_digest text, p_max_attempts integer, p_traceparent text, p_tracestate text) FROM PUBLIC;
+GRANT ALL ON FUNCTION public.insert_outbox_event(p_event_type text, p_aggregate_type text, p_aggregate_id text, p_payload jsonb, p_idempotency_key text, p_source text, p_occurred_at timestamp with time zone, p_signature_digest text, p_max_attempts integer, p_traceparent text, p_tracestate text) TO service_role;
+GRANT ALL ON FUNCTION public.insert_outbox_event(p_event_type text, p_aggregate_type text, p_aggregate_id text, p_payload jsonb, p_idempotency_key text, p_source text, p_occurred_at timestamp with time zone, p_signature_digest text, p_max_attempts integer, p_traceparent text, p_tracestate text) TO ipai_bus_ingest;
 
 REVOKE ALL ON FUNCTION public.keep_signed_message(p_digest text, p_message bytea, p_signatures text) FROM PUBLIC;
 GRANT ALL ON FUNCTION public.keep_signed_message(p_digest text, p_message bytea, p_signatures text) TO service_role;

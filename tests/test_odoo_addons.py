@@ -21,7 +21,10 @@ from urllib.parse import urlsplit
 import psycopg2
 import pytest
 
-from .helpers import PRIMARY_SECRET, free_port, receiver_process
+from .helpers import PRIMARY_SECRET, free_port, receiver_process, wait_until
+from .otlp_sink import OtlpSink, tree
+from .sinks import HttpSink
+from .test_tracing import ROUTES, router_process, stop
 
 REPO = Path(__file__).resolve().parent.parent
 ODOO_PATH = Path(os.environ.get("ODOO_PATH", "~/odoo18")).expanduser()
@@ -248,9 +251,10 @@ print('RESULT', json.dumps({'source': outbox._ipai_source(), 'booking': booking.
 """
 
 
-def book(database: dict, name: str, steps: list[tuple[str, str]], **options) -> dict:
-    """Run BOOKING_SCRIPT on ``database``: (booking action, webhook URL) per step."""
-    script = BOOKING_SCRIPT % {"name": name, "steps": steps, "secret": PRIMARY_SECRET}
+def book(database: dict, name: str, steps: list[tuple[str, str]], *, then: str = "", **options) -> dict:
+    """Run BOOKING_SCRIPT on ``database``: (booking action, webhook URL) per step; ``then`` is
+    more Python to run after it."""
+    script = BOOKING_SCRIPT % {"name": name, "steps": steps, "secret": PRIMARY_SECRET} + then
     result = odoo_bin(database, "shell", "--no-http", stdin=script, **options)
     found = [line for line in result.stdout.splitlines() if line.startswith("RESULT ")]
     assert found, (result.stdout + result.stderr)[-5000:]
@@ -371,6 +375,69 @@ def test_an_upgrade_from_the_previous_release_keeps_the_source_it_sent_under(
     stored = stored_at_bus(bus_url, keys)
     assert [row[2] for row in stored] == keys, "each once, in order"
     assert {row[0] for row in stored} == {before["source"]}
+
+
+@pytest.fixture(scope="module")
+def odoo_with_opentelemetry(odoo_ready):
+    """The otel extra in Odoo's environment (what an admin who wants traces installs)."""
+    with open(ODOO_PATH / ".venv" / ".ipai-bus-install.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        result = subprocess.run(
+            [str(ODOO_PYTHON), "-m", "pip", "install", "--quiet", *OTEL_EXTRA],
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+    if result.returncode != 0:
+        pytest.skip(
+            f"OpenTelemetry could not be installed in Odoo's environment: Odoo trace test skipped ({result.stderr[-200:]})"
+        )
+
+
+OTEL_EXTRA = ("opentelemetry-sdk>=1.20", "opentelemetry-exporter-otlp-proto-http>=1.20")
+
+
+def test_a_booking_in_odoo_starts_one_trace_that_ends_at_the_destination(
+    odoo_with_opentelemetry, odoo_database, clean_bus, tmp_path, monkeypatch
+):
+    """Odoo's dispatcher, the receiver and the router each export their spans by OTLP: the
+    destination's traceparent belongs to a trace rooted at Odoo's send."""
+    routes = tmp_path / "routes.toml"
+    routes.write_text(ROUTES)
+    with OtlpSink() as otlp, HttpSink() as sink:
+        exporting = {"OTEL_EXPORTER_OTLP_ENDPOINT": otlp.endpoint, "OTEL_BSP_SCHEDULE_DELAY": "200"}
+        for name, value in exporting.items():
+            monkeypatch.setenv(name, value)
+        monkeypatch.delenv("OTEL_SERVICE_NAME", raising=False)
+        with receiver_process(clean_bus, tmp_path, secrets=PRIMARY_SECRET) as receiver:
+            router = router_process(clean_bus, routes, sink.url, tmp_path)
+            try:
+                url = receiver.base_url + "/functions/v1/odoo-webhook"
+                booked = book(
+                    odoo_database,
+                    "Traced projector",
+                    [("action_reserve_asset", url)],
+                    then="from ipai_bus_lib.core import tracing\ntracing.flush()\n",
+                    env=exporting,
+                )
+                assert [event[1] for event in booked["events"]][-1:] == ["sent"], booked
+                wait_until(lambda: sink.count() >= 1, what="the booking's delivery")
+            finally:
+                stop(router)
+        traceparent = sink.received[0].headers["traceparent"]
+        wait_until(lambda: len(otlp.trace(traceparent[3:35])) >= 5, timeout=30, what="the spans")
+    spans = otlp.trace(traceparent[3:35])
+    print("\nOdoo booking:\n" + tree(spans))
+    by_id = {span.span_id: span for span in spans}
+    (send,) = [s for s in spans if s.name == "send ipai.bus" and s.service == "odoo"]
+    assert send.parent_id == "" and send.attributes["messaging.batch.message_count"] >= 1
+    post = by_id[traceparent[36:52]]
+    assert (post.name, post.service) == ("POST", "ipai-bus-router")
+    process = by_id[post.parent_id]
+    create = by_id[process.parent_id]
+    assert (process.name, create.name, create.service) == ("process ipai.bus", "create ipai.bus", "odoo")
+    assert create.parent_id == send.span_id, "one connected trace from Odoo's dispatch"
+    assert any(s.name == "receive ipai.bus" and s.parent_id == send.span_id for s in spans)
 
 
 def test_addons_uninstall_cleanly_and_take_their_parameters(odoo_ready, odoo_database):

@@ -11,6 +11,14 @@ from . import exact_json
 from .contract import BATCH_PATH_SUFFIX, MAX_BATCH_EVENTS, MAX_EVENT_BYTES
 from .envelope import KEY_RULE, TOO_DEEP, Envelope, is_idempotency_key, parse_envelope
 from .errors import BatchTooLarge, EnvelopeError
+from .tracing import TRACEPARENT_HEADER, TRACESTATE_HEADER, TraceContext, parse_trace_context
+
+# Each element may carry its event's W3C trace context beside its key; it is not the event's
+# data, so it counts toward neither the event's size limit nor any refusal.
+_TRACE_FIELDS = (TRACEPARENT_HEADER, TRACESTATE_HEADER)
+# The bytes a sender's own trace context adds to an element (its spans have no tracestate): what
+# a sender sizing its batches counts per event on top of the element without it.
+TRACE_FIELD_BYTES = len(',"traceparent":""') + len("00-") + 32 + 1 + 16 + 1 + 2
 
 
 @dataclass(frozen=True)
@@ -20,6 +28,7 @@ class BatchEvent:
     envelope: Envelope | None = None
     idempotency_key: str | None = None
     refusal: str | None = None
+    trace: TraceContext | None = None
 
 
 def parse_batch(document: Any, *, max_events: int = MAX_BATCH_EVENTS) -> list[BatchEvent]:
@@ -43,6 +52,10 @@ def parse_batch_event(item: Any) -> BatchEvent:
     """One batch element checked as the receiver checks it (see parse_batch)."""
     if not isinstance(item, dict):
         return BatchEvent(refusal="event must be a JSON object")
+    trace = None
+    if TRACEPARENT_HEADER in item:
+        trace = parse_trace_context(item.get(TRACEPARENT_HEADER), item.get(TRACESTATE_HEADER))
+        item = {name: value for name, value in item.items() if name not in _TRACE_FIELDS}
     try:
         if len(exact_json.dumps(item).encode("utf-8", "surrogatepass")) > MAX_EVENT_BYTES:
             raise EnvelopeError(f"event larger than {MAX_EVENT_BYTES} bytes as compact JSON")
@@ -54,7 +67,7 @@ def parse_batch_event(item: Any) -> BatchEvent:
         return BatchEvent(refusal=str(exc))
     except RecursionError:
         return BatchEvent(refusal=TOO_DEEP)
-    return BatchEvent(envelope=envelope, idempotency_key=key)
+    return BatchEvent(envelope=envelope, idempotency_key=key, trace=trace)
 
 
 def batch_url(webhook_url: str) -> str:
@@ -63,7 +76,16 @@ def batch_url(webhook_url: str) -> str:
     return url if url.endswith(BATCH_PATH_SUFFIX) else url + BATCH_PATH_SUFFIX
 
 
-def batch_body(events: Sequence[tuple[Envelope, str]]) -> bytes:
-    """Compact UTF-8 JSON of a batch of (envelope, idempotency key): the bytes a sender signs."""
-    document = {"events": [{**envelope.to_json(), "idempotency_key": key} for envelope, key in events]}
+def batch_body(
+    events: Sequence[tuple[Envelope, str]], traces: Sequence[TraceContext | None] | None = None
+) -> bytes:
+    """Compact UTF-8 JSON of a batch of (envelope, idempotency key), each element with its
+    event's trace context when ``traces`` gives one: the bytes a sender signs."""
+    contexts = traces if traces is not None else [None] * len(events)
+    document = {
+        "events": [
+            {**envelope.to_json(), "idempotency_key": key, **(trace.fields() if trace else {})}
+            for (envelope, key), trace in zip(events, contexts)
+        ]
+    }
     return exact_json.dumps(document).encode()

@@ -61,3 +61,11 @@ BATCH_PATH_SUFFIX: str = _CONTRACT["paths"]["batch_suffix"]
 DEFAULT_RETRY_DELAYS_SECONDS: tuple[int, ...] = tuple(_DELIVERY["retry_delays_seconds"])
 DEFAULT_MAX_ATTEMPTS: int = _DELIVERY["max_attempts"]
 DEFAULT_LEASE_SECONDS: int = _DELIVERY["lease_seconds"]
+
+_TRACE = _CONTRACT["trace_context"]
+# W3C Trace Context (optional; ignored when not valid, never a refusal).
+TRACEPARENT_HEADER: str = _TRACE["traceparent"]
+TRACESTATE_HEADER: str = _TRACE["tracestate"]
+STORED_TRACEPARENT_PATTERN = re.compile(_TRACE["stored_traceparent_pattern"])
+TRACESTATE_PATTERN = re.compile(_TRACE["tracestate_pattern"])
+MAX_TRACESTATE_CHARS: int = _TRACE["max_tracestate_length"]

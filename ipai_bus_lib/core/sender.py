@@ -15,6 +15,7 @@ from types import TracebackType
 from typing import Any
 from urllib.parse import urlsplit
 
+from . import tracing
 from .batch import batch_body, batch_url
 from .envelope import Envelope
 from .errors import ConfigurationError, IpaiBusError
@@ -52,17 +53,56 @@ class SignedSender:
             raise ConfigurationError("the webhook URL must start with http:// or https://")
         self.url, self.secret, self.timeout = url, secret, timeout
         self._scheme, self._netloc = parts.scheme, parts.netloc
+        self._server = {"server.address": parts.hostname, "server.port": parts.port}
         self._connection: http.client.HTTPConnection | None = None
 
     def post_event(self, envelope: Envelope, key: str) -> Answer:
-        """Sign and POST one envelope under its idempotency key."""
-        return self._post(self.url, envelope.to_bytes(), key)
+        """Sign and POST one envelope under its idempotency key, in a ``send`` span whose
+        W3C trace context the request carries (``traceparent``): the event's trace starts here."""
+        attributes = {
+            **tracing.messaging("send"),
+            tracing.ATTR_MESSAGE_ID: key,
+            tracing.ATTR_EVENT_TYPE: envelope.event_type,
+            **self._server,
+        }
+        with tracing.tracer().span(
+            f"send {tracing.BUS_DESTINATION}", "producer", None, attributes, origin=True
+        ) as span:
+            return self._post(self.url, envelope.to_bytes(), key, span)
 
     def post_batch(self, events: Sequence[tuple[Envelope, str]]) -> Answer:
         """Sign and POST (envelope, idempotency key) pairs as one batch; the answer holds a
         result per event, in order. Each event's key travels in the signed body, so the
-        request carries no idempotency key header."""
-        return self._post(batch_url(self.url), batch_body(events), None)
+        request carries no idempotency key header.
+
+        Traced as OpenTelemetry's messaging conventions say of a batch: a ``send`` span for
+        the request (its context in the request's ``traceparent``) and, under it, a ``create``
+        span per event whose context the event carries in the body: each event's own trace
+        branch, continued by the router."""
+        attributes = {**tracing.messaging("send"), tracing.ATTR_BATCH_COUNT: len(events), **self._server}
+        tracer = tracing.tracer()
+        with tracer.span(
+            f"send {tracing.BUS_DESTINATION}", "client", None, attributes, origin=True
+        ) as span:
+            traces = [self._creation(tracer, span, envelope, key) for envelope, key in events]
+            return self._post(batch_url(self.url), batch_body(events, traces), None, span)
+
+    @staticmethod
+    def _creation(
+        tracer: tracing.Tracer, batch: tracing.Span, envelope: Envelope, key: str
+    ) -> tracing.TraceContext | None:
+        """One event's creation context: a ``create`` span under the batch's, or without
+        OpenTelemetry a new span id in the batch's trace."""
+        attributes = {
+            **tracing.messaging("create"),
+            tracing.ATTR_MESSAGE_ID: key,
+            tracing.ATTR_EVENT_TYPE: envelope.event_type,
+        }
+        created = tracer.start(f"create {tracing.BUS_DESTINATION}", "producer", batch, attributes)
+        created.end()
+        if created.recording or batch.context is None:
+            return created.context
+        return batch.context.child()
 
     def close(self) -> None:
         """Close the kept-alive connection (the next post opens another)."""
@@ -81,8 +121,17 @@ class SignedSender:
     ) -> None:
         self.close()
 
-    def _post(self, url: str, body: bytes, key: str | None) -> Answer:
+    def _post(self, url: str, body: bytes, key: str | None, span: tracing.Span) -> Answer:
         headers = signature_headers(self.secret, body, idempotency_key=key)
+        if span.context is not None:
+            headers.update(span.context.headers())
+        answer = self._post_signed(url, body, headers)
+        span.set("http.response.status_code", answer[0])
+        if answer[0] != 200:
+            span.fail(str(answer[0]), str(answer[1].get("error"))[:200])
+        return answer
+
+    def _post_signed(self, url: str, body: bytes, headers: dict[str, str]) -> Answer:
         target = urlsplit(url)
         path = (target.path or "/") + (f"?{target.query}" if target.query else "")
         for _ in range(2):

@@ -7,6 +7,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from .tracing import TraceContext
+
 
 @dataclass(frozen=True)
 class StoredEvent:
@@ -32,3 +34,10 @@ class StoredEvent:
     locked_by: str | None = None
     lease_expires_at: datetime | None = None
     last_error: str | None = None
+    traceparent: str | None = None
+    tracestate: str | None = None
+
+    @property
+    def trace(self) -> TraceContext | None:
+        """The W3C trace context the event came with (checked when it was stored), if any."""
+        return TraceContext(self.traceparent, self.tracestate) if self.traceparent else None

@@ -397,3 +397,6 @@ class AsyncReceiverWorker(Worker):  # type: ignore[misc]
                 freed_memory.when_idle()
             await asyncio.sleep(0.5)
         await front.stop(self.cfg.graceful_timeout)
+        from ..core import tracing
+
+        tracing.flush()  # the spans of the last requests, before the worker exits

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
-from ..core import exact_json, signing
+from ..core import exact_json, signing, tracing
 from ..core.batch import BatchEvent, parse_batch
 from ..core.contract import BATCH_PATH_SUFFIX, MAX_BATCH_BYTES, MAX_BATCH_EVENTS, MAX_EVENT_BYTES
 from ..core.envelope import (
@@ -173,20 +173,60 @@ class Receiver:
         self, environ: Mapping[str, Any], start_response: StartResponse, *, batch: bool = False
     ) -> Iterable[bytes]:
         started = time.perf_counter()
+        incoming = tracing.parse_trace_context(
+            environ.get("HTTP_TRACEPARENT"), environ.get("HTTP_TRACESTATE")
+        )
+        span = tracing.tracer().start(
+            f"receive {tracing.BUS_DESTINATION}",
+            "server",
+            incoming,
+            {
+                **tracing.messaging("receive"),
+                "http.request.method": "POST",
+                "url.path": environ.get("PATH_INFO"),
+            },
+        )
         try:
-            accepted = self._accept_batch(environ) if batch else self._accept(environ)
+            return self._answer_webhook(environ, start_response, batch, started, incoming, span)
+        finally:
+            span.end()
+
+    def _answer_webhook(
+        self,
+        environ: Mapping[str, Any],
+        start_response: StartResponse,
+        batch: bool,
+        started: float,
+        incoming: tracing.TraceContext | None,
+        span: tracing.Span,
+    ) -> Iterable[bytes]:
+        # What the events keep: the sender's context, else this request's own span (recorded),
+        # else none: a router then starts the event's trace itself.
+        trace = incoming or (span.context if span.recording else None)
+        try:
+            accepted = (
+                self._accept_batch(environ, trace, span) if batch else self._accept(environ, trace)
+            )
         except Refusal as refusal:
             self._finish(refusal.outcome, refusal.status, started, environ, error=refusal.error)
+            span.set("http.response.status_code", refusal.status)
+            span.fail(refusal.outcome, refusal.error)
             headers = _REFUSAL_HEADERS.get(refusal.status, [])
             return _json(start_response, refusal.status, {"ok": False, "error": refusal.error}, headers)
         except Exception:  # noqa: BLE001 - an answer, never a traceback page
             log.exception("receiver: unexpected error")
             self._finish("error", 500, started, environ, error="internal error")
+            span.set("http.response.status_code", 500)
+            span.fail("internal_error")
             return _json(start_response, 500, {"ok": False, "error": "internal error"})
+        span.set("http.response.status_code", 200)
         if isinstance(accepted, BatchAccepted):
+            span.set(tracing.ATTR_BATCH_COUNT, len(accepted.results))
             self._finish("batch", 200, started, environ, batch=accepted)
             return _json(start_response, 200, accepted.document())
         outcome = "duplicate" if accepted.duplicate else "stored"
+        span.set(tracing.ATTR_MESSAGE_ID, accepted.event_id)
+        span.set(tracing.ATTR_EVENT_TYPE, accepted.event_type)
         self._finish(outcome, 200, started, environ, accepted=accepted)
         return _json(
             start_response,
@@ -208,13 +248,15 @@ class Receiver:
             raise Refusal(401, str(exc), "unauthorized") from None
         return body, verified
 
-    def _accept(self, environ: Mapping[str, Any]) -> Accepted:
+    def _accept(self, environ: Mapping[str, Any], trace: tracing.TraceContext | None) -> Accepted:
         body, verified = self._verified_body(environ, self.config.max_body_bytes)
         envelope = _parse_envelope(_parse_json(body))
         key = _idempotency_key(environ)
-        return self._store(envelope, key, verified)
+        return self._store(envelope, key, verified, trace)
 
-    def _accept_batch(self, environ: Mapping[str, Any]) -> BatchAccepted:
+    def _accept_batch(
+        self, environ: Mapping[str, Any], trace: tracing.TraceContext | None, span: tracing.Span
+    ) -> BatchAccepted:
         body, verified = self._verified_body(environ, self.config.max_batch_bytes)
         document = _parse_json(body)
         try:
@@ -225,10 +267,17 @@ class Receiver:
             raise Refusal(400, str(exc), "bad_request") from None
         # Each event's key is in the signed body: the batch is named by its signature, and an
         # x-idempotency-key header (senders before 0.2 sent one) means nothing here.
-        stored = self._store_batch(events, verified.fingerprint, verified)
+        span.link_all(event.trace for event in events)
+        stored = self._store_batch(events, verified.fingerprint, verified, trace)
         return BatchAccepted([_batch_result(event, stored.get(i)) for i, event in enumerate(events)])
 
-    def _store(self, envelope: Envelope, key: str, verified: signing.Verified) -> Accepted:
+    def _store(
+        self,
+        envelope: Envelope,
+        key: str,
+        verified: signing.Verified,
+        trace: tracing.TraceContext | None,
+    ) -> Accepted:
         result = self._with_database(
             lambda cursor: outbox.record_event(
                 cursor,
@@ -237,14 +286,20 @@ class Receiver:
                 signature_digest=verified.fingerprint,
                 signed=verified,
                 max_attempts=self.config.max_attempts,
+                trace=trace,
             )
         )
         return Accepted(str(result.event_id), envelope.event_type, result.duplicate)
 
     def _store_batch(
-        self, events: list[BatchEvent], batch_name: str, verified: signing.Verified
+        self,
+        events: list[BatchEvent],
+        batch_name: str,
+        verified: signing.Verified,
+        trace: tracing.TraceContext | None,
     ) -> dict[int, outbox.InsertResult]:
-        """Store the batch's valid events in one statement; their results by position."""
+        """Store the batch's valid events in one statement; their results by position. Each
+        keeps its own trace context, else the request's (``trace``)."""
         valid = [(i, event) for i, event in enumerate(events) if event.envelope is not None]
         if not valid:
             return {}
@@ -258,6 +313,7 @@ class Receiver:
                 signed=verified,
                 max_attempts=self.config.max_attempts,
                 positions=[position for position, _ in valid],
+                traces=[event.trace or trace for _, event in valid],
             )
         )
         return {position: result for (position, _), result in zip(valid, results)}

@@ -95,12 +95,14 @@ class _ReceiverApplication(BaseApplication):  # type: ignore[misc]
             sys.exit(1)
 
     def load(self) -> Any:
-        # Runs in each worker after the fork: each gets its own pool.
+        # Runs in each worker after the fork: each gets its own pool (and its own span exporter).
+        from ..core import tracing
         from ..storage.db import Database
         from .metrics import ReceiverMetrics
         from .receiver import Receiver, ReceiverConfig
 
         configure_request_log()
+        tracing.set_service_name("ipai-bus-receiver")
         config = self._config
         database = Database(
             self._database_url,

@@ -126,6 +126,9 @@ def _run_router(router: Router, settings: Settings) -> None:
         if endpoints is not None:
             endpoints.close()
         ignore_stop_signals()
+        from ..core import tracing
+
+        tracing.flush()  # the last batches' spans, before the process exits
 
 
 def _start_endpoints(router: Router, settings: Settings) -> Any:

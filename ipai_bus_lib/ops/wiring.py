@@ -39,6 +39,9 @@ def make_router(settings: Settings, url: str, *, worker: str | None = None) -> R
         settings=ROUTER_SESSION_SETTINGS,
         deadline_seconds=settings.router_lease_seconds,
     )
+    from ..core import tracing
+
+    tracing.set_service_name("ipai-bus-router")
     # The metrics read the breakers of the router made on the next line (when scraped).
     metrics = RouterMetrics(database, lambda: router.deliverer.breakers)
     router = Router(config, database, routing, destinations, limits, metrics=metrics)

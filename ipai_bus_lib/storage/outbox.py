@@ -20,6 +20,7 @@ from ..core.contract import DEFAULT_LEASE_SECONDS, DEFAULT_MAX_ATTEMPTS, DEFAULT
 from ..core.envelope import Envelope
 from ..core.signing import Verified
 from ..core.stored_event import StoredEvent
+from ..core.tracing import TraceContext
 from .queries import load
 
 STATUSES = ("pending", "processing", "completed", "failed", "dead")
@@ -52,10 +53,11 @@ def record_event(
     signature_digest: str | None = None,
     signed: Verified | None = None,
     max_attempts: int = DEFAULT_MAX_ATTEMPTS,
+    trace: TraceContext | None = None,
 ) -> InsertResult:
     """Store a new event, its audit copy and the request it was signed in (what an ingress
     does), in one statement; a duplicate writes nothing. A signature digest already accepted
-    under another key raises ReplayedSignature."""
+    under another key raises ReplayedSignature. ``trace`` is kept for the router to continue."""
     cursor.execute(
         SQL["record_event"],
         {
@@ -67,6 +69,8 @@ def record_event(
             "source": envelope.source,
             "occurred_at": envelope.occurred_at,
             "max_attempts": max_attempts,
+            "traceparent": trace.traceparent if trace else None,
+            "tracestate": trace.tracestate if trace else None,
             **_signed_parameters(signature_digest, signed),
         },
     )
@@ -83,19 +87,27 @@ def record_batch(
     signed: Verified | None = None,
     max_attempts: int = DEFAULT_MAX_ATTEMPTS,
     positions: Sequence[int] | None = None,
+    traces: Sequence[TraceContext | None] | None = None,
 ) -> list[InsertResult]:
     """Store checked (envelope, idempotency key) pairs and their audit copies in one statement
     (one round trip, one transaction); results in the same order.
 
     ``positions`` are the events' places in the signed batch body, when some of its events were
-    left out (refused); each event's signature digest names its place there.
+    left out (refused); each event's signature digest names its place there. ``traces`` are
+    the events' trace contexts, kept for the router to continue.
     A key already stored, or repeated earlier in ``events``, is a duplicate and writes nothing.
     A signature digest already accepted under another batch key raises ReplayedSignature.
     """
     places = range(len(events)) if positions is None else positions
+    contexts = traces if traces is not None else [None] * len(events)
     document = [
-        {**envelope.to_json(), "idempotency_key": key, "batch_position": place}
-        for (envelope, key), place in zip(events, places)
+        {
+            **envelope.to_json(),
+            "idempotency_key": key,
+            "batch_position": place,
+            **(trace.fields() if trace else {}),
+        }
+        for (envelope, key), place, trace in zip(events, places, contexts)
     ]
     cursor.execute(
         SQL["record_batch"],

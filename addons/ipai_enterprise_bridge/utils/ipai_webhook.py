@@ -10,8 +10,8 @@ import logging
 
 from odoo import fields
 
-from ipai_bus_lib.core import exact_json
-from ipai_bus_lib.core.batch import parse_batch_event
+from ipai_bus_lib.core import exact_json, tracing
+from ipai_bus_lib.core.batch import TRACE_FIELD_BYTES, parse_batch_event
 from ipai_bus_lib.core.catalog import build_payload, lookup
 from ipai_bus_lib.core.contract import MAX_BATCH_BYTES
 from ipai_bus_lib.core.envelope import Envelope
@@ -20,6 +20,10 @@ from ipai_bus_lib.core.odoo_key import idempotency_key
 from ipai_bus_lib.core.sender import ReceiverUnreachable, SignedSender
 
 _logger = logging.getLogger(__name__)
+
+# Spans of Odoo's posts (the otel extra in Odoo's Python, OTEL_* set) go out as this service,
+# unless OTEL_SERVICE_NAME names another.
+tracing.set_service_name("odoo")
 
 URL_PARAMETER = "ipai.webhook.url"
 SECRET_PARAMETER = "ipai.webhook.secret"
@@ -173,7 +177,8 @@ class BatchPoster:
                 outcomes[item_id] = DeliveryError(f"the bus would refuse this event: {check.refusal}")
                 self._held_back.add(record)
             else:
-                ready.append((item, len(exact_json.dumps(element).encode()) + 1))  # and a comma
+                # and a comma, and the trace context the sender adds to each element
+                ready.append((item, len(exact_json.dumps(element).encode()) + 1 + TRACE_FIELD_BYTES))
         for batch in self._batches(ready):
             if self.unreachable:
                 outcomes.update((item[0], NotPosted(BUS_AWAY)) for item in batch)

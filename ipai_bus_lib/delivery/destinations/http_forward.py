@@ -8,6 +8,7 @@ from typing import Any
 from ...core import exact_json
 from ...core.signing import standard_webhooks_headers, standard_webhooks_key
 from ...core.stored_event import StoredEvent
+from ...core.tracing import outgoing_headers
 from ..formatters import Message
 from .base import DEFAULT_TIMEOUT_SECONDS
 from .http_client import HTTP_PERMANENT_REFUSALS, KeepAliveClient, post_json
@@ -36,6 +37,7 @@ class HttpForwardDestination:
     def deliver(self, event: StoredEvent, message: Message | None) -> int | None:
         body = forward_body(event)
         headers = standard_webhooks_headers(self.key, message_id=str(event.id), body=body)
+        headers.update(outgoing_headers(event.trace))
         return post_json(self.client, self.url, body, headers, permanent=self.permanent)
 
     def close(self) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 from ...core.stored_event import StoredEvent
+from ...core.tracing import outgoing_headers
 from ..formatters import Message
 from .base import DEFAULT_TIMEOUT_SECONDS
 from .http_client import KeepAliveClient, post_json
@@ -42,7 +43,8 @@ class MattermostDestination:
     def deliver(self, event: StoredEvent, message: Message | None) -> int | None:
         assert message is not None
         body = json.dumps({"text": message.markdown, **self.fields}).encode()
-        return post_json(self.client, self.url, body, {}, permanent=self.permanent)
+        headers = outgoing_headers(event.trace)
+        return post_json(self.client, self.url, body, headers, permanent=self.permanent)
 
     def close(self) -> None:
         self.client.close()

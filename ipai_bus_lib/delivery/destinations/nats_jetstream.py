@@ -39,6 +39,7 @@ class NatsJetStreamDestination:
     """Publishes each event to JetStream and waits for the stream's acknowledgement."""
 
     needs_message = False
+    messaging_system = "nats"  # how its delivery spans name the system
     waits_on_network = True
 
     def __init__(

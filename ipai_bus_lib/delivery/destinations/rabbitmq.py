@@ -43,6 +43,7 @@ class RabbitMqDestination:
     """Publishes each event to an exchange and waits for the broker's confirmation."""
 
     needs_message = False
+    messaging_system = "rabbitmq"  # how its delivery spans name the system
     waits_on_network = True
 
     def __init__(

@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 
 from ...core.stored_event import StoredEvent
+from ...core.tracing import outgoing_headers
 
 _TOKEN_SAFE = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_:@+=,~")
 PREFIX_PATTERN = re.compile(r"[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*")
@@ -33,8 +34,10 @@ def record_key(prefix: str, event: StoredEvent) -> str:
 
 
 def record_headers(event: StoredEvent) -> dict[str, str]:
-    """What a consumer filters on without reading the body: type, source and record."""
+    """What a consumer filters on without reading the body (type, source and record), and the
+    W3C trace context the delivery continues (``traceparent``, ``tracestate``)."""
     return {
+        **outgoing_headers(event.trace),
         "Ipai-Event-Type": event.event_type,
         "Ipai-Source": event.source,
         "Ipai-Aggregate-Type": event.aggregate_type,

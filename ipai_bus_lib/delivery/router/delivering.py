@@ -17,6 +17,7 @@ from ..destinations import CircuitBreaker, DeliveryFailed, Destination, TokenBuc
 from .config import RouterConfig
 from .planning import Attempt
 from .settling import moment
+from .traces import EventTraces
 
 log = logging.getLogger("ipai_bus.router")
 SQL = load("router")
@@ -34,8 +35,10 @@ class Deliverer:
         destinations: Mapping[str, Destination],
         rate_limits: Mapping[str, TokenBucket],
         stopping: threading.Event,
+        traces: EventTraces | None = None,
     ) -> None:
         self.config, self.database, self.stopping = config, database, stopping
+        self.traces = traces or EventTraces()
         self.destinations = dict(destinations)
         self.rate_limits = dict(rate_limits)
         self.breakers = {
@@ -79,6 +82,10 @@ class Deliverer:
             attempt.outcome, attempt.retry_at = "deferred", paused_until
             attempt.error = f"destination {attempt.destination} paused (circuit open)"
             return
+        with self.traces.delivering(attempt, self.destinations[attempt.destination]):
+            self._attempt(attempt, breaker)
+
+    def _attempt(self, attempt: Attempt, breaker: CircuitBreaker) -> None:
         started = time.perf_counter()
         try:
             if attempt.destination in self.rate_limits:

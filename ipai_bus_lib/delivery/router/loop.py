@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
+from ...core import tracing
 from ...core.errors import DatabaseUnavailable
 from ...core.memory import FreedMemoryReturner
 from ...core.stored_event import StoredEvent
@@ -26,6 +27,7 @@ from .leases import LeaseKeeper
 from .metrics import RouterMetrics
 from .planning import Attempt, Planner
 from .settling import Death, Settler, death_line
+from .traces import EventTraces
 
 log = logging.getLogger("ipai_bus.router")
 SQL = load("router")
@@ -53,13 +55,17 @@ class Router:
         self._stopping = threading.Event()
         self.leases = LeaseKeeper(config, database, self._stopping)
         self.planner = Planner(config, database, routing, destinations)
-        self.deliverer = Deliverer(config, database, destinations, rate_limits or {}, self._stopping)
+        self.traces = EventTraces()
+        self.deliverer = Deliverer(
+            config, database, destinations, rate_limits or {}, self._stopping, self.traces
+        )
         self.settler = Settler(
             config,
             database,
             on_settled=self.leases.let_go,
             on_recorded=metrics.observe_attempts if metrics else None,
             on_dead=self._report_death,
+            traces=self.traces,
         )
         # Settling a batch (ack, fail, attempts) runs on its own connection while the next batch
         # is claimed: the database then works on two cores instead of one.
@@ -231,6 +237,7 @@ class Router:
                 raise  # the batch's leases run out and its events come back: nothing is lost
 
     def _claim(self) -> list[StoredEvent]:
+        claimed_ns = tracing.now_ns()
         with self.database.transaction() as cursor:
             events = outbox.claim(
                 cursor,
@@ -239,6 +246,7 @@ class Router:
                 lease_seconds=self.config.lease_seconds,
             )
         self.leases.hold(events)
+        self.traces.claimed(events, claimed_ns)
         return events
 
     def _next_batch(self) -> list[StoredEvent]:
@@ -263,6 +271,7 @@ class Router:
                 with self.database.transaction() as cursor:
                     outbox.release(cursor, [event.id for event in events], worker=self.config.worker)
                 self.leases.let_go(events)
+                self.traces.forget(events)
         except Exception:  # noqa: BLE001 - their leases run out and they come back
             log.warning("router %s: a batch claimed ahead is left to its leases", self.config.worker)
 
@@ -275,6 +284,7 @@ class Router:
             self.deliverer.deliver_all(attempts)
         except BaseException:
             self.leases.let_go(events)  # their leases run out and they come back
+            self.traces.forget(events)
             raise
         return events, attempts, unrouted
 

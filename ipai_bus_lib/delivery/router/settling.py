@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
+from ...core import tracing
 from ...core.errors import DatabaseUnavailable
 from ...core.storability import storable_text
 from ...core.stored_event import StoredEvent
@@ -92,10 +93,12 @@ class Settler:
         on_settled: Callable[[list[StoredEvent]], None],
         on_recorded: Callable[[list[Attempt]], None] | None = None,
         on_dead: Callable[[Death], None] | None = None,
+        traces: Any = None,
     ) -> None:
         self.config, self.database, self.on_settled = config, database, on_settled
         self.on_recorded = on_recorded
         self.on_dead = on_dead
+        self.traces = traces  # an EventTraces, told when each event's fate is written
 
     def settle(
         self, events: list[StoredEvent], attempts: list[Attempt], unrouted: list[StoredEvent]
@@ -121,7 +124,11 @@ class Settler:
         if self.on_recorded is not None:
             self.on_recorded(recorded)
         try:
-            self._report(self._write_verdict(verdict, recorded, unrouted))
+            started_ns = tracing.now_ns()
+            deaths = self._write_verdict(verdict, recorded, unrouted)
+            if self.traces is not None:
+                self.traces.settled(verdict, started_ns, tracing.now_ns())
+            self._report(deaths)
         except DatabaseUnavailable:
             raise  # the leases run out and the events come back: nothing is lost
         except Exception:  # noqa: BLE001 - one event's outcome must not stop the others'
@@ -130,6 +137,8 @@ class Settler:
             )
             self._settle_one_by_one(events, verdict, recorded, unrouted)
         finally:
+            if self.traces is not None:
+                self.traces.forget(events)
             self.on_settled(events)
 
     def _settle_one_by_one(

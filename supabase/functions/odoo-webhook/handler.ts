@@ -402,7 +402,31 @@ interface SignedRequest extends Verified {
   fingerprint: string;
 }
 
-async function store(envelope: Envelope, key: string, signed: SignedRequest) {
+/** The W3C trace context a request or batch element came with; the database keeps it when
+ * valid and drops it otherwise (tracing never costs an event). */
+interface TraceFields {
+  traceparent?: string;
+  tracestate?: string;
+}
+
+function traceFields(source: { get(name: string): string | null } | Json): TraceFields {
+  const read = (name: string) => {
+    const value = typeof (source as Headers).get === "function"
+      ? (source as Headers).get(name)
+      : (source as Record<string, Json> | null)?.[name];
+    return typeof value === "string" ? value.trim() : undefined;
+  };
+  const found: TraceFields = {};
+  const traceparent = read("traceparent");
+  if (traceparent) {
+    found.traceparent = traceparent;
+    const tracestate = read("tracestate");
+    if (tracestate) found.tracestate = tracestate;
+  }
+  return found;
+}
+
+async function store(envelope: Envelope, key: string, signed: SignedRequest, trace: TraceFields) {
   // One statement: the outbox row, its event_log copy (insert_outbox_event writes it) and the
   // signed request in one transaction, through the public wrappers, as the Python receiver does.
   const rows = await db()`
@@ -413,18 +437,20 @@ async function store(envelope: Envelope, key: string, signed: SignedRequest) {
       p_aggregate_id => ${envelope.aggregate_id},
       p_payload => ${JSON.stringify(envelope.payload)}::text::jsonb,
       p_idempotency_key => ${key}, p_source => ${envelope.source},
-      p_occurred_at => ${envelope.occurred_at}, p_signature_digest => ${signed.fingerprint}) as stored`;
+      p_occurred_at => ${envelope.occurred_at}, p_signature_digest => ${signed.fingerprint},
+      p_traceparent => ${trace.traceparent ?? null}, p_tracestate => ${trace.tracestate ?? null}) as stored`;
   return rows[0] as { event_id: string; duplicate: boolean };
 }
 
 async function storeBatch(
-  items: { envelope: Envelope; key: string; position: number }[], batchKey: string,
+  items: { envelope: Envelope; key: string; position: number; trace: TraceFields }[],
+  batchKey: string,
   signed: SignedRequest,
 ) {
   // One statement: every new event, its event_log copy and the signed request commit together.
   // batch_position: the event's place in the signed body, which its signature digest names.
-  const events = items.map(({ envelope, key, position }) =>
-    ({ ...envelope, idempotency_key: key, batch_position: position }));
+  const events = items.map(({ envelope, key, position, trace }) =>
+    ({ ...envelope, idempotency_key: key, batch_position: position, ...trace }));
   const rows = await db()`
     with kept as (select ${keepSigned(signed)} as kept)
     select event_position, event_id::text as event_id, duplicate
@@ -475,7 +501,8 @@ async function accept(req: Request) {
   const { doc, exact } = parseJson(body);
   const envelope = parseEnvelope(doc, exact);
   const key = idempotencyKey(req);
-  return { ...(await withDatabase(() => store(envelope, key, signed))),
+  const trace = traceFields(req.headers);
+  return { ...(await withDatabase(() => store(envelope, key, signed, trace))),
     event_type: envelope.event_type };
 }
 
@@ -488,7 +515,9 @@ async function acceptBatch(req: Request): Promise<BatchResult[]> {
   // Each event's key is in the signed body: the batch is named by its signature, and an
   // x-idempotency-key header (senders before 0.2 sent one) means nothing here.
   const batchKey = signed.fingerprint;
-  const valid = events.flatMap((event, position) => "refusal" in event ? [] : [{ ...event, position }]);
+  const elements = (doc as { events: Json[] }).events;
+  const valid = events.flatMap((event, position) =>
+    "refusal" in event ? [] : [{ ...event, position, trace: traceFields(elements[position]) }]);
   const stored = new Map<number, { event_id: string; duplicate: boolean }>();
   if (valid.length > 0) {
     const rows = await withDatabase(() => storeBatch(valid, batchKey, signed));
