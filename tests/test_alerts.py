@@ -4,18 +4,31 @@ evaluation), every dashboard query parses as PromQL, and both use only what the 
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import re
 import shutil
 import subprocess
+import sys
+import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+import requests
 import yaml
 
 from ipai_bus_lib.delivery.destinations import CircuitBreaker
 from ipai_bus_lib.delivery.router.metrics import RouterMetrics
 from ipai_bus_lib.ingest.metrics import ReceiverMetrics
+
+from . import helpers
+from .helpers import PRIMARY_SECRET, free_port, receiver_process, wait_until
+from .readiness import http_answers, wait_for_server
+from .sinks import HttpSink, Reply
+from .test_router_processes import ROUTES, SINK_SECRET
 
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
 RULES = DEPLOY / "prometheus" / "ipai-bus-alerts.yml"
@@ -263,3 +276,161 @@ def test_every_dashboard_query_is_valid_promql(tmp_path):
     assert checked.returncode == 0, checked.stdout + checked.stderr
     runbooks = [rule["annotations"]["runbook"] for rule in rules().values()]
     assert all("ipai-bus" in runbook or "curl" in runbook for runbook in runbooks)
+
+
+PROMETHEUS = shutil.which("prometheus")
+
+
+@pytest.fixture()
+def refusing_sink():
+    """A destination that refuses every event with a 400: each delivery goes dead, refused."""
+    with HttpSink(lambda request: Reply(status=400, body=b"amount must be positive")) as sink:
+        yield sink
+
+
+@contextlib.contextmanager
+def prometheus(tmp_path, targets: dict[str, str]) -> Iterator[str]:
+    """Debian's Prometheus scraping ``targets`` ({job: host:port}) every second with the bus's
+    alert rules evaluated every second; yields its base URL."""
+    port = free_port()
+    config = {
+        "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+        "rule_files": [str(RULES)],
+        "scrape_configs": [
+            {"job_name": job, "static_configs": [{"targets": [target]}]}
+            for job, target in targets.items()
+        ],
+    }
+    (tmp_path / "prometheus.yml").write_text(json.dumps(config))
+    log_path = tmp_path / "prometheus.log"
+    with open(log_path, "w") as log:
+        process = subprocess.Popen(
+            [
+                str(PROMETHEUS),
+                f"--config.file={tmp_path / 'prometheus.yml'}",
+                f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+                f"--web.listen-address=127.0.0.1:{port}",
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_for_server("Prometheus", http_answers(base + "/-/ready"), process=process, log=log_path)
+        yield base
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+def prometheus_api(base: str, path: str, **params: str) -> Any:
+    answer = requests.get(f"{base}/api/v1/{path}", params=params, timeout=10).json()
+    assert answer["status"] == "success", answer
+    return answer["data"]
+
+
+def series(base: str, query: str) -> list[dict]:
+    """The instant vector a query answers now."""
+    return prometheus_api(base, "query", query=query)["result"]
+
+
+def firing(base: str) -> dict[str, list[dict]]:
+    """The alerts Prometheus has firing now, by name, each with its labels."""
+    alerts: dict[str, list[dict]] = {}
+    for alert in prometheus_api(base, "alerts")["alerts"]:
+        if alert["state"] == "firing":
+            alerts.setdefault(alert["labels"]["alertname"], []).append(alert["labels"])
+    return alerts
+
+
+def scraped_names(*metrics_urls: str) -> set[str]:
+    """Every series name served live on these /metrics, counting a histogram's and a counter's
+    derived names."""
+    text = "".join(requests.get(url, timeout=10).text for url in metrics_urls)
+    names = set(re.findall(r"^(ipai_[a-z_]+)", text, re.MULTILINE))
+    suffixes = {"counter": ("_total",), "histogram": ("_bucket", "_sum", "_count"), "gauge": ("",)}
+    for name, kind in re.findall(r"^# TYPE (ipai_[a-z_]+) (\w+)", text, re.MULTILINE):
+        names |= {name, *(name + suffix for suffix in suffixes.get(kind, ()))}
+    return names
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(
+    PROMETHEUS is None,
+    reason="live Prometheus test skipped: no prometheus (make test installs Debian's prometheus)",
+)
+def test_a_real_prometheus_scraping_a_running_bus_fires_when_events_go_dead(
+    clean_bus, tmp_path, refusing_sink
+):
+    """A running receiver and router, scraped by Prometheus with the shipped rules: quiet while
+    all is well, IpaiBusEventsWentDead firing (reason refused) once a destination refuses, and
+    every dashboard query answered from the live series."""
+    routes = tmp_path / "routes.toml"
+    routes.write_text(ROUTES)
+    router_port = free_port()
+    router_log = tmp_path / "router.log"
+    with receiver_process(clean_bus, tmp_path, secrets=PRIMARY_SECRET) as receiver:
+        with open(router_log, "w") as log:
+            router = subprocess.Popen(
+                [sys.executable, "-m", "ipai_bus_lib.ops.cli", "route"],
+                env={
+                    **os.environ,
+                    "DATABASE_URL": clean_bus,
+                    "IPAI_ROUTES_FILE": str(routes),
+                    "SINK_URL": refusing_sink.url,
+                    "SINK_SECRET": SINK_SECRET,
+                    "IPAI_ROUTER_METRICS_PORT": str(router_port),
+                },
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        router_metrics = f"http://127.0.0.1:{router_port}/metrics"
+        try:
+            wait_for_server("the router's /metrics", http_answers(router_metrics), process=router)
+            targets = {
+                "ipai-bus-router": f"127.0.0.1:{router_port}",
+                "ipai-bus-receiver": receiver.base_url.removeprefix("http://"),
+            }
+            with prometheus(tmp_path, targets) as base:
+                wait_until(
+                    lambda: len(series(base, 'up{job=~"ipai-bus.*"} == 1')) == 2,
+                    timeout=60,
+                    what="Prometheus to scrape the router and the receiver",
+                )
+                time.sleep(3)  # a few evaluations with every series at its starting value
+                assert firing(base) == {}, "nothing fires while all is well"
+
+                for n in range(3):
+                    body = helpers.event_body(f"refused-{n}")
+                    answer = helpers.post(
+                        receiver.base_url, body, helpers.signed(body, key=f"refused-{n}")
+                    )
+                    assert answer.status_code == 200, answer.text
+                wait_until(lambda: refusing_sink.count() == 3, what="three refused deliveries")
+                wait_until(
+                    lambda: "IpaiBusEventsWentDead" in firing(base),
+                    timeout=60,
+                    what="IpaiBusEventsWentDead to fire",
+                )
+                [labels] = firing(base)["IpaiBusEventsWentDead"]
+                assert labels["reason"] == "refused" and labels["severity"], labels
+                assert set(firing(base)) == {"IpaiBusEventsWentDead"}, firing(base)
+
+                live = scraped_names(router_metrics, receiver.base_url + "/metrics")
+                for query in dashboard_queries():
+                    used = set(re.findall(r"\bipai_[a-z_]+", query))
+                    assert used <= live, (query, used - live)
+                    prometheus_api(base, "query", query=query)  # evaluates on the live series
+                [dead] = series(base, "sum(ipai_router_dead_events_total{reason='refused'})")
+                assert float(dead["value"][1]) == 3
+        finally:
+            router.terminate()
+            router.wait(timeout=30)
+    deaths = [
+        json.loads(line[line.index("{") :])
+        for line in router_log.read_text().splitlines()
+        if '"event": "event_dead"' in line
+    ]
+    assert sorted(d["record"] for d in deaths) == [f"hr.expense/refused-{n}" for n in range(3)]
+    assert {d["reason"] for d in deaths} == {"refused"}
+    assert helpers.counts(clean_bus)[0] == 3, "the dead events are kept, not lost"
