@@ -84,7 +84,7 @@ def bus(clean_bus, tmp_path):
         routes.write_text(
             f'[destinations.booking-hook]\ntype = "http"\nurl = "{sink.url}"\n'
             f'secret = "{SINK_SECRET}"\nrate_per_second = 50\n\n'
-            '[[routes]]\nmatch = "*"\ndestinations = ["booking-hook"]\n'
+            '[[routes]]\nmatch = "asset.*"\ndestinations = ["booking-hook"]\n'
         )
         port = free_port()
         env = {
@@ -151,8 +151,8 @@ def test_an_operator_signs_in_looks_around_and_retries_a_dead_event(bus):
         assert page.locator('[data-card="completed"] .n').inner_text() == "3"
         assert page.locator('[data-card="pending"] .n').inner_text() == "0"
         assert page.locator("h3").nth(0).inner_text().endswith("last hour: 4 accepted")
-        assert page.locator("svg.chart rect").count() == 60
-        axis = page.locator("svg.chart text").evaluate_all("texts => texts.map(t => t.textContent)")
+        assert page.locator("svg.chart.wide rect").count() == 60
+        axis = page.locator("svg.chart.wide text").evaluate_all("texts => texts.map(t => t.textContent)")
         assert "per minute, UTC" in axis and "0" in axis, "a count axis and the zone"
         assert len([t for t in axis if re.fullmatch(r"\d\d:\d\d", t)]) == 5, "clock times under the bars"
         page.screenshot(path=SCREENSHOTS / "console-3-overview.png", full_page=True)
@@ -183,7 +183,7 @@ def test_an_operator_signs_in_looks_around_and_retries_a_dead_event(bus):
         destination.fixed = True  # the operator fixes the destination, then retries
         page.click("text=Dead letters")
         assert page.locator(f'a[title="{dead}"]').count() == 1, "a short id carries the whole one"
-        page.check(f'input[value="{dead}"]')
+        page.check(f'input[type=checkbox][value="{dead}"]')
         page.fill("input[name=reason]", "channel now takes check-outs")
         page.screenshot(path=SCREENSHOTS / "console-6-dead-letters.png", full_page=True)
         page.click("text=Retry selected")
@@ -204,7 +204,7 @@ def test_an_operator_signs_in_looks_around_and_retries_a_dead_event(bus):
         row = page.inner_text("tbody tr")
         assert "booking-hook" in row and "50.0/s" in row
         assert re.search(r"http://127\.0\.0\.1:\d+/…", row), "where it points, host only"
-        assert "\t*\t" in row, "the routes using it"
+        assert "\tasset.*\t" in row, "the routes using it"
         assert "refused for good: HTTP 400: this channel does not take check-outs" in row
         page.screenshot(path=SCREENSHOTS / "console-9-destinations.png", full_page=True)
 
@@ -356,36 +356,19 @@ def sign_in(page, base: str) -> None:
     page.wait_for_url(base + "/")
 
 
-def add_unrouted_dead_event(url: str, key: str) -> str:
-    """A dead event as the router leaves one no route takes, stored in one transaction so that
-    the running router never claims it."""
-    conn = psycopg2.connect(url)
-    with conn, conn.cursor() as cursor:
-        envelope = Envelope("asset.overdue", "maintenance.equipment", "EQ-77", {"booking_id": 8})
-        event_id = outbox.record_event(cursor, envelope, idempotency_key=key).event_id
-        cursor.execute(
-            "update integration.outbox set status = 'dead', last_error = %s where id = %s",
-            (
-                "no route matches event type asset.overdue; add one to the routes file, then `ipai-bus retry`",
-                event_id,
-            ),
-        )
-    conn.close()
-    return str(event_id)
-
-
 def test_dead_letters_filter_by_type_warn_of_no_route_and_fit_a_phone(bus):
     base, url, _ = bus
     refused = add_event(url, "asset.checked_out", "EQ-9", "refused-2")
+    unrouted = add_event(url, "finance_task.overdue", "BIR-77", "unrouted-1")  # routes take asset.*
     wait_until(lambda: status_of(url, refused) == "dead", what="the refused event to go dead")
-    unrouted = add_unrouted_dead_event(url, "unrouted-1")
+    wait_until(lambda: status_of(url, unrouted) == "dead", what="the unrouted event to go dead")
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     with playwright_api.sync_playwright() as driver:
         browser = driver.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
         page = browser.new_page(viewport={"width": 1280, "height": 900})
         sign_in(page, base)
         page.goto(base + "/dead")
-        assert "No route took asset.overdue" in page.inner_text(".warn-note")
+        assert "No route took finance_task.overdue" in page.inner_text(".warn-note")
         assert page.locator("text=Retry all 2 shown").count() == 1
         page.fill("form.filters input[name=type]", "asset.checked_out")
         page.click("text=Filter")
@@ -395,14 +378,18 @@ def test_dead_letters_filter_by_type_warn_of_no_route_and_fit_a_phone(bus):
         assert page.locator(".warn-note").count() == 0, "the shown events all have a route"
         page.screenshot(path=SCREENSHOTS / "console-12-dead-letters-by-type.png", full_page=True)
 
-        page.goto(base + "/dead?type=asset.overdue")
-        page.fill("form[action='/retry'] >> nth=1 >> input[name=reason]", "trying the overdue one")
+        page.goto(base + "/dead?type=finance_task.overdue")
+        page.fill("input[name=reason]", "trying the overdue one")
         page.click("text=Retry all 1 shown")
         flash = page.get_by_role("status").inner_text()
-        # This console's routes file sends every type somewhere ("*"), so no warning on retry.
-        assert "1 event(s) back to pending" in flash and "No route takes" not in flash
-        page.screenshot(path=SCREENSHOTS / "console-13-retried-all-shown.png", full_page=True)
-        wait_until(lambda: status_of(url, unrouted) == "completed", what="the now-routed event")
+        assert "1 event(s) back to pending" in flash, flash
+        assert "No route takes finance_task.overdue: those events will go dead again" in flash, flash
+        assert status_of(url, refused) == "dead", "only the events shown are retried"
+        page.screenshot(path=SCREENSHOTS / "console-13-retried-without-a-route.png", full_page=True)
+        wait_until(
+            lambda: status_of(url, unrouted) == "dead",  # pending since the retry answered
+            what="the retried unrouted event to go dead again, as the flash warned",
+        )
 
         phone = browser.new_page(viewport={"width": 400, "height": 800})
         phone.context.add_cookies(page.context.cookies())
@@ -413,5 +400,8 @@ def test_dead_letters_filter_by_type_warn_of_no_route_and_fit_a_phone(bus):
             assert width <= 400, (
                 f"{name} at 400 px is {width} px wide: the page must not scroll sideways"
             )
+            if name == "overview":
+                assert phone.locator("svg.chart.narrow").is_visible(), "a chart drawn for the phone"
+                assert not phone.locator("svg.chart.wide").is_visible()
             phone.screenshot(path=SCREENSHOTS / f"console-400px-{name}.png", full_page=True)
         browser.close()

@@ -251,7 +251,9 @@ class Console:
         self, session: Session, form: Mapping[str, Any]
     ) -> tuple[int, str, list[tuple[str, str]]]:
         back = _same_site_path(form.get("back", ""), "/dead")
-        texts = form.get("id[]", [])
+        # The dead letters' one form: "Retry selected" sends the ticked ids, "Retry all shown"
+        # (scope=shown) every id the page listed.
+        texts = form.get("shown[]" if form.get("scope") == "shown" else "id[]", [])
         reason = form.get("reason", "").strip()
         if not texts:
             return _back(back, "Select at least one event to retry; nothing was changed.", error=True)
@@ -380,7 +382,8 @@ def _query(environ: Mapping[str, Any]) -> dict[str, str]:
 
 
 def _form(environ: Mapping[str, Any]) -> dict[str, Any]:
-    """The url-encoded form; repeated ``id`` fields are gathered under ``id[]``."""
+    """The url-encoded form; repeated ``id`` and ``shown`` fields are gathered under ``id[]``
+    and ``shown[]``."""
     media = str(environ.get("CONTENT_TYPE", "")).split(";")[0].strip().lower()
     if media != "application/x-www-form-urlencoded":
         raise Answer(415, pages.layout("Refused", _problem("Send the page's own form.")))
@@ -394,6 +397,7 @@ def _form(environ: Mapping[str, Any]) -> dict[str, Any]:
     parsed = parse_qs(raw, keep_blank_values=True)
     form: dict[str, Any] = {key: values[-1] for key, values in parsed.items()}
     form["id[]"] = parsed.get("id", [])
+    form["shown[]"] = parsed.get("shown", [])
     return form
 
 

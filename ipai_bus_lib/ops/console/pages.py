@@ -49,7 +49,7 @@ table { border-collapse: collapse; width: 100%; background: #fff; border: 1px so
 th, td { text-align: left; padding: 7px 10px; border-bottom: 1px solid var(--line);
          vertical-align: top; }
 th { background: #eef2f7; font-weight: 600; font-size: 13px; color: var(--muted); }
-td.err { color: var(--bad); max-width: 520px; overflow-wrap: anywhere; }
+td.err { color: var(--bad); min-width: 16em; max-width: 520px; overflow-wrap: anywhere; }
 .status { display: inline-block; padding: 1px 8px; border-radius: 10px; font-size: 12px;
           background: #e4e7eb; }
 .status.completed { background: #d3f9d8; color: var(--good); }
@@ -58,8 +58,10 @@ td.err { color: var(--bad); max-width: 520px; overflow-wrap: anywhere; }
 form.resume { display: flex; gap: .4rem; margin-top: .4rem; }
 td.t { white-space: nowrap; }
 .status.pending, .status.processing { background: #dceefb; color: var(--accent); }
-form.filters { display: flex; gap: 10px; flex-wrap: wrap; align-items: end; margin-bottom: 14px; }
-form.filters label { display: flex; flex-direction: column; font-size: 13px; color: var(--muted); }
+form.filters, p.filters { display: flex; gap: 10px; flex-wrap: wrap; align-items: end;
+                          margin-bottom: 14px; }
+form.filters label, p.filters label { display: flex; flex-direction: column; font-size: 13px;
+                                      color: var(--muted); }
 input, select, textarea, button { font: inherit; padding: 5px 8px; border: 1px solid #9fb3c8;
                                   border-radius: 4px; background: #fff; color: var(--ink); }
 button { background: var(--accent); color: #fff; border-color: var(--accent); cursor: pointer; }
@@ -80,6 +82,7 @@ dt { color: var(--muted); } dd { margin: 0; overflow-wrap: anywhere; }
 .login input { width: 100%; }
 .login button { margin-top: 16px; width: 100%; }
 svg.chart { background: #fff; border: 1px solid var(--line); max-width: 100%; height: auto; }
+svg.chart.narrow { display: none; }
 .scroll { overflow-x: auto; max-width: 100%; }
 code.id { user-select: all; font-size: 15px; overflow-wrap: anywhere; }
 .warn-note { background: #fff3c4; border: 1px solid #f0c36d; padding: 8px 12px; margin: 12px 0; }
@@ -95,6 +98,8 @@ code.id { user-select: all; font-size: 15px; overflow-wrap: anywhere; }
   form.filters input, form.filters select { width: 100%; }
   dl { grid-template-columns: 1fr; }
   dt { margin-top: 6px; }
+  svg.chart.wide { display: none; }
+  svg.chart.narrow { display: block; }
 }
 """
 
@@ -236,7 +241,9 @@ def overview_page(view: Overview) -> str:
     body += "".join(f'<p class="waiting">{h(note)}</p>' for note in notes)
     total = sum(view.per_minute)
     body += f"<h3>Events accepted per minute, last hour: {total:,} accepted</h3>"
-    body += per_minute_chart(view.per_minute, view.now)
+    # Drawn twice, so that a phone shows labels at a readable size instead of a shrunken chart.
+    body += per_minute_chart(view.per_minute, view.now, css="wide")
+    body += per_minute_chart(view.per_minute, view.now, width=376, css="narrow")
     body += "<h3>Paused destinations</h3>"
     rows = [
         "<tr>"
@@ -265,10 +272,12 @@ def _card(label: str, value: Any, *, link: str | None = None, tone: str = "") ->
     return f'<div class="card {tone}" data-card="{h(label)}">{inner}</div>'
 
 
-_AXIS_TEXT = 'font-size="11" fill="#616e7c"'
+_AXIS_TEXT = 'font-size="13" fill="#616e7c"'  # about 7 px on a 400 px phone, where it shrinks
 
 
-def per_minute_chart(per_minute: list[int], now: datetime, width: int = 720, height: int = 170) -> str:
+def per_minute_chart(
+    per_minute: list[int], now: datetime, width: int = 720, height: int = 170, css: str = ""
+) -> str:
     """60 bars, an hour ago on the left, this minute on the right, with a count axis and clock
     times (in ``now``'s zone) under every quarter hour; a title per bar."""
     left, bottom, top = 44, 22, 10
@@ -290,10 +299,17 @@ def per_minute_chart(per_minute: list[int], now: datetime, width: int = 720, hei
             f' width="{bar - 2:.1f}" height="{tall:.1f}" fill="#2f6fb0"><title>{count:,} event(s),'
             f" {(now - timedelta(minutes=minutes_ago)):%H:%M}</title></rect>"
         )
-    for minutes_ago in (59, 45, 30, 15, 0):
-        x = left + (59 - minutes_ago) * bar + bar / 2
+    for minutes_ago, anchor in (
+        (59, "start"),
+        (45, "middle"),
+        (30, "middle"),
+        (15, "middle"),
+        (0, "end"),
+    ):
+        # The outer labels align with the plot's edges, so that none is cut by the frame.
+        x = {"start": left, "end": width - 8}.get(anchor, left + (59 - minutes_ago) * bar + bar / 2)
         parts.append(
-            f'<text x="{x:.1f}" y="{height - 6}" {_AXIS_TEXT} text-anchor="middle">'
+            f'<text x="{x:.1f}" y="{height - 6}" {_AXIS_TEXT} text-anchor="{anchor}">'
             f"{(now - timedelta(minutes=minutes_ago)):%H:%M}</text>"
         )
     zone = now.strftime("%Z")
@@ -302,7 +318,7 @@ def per_minute_chart(per_minute: list[int], now: datetime, width: int = 720, hei
         f"per minute, {h(zone)}</text>"
     )
     return (
-        f'<svg class="chart" role="img" aria-label="events per minute, last hour" width="{width}"'
+        f'<svg class="chart {css}" role="img" aria-label="events per minute, last hour" width="{width}"'
         f' height="{height}" viewBox="0 0 {width} {height}">{"".join(parts)}</svg>'
     )
 
@@ -475,12 +491,13 @@ def dead_page(page: Page, csrf: str, type_pattern: str | None = None) -> str:
         '<form method="post" action="/retry">'
         f'<input type="hidden" name="csrf" value="{h(csrf)}">'
         f'<input type="hidden" name="back" value="{h(back)}">'
+        + "".join(f'<input type="hidden" name="shown" value="{h(r["id"])}">' for r in page.rows)
         + table(headers, rows, "")
         + '<p class="filters"><label>why retry (for the audit trail)<input name="reason" required'
         ' size="40" placeholder="channel recreated"></label>'
-        '<button type="submit">Retry selected</button></p></form>'
-        + retry_form([str(r["id"]) for r in page.rows], csrf, back, f"Retry all {len(page.rows)} shown")
-        + pager
+        '<button type="submit">Retry selected</button>'
+        f'<button type="submit" name="scope" value="shown">Retry all {len(page.rows)} shown</button>'
+        "</p></form>" + pager
     )
 
 
