@@ -100,7 +100,7 @@ class Rpc:
     """Odoo's external API as the administrator."""
 
     def __init__(self, base: str, database: str) -> None:
-        self.database = database
+        self.base, self.database = base, database
         self.uid = xmlrpc.client.ServerProxy(f"{base}/xmlrpc/2/common").authenticate(
             database, "admin", "admin", {}
         )
@@ -407,3 +407,164 @@ def test_the_bookings_list_shows_minutes_not_seconds(page, data):
     manila = data["start"] + timedelta(hours=8)
     assert shown == manila.strftime("%m/%d/%Y %H:%M"), f"no seconds: {shown!r}"
     shot(page, "12-bookings")
+
+
+ACTION_KEY = "screens-action-key-0123456789abcdefgh"
+CHANNEL_ID = "4xp9fdt77pncbef59f4k1qe83o"
+
+
+def xmlid(rpc: Rpc, module: str, name: str) -> int:
+    [row] = rpc(
+        "ir.model.data", "search_read", [("module", "=", module), ("name", "=", name)], ["res_id"]
+    )
+    return row["res_id"]
+
+
+@pytest.fixture(scope="module")
+def submitted_report(data):
+    """A submitted expense report, a manager mapped to a Mattermost user, the action key set."""
+    rpc = data["rpc"]
+    rpc("ir.config_parameter", "set_param", "ipai.chat_actions.keys", ACTION_KEY)
+    manager = rpc(
+        "res.users",
+        "create",
+        {
+            "name": "Ana Reyes",
+            "login": "ana.reyes",
+            "tz": USER_ZONE,
+            "groups_id": [(4, xmlid(rpc, "hr_expense", "group_hr_expense_manager"))],
+            "ipai_mattermost_user_id": "8ugbh9ugdiyxpkrp8q8qh7rwnh",
+        },
+    )
+    employee = rpc("hr.employee", "create", {"name": "Maria Santos", "work_email": "maria@example.ph"})
+    [contact] = rpc("hr.employee", "read", [employee], ["work_contact_id"])
+    bank = rpc(
+        "res.partner.bank",
+        "create",
+        {"acc_number": "PH-0017", "partner_id": contact["work_contact_id"][0]},
+    )
+    rpc("hr.employee", "write", [employee], {"bank_account_id": bank})
+    sheet = rpc(
+        "hr.expense.sheet",
+        "create",
+        {
+            "name": "Client visit, Makati",
+            "employee_id": employee,
+            "expense_line_ids": [
+                (
+                    0,
+                    0,
+                    {
+                        "name": "Grab to BIR RDO 050",
+                        "employee_id": employee,
+                        "total_amount_currency": 250.0,
+                    },
+                )
+            ],
+        },
+    )
+    submitted = requests.post(  # JSON-RPC: the button answers None, which XML-RPC cannot carry
+        rpc.base + "/jsonrpc",
+        json={
+            "jsonrpc": "2.0",
+            "method": "call",
+            "params": {
+                "service": "object",
+                "method": "execute_kw",
+                "args": [
+                    rpc.database,
+                    rpc.uid,
+                    "admin",
+                    "hr.expense.sheet",
+                    "action_submit_sheet",
+                    [[sheet]],
+                ],
+            },
+        },
+        timeout=120,
+    ).json()
+    assert "error" not in submitted, submitted
+    [line] = rpc("hr.expense.sheet", "read", [sheet], ["expense_line_ids"])[0]["expense_line_ids"]
+    return {"rpc": rpc, "sheet": sheet, "line": line, "manager": manager}
+
+
+def test_clicks_at_once_approve_once_and_the_audit_list_shows_each(page, submitted_report):
+    """Mattermost's callback (its server's shape) posted four times at once to a running Odoo:
+    one approval, one expense.approved in the outbox, four audit rows, shown to an admin."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from ipai_bus_lib.core import chat_actions
+
+    rpc, line = submitted_report["rpc"], submitted_report["line"]
+    token = chat_actions.issue(
+        ACTION_KEY,
+        action="approve",
+        event_id="7f0c",
+        record=f"hr.expense/{line}",
+        who=f"channel:{CHANNEL_ID}",
+    )
+    call = {
+        "user_id": "8ugbh9ugdiyxpkrp8q8qh7rwnh",
+        "user_name": "ana.reyes",
+        "channel_id": CHANNEL_ID,
+        "team_id": "rdc9bgriktyx9p4kowh3dmgqyc",
+        "post_id": "6xqz7a1m3jrx5b8wcpgz6mq8ya",
+        "trigger_id": "dHJpZ2dlcg==",
+        "type": "",
+        "data_source": "",
+        "context": {
+            "action": "approve",
+            "capability": token,
+            "record": f"hr.expense/{line}",
+            "message": "📝 **Expense submitted**",
+        },  # fmt: skip
+    }
+    endpoint = page.base.rsplit("/", 1)[0] + "/ipai_bus/mattermost/action"
+    with ThreadPoolExecutor(4) as pool:
+        answers = list(
+            pool.map(lambda _: requests.post(endpoint, json=call, timeout=120).json(), range(4))
+        )
+    updates = [answer["update"]["message"] for answer in answers if "update" in answer]
+    assert len(updates) == 1, answers
+    assert "✅ Approved by Ana Reyes at" in updates[0] and "Asia/Manila" in updates[0]
+    refusals = [answer["ephemeral_text"] for answer in answers if "ephemeral_text" in answer]
+    assert len(refusals) == 3 and all("nothing" in text for text in refusals), refusals
+    [sheet] = rpc("hr.expense.sheet", "read", [submitted_report["sheet"]], ["approval_state"])
+    assert sheet["approval_state"] == "approve"
+    approved = rpc("ipai.event.outbox", "search_count", [("event_type", "=", "expense.approved")])
+    assert approved == 1, "the act comes back on the bus once"
+    outcomes = rpc("ipai.chat.action.log", "search_read", [], ["outcome", "reason"])
+    assert sorted(o["outcome"] for o in outcomes) == ["accepted", "refused", "refused", "refused"], (
+        outcomes,
+        answers,
+    )
+
+    page.goto(page.base + "/action-ipai_enterprise_bridge.ipai_chat_action_log_action")
+    page.locator(".o_data_row").first.wait_for()
+    rows = page.locator(".o_data_row")
+    wait_until(lambda: rows.count() == 4, what="the four callbacks listed")
+    assert rows.filter(has_text="Done").count() == 1 and rows.filter(has_text="Refused").count() == 3
+    assert "Ana Reyes" in rows.first.inner_text()
+    shot(page, "9-actions-from-the-chat")
+
+
+def test_settings_show_the_chat_actions_callback_key_fingerprint_and_switches(page, submitted_report):
+    page.goto(page.base + "/settings#ipai_enterprise_bridge")
+    block = page.locator("#ipai_chat_actions_setting")
+    block.wait_for()
+    text = block.inner_text()
+    fingerprint = hashlib.sha256(ACTION_KEY.encode()).hexdigest()[:12]
+    assert f"Set · fingerprint {fingerprint}" in text
+    assert ACTION_KEY not in page.content(), "the key never reaches the browser"
+    callback = block.locator("div[name=ipai_chat_callback_url]").inner_text()
+    assert callback.startswith("http") and callback.endswith("/ipai_bus/mattermost/action")
+    assert "Approve from the channel" in text and "Refuse from the channel" in text
+    assert block.locator("div[name=ipai_chat_linked_users]").inner_text().strip() == "1"
+    block.scroll_into_view_if_needed()
+    page.wait_for_timeout(400)
+    block.screenshot(path=SCREENSHOTS / "odoo-10-settings-chat-actions.png")
+    block.get_by_role("button", name="Link Mattermost accounts").click()
+    page.locator(".o_list_view").wait_for()
+    row = page.locator(".o_data_row").filter(has_text="Ana Reyes")
+    assert "8ugbh9ugdiyxpkrp8q8qh7rwnh" in row.inner_text()
+    shot(page, "11-mattermost-accounts")

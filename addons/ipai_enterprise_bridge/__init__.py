@@ -1,5 +1,6 @@
-from . import models, utils
+from . import controllers, models, utils
 from .models.hr_expense import PAID_WATERMARK_PARAMETER
+from .models.ipai_chat_action import CHAT_ACTION_PARAMETERS
 from .models.ipai_equipment_booking import EARLY_CHECKOUT_PARAMETER
 from .models.ipai_event_outbox import RETENTION_PARAMETER
 from .utils.ipai_webhook import SECRET_PARAMETER, SOURCE_PARAMETER, URL_PARAMETER
@@ -12,6 +13,7 @@ ADDON_PARAMETERS = (
     RETENTION_PARAMETER,
     EARLY_CHECKOUT_PARAMETER,
     PAID_WATERMARK_PARAMETER,
+    *CHAT_ACTION_PARAMETERS,
 )
 
 

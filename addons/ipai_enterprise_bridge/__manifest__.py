@@ -1,7 +1,7 @@
 {
     "name": "IPAI Enterprise Bridge",
     "summary": "Signed business events from expenses and equipment bookings to the IPAI bus",
-    "version": "18.0.1.3.0",
+    "version": "18.0.1.4.0",
     "category": "Productivity",
     "license": "LGPL-3",
     "author": "IPAI",
@@ -15,6 +15,7 @@
         "views/ipai_equipment_booking_views.xml",
         "views/maintenance_equipment_views.xml",
         "views/res_config_settings_views.xml",
+        "views/ipai_chat_action_views.xml",
         "views/menus.xml",
         "data/ir_cron.xml",
         "data/ipai_bus_link.xml",

@@ -6,6 +6,7 @@ module; nothing else lists the event types or their payload fields.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import warnings
 from collections.abc import Mapping
@@ -143,15 +144,35 @@ DOMAINS: tuple[Domain, ...] = (EXPENSE, ASSET, FINANCE_TASK)
 
 
 @dataclass(frozen=True)
+class ChatAction:
+    """A button a chat message of an event type may carry: what Odoo is asked to do (``name``),
+    the button's label and Mattermost style, whether it first asks the person for a reason, and
+    the event type the act causes in Odoo (which comes back on the bus like any other)."""
+
+    name: str
+    label: str
+    causes: str
+    style: str = "default"
+    asks_reason: bool = False
+
+    @property
+    def button_id(self) -> str:
+        """The id Mattermost keys the button by (letters and digits only)."""
+        return "".join(ch for ch in self.name if ch.isalnum())
+
+
+@dataclass(frozen=True)
 class EventType:
     """One catalogued event type: its domain, the step it announces, how a message shows it,
-    and the payload values its sample carries beyond the domain's."""
+    the payload values its sample carries beyond the domain's, and the actions its chat
+    message offers."""
 
     name: str
     domain: Domain
     step: str
     emoji: str
     sample_values: Mapping[str, Any]
+    actions: tuple[ChatAction, ...] = ()
 
     @property
     def payload_fields(self) -> tuple[str, ...]:
@@ -176,45 +197,68 @@ def _task(status: str, stage: str, days_overdue: int = 0) -> dict[str, Any]:
     return {"status": status, "stage_name": stage, "days_overdue": days_overdue}
 
 
+# What a chat message may offer, by event type: the approver acts where the message is.
+_ACTIONS: Mapping[str, tuple[ChatAction, ...]] = {
+    "expense.submitted": (
+        ChatAction("approve", "Approve", causes="expense.approved", style="primary"),
+        ChatAction("refuse", "Refuse", causes="expense.rejected", style="danger", asks_reason=True),
+    ),
+}
+
+
+def _with_actions(types: dict[str, EventType]) -> dict[str, EventType]:
+    return {
+        name: dataclasses.replace(spec, actions=_ACTIONS.get(name, ())) for name, spec in types.items()
+    }
+
+
 # The one list of event types, and everything a reader needs of each.
 CATALOG: Mapping[str, EventType] = MappingProxyType(
-    {
-        **_types(
-            EXPENSE,
-            (
-                ("submitted", "📝", {"state": "submitted"}),
-                ("approved", "✅", {"state": "approved"}),
-                ("rejected", "❌", {"state": "refused"}),
-                ("paid", "💰", {"state": "done"}),
+    _with_actions(
+        {
+            **_types(
+                EXPENSE,
+                (
+                    ("submitted", "📝", {"state": "submitted"}),
+                    ("approved", "✅", {"state": "approved"}),
+                    ("rejected", "❌", {"state": "refused"}),
+                    ("paid", "💰", {"state": "done"}),
+                ),
             ),
-        ),
-        **_types(
-            ASSET,
-            (
-                ("reserved", "📅", {"booking_state": "reserved"}),
-                ("checked_out", "📤", {"booking_state": "checked_out"}),
-                ("checked_in", "📥", {"booking_state": "checked_in"}),
-                ("overdue", "⚠️", {"booking_state": "checked_out"}),
+            **_types(
+                ASSET,
+                (
+                    ("reserved", "📅", {"booking_state": "reserved"}),
+                    ("checked_out", "📤", {"booking_state": "checked_out"}),
+                    ("checked_in", "📥", {"booking_state": "checked_in"}),
+                    ("overdue", "⚠️", {"booking_state": "checked_out"}),
+                ),
             ),
-        ),
-        **_types(
-            FINANCE_TASK,
-            (
-                ("created", "🆕", _task("draft", "To prepare")),
-                ("in_progress", "🔄", _task("in_progress", "Preparing")),
-                ("submitted", "📝", _task("submitted", "For review")),
-                ("approved", "✅", _task("approved", "Approved")),
-                ("filed", "📨", _task("filed", "Filed")),
-                ("overdue", "🚨", _task("in_progress", "Preparing", days_overdue=3)),
+            **_types(
+                FINANCE_TASK,
+                (
+                    ("created", "🆕", _task("draft", "To prepare")),
+                    ("in_progress", "🔄", _task("in_progress", "Preparing")),
+                    ("submitted", "📝", _task("submitted", "For review")),
+                    ("approved", "✅", _task("approved", "Approved")),
+                    ("filed", "📨", _task("filed", "Filed")),
+                    ("overdue", "🚨", _task("in_progress", "Preparing", days_overdue=3)),
+                ),
             ),
-        ),
-    }
+        }
+    )
 )
 
 
 def lookup(event_type: str) -> EventType | None:
     """The catalog entry of ``event_type``, or None for a type outside the catalog."""
     return CATALOG.get(event_type)
+
+
+def chat_action(event_type: str, name: str) -> ChatAction | None:
+    """The action ``name`` that messages of ``event_type`` offer, or None."""
+    spec = CATALOG.get(event_type)
+    return next((a for a in spec.actions if a.name == name), None) if spec else None
 
 
 def catalogued(event_type: str) -> EventType:

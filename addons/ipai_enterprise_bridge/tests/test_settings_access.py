@@ -118,3 +118,70 @@ class TestSettingsAndAccess(BridgeCase):
         self.assertEqual(self.params()[1], "a-secret-of-sixteen-chars", "kept, not erased")
         self.save_settings("https://bus.example.ph/hook", "another-secret-of-16+")
         self.assertEqual(self.params()[1], "another-secret-of-16+", "replaced when one is typed")
+
+
+@tagged("post_install", "-at_install")
+class TestChatActionSettings(BridgeCase):
+    KEY = "settings-action-key-0123456789abcdefgh"
+
+    def save(self, **values):
+        settings = self.env["res.config.settings"].create(values)
+        settings.execute()
+        return settings
+
+    def stored(self):
+        params = self.env["ir.config_parameter"].sudo()
+        return params.get_param("ipai.chat_actions.keys"), params.get_param(
+            "ipai.chat_actions.mattermost_url"
+        )
+
+    def test_a_new_key_signs_and_the_previous_one_is_accepted_until_forgotten(self):
+        self.save(ipai_chat_action_key=self.KEY)
+        newer = "newer-action-key-0123456789abcdefghij"
+        settings = self.save(ipai_chat_action_key=newer)
+        self.assertEqual(self.stored()[0], f"{newer},{self.KEY}")
+        status = self.env["res.config.settings"].create({}).ipai_chat_action_key_status
+        self.assertIn("previous", status)
+        self.assertNotIn(newer, status, "only fingerprints are shown")
+        settings.action_ipai_chat_forget_previous_key()
+        self.assertEqual(self.stored()[0], newer)
+        reopened = self.env["res.config.settings"].create({})
+        self.assertFalse(reopened.ipai_chat_action_key, "the form never carries the key")
+        self.assertTrue(reopened.ipai_chat_callback_url.endswith("/ipai_bus/mattermost/action"))
+
+    def test_a_bad_key_or_server_is_refused_and_nothing_is_saved(self):
+        self.save(ipai_chat_action_key=self.KEY, ipai_chat_mattermost_url="https://chat.example.ph")
+        for values, says in (
+            ({"ipai_chat_action_key": "too-short"}, "at least 32 characters"),
+            ({"ipai_chat_action_key": "a,b" + "x" * 40}, "without commas"),
+            ({"ipai_chat_action_key": " " + "x" * 40}, "surrounding spaces"),
+            ({"ipai_chat_mattermost_url": "chat.example.ph"}, "must start with http"),
+        ):
+            with self.assertRaisesRegex(UserError, says):
+                self.save(**values)
+            self.assertEqual(self.stored(), (self.KEY, "https://chat.example.ph"))
+
+    def test_the_switches_turn_actions_off_and_on(self):
+        settings = self.env["res.config.settings"].create({})
+        self.assertTrue(settings.ipai_chat_approve_enabled and settings.ipai_chat_refuse_enabled)
+        self.save(ipai_chat_approve_enabled=False, ipai_chat_refuse_enabled=True)
+        params = self.env["ir.config_parameter"].sudo()
+        self.assertEqual(params.get_param("ipai.chat_actions.approve"), "0")
+        self.assertFalse(self.env["res.config.settings"].create({}).ipai_chat_approve_enabled)
+
+    def test_only_an_administrator_links_a_mattermost_account(self):
+        user = self.env["res.users"].create(
+            {
+                "name": "Finance Clerk",
+                "login": "clerk",
+                "groups_id": [(6, 0, [self.env.ref("base.group_user").id])],
+            }
+        )
+        with self.assertRaises(AccessError):
+            user.with_user(user).write({"ipai_mattermost_user_id": "8ugbh9ugdiyxpkrp8q8qh7rwnh"})
+        user.ipai_mattermost_user_id = "8ugbh9ugdiyxpkrp8q8qh7rwnh"
+        other = user.copy({"login": "clerk2"})
+        self.assertFalse(other.ipai_mattermost_user_id, "a copy is not linked")
+        with self.assertRaises(psycopg2.errors.UniqueViolation), self.env.cr.savepoint():
+            other.ipai_mattermost_user_id = "8ugbh9ugdiyxpkrp8q8qh7rwnh"
+            other.flush_recordset()

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
+from ...core import chat_actions
 from ...core.errors import ConfigurationError
 from ..routes import DestinationSpec
 from .base import DEFAULT_TIMEOUT_SECONDS, Destination
 from .console import ConsoleDestination, NoopDestination
 from .http_forward import HttpForwardDestination
 from .mail import EmailDestination
-from .mattermost import MattermostDestination
+from .mattermost import ActionButtons, MattermostDestination
 from .nats_jetstream import NatsJetStreamDestination
 from .rabbitmq import RabbitMqDestination
 
@@ -57,6 +59,7 @@ def build_destination(
             username=options.get("username", "IPAI Bus"),
             icon_url=options.get("icon_url"),
             timeout=timeout,
+            actions=_action_buttons(spec.name, options, from_env("actions_url"), env),
             **permanent,
         )
     if spec.type == "http":
@@ -108,3 +111,31 @@ def build_destination(
     if spec.type == "noop":
         return NoopDestination(spec.name)
     return ConsoleDestination(spec.name)
+
+
+def _action_buttons(
+    name: str, options: Mapping[str, Any], callback_url: str | None, env: Mapping[str, str]
+) -> ActionButtons | None:
+    """Buttons for a Mattermost destination that opts in with ``actions_url`` (Odoo's callback,
+    or ``actions_url_env``): signed with the first key of ``action_key_env`` (default
+    IPAI_ACTION_KEY), usable by ``actions_for`` (``channel:<id>`` or ``user:<id>``)."""
+    if not callback_url:
+        return None
+    where = f"destination {name}"
+    variable = str(options.get("action_key_env", "IPAI_ACTION_KEY"))
+    try:
+        keys = chat_actions.check_action_keys(env.get(variable, "").split(","))
+    except ValueError as exc:
+        raise ConfigurationError(f"{where}: {exc} ({variable})", setting=variable) from None
+    who = str(options.get("actions_for", ""))
+    if not chat_actions.WHO_PATTERN.fullmatch(who):
+        raise ConfigurationError(
+            f"{where}: actions_for must say who may click, channel:<Mattermost channel id>"
+            " or user:<Mattermost user id>"
+        )
+    if not callback_url.startswith(("https://", "http://")):
+        raise ConfigurationError(f"{where}: actions_url must be Odoo's http(s) URL")
+    hours = options.get("actions_lifetime_hours", chat_actions.DEFAULT_LIFETIME_SECONDS / 3600)
+    if type(hours) not in (int, float) or not 0 < hours <= 24 * 90:
+        raise ConfigurationError(f"{where}: actions_lifetime_hours must be between 0 and 2160")
+    return ActionButtons(callback_url, keys[0], who, int(hours * 3600))
