@@ -137,7 +137,13 @@ def test_the_last_character_of_a_part_cannot_be_respelled():
 
 def test_the_catalog_says_which_messages_offer_which_actions():
     offered = {name: [a.name for a in spec.actions] for name, spec in CATALOG.items() if spec.actions}
-    assert offered == {"expense.submitted": ["approve", "refuse"]}
+    assert offered == {
+        "expense.submitted": ["approve", "refuse"],
+        "finance_task.in_progress": ["submit_filing"],
+        "finance_task.submitted": ["approve_filing"],
+        "finance_task.approved": ["mark_filed"],
+        "finance_task.overdue": ["mark_filed"],
+    }
     for spec in CATALOG.values():
         for action in spec.actions:
             assert action.causes in CATALOG, "each act comes back on the bus as a catalog event"

@@ -1,7 +1,7 @@
 {
     "name": "IPAI Finance PPM",
     "summary": "BIR filing calendars on Odoo Project; every step of every filing is a bus event",
-    "version": "18.0.1.0.0",
+    "version": "18.0.1.1.0",
     "category": "Services/Project",
     "license": "LGPL-3",
     "author": "IPAI",
@@ -18,6 +18,7 @@
         "views/project_task_type_views.xml",
         "views/project_project_views.xml",
         "views/menus.xml",
+        "views/res_config_settings_views.xml",
     ],
     "demo": ["demo/finance_ppm_demo.xml"],
 }

@@ -203,6 +203,19 @@ _ACTIONS: Mapping[str, tuple[ChatAction, ...]] = {
         ChatAction("approve", "Approve", causes="expense.approved", style="primary"),
         ChatAction("refuse", "Refuse", causes="expense.rejected", style="danger", asks_reason=True),
     ),
+    # A BIR filing's next step: the task moves to its project's stage of that step.
+    "finance_task.in_progress": (
+        ChatAction("submit_filing", "Submit for review", causes="finance_task.submitted"),
+    ),
+    "finance_task.submitted": (
+        ChatAction("approve_filing", "Approve filing", causes="finance_task.approved", style="primary"),
+    ),
+    "finance_task.approved": (
+        ChatAction("mark_filed", "Mark filed", causes="finance_task.filed", style="primary"),
+    ),
+    "finance_task.overdue": (
+        ChatAction("mark_filed", "Mark filed", causes="finance_task.filed", style="primary"),
+    ),
 }
 
 

@@ -13,9 +13,11 @@ import logging
 import psycopg2
 from odoo import api, fields, models
 from odoo.exceptions import AccessError, RedirectWarning, UserError, ValidationError
+from odoo.tools import SQL
 from odoo.tools.misc import format_datetime
 
 from ipai_bus_lib.core import chat_actions
+from ipai_bus_lib.core.catalog import CATALOG, catalogued
 
 _logger = logging.getLogger(__name__)
 
@@ -79,9 +81,9 @@ class IpaiChatActionLog(models.Model):
         ``{"update": …}`` for the post or ``{"ephemeral_text": …}`` for the clicker alone."""
         call = call if isinstance(call, dict) else {}
         log = {
-            "mattermost_user_id": _text(call.get("user_id")),
-            "mattermost_user_name": _text(call.get("user_name")),
-            "channel_id": _text(call.get("channel_id")),
+            "mattermost_user_id": text_of(call.get("user_id")),
+            "mattermost_user_name": text_of(call.get("user_name")),
+            "channel_id": text_of(call.get("channel_id")),
         }
         context = call.get("context") if isinstance(call.get("context"), dict) else {}
         dialog = call.get("type") == "dialog_submission"
@@ -101,7 +103,7 @@ class IpaiChatActionLog(models.Model):
             user = self._ipai_mapped_user(log["mattermost_user_id"])
             log["user_id"] = user.id
             reason = (
-                _text((call.get("submission") or {}).get("reason"), MAX_REASON_CHARS) if dialog else ""
+                text_of((call.get("submission") or {}).get("reason"), MAX_REASON_CHARS) if dialog else ""
             )
             log["note"] = reason or False
             if dialog and call.get("cancelled"):
@@ -155,8 +157,16 @@ class IpaiChatActionLog(models.Model):
             )
         return user
 
+    def _ipai_chat_handlers(self):
+        """What each (model, action) of the catalog's chat actions does in this Odoo: addons
+        that own a model add theirs (ipai_finance_ppm: the BIR filing steps)."""
+        return {
+            ("hr.expense", "approve"): _approve_expense,
+            ("hr.expense", "refuse"): _refuse_expense,
+        }
+
     def _ipai_act(self, capability, user, reason, call, context):
-        handler = CHAT_ACTIONS.get((capability.model, capability.action))
+        handler = self._ipai_chat_handlers().get((capability.model, capability.action))
         if handler is None:
             raise ChatActionRefused(
                 "action unknown to this Odoo",
@@ -187,31 +197,50 @@ class IpaiChatActionLog(models.Model):
                 self.env._("This button was used already: nothing more was changed."),
             ) from None
         except ODOO_REFUSALS as exc:
-            raise _odoo_refused(self.env, exc) from None
+            raise odoo_refused(self.env, exc) from None
 
 
-def _odoo_refused(env, exc):
+def odoo_refused(env, exc):
     """Odoo's own refusal (its rules decided), as the clicker and the audit log read it."""
     message = exc.args[0] if exc.args else str(exc)
     return ChatActionRefused(f"Odoo refused: {message}", env._("Odoo refused: %s", message))
 
 
-def _text(value, limit=255):
+def locked(record):
+    """``record``, its row locked for this transaction and its cache dropped: two clicks at once
+    act one after the other, and the second sees what the first did."""
+    record.env.cr.execute(
+        SQL("SELECT id FROM %s WHERE id = %s FOR UPDATE", SQL.identifier(record._table), record.id)
+    )
+    record.invalidate_recordset()
+    return record
+
+
+def text_of(value, limit=255):
     return value[:limit].strip() if isinstance(value, str) else ""
 
 
-def _done_line(env, user, verb):
+def outcome_line(env, user, caused):
+    """ "✅ Approved by Ana Reyes at 14:02 Asia/Manila": the event type the act caused (its
+    catalog emoji and step), who, and when in that user's zone."""
+    spec = catalogued(caused)
     stamp = format_datetime(
         env(user=user), fields.Datetime.now(), tz=user.tz or "UTC", dt_format="HH:mm"
     )
-    return env._("%(verb)s by %(name)s at %(time)s %(zone)s", verb=verb, name=user.name, time=stamp,
-                 zone=user.tz or "UTC")  # fmt: skip
+    return env._(
+        "%(emoji)s %(step)s by %(name)s at %(time)s %(zone)s",
+        emoji=spec.emoji,
+        step=spec.step.replace("_", " ").capitalize(),
+        name=user.name,
+        time=stamp,
+        zone=user.tz or "UTC",
+    )
 
 
-def _updated_post(context, line):
+def updated_post(context, line):
     """Mattermost's update of the post: its text as the bus wrote it, the outcome under it, no
     buttons left."""
-    message = _text(context.get("message"), 16000)
+    message = text_of(context.get("message"), 16000)
     return {
         "update": {
             "message": f"{message}\n\n**{line}**" if message else f"**{line}**",
@@ -228,8 +257,7 @@ def _expense_sheet(log, capability, expense):
         raise ChatActionRefused(
             "expense not in a report", log.env._("This expense is in no report: nothing was changed.")
         )
-    log.env.cr.execute("SELECT id FROM hr_expense_sheet WHERE id = %s FOR UPDATE", (sheet.id,))
-    sheet.invalidate_recordset()
+    locked(sheet)
     if sheet.sudo().approval_state != "submit":
         state = dict(sheet.sudo()._fields["approval_state"].selection).get(
             sheet.sudo().approval_state, log.env._("not submitted")
@@ -253,8 +281,8 @@ def _approve_expense(log, capability, expense, reason, call, context):
             # Odoo asks a question first (possible duplicates): that needs its own screen.
             raise UserError(log.env._("it asks about possible duplicates first: approve it in Odoo"))
 
-    log._ipai_once(capability, _log_values(capability, expense.env.user, call), approve)
-    return _updated_post(context, _done_line(log.env, expense.env.user, "✅ Approved"))
+    log._ipai_once(capability, log_values(capability, expense.env.user, call), approve)
+    return updated_post(context, outcome_line(log.env, expense.env.user, "expense.approved"))
 
 
 def _refuse_expense(log, capability, expense, reason, call, context):
@@ -263,7 +291,7 @@ def _refuse_expense(log, capability, expense, reason, call, context):
         try:
             sheet.action_refuse_expense_sheets()  # Odoo's own check, as its Refuse button runs it
         except ODOO_REFUSALS as exc:
-            raise _odoo_refused(log.env, exc) from None
+            raise odoo_refused(log.env, exc) from None
         return _ask_for_reason(log, capability, call, context)
 
     def refuse():
@@ -276,16 +304,16 @@ def _refuse_expense(log, capability, expense, reason, call, context):
         )
         wizard.action_refuse()
 
-    values = {**_log_values(capability, expense.env.user, call), "note": reason}
+    values = {**log_values(capability, expense.env.user, call), "note": reason}
     log._ipai_once(capability, values, refuse)
-    line = _done_line(log.env, expense.env.user, "❌ Refused") + f": {reason}"
-    return _updated_post(context, line)
+    line = outcome_line(log.env, expense.env.user, "expense.rejected") + f": {reason}"
+    return updated_post(context, line)
 
 
 def _ask_for_reason(log, capability, call, context):
     """Refuse needs a reason: Mattermost is asked to open a dialog for it (the trigger_id
     authorises that), whose submission comes back here with the capability as its state."""
-    trigger = _text(call.get("trigger_id"), 1000)
+    trigger = text_of(call.get("trigger_id"), 1000)
     server = (log.env["ir.config_parameter"].sudo().get_param(MATTERMOST_URL_PARAMETER) or "").rstrip(
         "/"
     )
@@ -326,11 +354,11 @@ def _ask_for_reason(log, capability, call, context):
     return {}
 
 
-def _log_values(capability, user, call):
+def log_values(capability, user, call):
     return {
-        "mattermost_user_id": _text(call.get("user_id")),
-        "mattermost_user_name": _text(call.get("user_name")),
-        "channel_id": _text(call.get("channel_id")),
+        "mattermost_user_id": text_of(call.get("user_id")),
+        "mattermost_user_name": text_of(call.get("user_name")),
+        "channel_id": text_of(call.get("channel_id")),
         "user_id": user.id,
         "action": capability.action,
         "record_ref": capability.record,
@@ -338,14 +366,9 @@ def _log_values(capability, user, call):
     }
 
 
-# What each (model, action) of the catalog's chat actions does here.
-CHAT_ACTIONS = {
-    ("hr.expense", "approve"): _approve_expense,
-    ("hr.expense", "refuse"): _refuse_expense,
-}
 # Every system parameter of the chat actions (they go when the bridge is uninstalled).
 CHAT_ACTION_PARAMETERS = (
     ACTION_KEYS_PARAMETER,
     MATTERMOST_URL_PARAMETER,
-    *sorted({ACTION_SWITCH_PARAMETER % action for _model, action in CHAT_ACTIONS}),
+    *sorted({ACTION_SWITCH_PARAMETER % a.name for spec in CATALOG.values() for a in spec.actions}),
 )

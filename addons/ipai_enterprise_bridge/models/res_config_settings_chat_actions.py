@@ -20,6 +20,10 @@ class ResConfigSettings(models.TransientModel):
 
     _inherit = "res.config.settings"
 
+    def _ipai_chat_switches(self):
+        """Each action's switch: {settings field: catalog action}; addons add theirs."""
+        return {"ipai_chat_approve_enabled": "approve", "ipai_chat_refuse_enabled": "refuse"}
+
     ipai_chat_callback_url = fields.Char(
         string="Callback URL", compute="_compute_ipai_chat_callback_url"
     )
@@ -71,8 +75,8 @@ class ResConfigSettings(models.TransientModel):
     @api.model
     def get_values(self):
         values = super().get_values()
-        values["ipai_chat_approve_enabled"] = action_enabled(self.env, "approve")
-        values["ipai_chat_refuse_enabled"] = action_enabled(self.env, "refuse")
+        for field, action in self._ipai_chat_switches().items():
+            values[field] = action_enabled(self.env, action)
         return values
 
     def set_values(self):
@@ -102,11 +106,8 @@ class ResConfigSettings(models.TransientModel):
                 # The new key signs from now on; the one it replaces still verifies the buttons
                 # already in the channel, until an administrator forgets it.
                 params.set_param(ACTION_KEYS_PARAMETER, ",".join([key, *_stored_keys(self.env)[:1]]))
-            for action, enabled in (
-                ("approve", settings.ipai_chat_approve_enabled),
-                ("refuse", settings.ipai_chat_refuse_enabled),
-            ):
-                params.set_param(ACTION_SWITCH_PARAMETER % action, "1" if enabled else "0")
+            for field, action in settings._ipai_chat_switches().items():
+                params.set_param(ACTION_SWITCH_PARAMETER % action, "1" if settings[field] else "0")
         return result
 
     def action_ipai_chat_forget_previous_key(self):

@@ -1,1 +1,1 @@
-from . import test_finance_events, test_generator_and_rules
+from . import test_chat_actions, test_finance_events, test_generator_and_rules
