@@ -162,7 +162,8 @@ def test_a_message_of_a_submitted_report_carries_approve_and_refuse_buttons(data
         event_id = add_event(database, "expense.submitted", 7)
         add_event(database, "expense.approved", 8)
         assert router.run_once() == 2
-    submitted, approved = (request.json() for request in sink.received)
+    posts = {request.json()["text"].split("**")[1]: request.json() for request in sink.received}
+    submitted, approved = posts["Expense submitted"], posts["Expense approved"]
     assert "attachments" not in approved, "an approved report offers nothing"
     [attachment] = submitted["attachments"]
     assert attachment["fallback"].startswith("📝 Expense submitted")
