@@ -7,6 +7,5 @@ from . import (
     ipai_event_outbox,
     maintenance_equipment,
     res_config_settings,
-    res_config_settings_chat_actions,
     res_users,
 )
