@@ -545,6 +545,7 @@ def test_clicks_at_once_approve_once_and_the_audit_list_shows_each(page, submitt
     wait_until(lambda: rows.count() == 4, what="the four callbacks listed")
     assert rows.filter(has_text="Done").count() == 1 and rows.filter(has_text="Refused").count() == 3
     assert "Ana Reyes" in rows.first.inner_text()
+    assert "Grab to BIR RDO 050" in rows.first.inner_text(), "the record by its name, a link"
     shot(page, "9-actions-from-the-chat")
 
 

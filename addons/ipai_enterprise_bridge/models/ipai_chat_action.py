@@ -58,7 +58,10 @@ class IpaiChatActionLog(models.Model):
     channel_id = fields.Char(string="Channel id", readonly=True)
     user_id = fields.Many2one("res.users", string="Acted as", readonly=True, ondelete="set null")
     action = fields.Char(readonly=True)
-    record_ref = fields.Char(string="Record", readonly=True)
+    record_ref = fields.Char(string="Record (as signed)", readonly=True)
+    record_link = fields.Reference(
+        selection="_selection_record_models", string="Record", compute="_compute_record_link"
+    )
     event_id = fields.Char(string="Bus event", readonly=True)
     outcome = fields.Selection(
         [("accepted", "Done"), ("refused", "Refused")], required=True, readonly=True
@@ -72,6 +75,24 @@ class IpaiChatActionLog(models.Model):
     _sql_constraints = [
         ("used_token_unique", "unique(used_token)", "A capability acts at most once."),
     ]
+
+    @api.model
+    def _selection_record_models(self):
+        models_acted_on = sorted({model for model, _action in self._ipai_chat_handlers()})
+        return [(name, self.env[name]._description) for name in models_acted_on if name in self.env]
+
+    @api.depends("record_ref")
+    def _compute_record_link(self):
+        """The record the callback named, as a link, when it still exists."""
+        known = dict(self._selection_record_models())
+        for log in self:
+            model, _, record_id = (log.record_ref or "").partition("/")
+            exists = (
+                model in known
+                and record_id.isdigit()
+                and self.env[model].browse(int(record_id)).exists()
+            )
+            log.record_link = f"{model},{record_id}" if exists else False
 
     # --- the callback --------------------------------------------------------------------------
 
