@@ -17,7 +17,7 @@ from odoo.tools import SQL
 from odoo.tools.misc import format_datetime
 
 from ipai_bus_lib.core import chat_actions
-from ipai_bus_lib.core.catalog import CATALOG, catalogued
+from ipai_bus_lib.core.catalog import CATALOG, EXPENSE, catalogued
 
 _logger = logging.getLogger(__name__)
 
@@ -303,7 +303,7 @@ def _approve_expense(log, capability, expense, reason, call, context):
             raise UserError(log.env._("it asks about possible duplicates first: approve it in Odoo"))
 
     log._ipai_once(capability, log_values(capability, expense.env.user, call), approve)
-    return updated_post(context, outcome_line(log.env, expense.env.user, "expense.approved"))
+    return updated_post(context, outcome_line(log.env, expense.env.user, EXPENSE.event_type("approved")))
 
 
 def _refuse_expense(log, capability, expense, reason, call, context):
@@ -327,7 +327,7 @@ def _refuse_expense(log, capability, expense, reason, call, context):
 
     values = {**log_values(capability, expense.env.user, call), "note": reason}
     log._ipai_once(capability, values, refuse)
-    line = outcome_line(log.env, expense.env.user, "expense.rejected") + f": {reason}"
+    line = outcome_line(log.env, expense.env.user, EXPENSE.event_type("rejected")) + f": {reason}"
     return updated_post(context, line)
 
 
