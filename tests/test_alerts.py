@@ -6,11 +6,9 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import re
 import shutil
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,7 +26,7 @@ from . import helpers
 from .helpers import PRIMARY_SECRET, free_port, receiver_process, wait_until
 from .readiness import http_answers, wait_for_server
 from .sinks import HttpSink, Reply
-from .test_router_processes import ROUTES, SINK_SECRET
+from .test_router_processes import ROUTES, router_process
 
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
 RULES = DEPLOY / "prometheus" / "ipai-bus-alerts.yml"
@@ -370,20 +368,13 @@ def test_a_real_prometheus_scraping_a_running_bus_fires_when_events_go_dead(
     router_port = free_port()
     router_log = tmp_path / "router.log"
     with receiver_process(clean_bus, tmp_path, secrets=PRIMARY_SECRET) as receiver:
-        with open(router_log, "w") as log:
-            router = subprocess.Popen(
-                [sys.executable, "-m", "ipai_bus_lib.ops.cli", "route"],
-                env={
-                    **os.environ,
-                    "DATABASE_URL": clean_bus,
-                    "IPAI_ROUTES_FILE": str(routes),
-                    "SINK_URL": refusing_sink.url,
-                    "SINK_SECRET": SINK_SECRET,
-                    "IPAI_ROUTER_METRICS_PORT": str(router_port),
-                },
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
+        router = router_process(
+            clean_bus,
+            routes,
+            refusing_sink.url,
+            router_log,
+            IPAI_ROUTER_METRICS_PORT=str(router_port),
+        )
         router_metrics = f"http://127.0.0.1:{router_port}/metrics"
         try:
             wait_for_server("the router's /metrics", http_answers(router_metrics), process=router)

@@ -9,7 +9,6 @@ import pwd
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
@@ -19,7 +18,7 @@ import pytest
 from .helpers import free_port, wait_until
 from .readiness import log_says, tcp_accepts, wait_for_server
 from .sinks import HttpSink
-from .test_router_processes import ROUTES, SINK_SECRET, add_events
+from .test_router_processes import ROUTES, add_events, router_process
 
 PGBOUNCER = shutil.which("pgbouncer") or "/usr/sbin/pgbouncer"
 pytestmark = [
@@ -72,21 +71,7 @@ def start_router(database_url: str, sink_url: str, tmp_path: Path, name: str):
     routes = tmp_path / "routes.toml"
     routes.write_text(ROUTES)
     log = tmp_path / f"{name}.log"
-    env = {
-        **os.environ,
-        "DATABASE_URL": database_url,
-        "IPAI_ROUTES_FILE": str(routes),
-        "SINK_URL": sink_url,
-        "SINK_SECRET": SINK_SECRET,
-        "IPAI_ROUTER_METRICS_PORT": "0",
-    }
-    with open(log, "w") as handle:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "ipai_bus_lib.ops.cli", "route"],
-            env=env,
-            stdout=handle,
-            stderr=subprocess.STDOUT,
-        )
+    process = router_process(database_url, routes, sink_url, log)
     wait_for_server(f"the router ({name})", log_says(log, "router "), process=process, log=log)
     return process, log
 

@@ -8,6 +8,7 @@ import subprocess
 import sys
 import uuid
 from collections import Counter
+from pathlib import Path
 
 import psycopg2
 import pytest
@@ -59,6 +60,30 @@ def statuses(database_url: str) -> Counter:
     return Counter(rows)
 
 
+def router_process(
+    database_url: str, routes: Path, sink_url: str, log_path: Path, **settings: str
+) -> subprocess.Popen:
+    """`ipai-bus route` as a real subprocess with ``routes`` (whose sink is SINK_URL, signed
+    with SINK_SECRET), its metrics off unless ``settings`` say otherwise, logging to
+    ``log_path``."""
+    env = {
+        **os.environ,
+        "DATABASE_URL": database_url,
+        "IPAI_ROUTES_FILE": str(routes),
+        "SINK_URL": sink_url,
+        "SINK_SECRET": SINK_SECRET,
+        "IPAI_ROUTER_METRICS_PORT": "0",
+        **settings,
+    }
+    with open(log_path, "w") as log:
+        return subprocess.Popen(
+            [sys.executable, "-m", "ipai_bus_lib.ops.cli", "route"],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+
+
 @pytest.fixture()
 def start_router(clean_bus, tmp_path):
     routes = tmp_path / "routes.toml"
@@ -66,22 +91,9 @@ def start_router(clean_bus, tmp_path):
     processes = []
 
     def start(sink_url: str, **settings: str) -> subprocess.Popen:
-        env = {
-            **os.environ,
-            "DATABASE_URL": clean_bus,
-            "IPAI_ROUTES_FILE": str(routes),
-            "SINK_URL": sink_url,
-            "SINK_SECRET": SINK_SECRET,
-            "IPAI_ROUTER_POLL_SECONDS": "0.2",
-            "IPAI_ROUTER_METRICS_PORT": "0",
-            **settings,
-        }
-        log = open(tmp_path / f"router-{len(processes)}.log", "w")
-        process = subprocess.Popen(
-            [sys.executable, "-m", "ipai_bus_lib.ops.cli", "route"],
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
+        log = tmp_path / f"router-{len(processes)}.log"
+        process = router_process(
+            clean_bus, routes, sink_url, log, IPAI_ROUTER_POLL_SECONDS="0.2", **settings
         )
         processes.append(process)
         return process

@@ -21,7 +21,7 @@ from . import helpers
 from .helpers import PRIMARY_SECRET, receiver_process, wait_until
 from .otlp_sink import OtlpSink, tree
 from .sinks import HttpSink
-from .test_router_processes import ROUTES, SINK_SECRET
+from .test_router_processes import ROUTES, router_process
 
 GOOD = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
 NOT_TRACE_CONTEXT = [
@@ -105,24 +105,6 @@ def routes_file(tmp_path):
     return routes
 
 
-def router_process(database_url: str, routes, sink_url: str, tmp_path) -> subprocess.Popen:
-    env = {
-        **os.environ,
-        "DATABASE_URL": database_url,
-        "IPAI_ROUTES_FILE": str(routes),
-        "SINK_URL": sink_url,
-        "SINK_SECRET": SINK_SECRET,
-        "IPAI_ROUTER_METRICS_PORT": "0",
-    }
-    log = open(tmp_path / "router.log", "w")  # noqa: SIM115 - the process writes it until killed
-    return subprocess.Popen(
-        [sys.executable, "-m", "ipai_bus_lib.ops.cli", "route"],
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-
-
 def stop(process: subprocess.Popen) -> None:
     process.terminate()  # SIGTERM: the router flushes its spans on the way out
     process.wait(timeout=30)
@@ -134,7 +116,7 @@ def test_without_opentelemetry_the_senders_context_reaches_the_destination(
     for name in [n for n in os.environ if n.startswith("OTEL_")]:
         monkeypatch.delenv(name)
     with HttpSink() as sink, receiver_process(clean_bus, tmp_path, secrets=PRIMARY_SECRET) as receiver:
-        router = router_process(clean_bus, routes_file, sink.url, tmp_path)
+        router = router_process(clean_bus, routes_file, sink.url, tmp_path / "router.log")
         try:
             body = helpers.event_body("passed-on")
             headers = {**helpers.signed(body, key="passed-on"), "traceparent": GOOD, "tracestate": "v=1"}
@@ -170,7 +152,7 @@ def test_one_trace_from_the_senders_post_to_the_destinations_answer(
         monkeypatch.setenv("OTEL_BSP_SCHEDULE_DELAY", "200")
         monkeypatch.delenv("OTEL_SERVICE_NAME", raising=False)
         with receiver_process(clean_bus, tmp_path, secrets=PRIMARY_SECRET) as receiver:
-            router = router_process(clean_bus, routes_file, sink.url, tmp_path)
+            router = router_process(clean_bus, routes_file, sink.url, tmp_path / "router.log")
             try:
                 sent = subprocess.run(
                     [
