@@ -24,7 +24,8 @@ import pytest
 from .helpers import PRIMARY_SECRET, free_port, receiver_process, wait_until
 from .otlp_sink import OtlpSink, tree
 from .sinks import HttpSink
-from .test_tracing import ROUTES, router_process, stop
+from .test_router_processes import ROUTES, router_process
+from .test_tracing import stop
 
 REPO = Path(__file__).resolve().parent.parent
 ODOO_PATH = Path(os.environ.get("ODOO_PATH", "~/odoo18")).expanduser()
@@ -410,7 +411,7 @@ def test_a_booking_in_odoo_starts_one_trace_that_ends_at_the_destination(
             monkeypatch.setenv(name, value)
         monkeypatch.delenv("OTEL_SERVICE_NAME", raising=False)
         with receiver_process(clean_bus, tmp_path, secrets=PRIMARY_SECRET) as receiver:
-            router = router_process(clean_bus, routes, sink.url, tmp_path)
+            router = router_process(clean_bus, routes, sink.url, tmp_path / "router.log")
             try:
                 url = receiver.base_url + "/functions/v1/odoo-webhook"
                 booked = book(
