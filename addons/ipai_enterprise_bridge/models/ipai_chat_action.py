@@ -123,9 +123,8 @@ class IpaiChatActionLog(models.Model):
                 )
             user = self._ipai_mapped_user(log["mattermost_user_id"])
             log["user_id"] = user.id
-            reason = (
-                text_of((call.get("submission") or {}).get("reason"), MAX_REASON_CHARS) if dialog else ""
-            )
+            submission = call.get("submission") if isinstance(call.get("submission"), dict) else {}
+            reason = text_of(submission.get("reason"), MAX_REASON_CHARS) if dialog else ""
             log["note"] = reason or False
             if dialog and call.get("cancelled"):
                 raise ChatActionRefused(

@@ -76,3 +76,25 @@ class BridgeCase(OutboxAssertions, TransactionCase):
                 "date_to": start + timedelta(hours=hours),
             }
         )
+
+
+MATTERMOST_CHANNEL = "4xp9fdt77pncbef59f4k1qe83o"
+
+
+def mattermost_call(user_id, context, **fields):
+    """A button's callback exactly as Mattermost's server builds it (PostActionIntegrationRequest
+    in its model/integration_action.go): who clicked where, and the button's context."""
+    return {
+        "user_id": user_id,
+        "user_name": "maria.santos",
+        "channel_id": MATTERMOST_CHANNEL,
+        "channel_name": "finance",
+        "team_id": "rdc9bgriktyx9p4kowh3dmgqyc",
+        "team_domain": "ipai",
+        "post_id": "6xqz7a1m3jrx5b8wcpgz6mq8ya",
+        "trigger_id": "dHJpZ2dlcg==",
+        "type": "",
+        "data_source": "",
+        "context": context,
+        **fields,
+    }

@@ -14,11 +14,11 @@ from odoo.tests import HttpCase, tagged
 from ipai_bus_lib.core import chat_actions
 
 from ..models.ipai_chat_action import ACTION_KEYS_PARAMETER, MATTERMOST_URL_PARAMETER
-from .common import OutboxAssertions
+from .common import MATTERMOST_CHANNEL, OutboxAssertions, mattermost_call
 
 KEY = "chat-actions-test-key-0123456789abcdef"
 OLD_KEY = "chat-actions-old-key-0123456789abcdef"
-CHANNEL = "4xp9fdt77pncbef59f4k1qe83o"
+CHANNEL = MATTERMOST_CHANNEL
 MANAGER_MM = "8ugbh9ugdiyxpkrp8q8qh7rwnh"
 EMPLOYEE_MM = "t1c4f5ny5bbkzqjxp3x6c7ssuh"
 ENDPOINT = "/ipai_bus/mattermost/action"
@@ -94,27 +94,14 @@ class TestChatActions(OutboxAssertions, HttpCase, TestExpenseCommon):
     def click(self, capability, *, user=MANAGER_MM, sheet=None, context=None, **fields):
         """POST the callback exactly as Mattermost's server builds it."""
         record = f"hr.expense/{sheet.expense_line_ids[0].id}" if sheet else None
-        call = {
-            "user_id": user,
-            "user_name": "maria.santos" if user == MANAGER_MM else "someone",
-            "channel_id": CHANNEL,
-            "channel_name": "finance",
-            "team_id": "rdc9bgriktyx9p4kowh3dmgqyc",
-            "team_domain": "ipai",
-            "post_id": "6xqz7a1m3jrx5b8wcpgz6mq8ya",
-            "trigger_id": "dHJpZ2dlcg==",
-            "type": "",
-            "data_source": "",
-            "context": context
-            if context is not None
-            else {
+        if context is None:
+            context = {
                 "action": "approve",
                 "capability": capability,
                 "record": record,
                 "message": MESSAGE,
-            },
-            **fields,
-        }
+            }
+        call = mattermost_call(user, context, **fields)
         answer = self.url_open(
             ENDPOINT, data=json.dumps(call), headers={"Content-Type": "application/json"}
         )
@@ -283,6 +270,27 @@ class TestChatActions(OutboxAssertions, HttpCase, TestExpenseCommon):
             any("No receipt attached" in (message.body or "") for message in sheet.message_ids),
             "Odoo's own refusal message carries the reason",
         )
+
+    def test_a_dialog_submission_of_the_wrong_shape_refuses_and_changes_nothing(self):
+        sheet = self.submitted_report()
+        token = self.capability(sheet, action="refuse")
+        for submission in ("No receipt", ["No receipt"], None, {"reason": 12}):
+            answer = self.url_open(
+                ENDPOINT,
+                data=json.dumps(
+                    {
+                        "type": "dialog_submission",
+                        "state": token,
+                        "user_id": MANAGER_MM,
+                        "channel_id": CHANNEL,
+                        "submission": submission,
+                    }  # fmt: skip
+                ),
+                headers={"Content-Type": "application/json"},
+            ).json()
+            self.assertIn("error", answer, submission)
+            sheet.invalidate_recordset()
+            self.assertEqual(sheet.approval_state, "submit", "no reason, no refusal")
 
     def test_what_is_not_a_mattermost_call_is_400_and_changes_nothing(self):
         sheet = self.submitted_report()

@@ -5,6 +5,7 @@ done is refused with the task unchanged."""
 import json
 import uuid
 
+from odoo.addons.ipai_enterprise_bridge.tests.common import MATTERMOST_CHANNEL, mattermost_call
 from odoo.tests import HttpCase, tagged
 
 from ipai_bus_lib.core import chat_actions
@@ -12,7 +13,7 @@ from ipai_bus_lib.core import chat_actions
 from .common import FinanceCase
 
 KEY = "finance-actions-test-key-0123456789abcd"
-CHANNEL = "4xp9fdt77pncbef59f4k1qe83o"
+CHANNEL = MATTERMOST_CHANNEL
 ACCOUNTANT_MM = "q3k8nhc5a7fzmxy4d1w6e2r9tp"
 VIEWER_MM = "z8m2p5k1c6v9b4n7x3q0w1e2rt"
 
@@ -38,22 +39,9 @@ class TestFilingStepsFromTheChannel(HttpCase, FinanceCase):
         token = chat_actions.issue(
             KEY, action=action, event_id=str(uuid.uuid4()), record=record, who=f"channel:{CHANNEL}"
         )
-        call = {
-            "user_id": user,
-            "user_name": "ana.reyes",
-            "channel_id": CHANNEL,
-            "team_id": "rdc9bgriktyx9p4kowh3dmgqyc",
-            "post_id": "6xqz7a1m3jrx5b8wcpgz6mq8ya",
-            "trigger_id": "dHJpZ2dlcg==",
-            "type": "",
-            "data_source": "",
-            "context": {
-                "action": action,
-                "capability": token,
-                "record": record,
-                "message": "✅ **Finance task approved**",
-            },  # fmt: skip
-        }
+        context = {"action": action, "capability": token, "record": record,
+                   "message": "✅ **Finance task approved**"}  # fmt: skip
+        call = mattermost_call(user, context)
         answer = self.url_open(
             "/ipai_bus/mattermost/action",
             data=json.dumps(call),
