@@ -32,6 +32,19 @@ def check_secret(env, value, min_length, what):
         )
 
 
+def check_http_url(env, value, what, example):
+    """A URL typed into the settings: empty, or http(s); UserError with an example otherwise."""
+    url = (value or "").strip()
+    if url and not url.startswith(("http://", "https://")):
+        raise UserError(
+            env._(
+                "The %(what)s must start with http:// or https://, e.g. %(example)s.",
+                what=what,
+                example=example,
+            )
+        )
+
+
 def secret_fingerprint(secret):
     """Enough of a secret's hash to tell two apart, nothing to sign with."""
     return hashlib.sha256(secret.encode()).hexdigest()[:12]
@@ -97,14 +110,12 @@ class ResConfigSettings(models.TransientModel):
 
     def set_values(self):
         for settings in self:
-            url = (settings.ipai_webhook_url or "").strip()
-            if url and not url.startswith(("http://", "https://")):
-                raise UserError(
-                    self.env._(
-                        "The IPAI webhook URL must start with http:// or https://, "
-                        "e.g. https://bus.example.ph/functions/v1/odoo-webhook."
-                    )
-                )
+            check_http_url(
+                self.env,
+                settings.ipai_webhook_url,
+                self.env._("IPAI webhook URL"),
+                "https://bus.example.ph/functions/v1/odoo-webhook",
+            )
             source = (settings.ipai_webhook_source or "").strip()
             if source and not SOURCE_PATTERN.fullmatch(source):
                 raise UserError(
@@ -202,14 +213,12 @@ class ResConfigSettings(models.TransientModel):
                 MIN_ACTION_KEY_LENGTH,
                 self.env._("action key"),
             )
-            server = (settings.ipai_chat_mattermost_url or "").strip()
-            if server and not server.startswith(("http://", "https://")):
-                raise UserError(
-                    self.env._(
-                        "The Mattermost server must start with http:// or https://, "
-                        "e.g. https://chat.example.ph."
-                    )
-                )
+            check_http_url(
+                self.env,
+                settings.ipai_chat_mattermost_url,
+                self.env._("Mattermost server"),
+                "https://chat.example.ph",
+            )
 
     def _ipai_chat_store(self):
         params = self.env["ir.config_parameter"].sudo()
