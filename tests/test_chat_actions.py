@@ -215,7 +215,11 @@ def test_a_payload_that_does_not_name_its_record_gets_no_buttons(database):
         destination = mattermost(sink.url, actions_url=CALLBACK, actions_for=CHANNEL)
         router = make_router(database, {"finance": destination})
         with database.transaction() as cursor:
-            envelope = Envelope("expense.submitted", "hr.expense", "9", {"expense_id": "9"})
-            outbox.record_event(cursor, envelope, idempotency_key="no-number")
-        router.run_once()
-    assert "attachments" not in sink.received[0].json()
+            for n, expense_id in enumerate(("9", 0, -3, 10**18, 2**53 - 1 + 0.5)):
+                envelope = Envelope(
+                    "expense.submitted", "hr.expense", str(n), {"expense_id": expense_id}
+                )
+                outbox.record_event(cursor, envelope, idempotency_key=f"no-number-{n}")
+        assert router.run_once() == 5, "each delivered, none stopped by its odd id"
+    assert all("attachments" not in request.json() for request in sink.received)
+    assert sink.count() == 5

@@ -39,6 +39,7 @@ MAX_CAPABILITY_CHARS = 2048
 DEFAULT_LIFETIME_SECONDS = 7 * 24 * 3600  # a report submitted on Friday is still approvable on Monday
 WHO_PATTERN = re.compile(r"\A(channel|user):[A-Za-z0-9_-]{1,64}\Z")
 RECORD_PATTERN = re.compile(r"\A[a-z][a-z0-9_.]*/[0-9]{1,18}\Z")
+MAX_RECORD_ID = 10**18  # what RECORD_PATTERN allows
 ACTION_PATTERN = re.compile(r"\A[a-z][a-z0-9_]{0,39}\Z")
 _B64URL = re.compile(r"\A[A-Za-z0-9_-]+\Z")
 

@@ -38,8 +38,10 @@ class ActionButtons:
         spec = lookup(event.event_type)
         payload = event.payload if isinstance(event.payload, dict) else {}
         record_id = payload.get(spec.domain.link_field) if spec else None
-        if not spec or not spec.actions or type(record_id) is not int or record_id <= 0:
+        if not spec or not spec.actions or type(record_id) is not int:
             return []
+        if not 0 < record_id < chat_actions.MAX_RECORD_ID:
+            return []  # no Odoo record has that id: the message goes without buttons
         record = f"{spec.domain.link_model}/{record_id}"
         return [
             {
