@@ -40,8 +40,8 @@ COMMENT ON DOMAIN integration.source_name IS 'Who sent an event: 1-64 letters, d
 
 CREATE FUNCTION integration.ack_outbox(p_ids uuid[], p_worker text) RETURNS integer
     LANGUAGE plpgsql SECURITY DEFINER
-    SET plan_cache_mode TO 'force_custom_plan'
     SET search_path TO 'pg_catalog', 'pg_temp'
+    SET plan_cache_mode TO 'force_custom_plan'
     AS $$
 declare
     v_count integer;
@@ -49,16 +49,14 @@ begin
     perform integration.require(p_ids is not null, 'ack_outbox: ids are required');
     perform integration.require(length(btrim(p_worker)) between 1 and 200,
         'ack_outbox: worker must be a non-empty name');
-    update integration.outbox o
-       set status = 'completed', completed_at = now(), updated_at = now(),
-           locked_at = null, locked_by = null, lease_expires_at = null
+    delete from integration.outbox o
      where o.id = any(p_ids) and o.status = 'processing' and o.locked_by = p_worker;
     get diagnostics v_count = row_count;
     return v_count;
 end;
 $$;
 
-COMMENT ON FUNCTION integration.ack_outbox(p_ids uuid[], p_worker text) IS 'Marks the events p_worker delivered as completed; returns how many it held. Rows whose lease was taken over by another worker are left to that worker.';
+COMMENT ON FUNCTION integration.ack_outbox(p_ids uuid[], p_worker text) IS 'Completes the events p_worker delivered: their outbox rows go (event_log and delivery_attempts keep their record); returns how many it held. Rows whose lease was taken over by another worker are left to that worker.';
 
 CREATE TABLE integration.outbox (
     id uuid DEFAULT gen_random_uuid() NOT NULL,
@@ -80,17 +78,16 @@ CREATE TABLE integration.outbox (
     last_error text,
     created_at timestamp with time zone DEFAULT now() NOT NULL,
     updated_at timestamp with time zone DEFAULT now() NOT NULL,
-    completed_at timestamp with time zone,
     seq bigint NOT NULL,
     traceparent text,
     tracestate text,
     CONSTRAINT outbox_attempts_range CHECK (((attempts >= 0) AND ((max_attempts >= 1) AND (max_attempts <= 100)))),
     CONSTRAINT outbox_processing_has_lease CHECK (((status <> 'processing'::text) OR ((locked_by IS NOT NULL) AND (lease_expires_at IS NOT NULL)))),
-    CONSTRAINT outbox_status_known CHECK ((status = ANY (ARRAY['pending'::text, 'processing'::text, 'completed'::text, 'failed'::text, 'dead'::text])))
+    CONSTRAINT outbox_status_known CHECK ((status = ANY (ARRAY['pending'::text, 'processing'::text, 'failed'::text, 'dead'::text])))
 )
 WITH (autovacuum_vacuum_scale_factor='0.02', autovacuum_vacuum_threshold='1000', autovacuum_analyze_scale_factor='0.02', autovacuum_analyze_threshold='1000');
 
-COMMENT ON TABLE integration.outbox IS 'Every accepted event and its delivery state: pending -> processing -> completed; failed = retry scheduled at available_at; dead = gave up (see last_error).';
+COMMENT ON TABLE integration.outbox IS 'The events that still need something: pending -> processing -> (delivered: the row goes, see integration.event_state); failed = retry scheduled at available_at; dead = gave up (see last_error).';
 
 COMMENT ON COLUMN integration.outbox.traceparent IS 'W3C traceparent the event came with (version 00), continued by the router; null when none came.';
 
@@ -456,22 +453,22 @@ begin
         'purge_completed: older_than must be at least 1 hour');
     perform integration.require(length(btrim(p_actor)) between 1 and 200,
         'purge_completed: actor must name who purges');
-    with purged as (
-        delete from integration.outbox o
-         where o.status = 'completed' and o.completed_at < now() - p_older_than
-        returning o.source, o.idempotency_key
-    ), forgotten as (
-        delete from integration.event_key k
-         using purged p
-         where k.source = p.source and k.idempotency_key = p.idempotency_key
-    )
-    select count(*) into v_count from purged;
+    delete from integration.event_key k
+     where not exists (select 1 from integration.outbox o where o.id = k.event_id)
+       and not exists (select 1 from integration.delivery_attempts a
+                        where a.event_id = k.event_id
+                          and a.attempted_at >= now() - p_older_than)
+       and exists (select 1 from integration.event_log l
+                    where l.event_id = k.event_id and l.received_at < now() - p_older_than);
+    get diagnostics v_count = row_count;
     insert into integration.operator_actions (action, actor, detail)
     values ('purge', p_actor, jsonb_build_object('older_than', p_older_than::text,
                                                  'deleted', v_count));
     return v_count;
 end;
 $$;
+
+COMMENT ON FUNCTION integration.purge_completed(p_older_than interval, p_actor text) IS 'Forgets the idempotency keys of events completed before p_older_than (at least 1 hour; a resend is then new); the event_log and the attempts stay. Audited; returns how many.';
 
 CREATE FUNCTION integration.record_delivery_attempts(p_worker text, p_event_ids uuid[], p_attempts integer[], p_destinations text[], p_outcomes text[], p_http_status integer[], p_errors text[], p_durations_ms real[]) RETURNS integer
     LANGUAGE plpgsql SECURITY DEFINER
@@ -756,6 +753,24 @@ ALTER TABLE integration.event_log ALTER COLUMN id ADD GENERATED ALWAYS AS IDENTI
     CACHE 1
 );
 
+CREATE VIEW integration.event_state WITH (security_invoker='true') AS
+ SELECT l.event_id AS id,
+    l.id AS log_id,
+    l.source,
+    l.event_type,
+    l.aggregate_type,
+    l.aggregate_id,
+    l.received_at,
+    COALESCE(o.status, 'completed'::text) AS status,
+    COALESCE(o.attempts, ( SELECT max(a.attempt) AS max
+           FROM integration.delivery_attempts a
+          WHERE (a.event_id = l.event_id))) AS attempts,
+    o.last_error
+   FROM (integration.event_log l
+     LEFT JOIN integration.outbox o ON ((o.id = l.event_id)));
+
+COMMENT ON VIEW integration.event_state IS 'Every accepted event and its status: the outbox''s while it has the event, else completed (delivered; attempts is then its last attempt''s number, its history is in delivery_attempts).';
+
 CREATE TABLE integration.ingest_batch (
     signature_digest text NOT NULL,
     batch_key text NOT NULL,
@@ -845,8 +860,6 @@ ALTER TABLE ONLY integration.signed_message
     ADD CONSTRAINT signed_message_pkey PRIMARY KEY (digest);
 
 CREATE INDEX delivery_attempts_event_idx ON integration.delivery_attempts USING btree (event_id, destination);
-
-CREATE INDEX delivery_attempts_time_idx ON integration.delivery_attempts USING btree (attempted_at);
 
 CREATE UNIQUE INDEX event_key_signature_digest_key ON integration.event_key USING btree (signature_digest) WHERE (signature_digest IS NOT NULL);
 
@@ -1022,6 +1035,8 @@ GRANT SELECT ON TABLE integration.destination_state TO ipai_bus_operator;
 GRANT SELECT ON TABLE integration.event_log TO ipai_bus_operator;
 
 GRANT USAGE ON SEQUENCE integration.event_log_id_seq TO ipai_bus_router;
+
+GRANT SELECT ON TABLE integration.event_state TO ipai_bus_operator;
 
 GRANT SELECT ON TABLE integration.operator_actions TO ipai_bus_operator;
 

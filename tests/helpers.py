@@ -193,6 +193,25 @@ def snapshot(database_url: str) -> dict[str, Any]:
         conn.close()
 
 
+def complete_by_hand(cursor: Any, event_id: Any, *, days_ago: int = 0, attempt: int = 1) -> None:
+    """Make ``event_id`` completed as the router would ``days_ago`` days ago: its delivered
+    attempt (number ``attempt``) recorded, its outbox row gone, its audit copy back-dated (the
+    log's append-only trigger is bypassed for that, so call it last in its transaction)."""
+    cursor.execute(
+        "insert into integration.delivery_attempts"
+        " (event_id, attempt, worker, destination, outcome, attempted_at)"
+        " values (%s, %s, 'test', 'mattermost', 'delivered', now() - make_interval(days => %s))",
+        (event_id, attempt, days_ago),
+    )
+    cursor.execute("delete from integration.outbox where id = %s", (event_id,))
+    cursor.execute("set local session_replication_role = replica")
+    cursor.execute(
+        "update integration.event_log set received_at = now() - make_interval(days => %s)"
+        " where event_id = %s",
+        (days_ago, event_id),
+    )
+
+
 def counts(database_url: str) -> tuple[int, int]:
     stored = snapshot(database_url)
     return len(stored["outbox"]), len(stored["event_log"])

@@ -59,7 +59,7 @@ def add_records(database_url: str) -> dict[str, list[str]]:
 def completed(database_url: str) -> int:
     conn = psycopg2.connect(database_url)
     with conn.cursor() as cursor:
-        cursor.execute("select count(*) from integration.outbox where status = 'completed'")
+        cursor.execute("select count(*) from integration.event_state where status = 'completed'")
         (count,) = cursor.fetchone()
     conn.close()
     return count
@@ -69,7 +69,7 @@ def sent_again(database_url: str) -> set[str]:
     """Events claimed more than once: the killed router's leases and the outage's retries."""
     conn = psycopg2.connect(database_url)
     with conn.cursor() as cursor:
-        cursor.execute("select id::text from integration.outbox where attempts > 1")
+        cursor.execute("select id::text from integration.event_state where attempts > 1")
         ids = {event_id for (event_id,) in cursor.fetchall()}
     conn.close()
     return ids
@@ -79,7 +79,7 @@ def not_completed(database_url: str) -> Counter:
     conn = psycopg2.connect(database_url)
     with conn.cursor() as cursor:
         cursor.execute(
-            "select status, count(*) from integration.outbox where status <> 'completed' group by 1"
+            "select status, count(*) from integration.outbox group by 1"
         )
         rows = cursor.fetchall()
     conn.close()

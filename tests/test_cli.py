@@ -54,11 +54,7 @@ def seed_states(url: str) -> dict[str, uuid.UUID]:
             " last_error = 'HTTP 404: no such channel' where id = any(%s)",
             ([ids["dead"], ids["dead_asset"]],),
         )
-        cursor.execute(
-            "update integration.outbox set status = 'completed', attempts = 1,"
-            " completed_at = now() - interval '40 days' where id = %s",
-            (ids["completed"],),
-        )
+        helpers.complete_by_hand(cursor, ids["completed"], days_ago=40)
     conn.close()
     return ids
 
@@ -66,7 +62,7 @@ def seed_states(url: str) -> dict[str, uuid.UUID]:
 def status_of(url: str, event_id) -> tuple[str, int]:
     conn = psycopg2.connect(url)
     with conn.cursor() as cursor:
-        cursor.execute("select status, attempts from integration.outbox where id = %s", (event_id,))
+        cursor.execute("select status, attempts from integration.event_state where id = %s", (event_id,))
         found = cursor.fetchone()
     conn.close()
     return found
@@ -83,8 +79,8 @@ def test_status_shows_what_is_pending_failed_and_dead(bus_env, clean_bus):
     assert str(ids["dead"]) in result.stdout and "HTTP 404: no such channel" in result.stdout
     document = json.loads(cli("status", "--json", env=bus_env).stdout)
     assert document["by_status"]["dead"] == 2 and document["oldest_pending_seconds"] >= 0
-    # insert_outbox_event writes each audit copy: all five are in the log.
-    assert document["event_log_last_hour"]["total"] == 5
+    # insert_outbox_event writes each audit copy; the completed one was accepted 40 days ago.
+    assert document["event_log_last_hour"]["total"] == 4
 
 
 def test_status_names_a_source_two_odoo_databases_send_under(bus_env, clean_bus):
@@ -201,13 +197,29 @@ def test_retry_of_an_unknown_id_changes_nothing(bus_env, clean_bus):
     assert snapshot(clean_bus) == before
 
 
-def test_purge_removes_old_completed_rows_but_keeps_the_log(bus_env, clean_bus):
+def keys_of(url: str) -> list[str]:
+    conn = psycopg2.connect(url)
+    with conn.cursor() as cursor:
+        cursor.execute("select idempotency_key from integration.event_key order by 1")
+        keys = [key for (key,) in cursor.fetchall()]
+    conn.close()
+    return keys
+
+
+def test_purge_forgets_old_completed_keys_but_keeps_the_log(bus_env, clean_bus):
     ids = seed_states(clean_bus)
+    conn = psycopg2.connect(clean_bus)
+    with conn, conn.cursor() as cursor:  # completed two days ago: its key is kept at 30d
+        envelope = Envelope("asset.reserved", "x", "new", {"amount": 1})
+        fresh = helpers.insert_event(cursor, envelope, idempotency_key="fresh").event_id
+        helpers.complete_by_hand(cursor, fresh, days_ago=2)
+    conn.close()
     result = cli("purge", "--completed-older-than", "30d", env=bus_env)
     assert result.returncode == 0 and "1 completed event(s) purged" in result.stdout
-    assert status_of(clean_bus, ids["completed"]) is None
+    assert keys_of(clean_bus) == ["dead", "dead_asset", "failed", "fresh", "pending"]
+    assert status_of(clean_bus, ids["completed"]) == ("completed", 1)
     shown = cli("events", "show", str(ids["completed"]), env=bus_env)
-    assert shown.returncode == 0 and "outbox row purged; the audit copy remains" in shown.stdout
+    assert shown.returncode == 0 and "status completed   attempts 1" in shown.stdout
     assert cli("purge", "--completed-older-than", "10m", env=bus_env).returncode == 2
 
 

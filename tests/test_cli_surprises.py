@@ -330,28 +330,31 @@ def test_send_file_counts_events_from_one(tmp_path):
     ), refused.stderr
 
 
-def one_completed_event(url: str, *, last_error: str | None = None) -> str:
-    """One event, delivered (with an earlier attempt's error, if given)."""
+def one_completed_event(url: str, *, earlier_error: str | None = None) -> str:
+    """One event, delivered (after a failed attempt with this error, if given)."""
     conn = psycopg2.connect(url)
-    conn.autocommit = True
-    with conn.cursor() as cursor:
+    with conn, conn.cursor() as cursor:
         event_id = helpers.insert_event(
             cursor, Envelope("asset.reserved", "x", "1", {"booking_id": 1}), idempotency_key="k"
         ).event_id
-        cursor.execute(
-            "update integration.outbox set status = 'completed', attempts = 2, completed_at = now(),"
-            " last_error = %s where id = %s",
-            (last_error, event_id),
-        )
+        if earlier_error:
+            cursor.execute(
+                "insert into integration.delivery_attempts"
+                " (event_id, attempt, worker, destination, outcome, http_status, error)"
+                " values (%s, 1, 'test', 'mattermost', 'failed', 503, %s)",
+                (event_id, earlier_error),
+            )
+        helpers.complete_by_hand(cursor, event_id, attempt=2 if earlier_error else 1)
     conn.close()
     return str(event_id)
 
 
 def test_events_show_does_not_call_a_delivered_events_old_error_its_last(clean_bus):
-    event_id = one_completed_event(clean_bus, last_error="HTTP 503: busy")
+    event_id = one_completed_event(clean_bus, earlier_error="HTTP 503: busy")
     shown = cli("events", "show", event_id, env={"DATABASE_URL": clean_bus})
     assert shown.returncode == 0, shown.stderr
-    assert "an earlier attempt's error: HTTP 503: busy" in shown.stdout
+    assert "status completed   attempts 2" in shown.stdout
+    assert "failed     HTTP 503" in shown.stdout and "HTTP 503: busy" in shown.stdout
     assert "last error" not in shown.stdout
 
 

@@ -66,7 +66,7 @@ def add_event(url: str, event_type: str, record: str, key: str) -> str:
 def status_of(url: str, event_id: str) -> str:
     conn = psycopg2.connect(url)
     with conn.cursor() as cursor:
-        cursor.execute("select status from integration.outbox where id = %s", (event_id,))
+        cursor.execute("select status from integration.event_state where id = %s", (event_id,))
         status = cursor.fetchone()[0]
     conn.close()
     return status

@@ -134,7 +134,7 @@ def test_any_signed_envelope_is_200_or_400_and_the_router_survives_what_was_stor
     with database.transaction() as cursor:
         cursor.execute(
             "select status, count(*), bool_and(status <> 'dead' or last_error <> '')"
-            " from integration.outbox group by status"
+            " from integration.event_state group by status"
         )
         outcome = {status: (count, reasoned) for status, count, reasoned in cursor.fetchall()}
     assert set(outcome) <= {"completed", "dead"}, outcome

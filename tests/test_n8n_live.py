@@ -214,8 +214,8 @@ def add_samples(database) -> list[uuid.UUID]:
 def stored_event(database, event_id) -> StoredEvent:
     with database.transaction() as cursor:
         cursor.execute(
-            "select source, event_type, aggregate_type, aggregate_id, payload, created_at, occurred_at"
-            " from integration.outbox where id = %s", (event_id,),
+            "select source, event_type, aggregate_type, aggregate_id, payload, received_at, occurred_at"
+            " from integration.event_log where event_id = %s", (event_id,),
         )  # fmt: skip
         source, event_type, aggregate_type, aggregate_id, payload, created, occurred = cursor.fetchone()
     return StoredEvent(

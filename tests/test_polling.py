@@ -62,7 +62,8 @@ def status(conn, event_id: uuid.UUID) -> tuple:
     with conn.cursor() as cursor:
         cursor.execute("reset role")
         cursor.execute(
-            "select status, attempts, last_error from integration.outbox where id = %s", (event_id,)
+            "select status, attempts, last_error from integration.event_state where id = %s",
+            (event_id,),
         )
         row = cursor.fetchone()
         cursor.execute("set role service_role")
@@ -120,5 +121,5 @@ def test_signed_in_users_cannot_poll(clean_bus):
 
 def status_of(conn, event_id: uuid.UUID) -> tuple:
     with conn.cursor() as cursor:
-        cursor.execute("select status, attempts from integration.outbox where id = %s", (event_id,))
+        cursor.execute("select status, attempts from integration.event_state where id = %s", (event_id,))
         return cursor.fetchone()

@@ -54,7 +54,7 @@ def add_events(database_url: str, count: int) -> list[str]:
 def statuses(database_url: str) -> Counter:
     conn = psycopg2.connect(database_url)
     with conn.cursor() as cursor:
-        cursor.execute("select status, attempts from integration.outbox")
+        cursor.execute("select status, attempts from integration.event_state")
         rows = cursor.fetchall()
     conn.close()
     return Counter(rows)

@@ -14,7 +14,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from ..core.errors import InvalidInput
-from ..storage.outbox import STATUSES
+from ..storage.outbox import EVENT_STATUSES
 from ..storage.queries import load
 
 SQL = load("operations")
@@ -91,7 +91,7 @@ class Status:
 def status(cursor: Any, *, dead_limit: int = 10) -> Status:
     """Counts by status and type, the oldest pending age, expired leases, the latest dead."""
     cursor.execute(SQL["count_by_status"])
-    by_status = {name: 0 for name in STATUSES} | dict(cursor.fetchall())
+    by_status = {name: 0 for name in EVENT_STATUSES} | dict(cursor.fetchall())
     by_type = _rows(cursor, SQL["waiting_by_type"])
     cursor.execute(SQL["oldest_waiting_seconds"])
     oldest_pending, oldest_failed = cursor.fetchone()
@@ -125,17 +125,30 @@ def status_counters(cursor: Any) -> dict[str, int]:
 
 
 def event_history(cursor: Any, event_id: uuid.UUID) -> dict[str, Any] | None:
-    """One event: its outbox row (or None if purged), audit copy, and every delivery attempt."""
+    """One event: its outbox row (None once completed), audit copy, every delivery attempt,
+    and, when completed, its ``completion`` (the last attempt's number, when it was delivered)."""
     outbox_rows = _rows(cursor, SQL["outbox_row"], (event_id,))
     logged = _rows(cursor, SQL["event_log_row"], (event_id,))
     if not outbox_rows and not logged:
         return None
+    attempts = _rows(cursor, SQL["delivery_attempts_of"], (event_id,))
     return {
         "outbox": outbox_rows[0] if outbox_rows else None,
         "event_log": logged[0] if logged else None,
-        "attempts": _rows(cursor, SQL["delivery_attempts_of"], (event_id,)),
+        "completion": None if outbox_rows else completion(attempts),
+        "attempts": attempts,
         "waiting_behind": waiting_behind(cursor, event_id),
         "actions": _rows(cursor, SQL["operator_actions_on"], (event_id,)),
+    }
+
+
+def completion(attempts: list[dict[str, Any]]) -> dict[str, Any]:
+    """What a completed event's attempts say of it: the last attempt's number and when its
+    last delivery was (None for neither when no attempt was recorded)."""
+    delivered = [a["attempted_at"] for a in attempts if a["outcome"] == "delivered"]
+    return {
+        "attempts": max((a["attempt"] for a in attempts), default=None),
+        "delivered_at": max(delivered, default=None),
     }
 
 
@@ -200,19 +213,20 @@ def resume_destination(cursor: Any, destination: str, *, actor: str, reason: str
 
 
 def purge_completed(cursor: Any, older_than: timedelta, *, actor: str) -> int:
-    """Delete completed outbox rows older than ``older_than`` (the event_log stays); audited."""
+    """Forget the idempotency keys of events completed more than ``older_than`` ago (a resend
+    is then accepted as new; the event_log and the attempts stay); audited. Returns how many."""
     cursor.execute(SQL["purge_completed"], (older_than, actor))
     return int(cursor.fetchone()[0])
 
 
 def existing_ids(cursor: Any, event_ids: list[uuid.UUID]) -> set[uuid.UUID]:
-    """Which of ``event_ids`` are in the outbox."""
+    """Which of ``event_ids`` the bus accepted (completed ones too)."""
     cursor.execute(SQL["existing_ids"], (event_ids,))
     return {row[0] for row in cursor.fetchall()}
 
 
 def statuses_of(cursor: Any, event_ids: list[str]) -> dict[str, str]:
-    """The outbox status of each of ``event_ids`` still in the outbox."""
+    """The status of each of ``event_ids`` the bus accepted (completed once delivered)."""
     cursor.execute(SQL["statuses_of"], (event_ids,))
     return dict(cursor.fetchall())
 

@@ -181,10 +181,14 @@ def render_history(event_id: Any, history: dict[str, Any]) -> str:
                 " of the same record: events of one record are delivered in order"
             )
         if row.get("last_error"):
-            label = "an earlier attempt's error" if row["status"] == "completed" else "last error"
-            lines.append(f"  {label}: {row['last_error']}")
+            lines.append(f"  last error: {row['last_error']}")
     else:
-        lines.append("  (outbox row purged; the audit copy remains)")
+        done = history["completion"] or {}
+        lines.append(
+            f"  status completed   attempts {done.get('attempts') or '-'}"
+            f"   delivered {operations.when(done.get('delivered_at'))}"
+            f"   accepted {operations.when(logged.get('received_at'))}"
+        )
     lines.append(f"  payload {_payload_text(source.get('payload'))}")
     lines.append("Delivery attempts" if history["attempts"] else "No delivery attempt yet")
     for attempt in history["attempts"]:
@@ -213,7 +217,7 @@ def cmd_events_tail(args: argparse.Namespace, settings: Settings, resolve_url: U
                     print(
                         f"{operations.when(row['received_at'])}  {row['event_id']}  "
                         f"{row['event_type']:<26} {row['aggregate_id']:<12} "
-                        f"{row['status'] or 'purged'}",
+                        f"{row['status']}",
                         flush=True,
                     )
                 if not args.follow:
@@ -335,7 +339,10 @@ def cmd_purge(args: argparse.Namespace, settings: Settings, resolve_url: UrlReso
             flush=True,
         )
         deleted = operations.purge_completed(cursor, older_than, actor=actor)
-        print(f"{deleted} completed event(s) purged from the outbox; the event_log keeps them")
+        print(
+            f"{deleted} completed event(s) purged: their idempotency keys are forgotten (a resend"
+            " is accepted as new); the event_log and the delivery attempts keep them"
+        )
         return 0
 
     return _with_cursor(settings, resolve_url, work)
@@ -394,7 +401,7 @@ def add_operator_commands(commands: Any, resolve_url: UrlResolver) -> None:
     resume.add_argument("--by", help="who, for the audit trail (default user@host)")
     resume.set_defaults(handler=bind(cmd_resume))
 
-    purge = commands.add_parser("purge", help="delete old completed outbox rows (not the log)")
+    purge = commands.add_parser("purge", help="forget old completed events' idempotency keys (not the log)")
     purge.add_argument(
         "--completed-older-than", required=True, metavar="AGE", help="e.g. 30d; at least 1h"
     )

@@ -23,7 +23,10 @@ from ..core.stored_event import StoredEvent
 from ..core.tracing import TraceContext
 from .queries import load
 
-STATUSES = ("pending", "processing", "completed", "failed", "dead")
+# What an outbox row can be; a delivered event leaves the outbox and is then "completed"
+# (integration.event_state, the status of every logged event).
+STATUSES = ("pending", "processing", "failed", "dead")
+EVENT_STATUSES = ("pending", "processing", "completed", "failed", "dead")
 SQL = load("outbox")
 
 
@@ -144,7 +147,7 @@ def uuid_array(ids: Iterable[uuid.UUID]) -> str:
 
 
 def ack(cursor: Any, event_ids: Sequence[uuid.UUID], *, worker: str) -> int:
-    """Mark delivered events completed; returns how many ``worker`` still held."""
+    """Complete delivered events (their outbox rows go); returns how many ``worker`` still held."""
     cursor.execute(
         SQL["ack"],
         {"ids": uuid_array(event_ids), "worker": worker},

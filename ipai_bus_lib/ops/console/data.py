@@ -48,8 +48,8 @@ def overview(cursor: Any) -> Overview:
     [(counted,)] = _tuples(cursor, "completed_up_to", (EXACT_COUNT_LIMIT + 1,))
     exact = counted <= EXACT_COUNT_LIMIT
     if not exact:
-        [(outbox_rows,)] = _tuples(cursor, "estimated_outbox_rows")
-        counted = max(EXACT_COUNT_LIMIT, int(outbox_rows) - sum(waiting.values()))
+        [(logged,)] = _tuples(cursor, "estimated_logged_events")
+        counted = max(EXACT_COUNT_LIMIT, int(logged) - sum(waiting.values()))
     [(oldest,)] = _tuples(cursor, "oldest_pending_seconds")
     per_minute = [0] * 60
     for minutes_ago, count in _tuples(cursor, "per_minute_last_hour"):

@@ -203,9 +203,7 @@ def login_page(token: str, error: str | None = None, operator: str = "") -> str:
     return layout("Sign in", body)
 
 
-def status_badge(status: str | None) -> str:
-    if status is None:
-        return '<span class="status">purged</span>'
+def status_badge(status: str) -> str:
     return f'<span class="status {h(status)}">{h(status)}</span>'
 
 
@@ -381,20 +379,23 @@ def event_page(event_id: Any, history: Mapping[str, Any], csrf: str) -> str:
         ("occurred", when(source.get("occurred_at"))),
         ("accepted", when(logged.get("received_at") or row.get("created_at"))),
     ]
+    status = row.get("status") or "completed"  # a delivered event leaves the outbox
+    facts.append(("status", None))
     if row:
-        facts += [("status", None), ("attempts", f"{row['attempts']} of {row['max_attempts']}")]
+        facts.append(("attempts", f"{row['attempts']} of {row['max_attempts']}"))
         if row["status"] in ("pending", "failed"):
             facts.append(("next try", when(row["available_at"])))
         if row.get("last_error") and row["status"] in ("failed", "dead"):
             facts.append(("last error", row["last_error"]))
+    else:
+        done = history.get("completion") or {}
+        facts += [("attempts", done.get("attempts") or "—"), ("delivered", when(done.get("delivered_at")))]
     items = "".join(
-        f"<dt>{h(name)}</dt><dd>{status_badge(row.get('status')) if name == 'status' else h(value)}</dd>"
+        f"<dt>{h(name)}</dt><dd>{status_badge(status) if name == 'status' else h(value)}</dd>"
         for name, value in facts
     )
     whole_id = f'<code class="id" title="one click selects it whole">{h(event_id)}</code>'
     body = f"<h2>Event {whole_id}</h2><dl>{items}</dl>"
-    if not row:
-        body += '<p class="note">The outbox row was purged; the audit copy remains.</p>'
     waiting = history.get("waiting_behind")
     if row.get("status") in ("pending", "failed") and waiting:
         body += (

@@ -9,12 +9,14 @@ union all select 'processing', count(*) from integration.outbox where status = '
 union all select 'dead', count(*) from integration.outbox where status = 'dead';
 
 -- name: completed_up_to
--- Completed events counted, but no further than the limit given (a bounded scan).
-select count(*) from (select 1 from integration.outbox where status = 'completed' limit %s) c;
+-- Completed events (logged, no longer in the outbox) counted, but no further than the limit
+-- given (a bounded scan).
+select count(*) from (select 1 from integration.event_state where status = 'completed' limit %s) c;
 
--- name: estimated_outbox_rows
--- The planner's row estimate: past the counting limit, completed is read at a glance (≈).
-select greatest(reltuples, 0)::bigint from pg_class where oid = 'integration.outbox'::regclass;
+-- name: estimated_logged_events
+-- The planner's row estimate of the event log: past the counting limit, completed is read at a
+-- glance (≈) as the logged events less those still in the outbox.
+select greatest(reltuples, 0)::bigint from pg_class where oid = 'integration.event_log'::regclass;
 
 -- name: oldest_pending_seconds
 select extract(epoch from now() - min(created_at)) from integration.outbox where status = 'pending';
@@ -39,28 +41,27 @@ select now();
 
 -- name: latest_failures
 -- Each destination's newest failed or refused attempt among the newest 10,000 attempts (bounded
--- by the time index whatever the table's size): a refusal (a 400) never opens the breaker, so
--- destination_state has no error for it.
+-- by the primary key, the order attempts are written in, whatever the table's size): a refusal
+-- (a 400) never opens the breaker, so destination_state has no error for it.
 select distinct on (destination) destination, attempted_at, outcome, http_status, error
   from (select destination, attempted_at, outcome, http_status, error
-          from integration.delivery_attempts order by attempted_at desc limit 10000) recent
+          from integration.delivery_attempts order by id desc limit 10000) recent
  where outcome in ('failed', 'dead')
  order by destination, attempted_at desc;
 
 -- name: events_from_log
--- The event log, newest first, joined to each event's outbox row (absent once purged).
-select l.event_id as id, l.event_type, l.source, l.aggregate_type, l.aggregate_id,
-       l.received_at as at, l.id as position, o.status, o.attempts, o.last_error
-  from integration.event_log l
-  left join integration.outbox o on o.id = l.event_id
+-- The event log, newest first, with each event's status (completed once it left the outbox).
+select l.id, l.event_type, l.source, l.aggregate_type, l.aggregate_id,
+       l.received_at as at, l.log_id as position, l.status, l.attempts, l.last_error
+  from integration.event_state l
  where (%(type_like)s::text is null or l.event_type like %(type_like)s)
    and (%(source)s::text is null or l.source = %(source)s)
    and (%(record)s::text is null or l.aggregate_id = %(record)s)
    and (%(since)s::timestamptz is null or l.received_at >= %(since)s)
    and (%(until)s::timestamptz is null or l.received_at < %(until)s)
-   and (%(status)s::text is null or o.status = %(status)s)
-   and (%(before_at)s::timestamptz is null or (l.received_at, l.id) < (%(before_at)s, %(before_position)s))
- order by l.received_at desc, l.id desc
+   and (%(status)s::text is null or l.status = %(status)s)
+   and (%(before_at)s::timestamptz is null or (l.received_at, l.log_id) < (%(before_at)s, %(before_position)s))
+ order by l.received_at desc, l.log_id desc
  limit %(limit)s;
 
 -- name: events_from_outbox

@@ -1,11 +1,15 @@
 -- What operators read and do: `ipai-bus status`, `events`, `retry`, `purge`, and the demo.
 
 -- name: count_by_status
-select status, count(*) from integration.outbox group by status;
+-- The outbox's statuses, and completed: the logged events the outbox no longer has.
+select status, count(*) from integration.outbox group by status
+union all
+select 'completed', (select count(*) from integration.event_log)
+                    - (select count(*) from integration.outbox);
 
 -- name: waiting_by_type
 select event_type, status, count(*) as events from integration.outbox
- where status <> 'completed' group by 1, 2 order by 1, 2;
+ group by 1, 2 order by 1, 2;
 
 -- name: oldest_waiting_seconds
 -- The oldest pending event's age, and the oldest failed (waiting to be retried) one's.
@@ -73,9 +77,8 @@ select acted_at, action, actor, reason from integration.operator_actions
  where %s = any(event_ids) order by id;
 
 -- name: events_since
-select l.id as log_id, l.event_id, l.event_type, l.aggregate_id, l.received_at, o.status
-  from integration.event_log l left join integration.outbox o on o.id = l.event_id
- where l.id > %s order by l.id limit %s;
+select log_id, id as event_id, event_type, aggregate_id, received_at, status
+  from integration.event_state where log_id > %s order by log_id limit %s;
 
 -- name: last_log_id
 select coalesce(max(id), 0) from integration.event_log;
@@ -96,10 +99,10 @@ select integration.resume_destination(p_destination => %s, p_actor => %s, p_reas
 select integration.purge_completed(p_older_than => %s, p_actor => %s);
 
 -- name: existing_ids
-select id from integration.outbox where id = any(%s::uuid[]);
+select id from integration.event_state where id = any(%s::uuid[]);
 
 -- name: statuses_of
-select id::text, status from integration.outbox where id = any(%s::uuid[]);
+select id::text, status from integration.event_state where id = any(%s::uuid[]);
 
 -- name: types_of
 select distinct event_type from integration.outbox where id = any(%s::uuid[]) order by 1;
