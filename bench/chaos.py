@@ -478,7 +478,7 @@ def settle(bus: Bus, timeout: float) -> dict[str, int]:
     while True:
         conn = psycopg2.connect(bus.url)
         with conn.cursor() as cursor:
-            cursor.execute("select status, count(*) from integration.outbox group by status")
+            cursor.execute("select status, count(*) from integration.event_state group by status")
             by_status = dict(cursor.fetchall())
         conn.close()
         unsettled = sum(by_status.get(s, 0) for s in ("pending", "processing", "failed"))
@@ -583,7 +583,8 @@ def report(
     conn = psycopg2.connect(bus.url)
     with conn.cursor() as cursor:
         cursor.execute(
-            "select idempotency_key, id::text, status, last_error, event_type from integration.outbox"
+            "select l.idempotency_key, s.id::text, s.status, s.last_error, s.event_type"
+            " from integration.event_state s join integration.event_log l on l.event_id = s.id"
         )
         rows = cursor.fetchall()
         cursor.execute("select count(*) from integration.event_log")

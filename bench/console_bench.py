@@ -31,28 +31,31 @@ from tests.helpers import console_sign_in, free_port  # noqa: E402
 from tests.readiness import http_answers, wait_for_server  # noqa: E402
 
 PASSWORD = "console-benchmark-password-0123"
+# Every event into the log; the outbox keeps those not delivered (a delivered one leaves it).
 FILL = """
-insert into integration.outbox (source, event_type, aggregate_type, aggregate_id, payload,
-    idempotency_key, status, attempts, last_error, created_at, updated_at, completed_at,
-    available_at)
-select 'odoo', t.event_type, 'maintenance.equipment', 'EQ-' || (g %% 5000),
-       jsonb_build_object('booking_id', g, 'equipment_name', 'Projector ' || (g %% 5000)),
-       'bench-' || g, s.status, case when s.status = 'pending' then 0 else 1 end,
-       case when s.status in ('failed', 'dead') then 'hook: HTTP 500: upstream down' end,
-       moment, moment, case when s.status = 'completed' then moment end, moment
+create temp table filled on commit drop as
+select gen_random_uuid() as id, t.event_type, 'EQ-' || (g %% 5000) as aggregate_id,
+       jsonb_build_object('booking_id', g, 'equipment_name', 'Projector ' || (g %% 5000)) as payload,
+       'bench-' || g as idempotency_key, s.status, moment
   from generate_series(1, %(events)s) g
   cross join lateral (select now() - (g::float / %(events)s) * interval '30 days' as moment) m
   cross join lateral (select (array['asset.reserved', 'asset.checked_out', 'asset.checked_in',
                                      'expense.submitted', 'expense.approved'])[1 + g %% 5]
                              as event_type) t
   cross join lateral (select case when g %% 1000 = 1 then 'dead' when g %% 1000 = 2 then 'failed'
-                                  when g <= 2000 then 'pending' else 'completed' end as status) s
-"""
-COPY_TO_LOG = """
+                                  when g <= 2000 then 'pending' else 'completed' end as status) s;
 insert into integration.event_log (event_id, source, event_type, aggregate_type, aggregate_id,
     payload, idempotency_key, received_at)
-select id, source, event_type, aggregate_type, aggregate_id, payload, idempotency_key, created_at
-  from integration.outbox
+select id, 'odoo', event_type, 'maintenance.equipment', aggregate_id, payload, idempotency_key,
+       moment
+  from filled;
+insert into integration.outbox (id, source, event_type, aggregate_type, aggregate_id, payload,
+    idempotency_key, status, attempts, last_error, created_at, updated_at, available_at)
+select id, 'odoo', event_type, 'maintenance.equipment', aggregate_id, payload, idempotency_key,
+       status, case when status = 'pending' then 0 else 1 end,
+       case when status in ('failed', 'dead') then 'hook: HTTP 500: upstream down' end,
+       moment, moment, moment
+  from filled where status <> 'completed';
 """
 
 
@@ -61,8 +64,9 @@ def fill(url: str, events: int) -> float:
     conn = psycopg2.connect(url)
     conn.autocommit = True
     with conn.cursor() as cursor:
+        cursor.execute("begin")
         cursor.execute(FILL, {"events": events})
-        cursor.execute(COPY_TO_LOG)
+        cursor.execute("commit")
         cursor.execute("vacuum analyze integration.outbox")
         cursor.execute("vacuum analyze integration.event_log")
     conn.close()

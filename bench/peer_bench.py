@@ -375,7 +375,7 @@ def router_run(url: str, conn, postmaster: int, jobs: int, processes: int, batch
     for router in routers:
         router.join()
     with conn.cursor() as cursor:
-        cursor.execute("select count(*) from integration.outbox where status = 'completed'")
+        cursor.execute("select count(*) from integration.event_state where status = 'completed'")
         completed = cursor.fetchone()[0]
     if completed != jobs:
         raise RuntimeError(f"the router completed {completed} of {jobs} events")

@@ -142,7 +142,7 @@ def any_unsettled(conn) -> bool:
 
 def completed(conn) -> int:
     with conn.cursor() as cursor:
-        cursor.execute("select count(*) from integration.outbox where status = 'completed'")
+        cursor.execute("select count(*) from integration.event_state where status = 'completed'")
         return int(cursor.fetchone()[0])
 
 

@@ -38,9 +38,8 @@ drop schema if exists design cascade;
 create schema design;
 create table design.lease (id bigint generated always as identity primary key,
     worker text not null, ids uuid[] not null, expires_at timestamptz not null);
+-- Today's indexes come with it (including all): the candidates write attempts as the bus does.
 create table design.delivery_attempts (like integration.delivery_attempts including all);
-create index on design.delivery_attempts (event_id, destination);
-create index on design.delivery_attempts (attempted_at);
 """
 
 
