@@ -47,6 +47,9 @@ def outbox_like_today(table: str, *, uniqueness: bool) -> str:
     """An outbox with today's columns and indexes, with or without the two uniqueness ones."""
     ddl = f"""
 create table {table} (like integration.outbox including defaults including constraints);
+-- What an acknowledgement by UPDATE needs (the outbox had them until its rows left at the ack).
+alter table {table} add column completed_at timestamptz;
+alter table {table} drop constraint outbox_status_known;
 alter table {table} alter column seq add generated always as identity;
 alter table {table} add primary key (id);
 create index on {table} (source, aggregate_type, aggregate_id, seq)
@@ -199,7 +202,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2)
     args = parser.parse_args()
     designs = [
-        Design("today: claim and ack update the row", None),
+        Design("today: claim updates, ack deletes", None),
         Design("lease-set claim, ack update", "design.outbox_kept", "update"),
         Design("lease-set claim, ack update, no uniq idx", "design.outbox_narrow", "update"),
         Design("lease-set claim, ack delete, no uniq idx", "design.outbox_leaving", "delete"),
