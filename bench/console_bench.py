@@ -59,6 +59,16 @@ select id, 'odoo', event_type, 'maintenance.equipment', aggregate_id, payload, i
 """
 
 
+def waiting_in(url: str) -> int:
+    """How many of the filled events are still in the outbox (not delivered)."""
+    conn = psycopg2.connect(url)
+    with conn, conn.cursor() as cursor:
+        cursor.execute("select count(*) from integration.outbox")
+        [(count,)] = cursor.fetchall()
+    conn.close()
+    return count
+
+
 def fill(url: str, events: int) -> float:
     started = time.perf_counter()
     conn = psycopg2.connect(url)
@@ -122,7 +132,7 @@ def main() -> None:
             older = re.search(r'rel="next" href="([^"]+)"', first_page)[1].replace("&amp;", "&")
             some_event = re.search(r'href="/events/([0-9a-f-]{36})"', first_page)[1]
             print(
-                f"{args.events:,} events in the outbox and {args.events:,} in event_log"
+                f"{args.events:,} events in event_log, the undelivered {waiting_in(url):,} of them in the outbox"
                 f" (filled in {seconds:.0f} s); PostgreSQL durable (fsync on);"
                 f" {os.cpu_count()} cores; {args.runs} requests a page over HTTP"
             )

@@ -78,9 +78,7 @@ def sent_again(database_url: str) -> set[str]:
 def not_completed(database_url: str) -> Counter:
     conn = psycopg2.connect(database_url)
     with conn.cursor() as cursor:
-        cursor.execute(
-            "select status, count(*) from integration.outbox group by 1"
-        )
+        cursor.execute("select status, count(*) from integration.outbox group by 1")
         rows = cursor.fetchall()
     conn.close()
     return Counter(dict(rows))

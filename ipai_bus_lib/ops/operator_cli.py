@@ -401,7 +401,9 @@ def add_operator_commands(commands: Any, resolve_url: UrlResolver) -> None:
     resume.add_argument("--by", help="who, for the audit trail (default user@host)")
     resume.set_defaults(handler=bind(cmd_resume))
 
-    purge = commands.add_parser("purge", help="forget old completed events' idempotency keys (not the log)")
+    purge = commands.add_parser(
+        "purge", help="forget old completed events' idempotency keys (not the log)"
+    )
     purge.add_argument(
         "--completed-older-than", required=True, metavar="AGE", help="e.g. 30d; at least 1h"
     )

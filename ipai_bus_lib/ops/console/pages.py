@@ -389,7 +389,10 @@ def event_page(event_id: Any, history: Mapping[str, Any], csrf: str) -> str:
             facts.append(("last error", row["last_error"]))
     else:
         done = history.get("completion") or {}
-        facts += [("attempts", done.get("attempts") or "—"), ("delivered", when(done.get("delivered_at")))]
+        facts += [
+            ("attempts", done.get("attempts") or "—"),
+            ("delivered", when(done.get("delivered_at"))),
+        ]
     items = "".join(
         f"<dt>{h(name)}</dt><dd>{status_badge(status) if name == 'status' else h(value)}</dd>"
         for name, value in facts
