@@ -283,6 +283,21 @@ def test_ack_completes_many_events_in_one_call(conn):
     assert {status_of(conn, event_id) for event_id in ids} == {"completed"}
 
 
+def test_a_delivered_event_sent_again_is_still_a_duplicate_and_its_signature_a_replay(conn):
+    """The outbox row goes at the acknowledgement; its key and signature stay in event_key."""
+    first = insert(conn, "k1", signature_digest="e" * 64)
+    claim(conn)
+    with conn, conn.cursor() as cursor:
+        assert outbox.ack(cursor, [first.event_id], worker="w1") == 1
+        assert outbox.ack(cursor, [first.event_id], worker="w1") == 0, "nothing left to complete"
+    assert insert(conn, "k1", signature_digest="e" * 64) == outbox.InsertResult(first.event_id, True)
+    with pytest.raises(psycopg2.Error) as caught:
+        insert(conn, "k2", signature_digest="e" * 64)
+    assert caught.value.pgcode == "IB001"
+    assert count(conn) == 0 and count(conn, "integration.event_log") == 1
+    assert status_of(conn, first.event_id) == "completed"
+
+
 def test_fail_follows_the_back_off_schedule_then_dead(conn):
     result = insert(conn, "k1")
     for expected_delay in (30, 90, 300):
