@@ -150,7 +150,7 @@ def reset(conn) -> None:
     with conn.cursor() as cursor:
         cursor.execute(
             "set session_replication_role = replica;"
-            " truncate integration.outbox, integration.event_key, integration.event_log,"
+            " truncate integration.outbox, integration.outbox_lease, integration.event_key, integration.event_log,"
             " integration.delivery_attempts; set session_replication_role = origin"
         )
         cursor.execute("vacuum analyze integration.outbox")

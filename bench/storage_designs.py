@@ -8,7 +8,8 @@ a batch of 1,000 is claimed while the one before it is settled (as the router pi
 then acknowledged with one attempt row per event. Leases expiring, failures and hand-backs are
 not, and the candidates live in a scratch schema (`design`), never in the bus's own.
 
-Candidates:
+Candidates (the bus now has the lease-set claim and the acknowledgement by DELETE, and its
+uniqueness lives in integration.event_key; the candidates stay as the measured design space):
   * lease-set claim: the claim writes one lease row naming the batch's ids instead of updating
     each outbox row (in-flight = named by a live lease; claims serialised by an advisory lock);
   * without the uniqueness indexes: (source, idempotency_key) and the signature digest checked
@@ -127,7 +128,7 @@ class Design:
         run = f"{uuid.uuid4().hex[:8]}-"
         if self.table is None:
             cursor.execute(
-                "set session_replication_role = replica; truncate integration.outbox, integration.event_key,"
+                "set session_replication_role = replica; truncate integration.outbox, integration.outbox_lease, integration.event_key,"
                 " integration.event_log, integration.delivery_attempts;"
                 " set session_replication_role = origin"
             )
@@ -202,7 +203,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2)
     args = parser.parse_args()
     designs = [
-        Design("today: claim updates, ack deletes", None),
+        Design("today: lease-set claim, ack deletes", None),
         Design("lease-set claim, ack update", "design.outbox_kept", "update"),
         Design("lease-set claim, ack update, no uniq idx", "design.outbox_narrow", "update"),
         Design("lease-set claim, ack delete, no uniq idx", "design.outbox_leaving", "delete"),

@@ -44,15 +44,26 @@ CREATE FUNCTION integration.ack_outbox(p_ids uuid[], p_worker text) RETURNS inte
     SET plan_cache_mode TO 'force_custom_plan'
     AS $$
 declare
-    v_count integer;
+    v_leases bigint[];
 begin
     perform integration.require(p_ids is not null, 'ack_outbox: ids are required');
     perform integration.require(length(btrim(p_worker)) between 1 and 200,
         'ack_outbox: worker must be a non-empty name');
-    delete from integration.outbox o
-     where o.id = any(p_ids) and o.status = 'processing' and o.locked_by = p_worker;
-    get diagnostics v_count = row_count;
-    return v_count;
+    with held as (
+        select l.id, l.ids from integration.outbox_lease l
+         where l.worker = p_worker
+           for no key update  -- a claim taking the lease back waits, and then finds it settled
+    ), named as (
+        select l.id as lease_id, h.id from held l cross join lateral unnest(l.ids) as h(id)
+         where h.id = any(p_ids)
+    ), gone as (
+        delete from integration.outbox o using named n
+         where o.id = n.id and coalesce(o.settled_lease, 0) < n.lease_id
+        returning n.lease_id
+    )
+    select array_agg(lease_id) into v_leases from gone;
+    perform integration.count_settled(v_leases);
+    return coalesce(cardinality(v_leases), 0);
 end;
 $$;
 
@@ -72,33 +83,137 @@ CREATE TABLE integration.outbox (
     attempts integer DEFAULT 0 NOT NULL,
     max_attempts integer DEFAULT 4 NOT NULL,
     available_at timestamp with time zone DEFAULT now() NOT NULL,
-    locked_at timestamp with time zone,
-    locked_by text,
-    lease_expires_at timestamp with time zone,
     last_error text,
     created_at timestamp with time zone DEFAULT now() NOT NULL,
     updated_at timestamp with time zone DEFAULT now() NOT NULL,
     seq bigint NOT NULL,
     traceparent text,
     tracestate text,
+    settled_lease bigint,
     CONSTRAINT outbox_attempts_range CHECK (((attempts >= 0) AND ((max_attempts >= 1) AND (max_attempts <= 100)))),
-    CONSTRAINT outbox_processing_has_lease CHECK (((status <> 'processing'::text) OR ((locked_by IS NOT NULL) AND (lease_expires_at IS NOT NULL)))),
-    CONSTRAINT outbox_status_known CHECK ((status = ANY (ARRAY['pending'::text, 'processing'::text, 'failed'::text, 'dead'::text])))
+    CONSTRAINT outbox_status_known CHECK ((status = ANY (ARRAY['pending'::text, 'failed'::text, 'dead'::text])))
 )
 WITH (autovacuum_vacuum_scale_factor='0.02', autovacuum_vacuum_threshold='1000', autovacuum_analyze_scale_factor='0.02', autovacuum_analyze_threshold='1000');
 
-COMMENT ON TABLE integration.outbox IS 'The events that still need something: pending -> processing -> (delivered: the row goes, see integration.event_state); failed = retry scheduled at available_at; dead = gave up (see last_error).';
+COMMENT ON TABLE integration.outbox IS 'The events that still need something: pending (in flight while a lease names it, see integration.outbox_state) -> delivered: the row goes (see integration.event_state); failed = retry scheduled at available_at; dead = gave up (see last_error).';
 
 COMMENT ON COLUMN integration.outbox.traceparent IS 'W3C traceparent the event came with (version 00), continued by the router; null when none came.';
 
 COMMENT ON COLUMN integration.outbox.tracestate IS 'W3C tracestate that came with traceparent (at most 512 characters).';
 
-CREATE FUNCTION integration.claim_outbox(p_worker text, p_limit integer DEFAULT 25, p_lease_seconds integer DEFAULT 60) RETURNS SETOF integration.outbox
+COMMENT ON COLUMN integration.outbox.settled_lease IS 'The lease under which the event was last failed or handed back: a lease naming it holds it only when that lease is newer.';
+
+CREATE TABLE integration.outbox_lease (
+    id bigint NOT NULL,
+    worker text NOT NULL,
+    ids uuid[] NOT NULL,
+    open integer NOT NULL,
+    claimed_at timestamp with time zone DEFAULT now() NOT NULL,
+    expires_at timestamp with time zone NOT NULL
+)
+WITH (autovacuum_vacuum_threshold='100', autovacuum_vacuum_scale_factor='0');
+
+COMMENT ON TABLE integration.outbox_lease IS 'One row per claim: the events it handed to worker until expires_at. An event is in flight while a lease names it and it was not settled under that lease (outbox.settled_lease); open counts the ones still unsettled, and the row goes when none is left.';
+
+CREATE VIEW integration.in_flight WITH (security_invoker='true') AS
+ SELECT h.id,
+    l.id AS lease_id,
+    l.worker,
+    l.claimed_at,
+    l.expires_at
+   FROM ((integration.outbox_lease l
+     CROSS JOIN LATERAL unnest(l.ids) h(id))
+     CROSS JOIN LATERAL ( SELECT o_1.settled_lease
+           FROM integration.outbox o_1
+          WHERE (o_1.id = h.id)
+         OFFSET 0) o)
+  WHERE (COALESCE(o.settled_lease, (0)::bigint) < l.id);
+
+COMMENT ON VIEW integration.in_flight IS 'The events a worker holds: named by its lease and not settled under it (expires_at in the past: the worker died; the next claim takes them back).';
+
+CREATE VIEW integration.outbox_state WITH (security_invoker='true') AS
+ SELECT o.id,
+    o.source,
+    o.event_type,
+    o.aggregate_type,
+    o.aggregate_id,
+    o.payload,
+    o.idempotency_key,
+    o.signature_digest,
+    o.occurred_at,
+    'processing'::text AS status,
+    (o.attempts + 1) AS attempts,
+    o.max_attempts,
+    o.available_at,
+    l.claimed_at AS locked_at,
+    l.worker AS locked_by,
+    l.expires_at AS lease_expires_at,
+    o.last_error,
+    o.created_at,
+    o.updated_at,
+    o.seq,
+    o.traceparent,
+    o.tracestate
+   FROM ((integration.outbox_lease l
+     CROSS JOIN LATERAL unnest(l.ids) h(id))
+     CROSS JOIN LATERAL ( SELECT o_1.id,
+            o_1.source,
+            o_1.event_type,
+            o_1.aggregate_type,
+            o_1.aggregate_id,
+            o_1.payload,
+            o_1.idempotency_key,
+            o_1.signature_digest,
+            o_1.occurred_at,
+            o_1.status,
+            o_1.attempts,
+            o_1.max_attempts,
+            o_1.available_at,
+            o_1.last_error,
+            o_1.created_at,
+            o_1.updated_at,
+            o_1.seq,
+            o_1.traceparent,
+            o_1.tracestate,
+            o_1.settled_lease
+           FROM integration.outbox o_1
+          WHERE (o_1.id = h.id)
+         OFFSET 0) o)
+  WHERE (COALESCE(o.settled_lease, (0)::bigint) < l.id)
+UNION ALL
+ SELECT o.id,
+    o.source,
+    o.event_type,
+    o.aggregate_type,
+    o.aggregate_id,
+    o.payload,
+    o.idempotency_key,
+    o.signature_digest,
+    o.occurred_at,
+    o.status,
+    o.attempts,
+    o.max_attempts,
+    o.available_at,
+    NULL::timestamp with time zone AS locked_at,
+    NULL::text AS locked_by,
+    NULL::timestamp with time zone AS lease_expires_at,
+    o.last_error,
+    o.created_at,
+    o.updated_at,
+    o.seq,
+    o.traceparent,
+    o.tracestate
+   FROM integration.outbox o
+  WHERE (NOT (o.id IN ( SELECT f.id
+           FROM integration.in_flight f)));
+
+COMMENT ON VIEW integration.outbox_state IS 'The outbox as its readers know it: status processing (with locked_by, lease_expires_at) for an event in flight, attempts counting the attempt in flight.';
+
+CREATE FUNCTION integration.claim_outbox(p_worker text, p_limit integer DEFAULT 25, p_lease_seconds integer DEFAULT 60) RETURNS SETOF integration.outbox_state
     LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'pg_catalog', 'pg_temp'
     SET plan_cache_mode TO 'force_custom_plan'
     SET enable_bitmapscan TO 'off'
-    SET enable_hashjoin TO 'off'
-    SET search_path TO 'pg_catalog', 'pg_temp'
     AS $$
 begin
     perform integration.require(length(btrim(p_worker)) between 1 and 200,
@@ -107,65 +222,78 @@ begin
         'claim_outbox: limit must be between 1 and 10000');
     perform integration.require(p_lease_seconds between 1 and 86400,
         'claim_outbox: lease_seconds must be between 1 and 86400');
-
-    update integration.outbox o
-       set status = 'dead', locked_at = null, locked_by = null, lease_expires_at = null,
-           last_error = coalesce(o.last_error || E'\n', '')
-               || format('lease of worker %s expired on attempt %s of %s', o.locked_by,
-                         o.attempts, o.max_attempts),
-           updated_at = now()
-     where o.id in (select e.id from integration.outbox e
-                     where e.status = 'processing' and e.lease_expires_at <= now()
-                       and e.attempts >= e.max_attempts
-                     order by e.lease_expires_at
-                     limit p_limit  -- also makes the statement parameterised: planned per call
-                     for update skip locked);
+    perform integration.require(current_setting('transaction_isolation') = 'read committed',
+        'claim_outbox: claim at READ COMMITTED (each step must see the leases committed before it)');
+    -- One claim at a time, till commit: the next one sees this one's lease.
+    perform pg_advisory_xact_lock(7461392051);
+    perform integration.take_back_expired_leases();
 
     return query
-    with expired as (
-        select e.id, e.lease_expires_at as due from integration.outbox e
-         where e.status = 'processing' and e.lease_expires_at <= now()
-         order by e.lease_expires_at
-         limit p_limit
-         for update skip locked
-    ), due as (
-        select d.id, d.available_at as due from integration.outbox d
+    with held as materialized (
+        select h.id from integration.outbox_lease l cross join lateral unnest(l.ids) as h(id)
+    ), picked as materialized (
+        select d.id, d.source, d.event_type, d.aggregate_type, d.aggregate_id, d.payload,
+               d.idempotency_key, d.signature_digest, d.occurred_at, d.attempts,
+               d.max_attempts, d.available_at, d.last_error, d.created_at, d.updated_at, d.seq,
+               d.traceparent, d.tracestate
+          from integration.outbox d
          where d.status in ('pending', 'failed') and d.available_at <= now()
+           and (d.id not in (select id from held)
+                or (d.settled_lease is not null
+                    and not exists (select 1 from integration.outbox_lease l
+                                     where l.id > d.settled_lease and d.id = any(l.ids))))
            and not exists (
                select 1 from integration.outbox earlier
                 where earlier.source = d.source
                   and earlier.aggregate_type = d.aggregate_type
                   and earlier.aggregate_id = d.aggregate_id
                   and earlier.seq < d.seq
-                  and earlier.status in ('pending', 'processing', 'failed')
+                  and earlier.status in ('pending', 'processing', 'failed')  -- the index's predicate
                offset 0)
          order by d.available_at, d.seq
          limit p_limit
-         for update skip locked
-    ), picked as (
-        select c.id from (select * from expired union all select * from due) c
-         order by c.due
-         limit p_limit
+    ), leased as (
+        insert into integration.outbox_lease (worker, ids, open, expires_at)
+        select p_worker, array_agg(p.id order by p.available_at, p.seq), count(*),
+               now() + make_interval(secs => p_lease_seconds)
+          from picked p
+        having count(*) > 0
+        returning worker, claimed_at, expires_at
     )
-    update integration.outbox o
-       set status = 'processing',
-           attempts = o.attempts + 1,
-           locked_at = now(),
-           locked_by = p_worker,
-           lease_expires_at = now() + make_interval(secs => p_lease_seconds),
-           updated_at = now()
-      from picked
-     where o.id = picked.id
-    returning o.*;
+    select p.id, p.source, p.event_type, p.aggregate_type, p.aggregate_id, p.payload,
+           p.idempotency_key, p.signature_digest, p.occurred_at, 'processing'::text,
+           p.attempts + 1, p.max_attempts, p.available_at, l.claimed_at, l.worker,
+           l.expires_at, p.last_error, p.created_at, p.updated_at, p.seq, p.traceparent,
+           p.tracestate
+      from picked p cross join leased l
+     order by p.available_at, p.seq;
 end;
 $$;
 
-COMMENT ON FUNCTION integration.claim_outbox(p_worker text, p_limit integer, p_lease_seconds integer) IS 'Hands up to p_limit due events (pending, failed whose retry time came, or processing whose lease expired) to p_worker with a lease; each claim counts one attempt. SKIP LOCKED: concurrent workers never get the same row.';
+COMMENT ON FUNCTION integration.claim_outbox(p_worker text, p_limit integer, p_lease_seconds integer) IS 'Hands up to p_limit due events (pending, failed whose retry time came, or held by a lease that ran out) to p_worker under one lease, in order, one per record at a time; rows as integration.outbox_state shows them (attempts counts this one). Claims take turns (an advisory lock), so no two workers get the same event.';
+
+CREATE FUNCTION integration.count_settled(p_leases bigint[]) RETURNS void
+    LANGUAGE plpgsql
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+begin
+    if coalesce(cardinality(p_leases), 0) = 0 then
+        return;
+    end if;
+    update integration.outbox_lease l
+       set open = l.open - s.settled
+      from (select lease, count(*) as settled from unnest(p_leases) as t(lease) group by lease) s
+     where l.id = s.lease;
+    delete from integration.outbox_lease l where l.id = any(p_leases) and l.open <= 0;
+end;
+$$;
+
+COMMENT ON FUNCTION integration.count_settled(p_leases bigint[]) IS 'Counts settled events off their leases (one entry per event) and drops the leases with none left.';
 
 CREATE FUNCTION integration.extend_leases(p_ids uuid[], p_worker text, p_lease_seconds integer DEFAULT 60) RETURNS integer
     LANGUAGE plpgsql SECURITY DEFINER
-    SET plan_cache_mode TO 'force_custom_plan'
     SET search_path TO 'pg_catalog', 'pg_temp'
+    SET plan_cache_mode TO 'force_custom_plan'
     AS $$
 declare
     v_count integer;
@@ -175,22 +303,28 @@ begin
         'extend_leases: worker must be a non-empty name');
     perform integration.require(p_lease_seconds between 1 and 86400,
         'extend_leases: lease_seconds must be between 1 and 86400');
-    update integration.outbox o
-       set lease_expires_at = now() + make_interval(secs => p_lease_seconds), updated_at = now()
-     where o.id = any(p_ids) and o.status = 'processing' and o.locked_by = p_worker;
-    get diagnostics v_count = row_count;
+    with held as (
+        select f.lease_id from integration.in_flight f
+         where f.worker = p_worker and f.id = any(p_ids)
+    ), renewed as (
+        update integration.outbox_lease l
+           set expires_at = now() + make_interval(secs => p_lease_seconds)
+         where l.id in (select lease_id from held)
+    )
+    select count(*) into v_count from held;
     return v_count;
 end;
 $$;
 
-COMMENT ON FUNCTION integration.extend_leases(p_ids uuid[], p_worker text, p_lease_seconds integer) IS 'Renews the leases that p_worker still holds on p_ids; returns how many it renewed.';
+COMMENT ON FUNCTION integration.extend_leases(p_ids uuid[], p_worker text, p_lease_seconds integer) IS 'Renews the leases that p_worker still holds on p_ids (the whole claim each names); returns how many of p_ids it holds.';
 
 CREATE FUNCTION integration.fail_outbox(p_id uuid, p_worker text, p_error text, p_retry_delay_seconds integer[] DEFAULT ARRAY[30, 90, 300], p_retry_at timestamp with time zone DEFAULT NULL::timestamp with time zone, p_give_up boolean DEFAULT false) RETURNS text
     LANGUAGE plpgsql SECURITY DEFINER
-    SET plan_cache_mode TO 'force_custom_plan'
     SET search_path TO 'pg_catalog', 'pg_temp'
+    SET plan_cache_mode TO 'force_custom_plan'
     AS $$
 declare
+    v_lease bigint;
     v_status text;
 begin
     perform integration.require(p_id is not null, 'fail_outbox: id is required');
@@ -201,19 +335,29 @@ begin
             and 0 <= all(p_retry_delay_seconds) and array_position(p_retry_delay_seconds, null) is null,
         'fail_outbox: retry_delay_seconds must be a non-empty array of non-negative seconds');
 
+    select l.id into v_lease from integration.outbox_lease l
+     where l.worker = p_worker and p_id = any(l.ids)
+     order by l.id desc limit 1
+       for no key update;
+    if v_lease is null then
+        return null;  -- p_worker does not hold the event
+    end if;
     update integration.outbox o
-       set status = case when p_give_up or o.attempts >= o.max_attempts then 'dead' else 'failed' end,
+       set status = case when p_give_up or o.attempts + 1 >= o.max_attempts then 'dead' else 'failed' end,
+           attempts = o.attempts + 1,
            available_at = case
-               when p_give_up or o.attempts >= o.max_attempts then o.available_at
+               when p_give_up or o.attempts + 1 >= o.max_attempts then o.available_at
                else coalesce(p_retry_at, now() + make_interval(secs => p_retry_delay_seconds[
-                        least(greatest(o.attempts, 1), cardinality(p_retry_delay_seconds))]))
+                        least(o.attempts + 1, cardinality(p_retry_delay_seconds))]))
            end,
            last_error = left(p_error, 4000),
-           locked_at = null, locked_by = null, lease_expires_at = null,
+           settled_lease = v_lease,
            updated_at = now()
-     where o.id = p_id and o.status = 'processing' and o.locked_by = p_worker
+     where o.id = p_id and coalesce(o.settled_lease, 0) < v_lease
     returning o.status into v_status;
-
+    if v_status is not null then
+        perform integration.count_settled(array[v_lease]);
+    end if;
     return v_status;  -- null when p_worker did not hold the event
 end;
 $$;
@@ -513,25 +657,37 @@ $$;
 
 CREATE FUNCTION integration.release_outbox(p_ids uuid[], p_worker text, p_available_at timestamp with time zone DEFAULT NULL::timestamp with time zone) RETURNS integer
     LANGUAGE plpgsql SECURITY DEFINER
-    SET plan_cache_mode TO 'force_custom_plan'
     SET search_path TO 'pg_catalog', 'pg_temp'
+    SET plan_cache_mode TO 'force_custom_plan'
     AS $$
 declare
-    v_count integer;
+    v_leases bigint[];
 begin
     perform integration.require(p_ids is not null, 'release_outbox: ids are required');
     perform integration.require(length(btrim(p_worker)) between 1 and 200,
         'release_outbox: worker must be a non-empty name');
-    update integration.outbox o
-       set status = case when o.attempts > 1 then 'failed' else 'pending' end,
-           attempts = greatest(o.attempts - 1, 0),
-           available_at = coalesce(p_available_at, now()),
-           locked_at = null, locked_by = null, lease_expires_at = null, updated_at = now()
-     where o.id = any(p_ids) and o.status = 'processing' and o.locked_by = p_worker;
-    get diagnostics v_count = row_count;
-    return v_count;
+    with held as (
+        select l.id, l.ids from integration.outbox_lease l
+         where l.worker = p_worker
+           for no key update
+    ), named as (
+        select l.id as lease_id, h.id from held l cross join lateral unnest(l.ids) as h(id)
+         where h.id = any(p_ids)
+    ), handed_back as (
+        update integration.outbox o
+           set available_at = coalesce(p_available_at, now()), settled_lease = n.lease_id,
+               updated_at = now()
+          from named n
+         where o.id = n.id and coalesce(o.settled_lease, 0) < n.lease_id
+        returning n.lease_id
+    )
+    select array_agg(lease_id) into v_leases from handed_back;
+    perform integration.count_settled(v_leases);
+    return coalesce(cardinality(v_leases), 0);
 end;
 $$;
+
+COMMENT ON FUNCTION integration.release_outbox(p_ids uuid[], p_worker text, p_available_at timestamp with time zone) IS 'Hands events p_worker holds back unstarted, due at p_available_at (default now); the attempt does not count. Returns how many it held.';
 
 CREATE FUNCTION integration.require(condition boolean, message text) RETURNS void
     LANGUAGE plpgsql
@@ -566,8 +722,8 @@ COMMENT ON FUNCTION integration.resume_destination(p_destination text, p_actor t
 
 CREATE FUNCTION integration.retry_events(p_ids uuid[], p_actor text, p_reason text DEFAULT NULL::text) RETURNS integer
     LANGUAGE plpgsql SECURITY DEFINER
-    SET plan_cache_mode TO 'force_custom_plan'
     SET search_path TO 'pg_catalog', 'pg_temp'
+    SET plan_cache_mode TO 'force_custom_plan'
     AS $$
 declare
     v_ids uuid[];
@@ -577,9 +733,9 @@ begin
         'retry_events: actor must name who retries');
     with retried as (
         update integration.outbox o
-           set status = 'pending', attempts = 0, available_at = now(), locked_at = null,
-               locked_by = null, lease_expires_at = null, updated_at = now()
+           set status = 'pending', attempts = 0, available_at = now(), updated_at = now()
          where o.id = any(p_ids) and o.status in ('failed', 'dead')
+           and not exists (select 1 from integration.in_flight f where f.id = o.id)
         returning o.id
     )
     select coalesce(array_agg(id), '{}') into v_ids from retried;
@@ -591,6 +747,41 @@ begin
     return cardinality(v_ids);
 end;
 $$;
+
+CREATE FUNCTION integration.take_back_expired_leases() RETURNS integer
+    LANGUAGE plpgsql
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+declare
+    v_lease record;
+    v_count integer := 0;
+    v_taken integer;
+begin
+    for v_lease in
+        delete from integration.outbox_lease l
+         where l.id in (select e.id from integration.outbox_lease e where e.expires_at <= now()
+                           for update skip locked)  -- one being settled now: the next claim
+        returning l.id, l.worker, l.ids
+    loop
+        -- The attempt in flight counts: dead once it was the last, else due again at once.
+        update integration.outbox o
+           set attempts = o.attempts + 1,
+               status = case when o.attempts + 1 >= o.max_attempts then 'dead' else 'failed' end,
+               last_error = case when o.attempts + 1 >= o.max_attempts
+                   then coalesce(o.last_error || E'\n', '')
+                        || format('lease of worker %s expired on attempt %s of %s',
+                                  v_lease.worker, o.attempts + 1, o.max_attempts)
+                   else o.last_error end,
+               updated_at = now()
+         where o.id = any(v_lease.ids) and coalesce(o.settled_lease, 0) < v_lease.id;
+        get diagnostics v_taken = row_count;
+        v_count := v_count + v_taken;
+    end loop;
+    return v_count;
+end;
+$$;
+
+COMMENT ON FUNCTION integration.take_back_expired_leases() IS 'Ends the leases that ran out (their worker died or stalled): each event they held counts the attempt, goes dead if it was the last, else is due again.';
 
 CREATE FUNCTION integration.trace_context(p_traceparent text, p_tracestate text) RETURNS TABLE(traceparent text, tracestate text)
     LANGUAGE sql IMMUTABLE PARALLEL SAFE
@@ -624,7 +815,7 @@ begin
 end;
 $$;
 
-CREATE FUNCTION public.claim_outbox(p_worker text, p_limit integer DEFAULT 25, p_lease_seconds integer DEFAULT 60) RETURNS SETOF integration.outbox
+CREATE FUNCTION public.claim_outbox(p_worker text, p_limit integer DEFAULT 25, p_lease_seconds integer DEFAULT 60) RETURNS SETOF integration.outbox_state
     LANGUAGE sql SECURITY DEFINER
     SET search_path TO 'pg_catalog', 'pg_temp'
     AS $$ select * from integration.claim_outbox(p_worker, p_limit, p_lease_seconds); $$;
@@ -672,7 +863,7 @@ CREATE FUNCTION public.keep_signed_message(p_digest text, p_message bytea, p_sig
 CREATE FUNCTION public.outbox_depth() RETURNS TABLE(status text, events bigint)
     LANGUAGE sql STABLE SECURITY DEFINER
     SET search_path TO 'pg_catalog', 'pg_temp'
-    AS $$ select o.status, count(*) from integration.outbox o group by o.status; $$;
+    AS $$ select o.status, count(*) from integration.outbox_state o group by o.status; $$;
 
 CREATE FUNCTION public.release_outbox(p_ids uuid[], p_worker text, p_available_at timestamp with time zone DEFAULT NULL::timestamp with time zone) RETURNS integer
     LANGUAGE sql SECURITY DEFINER
@@ -761,10 +952,20 @@ CREATE VIEW integration.event_state WITH (security_invoker='true') AS
     l.aggregate_type,
     l.aggregate_id,
     l.received_at,
-    COALESCE(o.status, 'completed'::text) AS status,
-    COALESCE(o.attempts, ( SELECT max(a.attempt) AS max
-           FROM integration.delivery_attempts a
-          WHERE (a.event_id = l.event_id))) AS attempts,
+        CASE
+            WHEN (o.id IS NULL) THEN 'completed'::text
+            WHEN (o.id IN ( SELECT f.id
+               FROM integration.in_flight f)) THEN 'processing'::text
+            ELSE o.status
+        END AS status,
+        CASE
+            WHEN (o.id IS NULL) THEN ( SELECT max(a.attempt) AS max
+               FROM integration.delivery_attempts a
+              WHERE (a.event_id = l.event_id))
+            WHEN (o.id IN ( SELECT f.id
+               FROM integration.in_flight f)) THEN (o.attempts + 1)
+            ELSE o.attempts
+        END AS attempts,
     o.last_error
    FROM (integration.event_log l
      LEFT JOIN integration.outbox o ON ((o.id = l.event_id)));
@@ -795,6 +996,15 @@ COMMENT ON TABLE integration.operator_actions IS 'Audit trail of operator action
 
 ALTER TABLE integration.operator_actions ALTER COLUMN id ADD GENERATED ALWAYS AS IDENTITY (
     SEQUENCE NAME integration.operator_actions_id_seq
+    START WITH 1
+    INCREMENT BY 1
+    NO MINVALUE
+    NO MAXVALUE
+    CACHE 1
+);
+
+ALTER TABLE integration.outbox_lease ALTER COLUMN id ADD GENERATED ALWAYS AS IDENTITY (
+    SEQUENCE NAME integration.outbox_lease_id_seq
     START WITH 1
     INCREMENT BY 1
     NO MINVALUE
@@ -853,6 +1063,9 @@ ALTER TABLE ONLY integration.ingest_batch
 ALTER TABLE ONLY integration.operator_actions
     ADD CONSTRAINT operator_actions_pkey PRIMARY KEY (id);
 
+ALTER TABLE ONLY integration.outbox_lease
+    ADD CONSTRAINT outbox_lease_pkey PRIMARY KEY (id);
+
 ALTER TABLE ONLY integration.outbox
     ADD CONSTRAINT outbox_pkey PRIMARY KEY (id);
 
@@ -880,8 +1093,6 @@ CREATE INDEX outbox_aggregate_active_idx ON integration.outbox USING btree (sour
 CREATE INDEX outbox_dead_idx ON integration.outbox USING btree (updated_at) WHERE (status = 'dead'::text);
 
 CREATE INDEX outbox_due_idx ON integration.outbox USING btree (available_at, seq) WHERE (status = ANY (ARRAY['pending'::text, 'failed'::text]));
-
-CREATE INDEX outbox_lease_idx ON integration.outbox USING btree (lease_expires_at) WHERE (status = 'processing'::text);
 
 CREATE TRIGGER event_log_append_only BEFORE DELETE OR UPDATE ON integration.event_log FOR EACH ROW EXECUTE FUNCTION integration.refuse_event_log_change();
 
@@ -919,6 +1130,12 @@ CREATE POLICY operator_actions_operator_read ON integration.operator_actions FOR
 
 ALTER TABLE integration.outbox ENABLE ROW LEVEL SECURITY;
 
+ALTER TABLE integration.outbox_lease ENABLE ROW LEVEL SECURITY;
+
+CREATE POLICY outbox_lease_operator_read ON integration.outbox_lease FOR SELECT TO ipai_bus_operator USING (true);
+
+CREATE POLICY outbox_lease_router_read ON integration.outbox_lease FOR SELECT TO ipai_bus_router USING (true);
+
 CREATE POLICY outbox_operator_read ON integration.outbox FOR SELECT TO ipai_bus_operator USING (true);
 
 CREATE POLICY outbox_router_read ON integration.outbox FOR SELECT TO ipai_bus_router USING (true);
@@ -938,8 +1155,19 @@ GRANT ALL ON FUNCTION integration.ack_outbox(p_ids uuid[], p_worker text) TO ipa
 GRANT SELECT ON TABLE integration.outbox TO ipai_bus_router;
 GRANT SELECT ON TABLE integration.outbox TO ipai_bus_operator;
 
+GRANT SELECT ON TABLE integration.outbox_lease TO ipai_bus_router;
+GRANT SELECT ON TABLE integration.outbox_lease TO ipai_bus_operator;
+
+GRANT SELECT ON TABLE integration.in_flight TO ipai_bus_router;
+GRANT SELECT ON TABLE integration.in_flight TO ipai_bus_operator;
+
+GRANT SELECT ON TABLE integration.outbox_state TO ipai_bus_router;
+GRANT SELECT ON TABLE integration.outbox_state TO ipai_bus_operator;
+
 REVOKE ALL ON FUNCTION integration.claim_outbox(p_worker text, p_limit integer, p_lease_seconds integer) FROM PUBLIC;
 GRANT ALL ON FUNCTION integration.claim_outbox(p_worker text, p_limit integer, p_lease_seconds integer) TO ipai_bus_router;
+
+REVOKE ALL ON FUNCTION integration.count_settled(p_leases bigint[]) FROM PUBLIC;
 
 REVOKE ALL ON FUNCTION integration.extend_leases(p_ids uuid[], p_worker text, p_lease_seconds integer) FROM PUBLIC;
 GRANT ALL ON FUNCTION integration.extend_leases(p_ids uuid[], p_worker text, p_lease_seconds integer) TO ipai_bus_router;
@@ -973,6 +1201,8 @@ GRANT ALL ON FUNCTION integration.resume_destination(p_destination text, p_actor
 
 REVOKE ALL ON FUNCTION integration.retry_events(p_ids uuid[], p_actor text, p_reason text) FROM PUBLIC;
 GRANT ALL ON FUNCTION integration.retry_events(p_ids uuid[], p_actor text, p_reason text) TO ipai_bus_operator;
+
+REVOKE ALL ON FUNCTION integration.take_back_expired_leases() FROM PUBLIC;
 
 REVOKE ALL ON FUNCTION integration.trace_context(p_traceparent text, p_tracestate text) FROM PUBLIC;
 

@@ -69,6 +69,7 @@ def tmp_path(tmp_path: Path) -> Path:
 _FAST_TEST_SETTINGS = {"fsync": "off", "synchronous_commit": "off", "full_page_writes": "off"}
 _TABLES_CLEANED_PER_TEST = (
     "integration.outbox",
+    "integration.outbox_lease",
     "integration.event_key",
     "integration.event_log",
     "integration.ingest_batch",

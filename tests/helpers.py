@@ -193,6 +193,11 @@ def snapshot(database_url: str) -> dict[str, Any]:
         conn.close()
 
 
+def expire_leases(cursor: Any) -> None:
+    """Make every lease run out, as when the workers holding them died."""
+    cursor.execute("update integration.outbox_lease set expires_at = now() - interval '1 s'")
+
+
 def complete_by_hand(cursor: Any, event_id: Any, *, days_ago: int = 0, attempt: int = 1) -> None:
     """Make ``event_id`` completed as the router would ``days_ago`` days ago: its delivered
     attempt (number ``attempt``) recorded, its outbox row gone, its audit copy back-dated (the

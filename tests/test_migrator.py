@@ -162,6 +162,47 @@ def test_an_install_with_events_upgrades_and_keeps_every_rule(make_database, mon
         conn.close()
 
 
+def test_events_in_flight_at_the_upgrade_stay_with_their_worker(make_database, monkeypatch):
+    """Claimed under the old claim (each row marked processing), they are in flight after the
+    lease-set migration: same worker, same attempt, settled by that worker as before."""
+    url = make_database()
+    shipped = migrator.available_migrations()
+    earlier = [m for m in shipped if m.version < "20261206000100"]
+    monkeypatch.setattr(migrator, "available_migrations", lambda: earlier)
+    migrator.migrate(url)
+    conn = psycopg2.connect(url)
+    try:
+        with conn, conn.cursor() as cursor:
+            for key in ("first", "retry", "waiting"):
+                helpers.insert_event(
+                    cursor, Envelope("expense.submitted", "hr.expense", key, {"amount": 1}),
+                    idempotency_key=key,
+                )
+            cursor.execute("update integration.outbox set attempts = 1, status = 'failed'"
+                           " where idempotency_key = 'retry'")
+            cursor.execute("select id from integration.claim_outbox('old-router', 2, 60) order by seq")
+            first, retry = (event_id for (event_id,) in cursor.fetchall())
+
+        monkeypatch.setattr(migrator, "available_migrations", lambda: shipped)
+        assert migrator.migrate(url) == [m.version for m in shipped if m.version >= "20261206000100"]
+
+        with conn, conn.cursor() as cursor:
+            cursor.execute("select id, status, attempts, locked_by from integration.outbox_state"
+                           " where locked_by is not null order by seq")
+            assert cursor.fetchall() == [
+                (first, "processing", 1, "old-router"), (retry, "processing", 2, "old-router")
+            ]
+            assert [e.aggregate_id for e in outbox.claim(cursor, worker="new", limit=10)] == ["waiting"]
+            assert outbox.ack(cursor, [first], worker="old-router") == 1
+            assert outbox.fail(cursor, retry, worker="old-router", error="HTTP 502") == "failed"
+            cursor.execute("select attempts from integration.outbox where id = %s", (retry,))
+            assert cursor.fetchone() == (2,)
+            cursor.execute("select worker from integration.outbox_lease")
+            assert cursor.fetchall() == [("new",)], "the old worker's lease ended with its events"
+    finally:
+        conn.close()
+
+
 def test_migrate_reports_an_unreachable_database():
     with pytest.raises(DatabaseUnavailable, match="database unreachable"):
         migrator.migrate("postgresql://postgres@127.0.0.1:1/postgres")

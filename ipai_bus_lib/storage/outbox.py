@@ -23,8 +23,9 @@ from ..core.stored_event import StoredEvent
 from ..core.tracing import TraceContext
 from .queries import load
 
-# What an outbox row can be; a delivered event leaves the outbox and is then "completed"
-# (integration.event_state, the status of every logged event).
+# What an event in the outbox is, as integration.outbox_state reports it (processing: named by a
+# live lease; the row itself stays pending or failed); a delivered event leaves the outbox and
+# is then "completed" (integration.event_state, the status of every logged event).
 STATUSES = ("pending", "processing", "failed", "dead")
 EVENT_STATUSES = ("pending", "processing", "completed", "failed", "dead")
 SQL = load("outbox")

@@ -1,8 +1,8 @@
 """The router: claims events from the outbox, delivers them to their routes' destinations, and
 acknowledges, retries or buries each one — recording every attempt.
 
-Any number of routers may run against one database; claim_outbox's SKIP LOCKED and leases keep
-them apart, and its per-aggregate ordering keeps each record's events in the order accepted. A
+Any number of routers may run against one database; claim_outbox's turns (an advisory lock) and
+its leases keep them apart, and its per-aggregate ordering keeps each record's events in the order accepted. A
 router wakes on the outbox NOTIFY and polls only as a fallback.
 
 The parts, one concern each: ``loop`` (claiming, waking, the pipeline), ``planning`` (which

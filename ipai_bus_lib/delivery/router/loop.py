@@ -238,7 +238,9 @@ class Router:
 
     def _claim(self) -> list[StoredEvent]:
         claimed_ns = tracing.now_ns()
-        with self.database.transaction() as cursor:
+        # One statement, its own transaction: claims take turns (claim_outbox's lock), and
+        # autocommit ends this one's turn as the rows come back, not a round trip later.
+        with self.database.autocommit() as cursor:
             events = outbox.claim(
                 cursor,
                 worker=self.config.worker,

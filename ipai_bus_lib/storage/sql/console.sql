@@ -2,10 +2,14 @@
 -- page costs the same on a million rows as on a hundred.
 
 -- name: waiting_counts
--- Exact counts of the statuses an operator acts on (partial indexes keep them small).
-select 'pending' as status, count(*) from integration.outbox where status = 'pending'
-union all select 'failed', count(*) from integration.outbox where status = 'failed'
-union all select 'processing', count(*) from integration.outbox where status = 'processing'
+-- Exact counts of the statuses an operator acts on (partial indexes keep them small); an event in
+-- flight is stored pending or failed and counted as processing.
+with flying as (select o.status from integration.in_flight f join integration.outbox o on o.id = f.id)
+select 'pending' as status, (select count(*) from integration.outbox where status = 'pending')
+                            - (select count(*) from flying where status = 'pending')
+union all select 'failed', (select count(*) from integration.outbox where status = 'failed')
+                           - (select count(*) from flying where status = 'failed')
+union all select 'processing', (select count(*) from flying)
 union all select 'dead', count(*) from integration.outbox where status = 'dead';
 
 -- name: completed_up_to
@@ -19,7 +23,8 @@ select count(*) from (select 1 from integration.event_state where status = 'comp
 select greatest(reltuples, 0)::bigint from pg_class where oid = 'integration.event_log'::regclass;
 
 -- name: oldest_pending_seconds
-select extract(epoch from now() - min(created_at)) from integration.outbox where status = 'pending';
+select extract(epoch from now() - min(created_at)) from integration.outbox
+ where status = 'pending' and id not in (select id from integration.in_flight);
 
 -- name: per_minute_last_hour
 -- Events accepted per minute over the last hour (minutes without events are absent).
@@ -65,10 +70,10 @@ select l.id, l.event_type, l.source, l.aggregate_type, l.aggregate_id,
  limit %(limit)s;
 
 -- name: events_from_outbox
--- The waiting and dead statuses are few rows behind partial indexes: read them from the outbox.
+-- The waiting, in-flight and dead statuses are the outbox's few rows: read them from there.
 select o.id, o.event_type, o.source, o.aggregate_type, o.aggregate_id, o.created_at as at,
        o.seq as position, o.status, o.attempts, o.last_error
-  from integration.outbox o
+  from integration.outbox_state o
  where o.status = %(status)s
    and (%(type_like)s::text is null or o.event_type like %(type_like)s)
    and (%(source)s::text is null or o.source = %(source)s)

@@ -1,26 +1,28 @@
 -- What operators read and do: `ipai-bus status`, `events`, `retry`, `purge`, and the demo.
 
 -- name: count_by_status
--- The outbox's statuses, and completed: the logged events the outbox no longer has.
-select status, count(*) from integration.outbox group by status
+-- The outbox's statuses (processing: in flight under a lease), and completed: the logged events
+-- the outbox no longer has.
+select status, count(*) from integration.outbox_state group by status
 union all
 select 'completed', (select count(*) from integration.event_log)
                     - (select count(*) from integration.outbox);
 
 -- name: waiting_by_type
-select event_type, status, count(*) as events from integration.outbox
+select event_type, status, count(*) as events from integration.outbox_state
  group by 1, 2 order by 1, 2;
 
 -- name: oldest_waiting_seconds
 -- The oldest pending event's age, and the oldest failed (waiting to be retried) one's.
 select extract(epoch from now() - min(created_at) filter (where status = 'pending')),
        extract(epoch from now() - min(created_at) filter (where status = 'failed'))
-  from integration.outbox where status in ('pending', 'failed');
+  from integration.outbox
+ where status in ('pending', 'failed') and id not in (select id from integration.in_flight);
 
 -- name: held_by_order
 -- Waiting events held back by an earlier undelivered event of the same record.
 select count(*) from integration.outbox d
- where d.status in ('pending', 'failed')
+ where d.status in ('pending', 'failed') and d.id not in (select id from integration.in_flight)
    and exists (select 1 from integration.outbox e
                 where e.source = d.source and e.aggregate_type = d.aggregate_type
                   and e.aggregate_id = d.aggregate_id and e.seq < d.seq
@@ -28,7 +30,7 @@ select count(*) from integration.outbox d
 
 -- name: waiting_behind
 select e.id, e.status, e.event_type from integration.outbox d
-  join integration.outbox e
+  join integration.outbox_state e
     on e.source = d.source and e.aggregate_type = d.aggregate_type
    and e.aggregate_id = d.aggregate_id and e.seq < d.seq
    and e.status in ('pending', 'processing', 'failed')
@@ -36,8 +38,7 @@ select e.id, e.status, e.event_type from integration.outbox d
  order by e.seq limit 1;
 
 -- name: expired_leases
-select count(*) from integration.outbox
- where status = 'processing' and lease_expires_at < now();
+select count(*) from integration.in_flight where expires_at < now();
 
 -- name: latest_dead
 select id, event_type, aggregate_id, attempts, last_error, updated_at
@@ -63,7 +64,7 @@ select destination, failures, open_until, last_error, open_until <= now() as tri
   from integration.destination_state where state = 'open' order by 1;
 
 -- name: outbox_row
-select * from integration.outbox where id = %s;
+select * from integration.outbox_state where id = %s;
 
 -- name: event_log_row
 select * from integration.event_log where event_id = %s;
@@ -84,7 +85,7 @@ select log_id, id as event_id, event_type, aggregate_id, received_at, status
 select coalesce(max(id), 0) from integration.event_log;
 
 -- name: select_for_retry
-select id from integration.outbox where status = any(%s)
+select id from integration.outbox_state where status = any(%s)
    and (%s::text is null or event_type like %s)
    and (%s::interval is null or updated_at > now() - %s::interval)
  order by seq;
