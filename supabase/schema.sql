@@ -69,6 +69,31 @@ $$;
 
 COMMENT ON FUNCTION integration.ack_outbox(p_ids uuid[], p_worker text) IS 'Completes the events p_worker delivered: their outbox rows go (event_log and delivery_attempts keep their record); returns how many it held. Rows whose lease was taken over by another worker are left to that worker.';
 
+CREATE FUNCTION integration.in_flight_rows() RETURNS TABLE(id uuid, lease_id bigint, worker text, claimed_at timestamp with time zone, expires_at timestamp with time zone)
+    LANGUAGE plpgsql STABLE
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+begin
+    return query
+    select h.id, l.id, l.worker, l.claimed_at, l.expires_at
+      from integration.outbox_lease l
+     cross join lateral unnest(l.ids) as h(id)
+     cross join lateral (select o.settled_lease from integration.outbox o
+                          where o.id = h.id offset 0) o
+     where coalesce(o.settled_lease, 0) < l.id;
+end;
+$$;
+
+CREATE VIEW integration.in_flight WITH (security_invoker='true') AS
+ SELECT id,
+    lease_id,
+    worker,
+    claimed_at,
+    expires_at
+   FROM integration.in_flight_rows() f(id, lease_id, worker, claimed_at, expires_at);
+
+COMMENT ON VIEW integration.in_flight IS 'The events a worker holds: named by its lease and not settled under it (expires_at in the past: the worker died; the next claim takes them back).';
+
 CREATE TABLE integration.outbox (
     id uuid DEFAULT gen_random_uuid() NOT NULL,
     source integration.source_name DEFAULT 'odoo'::text NOT NULL,
@@ -114,22 +139,6 @@ CREATE TABLE integration.outbox_lease (
 WITH (autovacuum_vacuum_threshold='100', autovacuum_vacuum_scale_factor='0');
 
 COMMENT ON TABLE integration.outbox_lease IS 'One row per claim: the events it handed to worker until expires_at. An event is in flight while a lease names it and it was not settled under that lease (outbox.settled_lease); open counts the ones still unsettled, and the row goes when none is left.';
-
-CREATE VIEW integration.in_flight WITH (security_invoker='true') AS
- SELECT h.id,
-    l.id AS lease_id,
-    l.worker,
-    l.claimed_at,
-    l.expires_at
-   FROM ((integration.outbox_lease l
-     CROSS JOIN LATERAL unnest(l.ids) h(id))
-     CROSS JOIN LATERAL ( SELECT o_1.settled_lease
-           FROM integration.outbox o_1
-          WHERE (o_1.id = h.id)
-         OFFSET 0) o)
-  WHERE (COALESCE(o.settled_lease, (0)::bigint) < l.id);
-
-COMMENT ON VIEW integration.in_flight IS 'The events a worker holds: named by its lease and not settled under it (expires_at in the past: the worker died; the next claim takes them back).';
 
 CREATE VIEW integration.outbox_state WITH (security_invoker='true') AS
  SELECT o.id,
@@ -1152,14 +1161,18 @@ GRANT USAGE ON SCHEMA integration TO ipai_bus_poller;
 REVOKE ALL ON FUNCTION integration.ack_outbox(p_ids uuid[], p_worker text) FROM PUBLIC;
 GRANT ALL ON FUNCTION integration.ack_outbox(p_ids uuid[], p_worker text) TO ipai_bus_router;
 
+REVOKE ALL ON FUNCTION integration.in_flight_rows() FROM PUBLIC;
+GRANT ALL ON FUNCTION integration.in_flight_rows() TO ipai_bus_router;
+GRANT ALL ON FUNCTION integration.in_flight_rows() TO ipai_bus_operator;
+
+GRANT SELECT ON TABLE integration.in_flight TO ipai_bus_router;
+GRANT SELECT ON TABLE integration.in_flight TO ipai_bus_operator;
+
 GRANT SELECT ON TABLE integration.outbox TO ipai_bus_router;
 GRANT SELECT ON TABLE integration.outbox TO ipai_bus_operator;
 
 GRANT SELECT ON TABLE integration.outbox_lease TO ipai_bus_router;
 GRANT SELECT ON TABLE integration.outbox_lease TO ipai_bus_operator;
-
-GRANT SELECT ON TABLE integration.in_flight TO ipai_bus_router;
-GRANT SELECT ON TABLE integration.in_flight TO ipai_bus_operator;
 
 GRANT SELECT ON TABLE integration.outbox_state TO ipai_bus_router;
 GRANT SELECT ON TABLE integration.outbox_state TO ipai_bus_operator;

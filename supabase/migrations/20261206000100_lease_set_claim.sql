@@ -69,13 +69,30 @@ comment on table integration.outbox is
 -- Each view is driven from the leases (a few batches) to the outbox by primary key, whatever
 -- the planner believes of the outbox's size: a join the other way round, nested, would compare
 -- every outbox row with every leased id.
+-- A function, for the planner's sake: its ROWS estimate stands where a lease table just created
+-- or emptied would be guessed at hundreds of rows of ten ids each, and a query asking "in
+-- flight?" of a page of 50 events would then scan the whole event log instead.
+create function integration.in_flight_rows()
+returns table (id uuid, lease_id bigint, worker text, claimed_at timestamptz, expires_at timestamptz)
+language plpgsql stable rows 1000
+set search_path = pg_catalog, pg_temp
+as $$
+begin
+    return query
+    select h.id, l.id, l.worker, l.claimed_at, l.expires_at
+      from integration.outbox_lease l
+     cross join lateral unnest(l.ids) as h(id)
+     cross join lateral (select o.settled_lease from integration.outbox o
+                          where o.id = h.id offset 0) o
+     where coalesce(o.settled_lease, 0) < l.id;
+end;
+$$;
+revoke all on function integration.in_flight_rows() from public;
+grant execute on function integration.in_flight_rows() to ipai_bus_router, ipai_bus_operator;
+
 create view integration.in_flight with (security_invoker = true) as
-select h.id, l.id as lease_id, l.worker, l.claimed_at, l.expires_at
-  from integration.outbox_lease l
- cross join lateral unnest(l.ids) as h(id)
- cross join lateral (select o.settled_lease from integration.outbox o
-                      where o.id = h.id offset 0) o
- where coalesce(o.settled_lease, 0) < l.id;
+select f.id, f.lease_id, f.worker, f.claimed_at, f.expires_at
+  from integration.in_flight_rows() f;
 comment on view integration.in_flight is
     'The events a worker holds: named by its lease and not settled under it (expires_at in the past: the worker died; the next claim takes them back).';
 
