@@ -175,11 +175,14 @@ def test_events_in_flight_at_the_upgrade_stay_with_their_worker(make_database, m
         with conn, conn.cursor() as cursor:
             for key in ("first", "retry", "waiting"):
                 helpers.insert_event(
-                    cursor, Envelope("expense.submitted", "hr.expense", key, {"amount": 1}),
+                    cursor,
+                    Envelope("expense.submitted", "hr.expense", key, {"amount": 1}),
                     idempotency_key=key,
                 )
-            cursor.execute("update integration.outbox set attempts = 1, status = 'failed'"
-                           " where idempotency_key = 'retry'")
+            cursor.execute(
+                "update integration.outbox set attempts = 1, status = 'failed'"
+                " where idempotency_key = 'retry'"
+            )
             cursor.execute("select id from integration.claim_outbox('old-router', 2, 60) order by seq")
             first, retry = (event_id for (event_id,) in cursor.fetchall())
 
@@ -187,10 +190,13 @@ def test_events_in_flight_at_the_upgrade_stay_with_their_worker(make_database, m
         assert migrator.migrate(url) == [m.version for m in shipped if m.version >= "20261206000100"]
 
         with conn, conn.cursor() as cursor:
-            cursor.execute("select id, status, attempts, locked_by from integration.outbox_state"
-                           " where locked_by is not null order by seq")
+            cursor.execute(
+                "select id, status, attempts, locked_by from integration.outbox_state"
+                " where locked_by is not null order by seq"
+            )
             assert cursor.fetchall() == [
-                (first, "processing", 1, "old-router"), (retry, "processing", 2, "old-router")
+                (first, "processing", 1, "old-router"),
+                (retry, "processing", 2, "old-router"),
             ]
             assert [e.aggregate_id for e in outbox.claim(cursor, worker="new", limit=10)] == ["waiting"]
             assert outbox.ack(cursor, [first], worker="old-router") == 1

@@ -431,7 +431,11 @@ def test_extend_leases_renews_the_lease_of_what_the_worker_holds(conn):
 def test_a_claim_outside_read_committed_is_refused_and_leases_nothing(conn):
     """Under one snapshot a claim could miss the lease another claim just wrote."""
     insert(conn, "k1")
-    with pytest.raises(psycopg2.errors.InvalidParameterValue, match="READ COMMITTED"), conn, conn.cursor() as cursor:
+    with (
+        pytest.raises(psycopg2.errors.InvalidParameterValue, match="READ COMMITTED"),
+        conn,
+        conn.cursor() as cursor,
+    ):
         cursor.execute("set transaction isolation level repeatable read")
         outbox.claim(cursor, worker="w1")
     assert leases(conn) == []
@@ -612,8 +616,11 @@ def rows_handled(cursor, query: str) -> int:
 
     def walk(node: dict) -> int:
         loops = node["Actual Loops"]
-        own = loops * (node["Actual Rows"] + node.get("Rows Removed by Filter", 0)
-                       + node.get("Rows Removed by Join Filter", 0))
+        own = loops * (
+            node["Actual Rows"]
+            + node.get("Rows Removed by Filter", 0)
+            + node.get("Rows Removed by Join Filter", 0)
+        )
         return int(own) + sum(walk(child) for child in node.get("Plans", []))
 
     return walk(cursor.fetchone()[0][0]["Plan"])

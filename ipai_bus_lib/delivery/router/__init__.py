@@ -2,8 +2,8 @@
 acknowledges, retries or buries each one — recording every attempt.
 
 Any number of routers may run against one database; claim_outbox's turns (an advisory lock) and
-its leases keep them apart, and its per-aggregate ordering keeps each record's events in the order accepted. A
-router wakes on the outbox NOTIFY and polls only as a fallback.
+its leases keep them apart, and its per-aggregate ordering keeps each record's events in the
+order accepted. A router wakes on the outbox NOTIFY and polls only as a fallback.
 
 The parts, one concern each: ``loop`` (claiming, waking, the pipeline), ``planning`` (which
 destinations, which message, what cannot be delivered), ``delivering`` (rate limits, breakers,
