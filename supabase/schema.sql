@@ -49,15 +49,9 @@ begin
     perform integration.require(p_ids is not null, 'ack_outbox: ids are required');
     perform integration.require(length(btrim(p_worker)) between 1 and 200,
         'ack_outbox: worker must be a non-empty name');
-    with held as (
-        select l.id, l.ids from integration.outbox_lease l
-         where l.worker = p_worker
-           for no key update  -- a claim taking the lease back waits, and then finds it settled
-    ), named as (
-        select l.id as lease_id, h.id from held l cross join lateral unnest(l.ids) as h(id)
-         where h.id = any(p_ids)
-    ), gone as (
-        delete from integration.outbox o using named n
+    with gone as (
+        delete from integration.outbox o
+         using integration.named_by_leases_of(p_worker, p_ids) n
          where o.id = n.id and coalesce(o.settled_lease, 0) < n.lease_id
         returning n.lease_id
     )
@@ -344,10 +338,8 @@ begin
             and 0 <= all(p_retry_delay_seconds) and array_position(p_retry_delay_seconds, null) is null,
         'fail_outbox: retry_delay_seconds must be a non-empty array of non-negative seconds');
 
-    select l.id into v_lease from integration.outbox_lease l
-     where l.worker = p_worker and p_id = any(l.ids)
-     order by l.id desc limit 1
-       for no key update;
+    select n.lease_id into v_lease from integration.named_by_leases_of(p_worker, array[p_id]) n
+     order by n.lease_id desc limit 1;
     if v_lease is null then
         return null;  -- p_worker does not hold the event
     end if;
@@ -595,6 +587,25 @@ $$;
 
 COMMENT ON FUNCTION integration.keep_signed_message(p_digest text, p_message bytea, p_signatures text) IS 'Keeps an accepted request as signed (idempotent on its digest); true when it was new.';
 
+CREATE FUNCTION integration.named_by_leases_of(p_worker text, p_ids uuid[]) RETURNS TABLE(lease_id bigint, id uuid)
+    LANGUAGE plpgsql
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    SET plan_cache_mode TO 'force_custom_plan'
+    AS $$
+begin
+    return query
+    with held as (
+        select l.id, l.ids from integration.outbox_lease l
+         where l.worker = p_worker
+           for no key update  -- a claim taking the lease back waits, and then finds it settled
+    )
+    select l.id, h.id from held l cross join lateral unnest(l.ids) as h(id)
+     where h.id = any(p_ids);
+end;
+$$;
+
+COMMENT ON FUNCTION integration.named_by_leases_of(p_worker text, p_ids uuid[]) IS 'Which of p_ids the leases of p_worker name, and which lease (locked until commit, so settling and taking back take turns). A lease holds an event it names unless the event was settled under it or a later one (outbox.settled_lease).';
+
 CREATE FUNCTION integration.purge_completed(p_older_than interval, p_actor text) RETURNS integer
     LANGUAGE plpgsql SECURITY DEFINER
     SET search_path TO 'pg_catalog', 'pg_temp'
@@ -675,18 +686,11 @@ begin
     perform integration.require(p_ids is not null, 'release_outbox: ids are required');
     perform integration.require(length(btrim(p_worker)) between 1 and 200,
         'release_outbox: worker must be a non-empty name');
-    with held as (
-        select l.id, l.ids from integration.outbox_lease l
-         where l.worker = p_worker
-           for no key update
-    ), named as (
-        select l.id as lease_id, h.id from held l cross join lateral unnest(l.ids) as h(id)
-         where h.id = any(p_ids)
-    ), handed_back as (
+    with handed_back as (
         update integration.outbox o
            set available_at = coalesce(p_available_at, now()), settled_lease = n.lease_id,
                updated_at = now()
-          from named n
+          from integration.named_by_leases_of(p_worker, p_ids) n
          where o.id = n.id and coalesce(o.settled_lease, 0) < n.lease_id
         returning n.lease_id
     )
@@ -1195,6 +1199,8 @@ REVOKE ALL ON FUNCTION integration.insert_outbox_batch(p_batch_key text, p_signa
 REVOKE ALL ON FUNCTION integration.insert_outbox_event(p_event_type text, p_aggregate_type text, p_aggregate_id text, p_payload jsonb, p_idempotency_key text, p_source text, p_occurred_at timestamp with time zone, p_signature_digest text, p_max_attempts integer, p_traceparent text, p_tracestate text) FROM PUBLIC;
 
 REVOKE ALL ON FUNCTION integration.keep_signed_message(p_digest text, p_message bytea, p_signatures text) FROM PUBLIC;
+
+REVOKE ALL ON FUNCTION integration.named_by_leases_of(p_worker text, p_ids uuid[]) FROM PUBLIC;
 
 REVOKE ALL ON FUNCTION integration.purge_completed(p_older_than interval, p_actor text) FROM PUBLIC;
 GRANT ALL ON FUNCTION integration.purge_completed(p_older_than interval, p_actor text) TO ipai_bus_operator;

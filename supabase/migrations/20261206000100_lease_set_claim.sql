@@ -164,6 +164,27 @@ comment on function integration.count_settled(bigint[]) is
     'Counts settled events off their leases (one entry per event) and drops the leases with none left.';
 revoke all on function integration.count_settled(bigint[]) from public;
 
+create function integration.named_by_leases_of(p_worker text, p_ids uuid[])
+returns table (lease_id bigint, id uuid)
+language plpgsql
+set search_path = pg_catalog, pg_temp
+set plan_cache_mode = force_custom_plan  -- p_ids a constant: looked up in a hash
+as $$
+begin
+    return query
+    with held as (
+        select l.id, l.ids from integration.outbox_lease l
+         where l.worker = p_worker
+           for no key update  -- a claim taking the lease back waits, and then finds it settled
+    )
+    select l.id, h.id from held l cross join lateral unnest(l.ids) as h(id)
+     where h.id = any(p_ids);
+end;
+$$;
+comment on function integration.named_by_leases_of(text, uuid[]) is
+    'Which of p_ids the leases of p_worker name, and which lease (locked until commit, so settling and taking back take turns). A lease holds an event it names unless the event was settled under it or a later one (outbox.settled_lease).';
+revoke all on function integration.named_by_leases_of(text, uuid[]) from public;
+
 create or replace function integration.ack_outbox(p_ids uuid[], p_worker text)
 returns integer
 language plpgsql security definer
@@ -176,15 +197,9 @@ begin
     perform integration.require(p_ids is not null, 'ack_outbox: ids are required');
     perform integration.require(length(btrim(p_worker)) between 1 and 200,
         'ack_outbox: worker must be a non-empty name');
-    with held as (
-        select l.id, l.ids from integration.outbox_lease l
-         where l.worker = p_worker
-           for no key update  -- a claim taking the lease back waits, and then finds it settled
-    ), named as (
-        select l.id as lease_id, h.id from held l cross join lateral unnest(l.ids) as h(id)
-         where h.id = any(p_ids)
-    ), gone as (
-        delete from integration.outbox o using named n
+    with gone as (
+        delete from integration.outbox o
+         using integration.named_by_leases_of(p_worker, p_ids) n
          where o.id = n.id and coalesce(o.settled_lease, 0) < n.lease_id
         returning n.lease_id
     )
@@ -215,10 +230,8 @@ begin
             and 0 <= all(p_retry_delay_seconds) and array_position(p_retry_delay_seconds, null) is null,
         'fail_outbox: retry_delay_seconds must be a non-empty array of non-negative seconds');
 
-    select l.id into v_lease from integration.outbox_lease l
-     where l.worker = p_worker and p_id = any(l.ids)
-     order by l.id desc limit 1
-       for no key update;
+    select n.lease_id into v_lease from integration.named_by_leases_of(p_worker, array[p_id]) n
+     order by n.lease_id desc limit 1;
     if v_lease is null then
         return null;  -- p_worker does not hold the event
     end if;
@@ -255,18 +268,11 @@ begin
     perform integration.require(p_ids is not null, 'release_outbox: ids are required');
     perform integration.require(length(btrim(p_worker)) between 1 and 200,
         'release_outbox: worker must be a non-empty name');
-    with held as (
-        select l.id, l.ids from integration.outbox_lease l
-         where l.worker = p_worker
-           for no key update
-    ), named as (
-        select l.id as lease_id, h.id from held l cross join lateral unnest(l.ids) as h(id)
-         where h.id = any(p_ids)
-    ), handed_back as (
+    with handed_back as (
         update integration.outbox o
            set available_at = coalesce(p_available_at, now()), settled_lease = n.lease_id,
                updated_at = now()
-          from named n
+          from integration.named_by_leases_of(p_worker, p_ids) n
          where o.id = n.id and coalesce(o.settled_lease, 0) < n.lease_id
         returning n.lease_id
     )
