@@ -4,12 +4,9 @@
 -- name: waiting_counts
 -- Exact counts of the statuses an operator acts on (partial indexes keep them small); an event in
 -- flight is stored pending or failed and counted as processing.
-with flying as (select o.status from integration.in_flight f join integration.outbox o on o.id = f.id)
-select 'pending' as status, (select count(*) from integration.outbox where status = 'pending')
-                            - (select count(*) from flying where status = 'pending')
-union all select 'failed', (select count(*) from integration.outbox where status = 'failed')
-                           - (select count(*) from flying where status = 'failed')
-union all select 'processing', (select count(*) from flying)
+select 'pending' as status, count(*) from integration.outbox_waiting where status = 'pending'
+union all select 'failed', count(*) from integration.outbox_waiting where status = 'failed'
+union all select 'processing', count(*) from integration.in_flight
 union all select 'dead', count(*) from integration.outbox where status = 'dead';
 
 -- name: completed_up_to
@@ -23,8 +20,8 @@ select count(*) from (select 1 from integration.event_state where status = 'comp
 select greatest(reltuples, 0)::bigint from pg_class where oid = 'integration.event_log'::regclass;
 
 -- name: oldest_pending_seconds
-select extract(epoch from now() - min(created_at)) from integration.outbox
- where status = 'pending' and id not in (select id from integration.in_flight);
+select extract(epoch from now() - min(created_at)) from integration.outbox_waiting
+ where status = 'pending';
 
 -- name: per_minute_last_hour
 -- Events accepted per minute over the last hour (minutes without events are absent).

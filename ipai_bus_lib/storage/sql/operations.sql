@@ -16,14 +16,12 @@ select event_type, status, count(*) as events from integration.outbox_state
 -- The oldest pending event's age, and the oldest failed (waiting to be retried) one's.
 select extract(epoch from now() - min(created_at) filter (where status = 'pending')),
        extract(epoch from now() - min(created_at) filter (where status = 'failed'))
-  from integration.outbox
- where status in ('pending', 'failed') and id not in (select id from integration.in_flight);
+  from integration.outbox_waiting;
 
 -- name: held_by_order
 -- Waiting events held back by an earlier undelivered event of the same record.
-select count(*) from integration.outbox d
- where d.status in ('pending', 'failed') and d.id not in (select id from integration.in_flight)
-   and exists (select 1 from integration.outbox e
+select count(*) from integration.outbox_waiting d
+ where exists (select 1 from integration.outbox e
                 where e.source = d.source and e.aggregate_type = d.aggregate_type
                   and e.aggregate_id = d.aggregate_id and e.seq < d.seq
                   and e.status in ('pending', 'processing', 'failed'));

@@ -6,16 +6,12 @@ listen integration_outbox;
 
 -- name: seconds_until_next_due
 -- Of the waiting events: those in flight (under a lease) are not waiting.
-select extract(epoch from min(available_at) - now())
-  from integration.outbox
- where status in ('pending', 'failed') and id not in (select id from integration.in_flight);
+select extract(epoch from min(available_at) - now()) from integration.outbox_waiting;
 
 -- name: outbox_lag_seconds
 -- How long the oldest due event has waited (the router's lag); NULL when none is due.
 select extract(epoch from now() - min(available_at))
-  from integration.outbox
- where status in ('pending', 'failed') and available_at <= now()
-   and id not in (select id from integration.in_flight);
+  from integration.outbox_waiting where available_at <= now();
 
 -- name: delivered_pairs
 -- (event, destination) pairs delivered on an earlier attempt: never sent twice.
