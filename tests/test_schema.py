@@ -467,6 +467,9 @@ BAD_CALLS = {
     "fail: empty delays": "select integration.fail_outbox(gen_random_uuid(), 'w', 'e', '{}')",
     "fail: negative delay": "select integration.fail_outbox(gen_random_uuid(), 'w', 'e', '{30,-1}')",
     "release: null ids": "select integration.release_outbox(null, 'w')",
+    "extend: null ids": "select integration.extend_leases(null, 'w')",
+    "extend: empty worker": "select integration.extend_leases(array[gen_random_uuid()], ' ')",
+    "extend: no lease time": "select integration.extend_leases(array[gen_random_uuid()], 'w', 0)",
 }
 
 
