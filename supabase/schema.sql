@@ -42,6 +42,8 @@ CREATE FUNCTION integration.ack_outbox(p_ids uuid[], p_worker text) RETURNS inte
     LANGUAGE plpgsql SECURITY DEFINER
     SET search_path TO 'pg_catalog', 'pg_temp'
     SET plan_cache_mode TO 'force_custom_plan'
+    SET enable_hashjoin TO 'off'
+    SET enable_mergejoin TO 'off'
     AS $$
 declare
     v_leases bigint[];
@@ -681,6 +683,8 @@ CREATE FUNCTION integration.release_outbox(p_ids uuid[], p_worker text, p_availa
     LANGUAGE plpgsql SECURITY DEFINER
     SET search_path TO 'pg_catalog', 'pg_temp'
     SET plan_cache_mode TO 'force_custom_plan'
+    SET enable_hashjoin TO 'off'
+    SET enable_mergejoin TO 'off'
     AS $$
 declare
     v_leases bigint[];

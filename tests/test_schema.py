@@ -651,6 +651,33 @@ def test_readers_of_the_state_do_work_in_proportion_to_the_outbox_not_its_square
         assert cursor.fetchall() == [("pending", 1000), ("processing", 3000)]
 
 
+def outbox_rows_read(cursor) -> int:
+    """The outbox rows this transaction has read so far, by scan or by index."""
+    cursor.execute(
+        "select seq_tup_read + coalesce(idx_tup_fetch, 0) from pg_stat_xact_user_tables"
+        " where relid = 'integration.outbox'::regclass"
+    )
+    return int(cursor.fetchone()[0])
+
+
+def test_settling_reads_the_rows_it_settles_not_the_whole_outbox(conn):
+    """The planner, told a lease names a thousand ids, hashed the whole outbox to find them: with
+    a 30,000-event backlog the ack of a batch read all 30,000 rows."""
+    with conn, conn.cursor() as cursor:
+        cursor.execute(
+            "select count(*) from generate_series(1, 3000) g, lateral integration.insert_outbox_event("
+            "'asset.reserved', 'maintenance.equipment', 'r' || g, '{}', 'k' || g)"
+        )
+        cursor.execute("analyze integration.outbox")
+        held = [event.id for event in outbox.claim(cursor, worker="w1", limit=100)]
+        before = outbox_rows_read(cursor)
+        assert outbox.ack(cursor, held[:50], worker="w1") == 50
+        assert outbox.release(cursor, held[50:], worker="w1") == 50
+        assert outbox_rows_read(cursor) - before <= 200  # hashing the outbox read 2 x 3,000
+        cursor.execute("select status, count(*) from integration.outbox_state group by 1")
+        assert cursor.fetchall() == [("pending", 2950)]
+
+
 # --- row level security and the PostgREST wrappers --------------------------------------------
 
 
