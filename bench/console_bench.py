@@ -56,14 +56,6 @@ select id, 'odoo', event_type, 'maintenance.equipment', aggregate_id, payload, i
        case when status in ('failed', 'dead') then 'hook: HTTP 500: upstream down' end,
        moment, moment, moment
   from filled where status <> 'completed';
--- Each delivered event's attempt, as the router records them: one row per 1,000-event batch.
-insert into integration.delivered_batch (worker, destination, attempted_at, event_ids, attempts,
-    http_status, durations_ms)
-select 'bench', 'hook', max(moment), array_agg(id order by n), array_agg(1 order by n),
-       array_agg(200 order by n), array_agg(1.5::real order by n)
-  from (select id, moment, row_number() over (order by moment) as n
-          from filled where status = 'completed') delivered
- group by n / 1000;
 """
 
 
@@ -87,7 +79,6 @@ def fill(url: str, events: int) -> float:
         cursor.execute("commit")
         cursor.execute("vacuum analyze integration.outbox")
         cursor.execute("vacuum analyze integration.event_log")
-        cursor.execute("vacuum analyze integration.delivered_batch")
     conn.close()
     return time.perf_counter() - started
 
@@ -140,8 +131,6 @@ def main() -> None:
             first_page = session.get(base + "/events").text
             older = re.search(r'rel="next" href="([^"]+)"', first_page)[1].replace("&amp;", "&")
             some_event = re.search(r'href="/events/([0-9a-f-]{36})"', first_page)[1]
-            delivered_page = session.get(base + "/events?status=completed").text
-            delivered_event = re.search(r'href="/events/([0-9a-f-]{36})"', delivered_page)[1]
             print(
                 f"{args.events:,} events in event_log, the undelivered {waiting_in(url):,} of them in the outbox"
                 f" (filled in {seconds:.0f} s); PostgreSQL durable (fsync on);"
@@ -157,7 +146,6 @@ def main() -> None:
                 ("events: one record", "/events?record=EQ-1234"),
                 ("events: a day a week ago", _day_a_week_ago()),
                 ("one event", f"/events/{some_event}"),
-                ("one delivered event", f"/events/{delivered_event}"),
                 ("dead letters", "/dead"),
                 ("destinations", "/destinations"),
             ]

@@ -151,8 +151,7 @@ def reset(conn) -> None:
         cursor.execute(
             "set session_replication_role = replica;"
             " truncate integration.outbox, integration.outbox_lease, integration.event_key, integration.event_log,"
-            " integration.delivery_attempts, integration.delivered_batch;"
-            " set session_replication_role = origin"
+            " integration.delivery_attempts; set session_replication_role = origin"
         )
         cursor.execute("vacuum analyze integration.outbox")
 

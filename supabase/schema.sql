@@ -63,25 +63,7 @@ begin
 end;
 $$;
 
-COMMENT ON FUNCTION integration.ack_outbox(p_ids uuid[], p_worker text) IS 'Completes the events p_worker delivered: their outbox rows go (event_log and the recorded attempts keep their record); returns how many it held. Rows whose lease was taken over by another worker are left to that worker.';
-
-CREATE FUNCTION integration.attempts_of(p_event_ids uuid[]) RETURNS TABLE(event_id uuid, attempted_at timestamp with time zone, attempt integer, worker text, destination text, outcome text, http_status integer, error text, duration_ms real)
-    LANGUAGE sql STABLE
-    AS $$
-    select a.event_id, a.attempted_at, a.attempt, a.worker, a.destination, a.outcome,
-           a.http_status, a.error, a.duration_ms
-      from integration.delivery_attempts a
-     where a.event_id = any(p_event_ids)
-    union all
-    select d.event_id, b.attempted_at, d.attempt, b.worker, b.destination, 'delivered',
-           d.http_status, null, d.duration_ms
-      from integration.delivered_batch b
-     cross join lateral unnest(b.event_ids, b.attempts, b.http_status, b.durations_ms)
-           as d(event_id, attempt, http_status, duration_ms)
-     where b.event_ids && p_event_ids and d.event_id = any(p_event_ids)
-$$;
-
-COMMENT ON FUNCTION integration.attempts_of(p_event_ids uuid[]) IS 'Every recorded attempt of the events p_event_ids, in delivery_attempts'' columns: the rows of delivery_attempts and the entries of delivered_batch.';
+COMMENT ON FUNCTION integration.ack_outbox(p_ids uuid[], p_worker text) IS 'Completes the events p_worker delivered: their outbox rows go (event_log and delivery_attempts keep their record); returns how many it held. Rows whose lease was taken over by another worker are left to that worker.';
 
 CREATE FUNCTION integration.in_flight_rows() RETURNS TABLE(id uuid, lease_id bigint, worker text, claimed_at timestamp with time zone, expires_at timestamp with time zone)
     LANGUAGE plpgsql STABLE
@@ -641,8 +623,9 @@ begin
         'purge_completed: actor must name who purges');
     delete from integration.event_key k
      where not exists (select 1 from integration.outbox o where o.id = k.event_id)
-       and not exists (select 1 from integration.attempts_of(array[k.event_id]) a
-                        where a.attempted_at >= now() - p_older_than)
+       and not exists (select 1 from integration.delivery_attempts a
+                        where a.event_id = k.event_id
+                          and a.attempted_at >= now() - p_older_than)
        and exists (select 1 from integration.event_log l
                     where l.event_id = k.event_id and l.received_at < now() - p_older_than);
     get diagnostics v_count = row_count;
@@ -906,29 +889,6 @@ CREATE FUNCTION public.release_outbox(p_ids uuid[], p_worker text, p_available_a
     SET search_path TO 'pg_catalog', 'pg_temp'
     AS $$ select integration.release_outbox(p_ids, p_worker, p_available_at); $$;
 
-CREATE TABLE integration.delivered_batch (
-    id bigint NOT NULL,
-    worker text NOT NULL,
-    destination text NOT NULL,
-    attempted_at timestamp with time zone DEFAULT now() NOT NULL,
-    event_ids uuid[] NOT NULL,
-    attempts integer[] NOT NULL,
-    http_status integer[] NOT NULL,
-    durations_ms real[] NOT NULL,
-    CONSTRAINT delivered_batch_one_entry_per_event CHECK ((((cardinality(event_ids) >= 1) AND (cardinality(event_ids) <= 10000)) AND (array_position(event_ids, NULL::uuid) IS NULL) AND (cardinality(attempts) = cardinality(event_ids)) AND (array_position(attempts, NULL::integer) IS NULL) AND (cardinality(http_status) = cardinality(event_ids)) AND (cardinality(durations_ms) = cardinality(event_ids))))
-);
-
-COMMENT ON TABLE integration.delivered_batch IS 'The attempts that delivered: one row per destination per settled batch, entry i of each array about event_ids[i]. Other outcomes are rows of delivery_attempts; integration.attempts_of reads both.';
-
-ALTER TABLE integration.delivered_batch ALTER COLUMN id ADD GENERATED ALWAYS AS IDENTITY (
-    SEQUENCE NAME integration.delivered_batch_id_seq
-    START WITH 1
-    INCREMENT BY 1
-    NO MINVALUE
-    NO MAXVALUE
-    CACHE 1
-);
-
 CREATE TABLE integration.delivery_attempts (
     id bigint NOT NULL,
     event_id uuid NOT NULL,
@@ -943,7 +903,7 @@ CREATE TABLE integration.delivery_attempts (
     CONSTRAINT delivery_attempts_outcome_known CHECK ((outcome = ANY (ARRAY['delivered'::text, 'failed'::text, 'dead'::text, 'deferred'::text, 'unrouted'::text])))
 );
 
-COMMENT ON TABLE integration.delivery_attempts IS 'Every delivery attempt that did not deliver (failed, dead, deferred, unrouted: when, which worker, which destination, the HTTP status, the error, how long it took), and the deliveries recorded before delivered_batch. Read an event''s whole history with integration.attempts_of. Rows of purged events stay for the audit trail.';
+COMMENT ON TABLE integration.delivery_attempts IS 'Every delivery attempt: when, which worker, which destination, the outcome, the HTTP status, the error and how long it took. Rows of purged events stay for the audit trail.';
 
 ALTER TABLE integration.delivery_attempts ALTER COLUMN id ADD GENERATED ALWAYS AS IDENTITY (
     SEQUENCE NAME integration.delivery_attempts_id_seq
@@ -1019,7 +979,8 @@ CREATE VIEW integration.event_state WITH (security_invoker='true') AS
         END AS status,
         CASE
             WHEN (o.id IS NULL) THEN ( SELECT max(a.attempt) AS max
-               FROM integration.attempts_of(ARRAY[l.event_id]) a(event_id, attempted_at, attempt, worker, destination, outcome, http_status, error, duration_ms))
+               FROM integration.delivery_attempts a
+              WHERE (a.event_id = l.event_id))
             WHEN (o.id IN ( SELECT f.id
                FROM integration.in_flight f)) THEN (o.attempts + 1)
             ELSE o.attempts
@@ -1028,7 +989,7 @@ CREATE VIEW integration.event_state WITH (security_invoker='true') AS
    FROM (integration.event_log l
      LEFT JOIN integration.outbox o ON ((o.id = l.event_id)));
 
-COMMENT ON VIEW integration.event_state IS 'Every accepted event and its status: the outbox''s while it has the event, else completed (delivered; attempts is then its last attempt''s number, its history is integration.attempts_of).';
+COMMENT ON VIEW integration.event_state IS 'Every accepted event and its status: the outbox''s while it has the event, else completed (delivered; attempts is then its last attempt''s number, its history is in delivery_attempts).';
 
 CREATE TABLE integration.ingest_batch (
     signature_digest text NOT NULL,
@@ -1127,9 +1088,6 @@ CREATE VIEW integration.signed_event WITH (security_invoker='true') AS
 
 COMMENT ON VIEW integration.signed_event IS 'Each audited event with the signed request it came in: verify HMAC-SHA256(secret, message) against signatures, then find the event in the body after the first ''.'' (the body itself, or its events[batch_position]) and compare its payload.';
 
-ALTER TABLE ONLY integration.delivered_batch
-    ADD CONSTRAINT delivered_batch_pkey PRIMARY KEY (id);
-
 ALTER TABLE ONLY integration.delivery_attempts
     ADD CONSTRAINT delivery_attempts_pkey PRIMARY KEY (id);
 
@@ -1160,8 +1118,6 @@ ALTER TABLE ONLY integration.outbox
 ALTER TABLE ONLY integration.signed_message
     ADD CONSTRAINT signed_message_pkey PRIMARY KEY (digest);
 
-CREATE INDEX delivered_batch_event_idx ON integration.delivered_batch USING gin (event_ids) WITH (fastupdate=off);
-
 CREATE INDEX delivery_attempts_event_idx ON integration.delivery_attempts USING btree (event_id, destination);
 
 CREATE UNIQUE INDEX event_key_signature_digest_key ON integration.event_key USING btree (signature_digest) WHERE (signature_digest IS NOT NULL);
@@ -1191,14 +1147,6 @@ CREATE TRIGGER event_log_no_truncate BEFORE TRUNCATE ON integration.event_log FO
 CREATE TRIGGER signed_message_append_only BEFORE DELETE OR UPDATE ON integration.signed_message FOR EACH ROW EXECUTE FUNCTION integration.refuse_event_log_change();
 
 CREATE TRIGGER signed_message_no_truncate BEFORE TRUNCATE ON integration.signed_message FOR EACH STATEMENT EXECUTE FUNCTION integration.refuse_event_log_change();
-
-ALTER TABLE integration.delivered_batch ENABLE ROW LEVEL SECURITY;
-
-CREATE POLICY delivered_batch_operator_read ON integration.delivered_batch FOR SELECT TO ipai_bus_operator USING (true);
-
-CREATE POLICY delivered_batch_router_read ON integration.delivered_batch FOR SELECT TO ipai_bus_router USING (true);
-
-CREATE POLICY delivered_batch_router_write ON integration.delivered_batch FOR INSERT TO ipai_bus_router WITH CHECK (true);
 
 ALTER TABLE integration.delivery_attempts ENABLE ROW LEVEL SECURITY;
 
@@ -1249,10 +1197,6 @@ GRANT USAGE ON SCHEMA integration TO ipai_bus_poller;
 
 REVOKE ALL ON FUNCTION integration.ack_outbox(p_ids uuid[], p_worker text) FROM PUBLIC;
 GRANT ALL ON FUNCTION integration.ack_outbox(p_ids uuid[], p_worker text) TO ipai_bus_router;
-
-REVOKE ALL ON FUNCTION integration.attempts_of(p_event_ids uuid[]) FROM PUBLIC;
-GRANT ALL ON FUNCTION integration.attempts_of(p_event_ids uuid[]) TO ipai_bus_router;
-GRANT ALL ON FUNCTION integration.attempts_of(p_event_ids uuid[]) TO ipai_bus_operator;
 
 REVOKE ALL ON FUNCTION integration.in_flight_rows() FROM PUBLIC;
 GRANT ALL ON FUNCTION integration.in_flight_rows() TO ipai_bus_router;
@@ -1361,11 +1305,6 @@ GRANT ALL ON FUNCTION public.outbox_depth() TO ipai_bus_operator;
 REVOKE ALL ON FUNCTION public.release_outbox(p_ids uuid[], p_worker text, p_available_at timestamp with time zone) FROM PUBLIC;
 GRANT ALL ON FUNCTION public.release_outbox(p_ids uuid[], p_worker text, p_available_at timestamp with time zone) TO service_role;
 GRANT ALL ON FUNCTION public.release_outbox(p_ids uuid[], p_worker text, p_available_at timestamp with time zone) TO ipai_bus_poller;
-
-GRANT SELECT,INSERT ON TABLE integration.delivered_batch TO ipai_bus_router;
-GRANT SELECT ON TABLE integration.delivered_batch TO ipai_bus_operator;
-
-GRANT USAGE ON SEQUENCE integration.delivered_batch_id_seq TO ipai_bus_router;
 
 GRANT SELECT,INSERT ON TABLE integration.delivery_attempts TO ipai_bus_router;
 GRANT SELECT ON TABLE integration.delivery_attempts TO ipai_bus_operator;

@@ -77,7 +77,6 @@ _TABLES_CLEANED_PER_TEST = (
     "integration.destination_state",  # a paused destination must not reach the next test
     "integration.operator_actions",
     "integration.delivery_attempts",  # a test counting attempts must not count an earlier one's
-    "integration.delivered_batch",
 )
 _APPEND_ONLY_TABLES = ("integration.event_log", "integration.signed_message")
 

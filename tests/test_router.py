@@ -29,7 +29,6 @@ from ipai_bus_lib.delivery.destinations import (
 )
 from ipai_bus_lib.delivery.router import Router, RouterConfig
 from ipai_bus_lib.delivery.routes import DestinationSpec, Route, RoutingTable, parse_routing
-from ipai_bus_lib.ops import operations
 from ipai_bus_lib.storage import outbox
 
 from . import helpers
@@ -106,9 +105,8 @@ def state(database, event_id) -> dict:
 def attempts_of(database, event_id) -> list[tuple]:
     with database.transaction() as cursor:
         cursor.execute(
-            "select destination, outcome, http_status, error"
-            " from integration.attempts_of(array[%s]::uuid[])"
-            " order by attempted_at, attempt, destination",
+            "select destination, outcome, http_status, error from"
+            " integration.delivery_attempts where event_id = %s order by id",
             (event_id,),
         )
         return cursor.fetchall()
@@ -655,43 +653,6 @@ def test_partial_delivery_is_not_repeated_on_retry(database):
         ("mm", "failed"),
         ("mm", "failed"),
     ]
-
-
-def test_a_batch_delivered_to_two_destinations_is_two_rows_and_each_event_keeps_its_history(
-    database,
-):
-    """Deliveries are stored one row of arrays per destination per batch; every reader still
-    sees each event's own attempts."""
-    first_stream, second_stream = io.StringIO(), io.StringIO()
-    destinations = {
-        "console": ConsoleDestination("console", first_stream),
-        "audit": ConsoleDestination("audit", second_stream),
-    }
-    router = make_router(database, destinations, routing=routing_to("audit", "console"))
-    event_ids = add_events(database, 5)
-    router.run_once()
-    with database.transaction() as cursor:
-        cursor.execute(
-            "select destination, cardinality(event_ids) from integration.delivered_batch order by 1"
-        )
-        assert cursor.fetchall() == [("audit", 5), ("console", 5)]
-        cursor.execute("select count(*) from integration.delivery_attempts")
-        assert cursor.fetchone()[0] == 0
-        history = operations.event_history(cursor, event_ids[3])
-    assert [(a["destination"], a["outcome"], a["attempt"]) for a in history["attempts"]] == [
-        ("audit", "delivered", 1),
-        ("console", "delivered", 1),
-    ]
-    assert history["completion"]["attempts"] == 1
-    for event_id in event_ids:
-        assert (state(database, event_id)["status"], state(database, event_id)["attempts"]) == (
-            "completed",
-            1,
-        )
-        assert attempts_of(database, event_id) == [
-            ("audit", "delivered", None, None),
-            ("console", "delivered", None, None),
-        ]
 
 
 def test_destination_reached_before_a_stop_is_not_sent_again(database):

@@ -651,32 +651,6 @@ def test_readers_of_the_state_do_work_in_proportion_to_the_outbox_not_its_square
         assert cursor.fetchall() == [("pending", 1000), ("processing", 3000)]
 
 
-@pytest.mark.parametrize(
-    "event_ids, attempts, http_status, durations",
-    [
-        ("{}", "{}", "{}", "{}"),  # nothing delivered is not a row
-        ("{%(a)s,%(b)s}", "{1}", "{200,200}", "{1,1}"),  # an attempt short
-        ("{%(a)s,NULL}", "{1,1}", "{200,200}", "{1,1}"),  # an entry about no event
-        ("{%(a)s}", "{NULL}", "{200}", "{1}"),  # an attempt without its number
-        ("{%(a)s}", "{1}", "{200}", "{1,2}"),  # a duration too many
-    ],
-)
-def test_a_delivered_batch_with_an_entry_missing_is_refused(
-    conn, event_ids, attempts, http_status, durations
-):
-    ids = {"a": uuid.uuid4(), "b": uuid.uuid4()}
-    with pytest.raises(psycopg2.errors.CheckViolation), conn, conn.cursor() as cursor:
-        cursor.execute(
-            "insert into integration.delivered_batch"
-            " (worker, destination, event_ids, attempts, http_status, durations_ms)"
-            " values ('w', 'd', %s::uuid[], %s::int[], %s::int[], %s::real[])",
-            (event_ids % ids, attempts, http_status, durations),
-        )
-    with conn, conn.cursor() as cursor:
-        cursor.execute("select count(*) from integration.delivered_batch")
-        assert cursor.fetchone()[0] == 0
-
-
 def outbox_rows_read(cursor) -> int:
     """The outbox rows this transaction has read so far, by scan or by index."""
     cursor.execute(

@@ -48,8 +48,6 @@ TABLES = (
     "signed_message",
     "ingest_batch",
     "delivery_attempts",
-    "delivered_batch",
-    "outbox_lease",
     "destination_state",
     "operator_actions",
 )
@@ -88,22 +86,14 @@ INTENDED = {
     | {
         "rpc integration.record_delivery_attempts",
         "read outbox",
-        "rpc integration.attempts_of",
         "read delivery_attempts",
         "insert delivery_attempts",
-        "read delivered_batch",
-        "insert delivered_batch",
-        "read outbox_lease",
         "read destination_state",
         "insert destination_state",
         "update destination_state",
     },
     "ipai_bus_operator": HEALTH_CALLS
-    | {
-        "rpc integration.retry_events",
-        "rpc integration.purge_completed",
-        "rpc integration.attempts_of",
-    }
+    | {"rpc integration.retry_events", "rpc integration.purge_completed"}
     | {
         f"read {table}"
         for table in (
@@ -111,8 +101,6 @@ INTENDED = {
             "event_log",
             "signed_message",
             "delivery_attempts",
-            "delivered_batch",
-            "outbox_lease",
             "destination_state",
             "operator_actions",
         )
@@ -251,20 +239,6 @@ def questions(seeded: dict[str, str], role: str) -> list[tuple[str, str, str, di
             "outcome": "delivered",
             "duration_ms": 1,
         },
-        "delivered_batch": {
-            "worker": unique,
-            "destination": "d",
-            "event_ids": [event_id],
-            "attempts": [1],
-            "http_status": [200],
-            "durations_ms": [1],
-        },
-        "outbox_lease": {
-            "worker": unique,
-            "ids": [event_id],
-            "open": 1,
-            "expires_at": "2099-01-01T00:00:00Z",
-        },
         "destination_state": {"destination": unique, "state": "closed", "failures": 0},
         "operator_actions": {"action": "retry", "actor": unique, "event_ids": [event_id]},
     }
@@ -274,8 +248,6 @@ def questions(seeded: dict[str, str], role: str) -> list[tuple[str, str, str, di
         "signed_message": "digest",
         "ingest_batch": "batch_key",
         "delivery_attempts": "event_id",
-        "delivered_batch": "worker",
-        "outbox_lease": "worker",
         "operator_actions": "actor",
     }
     filters = {table: f"{column}=not.is.null" for table, column in every_row.items()}
@@ -287,8 +259,6 @@ def questions(seeded: dict[str, str], role: str) -> list[tuple[str, str, str, di
         "signed_message": {"signatures": "forged"},
         "ingest_batch": {"batch_key": "forged"},
         "delivery_attempts": {"worker": "forged"},
-        "delivered_batch": {"worker": "forged"},
-        "outbox_lease": {"open": 9},
         "destination_state": {"failures": 9},
         "operator_actions": {"actor": "forged"},
     }
@@ -362,7 +332,6 @@ def questions(seeded: dict[str, str], role: str) -> list[tuple[str, str, str, di
             "p_errors": [],
             "p_durations_ms": [],
         },
-        "attempts_of": {"p_event_ids": [event_id]},
         "retry_events": {"p_ids": [], "p_actor": unique},
         "purge_completed": {"p_older_than": "30 days", "p_actor": unique},
     }

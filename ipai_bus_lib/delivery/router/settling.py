@@ -247,39 +247,8 @@ def judge(events: list[StoredEvent], attempts: list[Attempt]) -> Verdict:
 def record_attempts(
     cursor: Any, worker: str, attempts: Iterable[Attempt], unrouted: Iterable[StoredEvent]
 ) -> None:
-    """Write the batch's attempts: those that delivered as one row of arrays per destination
-    (integration.delivered_batch), the rest in one round of COPY (a quarter of the router's
-    Python time once went to adapting seven arrays for integration.record_delivery_attempts)."""
-    delivered: dict[str, list[Attempt]] = {}
-    others: list[Attempt] = []
-    for attempt in attempts:
-        if attempt.outcome == "delivered" and attempt.error is None:
-            delivered.setdefault(attempt.destination, []).append(attempt)
-        else:
-            others.append(attempt)
-    for destination, batch in delivered.items():
-        cursor.execute(SQL["record_delivered_batch"], delivered_batch_row(worker, destination, batch))
-    _copy_attempts(cursor, worker, others, unrouted)
-
-
-def delivered_batch_row(worker: str, destination: str, batch: list[Attempt]) -> dict[str, str]:
-    """The parameters of one delivered_batch row, its arrays as literals (adapting a list
-    element by element costs psycopg2 about a microsecond per element)."""
-    return {
-        "worker": storable_text(worker),
-        "destination": storable_text(destination),
-        "event_ids": "{" + ",".join(a.event.id.hex for a in batch) + "}",
-        "attempts": "{" + ",".join(str(int(a.event.attempts)) for a in batch) + "}",
-        "http_status": "{"
-        + ",".join("NULL" if a.http_status is None else str(int(a.http_status)) for a in batch)
-        + "}",
-        "durations_ms": "{" + ",".join(repr(float(a.duration_ms)) for a in batch) + "}",
-    }
-
-
-def _copy_attempts(
-    cursor: Any, worker: str, attempts: list[Attempt], unrouted: Iterable[StoredEvent]
-) -> None:
+    """Write the batch's attempts in one round of COPY (a quarter of the router's Python time
+    went to adapting seven arrays for integration.record_delivery_attempts)."""
     # A batch has few destination names and outcomes: each is escaped once.
     name = functools.lru_cache(maxsize=None)(_copy_text)
     by = _copy_text(worker)

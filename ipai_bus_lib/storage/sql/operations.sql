@@ -69,7 +69,7 @@ select * from integration.event_log where event_id = %s;
 
 -- name: delivery_attempts_of
 select attempted_at, attempt, worker, destination, outcome, http_status, error, duration_ms
-  from integration.attempts_of(array[%s]::uuid[]) order by attempted_at, attempt, destination;
+  from integration.delivery_attempts where event_id = %s order by id;
 
 -- name: operator_actions_on
 select acted_at, action, actor, reason from integration.operator_actions

@@ -15,8 +15,8 @@ select extract(epoch from now() - min(available_at))
 
 -- name: delivered_pairs
 -- (event, destination) pairs delivered on an earlier attempt: never sent twice.
-select event_id, destination from integration.attempts_of(%(ids)s::uuid[])
- where outcome = 'delivered';
+select event_id, destination from integration.delivery_attempts
+ where event_id = any(%(ids)s::uuid[]) and outcome = 'delivered';
 
 -- name: save_breaker_state
 insert into integration.destination_state as s
@@ -50,14 +50,6 @@ insert into integration.delivery_attempts
 select event_id, attempt, worker, destination, outcome, http_status, left(error, 4000),
        coalesce(duration_ms, 0)
   from pg_temp.staged_attempts;
-
--- name: record_delivered_batch
--- The attempts of a batch that delivered to one destination: one row of arrays (the COPY above
--- is for the rest, which carry an error).
-insert into integration.delivered_batch
-       (worker, destination, event_ids, attempts, http_status, durations_ms)
-values (%(worker)s, %(destination)s, %(event_ids)s::uuid[], %(attempts)s::integer[],
-        %(http_status)s::integer[], %(durations_ms)s::real[]);
 
 -- name: notify_probe
 -- The start-up probe: a NOTIFY on the outbox's channel that only the probing router waits for
