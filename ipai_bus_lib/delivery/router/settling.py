@@ -3,8 +3,6 @@ back), written with every attempt in one transaction, event by event if that fai
 
 from __future__ import annotations
 
-import functools
-import io
 import json
 import logging
 import uuid
@@ -244,42 +242,61 @@ def judge(events: list[StoredEvent], attempts: list[Attempt]) -> Verdict:
     return verdict
 
 
+# One attempt as record_attempts writes it: event id, attempt number, HTTP status, error, ms.
+_AttemptRow = tuple[uuid.UUID, int, int | None, str | None, float]
+
+
 def record_attempts(
     cursor: Any, worker: str, attempts: Iterable[Attempt], unrouted: Iterable[StoredEvent]
 ) -> None:
-    """Write the batch's attempts in one round of COPY (a quarter of the router's Python time
-    went to adapting seven arrays for integration.record_delivery_attempts)."""
-    # A batch has few destination names and outcomes: each is escaped once.
-    name = functools.lru_cache(maxsize=None)(_copy_text)
-    by = _copy_text(worker)
-    lines = [
-        f"{a.event.id.hex}\t{a.event.attempts:d}\t{by}\t{name(a.destination)}\t{name(a.outcome)}\t"
-        f"{_copy_number(a.http_status)}\t{_copy_text(a.error)}\t{float(a.duration_ms)!r}\n"
-        for a in attempts
+    """Write the batch's attempts in one round trip: an INSERT per (destination, outcome), its
+    per-attempt columns as array literals. (COPY through a session table cost PostgreSQL 2 µs
+    more per attempt; adapting lists costs psycopg2 about 1 µs per element.)"""
+    groups: dict[tuple[str, str], list[_AttemptRow]] = {}
+    for a in attempts:
+        groups.setdefault((a.destination, a.outcome), []).append(
+            (a.event.id, a.event.attempts, a.http_status, a.error, a.duration_ms)
+        )
+    for event in unrouted:
+        groups.setdefault(("(none)", "unrouted"), []).append(
+            (event.id, event.attempts, None, NO_ROUTE_ERROR + event.event_type, 0.0)
+        )
+    statements = [
+        cursor.mogrify(SQL["record_attempts"], _attempt_columns(worker, destination, outcome, rows))
+        for (destination, outcome), rows in groups.items()
     ]
-    lines += [
-        f"{event.id.hex}\t{event.attempts:d}\t{by}\t(none)\tunrouted\t\\N\t"
-        f"{_copy_text(NO_ROUTE_ERROR + event.event_type)}\t0.0\n"
-        for event in unrouted
-    ]
-    if not lines:
-        return
-    cursor.execute(SQL["stage_attempts"])
-    cursor.copy_expert(SQL["copy_staged_attempts"], io.StringIO("".join(lines)))
-    cursor.execute(SQL["record_staged_attempts"])
+    if statements:
+        cursor.execute(b";\n".join(statements))
 
 
-# COPY's text format: backslash, tab, newline and carriage return escaped, \N for NULL.
-# (Ids go as hex digits, valid uuid input.)
-_COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
+def _attempt_columns(
+    worker: str, destination: str, outcome: str, rows: list[_AttemptRow]
+) -> dict[str, str]:
+    return {
+        "worker": storable_text(worker),
+        "destination": storable_text(destination),
+        "outcome": outcome,
+        "event_ids": _array(row[0].hex for row in rows),
+        "attempts": _array(str(int(row[1])) for row in rows),
+        "http_status": _array(_array_number(row[2]) for row in rows),
+        "errors": _array(_array_text(row[3]) for row in rows),
+        "durations_ms": _array(repr(float(row[4])) for row in rows),
+    }
 
 
-def _copy_text(value: str | None) -> str:
-    return "\\N" if value is None else storable_text(value).translate(_COPY_ESCAPES)
+def _array(elements: Iterable[str]) -> str:
+    return "{" + ",".join(elements) + "}"
 
 
-def _copy_number(value: int | None) -> str:
-    return "\\N" if value is None else str(int(value))
+def _array_number(value: int | None) -> str:
+    return "NULL" if value is None else str(int(value))
+
+
+def _array_text(value: str | None) -> str:
+    """An element of an array literal: always quoted, so the text NULL stays text."""
+    if value is None:
+        return "NULL"
+    return '"' + storable_text(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
 def _group_releases(

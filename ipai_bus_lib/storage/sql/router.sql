@@ -32,24 +32,16 @@ on conflict (destination) do update
 select extract(epoch from resume_requested_at) from integration.destination_state
  where destination = %(name)s;
 
--- name: stage_attempts
--- A batch's attempts arrive by COPY into a table of the session's own (COPY cannot write a
--- table under row level security, and the session's table needs no policy); emptied at commit.
-create temp table if not exists staged_attempts (
-    event_id uuid, attempt integer, worker text, destination text, outcome text,
-    http_status integer, error text, duration_ms real
-) on commit delete rows;
-
--- name: copy_staged_attempts
-copy pg_temp.staged_attempts from stdin;
-
--- name: record_staged_attempts
--- The same rows integration.record_delivery_attempts writes (the table's checks apply).
+-- name: record_attempts
+-- One (destination, outcome)'s attempts of a batch, entry i of each array about the same
+-- attempt: the rows integration.record_delivery_attempts writes (the table's checks apply).
 insert into integration.delivery_attempts
        (event_id, attempt, worker, destination, outcome, http_status, error, duration_ms)
-select event_id, attempt, worker, destination, outcome, http_status, left(error, 4000),
-       coalesce(duration_ms, 0)
-  from pg_temp.staged_attempts;
+select a.event_id, a.attempt, %(worker)s, %(destination)s, %(outcome)s, a.http_status,
+       left(a.error, 4000), a.duration_ms
+  from unnest(%(event_ids)s::uuid[], %(attempts)s::integer[], %(http_status)s::integer[],
+              %(errors)s::text[], %(durations_ms)s::real[])
+       as a(event_id, attempt, http_status, error, duration_ms)
 
 -- name: notify_probe
 -- The start-up probe: a NOTIFY on the outbox's channel that only the probing router waits for
