@@ -557,15 +557,15 @@ def test_unrouted_event_is_dead_with_the_reason_not_dropped(database):
     "awkward",
     [
         "502 from upstream:\tpath C:\\spool\\n\nline two\r\nend \\N \x00done",
-        'upstream said {"error": "a, b"} \\" and \\\\ then }{',
+        'upstream said {"error": "a, b"} \\" and \\\\ then }{ 100%s %(worker)s',
         "NULL",
     ],
     ids=["copy-escapes", "array-literal-escapes", "the-word-null"],
 )
 def test_attempt_history_keeps_an_error_text_exactly_whatever_its_characters(database, awkward):
-    """Attempts are written as array literals: quotes, backslashes, braces, commas and the word
-    NULL inside an error come back as they were (a NUL, which no PostgreSQL text can hold, is
-    dropped)."""
+    """Attempts are written as array literals: quotes, backslashes, braces, commas, the word
+    NULL and placeholder-like percent signs inside an error come back as they were (a NUL,
+    which no PostgreSQL text can hold, is dropped)."""
 
     class FailsAwkwardly(ConsoleDestination):
         def deliver(self, event, message):
