@@ -579,6 +579,28 @@ def test_attempt_history_keeps_an_error_text_exactly_whatever_its_characters(dat
     assert error == awkward.replace("\x00", "")
 
 
+def test_an_attempt_the_table_cannot_hold_stops_only_its_own_event(database):
+    """A batch's attempts go in one statement; one the table refuses (an HTTP status beyond an
+    integer) fails it, and the batch is settled event by event: the others are delivered and
+    recorded, the odd one is dead with the reason."""
+
+    class OneAnswersStrangely(ConsoleDestination):
+        def deliver(self, event, message):
+            if event.payload["amount"] == 101:
+                raise DeliveryFailed("a status no HTTP has", retryable=False, http_status=2**40)
+
+    router = make_router(database, {"odd": OneAnswersStrangely("odd", io.StringIO())})
+    first, strange, third = add_events(database, 3)
+    router.run_once()
+    for event_id in (first, third):
+        assert state(database, event_id)["status"] == "completed"
+        assert attempts_of(database, event_id) == [("odd", "delivered", None, None)]
+    final = state(database, strange)
+    assert final["status"] == "dead"
+    assert "could not record its outcome" in final["last_error"]
+    assert attempts_of(database, strange) == []
+
+
 def test_an_error_with_a_lone_surrogate_is_recorded_and_retried(database):
     """A str PostgreSQL cannot take (not UTF-8) in an error must not turn a retry into a dead
     event any more than a NUL does."""
