@@ -47,7 +47,8 @@ create table design.delivery_attempts (like integration.delivery_attempts includ
 def outbox_like_today(table: str, *, uniqueness: bool) -> str:
     """An outbox with today's columns and indexes, with or without the two uniqueness ones."""
     ddl = f"""
-create table {table} (like integration.outbox including defaults including constraints);
+create table {table} (like integration.outbox including defaults including constraints
+    including generated);
 -- What an acknowledgement by UPDATE needs (the outbox had them until its rows left at the ack).
 alter table {table} add column completed_at timestamptz;
 alter table {table} drop constraint outbox_status_known;

@@ -111,6 +111,7 @@ CREATE TABLE integration.outbox (
     traceparent text,
     tracestate text,
     settled_lease bigint,
+    aggregate_key bigint GENERATED ALWAYS AS (hashtextextended((((((source)::text || '/'::text) || (aggregate_type)::text) || '/'::text) || (aggregate_id)::text), (0)::bigint)) STORED NOT NULL,
     CONSTRAINT outbox_attempts_range CHECK (((attempts >= 0) AND ((max_attempts >= 1) AND (max_attempts <= 100)))),
     CONSTRAINT outbox_status_known CHECK ((status = ANY (ARRAY['pending'::text, 'failed'::text, 'dead'::text])))
 )
@@ -123,6 +124,8 @@ COMMENT ON COLUMN integration.outbox.traceparent IS 'W3C traceparent the event c
 COMMENT ON COLUMN integration.outbox.tracestate IS 'W3C tracestate that came with traceparent (at most 512 characters).';
 
 COMMENT ON COLUMN integration.outbox.settled_lease IS 'The lease under which the event was last failed or handed back: a lease naming it holds it only when that lease is newer.';
+
+COMMENT ON COLUMN integration.outbox.aggregate_key IS 'A 64-bit hash of (source, aggregate_type, aggregate_id): where the per-record order check looks first. Not unique: compare the names too.';
 
 CREATE TABLE integration.outbox_lease (
     id bigint NOT NULL,
@@ -251,11 +254,13 @@ begin
                                      where l.id > d.settled_lease and d.id = any(l.ids))))
            and not exists (
                select 1 from integration.outbox earlier
-                where earlier.source = d.source
-                  and earlier.aggregate_type = d.aggregate_type
-                  and earlier.aggregate_id = d.aggregate_id
+                where earlier.aggregate_key = d.aggregate_key  -- outbox_record_order_idx
                   and earlier.seq < d.seq
-                  and earlier.status in ('pending', 'processing', 'failed')  -- the index's predicate
+                  and earlier.status in ('pending', 'failed')
+                  -- Two records may share a key: only the record's own events hold it back.
+                  and earlier.aggregate_id = d.aggregate_id
+                  and earlier.aggregate_type = d.aggregate_type
+                  and earlier.source = d.source
                offset 0)
          order by d.available_at, d.seq
          limit p_limit
@@ -1060,7 +1065,8 @@ CREATE VIEW integration.outbox_waiting WITH (security_invoker='true') AS
     seq,
     traceparent,
     tracestate,
-    settled_lease
+    settled_lease,
+    aggregate_key
    FROM integration.outbox o
   WHERE ((status = ANY (ARRAY['pending'::text, 'failed'::text])) AND (NOT (id IN ( SELECT f.id
            FROM integration.in_flight f))));
@@ -1134,11 +1140,11 @@ CREATE INDEX ingest_batch_received_at_idx ON integration.ingest_batch USING btre
 
 CREATE INDEX operator_actions_time_idx ON integration.operator_actions USING btree (acted_at);
 
-CREATE INDEX outbox_aggregate_active_idx ON integration.outbox USING btree (source, aggregate_type, aggregate_id, seq) WHERE (status = ANY (ARRAY['pending'::text, 'processing'::text, 'failed'::text]));
-
 CREATE INDEX outbox_dead_idx ON integration.outbox USING btree (updated_at) WHERE (status = 'dead'::text);
 
 CREATE INDEX outbox_due_idx ON integration.outbox USING btree (available_at, seq) WHERE (status = ANY (ARRAY['pending'::text, 'failed'::text]));
+
+CREATE INDEX outbox_record_order_idx ON integration.outbox USING btree (aggregate_key, seq) WHERE (status = ANY (ARRAY['pending'::text, 'failed'::text]));
 
 CREATE TRIGGER event_log_append_only BEFORE DELETE OR UPDATE ON integration.event_log FOR EACH ROW EXECUTE FUNCTION integration.refuse_event_log_change();
 

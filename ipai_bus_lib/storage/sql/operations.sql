@@ -22,16 +22,19 @@ select extract(epoch from now() - min(created_at) filter (where status = 'pendin
 -- Waiting events held back by an earlier undelivered event of the same record.
 select count(*) from integration.outbox_waiting d
  where exists (select 1 from integration.outbox e
-                where e.source = d.source and e.aggregate_type = d.aggregate_type
-                  and e.aggregate_id = d.aggregate_id and e.seq < d.seq
-                  and e.status in ('pending', 'processing', 'failed'));
+                where e.aggregate_key = d.aggregate_key and e.seq < d.seq
+                  and e.status in ('pending', 'failed')
+                  and e.source = d.source and e.aggregate_type = d.aggregate_type
+                  and e.aggregate_id = d.aggregate_id);
 
 -- name: waiting_behind
 select e.id, e.status, e.event_type from integration.outbox d
-  join integration.outbox_state e
-    on e.source = d.source and e.aggregate_type = d.aggregate_type
-   and e.aggregate_id = d.aggregate_id and e.seq < d.seq
-   and e.status in ('pending', 'processing', 'failed')
+  join integration.outbox earlier
+    on earlier.aggregate_key = d.aggregate_key and earlier.seq < d.seq
+   and earlier.status in ('pending', 'failed')
+   and earlier.source = d.source and earlier.aggregate_type = d.aggregate_type
+   and earlier.aggregate_id = d.aggregate_id
+  join integration.outbox_state e on e.id = earlier.id
  where d.id = %s
  order by e.seq limit 1;
 
