@@ -80,6 +80,12 @@ begin
 end;
 $$;
 
+CREATE FUNCTION integration.new_event_id() RETURNS uuid
+    LANGUAGE sql PARALLEL SAFE
+    RETURN uuidv7();
+
+COMMENT ON FUNCTION integration.new_event_id() IS 'A new event id: a UUID of version 7, in the order of time, so that ids go to the right edge of every index they key.';
+
 CREATE VIEW integration.in_flight WITH (security_invoker='true') AS
  SELECT id,
     lease_id,
@@ -91,7 +97,7 @@ CREATE VIEW integration.in_flight WITH (security_invoker='true') AS
 COMMENT ON VIEW integration.in_flight IS 'The events a worker holds: named by its lease and not settled under it (expires_at in the past: the worker died; the next claim takes them back).';
 
 CREATE TABLE integration.outbox (
-    id uuid DEFAULT gen_random_uuid() NOT NULL,
+    id uuid DEFAULT integration.new_event_id() NOT NULL,
     source integration.source_name DEFAULT 'odoo'::text NOT NULL,
     event_type integration.event_type_name NOT NULL,
     aggregate_type integration.aggregate_type_name NOT NULL,
@@ -436,7 +442,7 @@ begin
 
     with incoming as materialized (
         select (e.position - 1)::integer as event_position,
-               gen_random_uuid() as new_id,
+               integration.new_event_id() as new_id,
                coalesce(e.value->>'source', 'odoo') as source,
                e.value->>'event_type' as event_type,
                e.value->>'aggregate_type' as aggregate_type,
@@ -533,7 +539,7 @@ begin
     begin
         insert into integration.event_key as k
             (source, idempotency_key, signature_digest, event_id)
-        values (p_source, p_idempotency_key, p_signature_digest, gen_random_uuid())
+        values (p_source, p_idempotency_key, p_signature_digest, integration.new_event_id())
         on conflict (source, idempotency_key) do nothing
         returning k.event_id into v_id;
     exception when unique_violation then

@@ -145,6 +145,25 @@ def test_twenty_threads_inserting_one_key_store_one_event(database):
 # --- insert_event_log and the append-only guard --------------------------------------------
 
 
+def test_event_ids_are_time_ordered_so_they_land_at_the_right_edge_of_each_index(conn):
+    """Random ids scattered every insert and every acknowledgement over the leaves of four
+    indexes; ids of version 7 follow the order they were made in, by one event or a batch."""
+    singles = [insert(conn, f"k{number}").event_id for number in range(5)]
+    with conn, conn.cursor() as cursor:
+        batch = [
+            result.event_id
+            for result in outbox.record_batch(
+                cursor,
+                [(envelope(f"b{number}"), f"b{number}") for number in range(5)],
+                batch_key="ordered-ids",
+                signature_digest="sha256:" + "0" * 64,
+            )
+        ]
+    ids = singles + batch
+    assert {event_id.version for event_id in ids} == {7}
+    assert ids == sorted(ids), "made later, sorted later"
+
+
 def test_keys_live_beside_the_outbox_and_a_purge_forgets_them_with_their_events(conn):
     """The uniqueness rules live in integration.event_key (the router's updates of the outbox
     need not maintain them); a purged event's key goes with it, so a resend is stored anew."""
