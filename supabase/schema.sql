@@ -142,6 +142,7 @@ CREATE TABLE integration.outbox_lease (
     expires_at timestamp with time zone NOT NULL
 )
 WITH (autovacuum_vacuum_threshold='100', autovacuum_vacuum_scale_factor='0');
+ALTER TABLE ONLY integration.outbox_lease ALTER COLUMN ids SET STORAGE EXTERNAL;
 
 COMMENT ON TABLE integration.outbox_lease IS 'One row per claim: the events it handed to worker until expires_at. An event is in flight while a lease names it and it was not settled under that lease (outbox.settled_lease); open counts the ones still unsettled, and the row goes when none is left.';
 
