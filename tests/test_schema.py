@@ -13,6 +13,7 @@ import pytest
 
 from ipai_bus_lib.core.envelope import Envelope
 from ipai_bus_lib.core.errors import InvalidArgument, ReplayedSignature
+from ipai_bus_lib.ops.operations import SQL as OPERATIONS_SQL
 from ipai_bus_lib.storage import outbox
 from ipai_bus_lib.storage.db import Database
 
@@ -657,6 +658,10 @@ def test_records_that_share_an_order_key_hold_back_only_their_own_events(conn):
             assert [event.id for event in outbox.claim(cursor, worker="w1", limit=10)] == [second_a]
             cursor.execute("select status from integration.outbox where id = %s", (second_b,))
             assert cursor.fetchone()[0] == "pending", "b's second waits for b's first"
+            cursor.execute(OPERATIONS_SQL["held_by_order"])
+            assert cursor.fetchone()[0] == 1, "only b's second is held back by its record"
+            cursor.execute(OPERATIONS_SQL["waiting_behind"], (second_b,))
+            assert cursor.fetchone()[0] == first_b
     finally:
         conn.rollback()  # the outbox as the migrations made it, for the tests after this one
 
