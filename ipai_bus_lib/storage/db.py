@@ -12,6 +12,7 @@ import functools
 import os
 import threading
 import time
+import uuid
 from collections.abc import Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
@@ -44,6 +45,22 @@ REPLAYED_SIGNATURE_SQLSTATE = "IB001"
 DOWN_PAUSE_SECONDS = 1.0
 
 psycopg2.extras.register_uuid()
+
+
+def _uuid_from_output(text: str | None, cursor: Any) -> uuid.UUID | None:
+    """A uuid column's value: PostgreSQL writes the canonical form, so the checks and parsing of
+    UUID(text) (0.6 µs of its 1.3 µs) are not needed; a router reads one per claimed event."""
+    if text is None:
+        return None
+    value = object.__new__(uuid.UUID)
+    object.__setattr__(value, "int", int(text.replace("-", ""), 16))
+    object.__setattr__(value, "is_safe", uuid.SafeUUID.unknown)
+    return value
+
+
+_UUID = psycopg2.extensions.new_type((2950,), "IPAI_UUID", _uuid_from_output)
+psycopg2.extensions.register_type(_UUID)
+psycopg2.extensions.register_type(psycopg2.extensions.new_array_type((2951,), "IPAI_UUID[]", _UUID))
 
 
 class UnreadableValue:

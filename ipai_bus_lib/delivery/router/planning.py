@@ -54,20 +54,19 @@ class Planner:
         formatted); and the events no route matches. Reads which pairs an earlier attempt
         delivered, so a retried event never reaches a destination twice."""
         by_type = {name: self.routing.route_for(name) for name in {e.event_type for e in events}}
-        routes = {event.id: by_type[event.event_type] for event in events}
         # A retried event, or one with several destinations (handed back part-way by a stopping
         # router, its attempt given back), may have reached some destinations already.
         done = self._already_delivered(
             [
                 event.id
                 for event in events
-                if event.attempts > 1 or len(getattr(routes[event.id], "destinations", ())) > 1
+                if event.attempts > 1 or len(getattr(by_type[event.event_type], "destinations", ())) > 1
             ]
         )
         attempts: list[Attempt] = []
         unrouted: list[StoredEvent] = []
         for event in events:
-            route = routes[event.id]
+            route = by_type[event.event_type]
             if route is None:
                 unrouted.append(event)
                 continue
@@ -85,7 +84,7 @@ class Planner:
             attempts += [
                 Attempt(event, name, message=message)
                 for name in route.destinations
-                if (event.id, name) not in done
+                if not done or (event.id, name) not in done
             ]
         return attempts, unrouted
 

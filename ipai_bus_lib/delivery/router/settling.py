@@ -106,10 +106,7 @@ class Settler:
         handed back unstarted; unrouted events go dead saying which route is missing. The
         attempts are recorded beside them. A database that is away raises DatabaseUnavailable
         (the leases run out and the events come back)."""
-        verdict = judge(events, attempts)
-        # Routed, yet nothing to send: every destination took it on an earlier attempt.
-        planned = {attempt.event.id for attempt in attempts} | {event.id for event in unrouted}
-        verdict.acked += [event.id for event in events if event.id not in planned]
+        verdict = judge(events, attempts, unrouted)
         for event in unrouted:
             verdict.dead.append(
                 (
@@ -216,17 +213,27 @@ class Settler:
                 log.exception("router %s: reporting a dead event failed", self.config.worker)
 
 
-def judge(events: list[StoredEvent], attempts: list[Attempt]) -> Verdict:
+def judge(
+    events: list[StoredEvent], attempts: list[Attempt], unrouted: Iterable[StoredEvent] = ()
+) -> Verdict:
     """Each event's fate from its attempts: all delivered → ack; any dead → dead; any failed →
-    retry (at the latest Retry-After); otherwise deferred or not started → handed back."""
+    retry (at the latest Retry-After); otherwise deferred or not started → handed back. A routed
+    event with no attempt is acked (every destination took it on an earlier attempt); an
+    unrouted one is left to the caller."""
     verdict = Verdict()
     by_event: dict[uuid.UUID, list[Attempt]] = {event.id: [] for event in events}
     for attempt in attempts:
         by_event[attempt.event.id].append(attempt)
+    no_route = {event.id for event in unrouted}
     for event in events:
         mine = by_event[event.id]
         if not mine:
-            continue  # unrouted, handled by the caller
+            if event.id not in no_route:
+                verdict.acked.append(event.id)
+            continue
+        if len(mine) == 1 and mine[0].outcome == "delivered":  # the usual case, decided at once
+            verdict.acked.append(event.id)
+            continue
         outcomes = {attempt.outcome for attempt in mine}
         errors = "; ".join(f"{a.destination}: {a.error}" for a in mine if a.error)
         if outcomes == {"delivered"}:
