@@ -576,8 +576,8 @@ def test_shape_rules_hold_on_insert_and_on_any_update_that_sets_the_column(
     assert row(conn, good.event_id) == before
 
 
-def claim_plans(conn, cursor) -> str:
-    """The plans of one claim of up to 1,000 events, as auto_explain reports them."""
+def claim_plans(conn, cursor, limit: int = 1000) -> str:
+    """The plans of one claim of up to ``limit`` events, as auto_explain reports them."""
     cursor.execute("select rolsuper from pg_roles where rolname = current_user")
     if not cursor.fetchone()[0]:
         pytest.skip("claim plan tests skipped: LOAD 'auto_explain' needs a superuser DATABASE_URL")
@@ -590,7 +590,7 @@ def claim_plans(conn, cursor) -> str:
     ):
         cursor.execute(f"set local {setting} = {value}")
     del conn.notices[:]
-    outbox.claim(cursor, worker="w1", limit=1000)
+    outbox.claim(cursor, worker="w1", limit=limit)
     return " ".join(conn.notices)
 
 
@@ -664,6 +664,81 @@ def test_records_that_share_an_order_key_hold_back_only_their_own_events(conn):
             assert cursor.fetchone()[0] == first_b
     finally:
         conn.rollback()  # the outbox as the migrations made it, for the tests after this one
+
+
+def next_claim_turn(cursor, turn: int) -> None:
+    """Make the next claim the ``turn``-th (every 8th looks at the whole due index)."""
+    cursor.execute("select setval('integration.claim_turn', %s, false)", (turn,))
+
+
+def claimed_ids(cursor, limit: int = 5, worker: str = "w1") -> list:
+    return [event.id for event in outbox.claim(cursor, worker=worker, limit=limit)]
+
+
+def test_a_claim_after_a_full_batch_starts_after_it_and_every_8th_looks_at_everything(conn):
+    """In a backlog a claim starts after the newest full batch instead of reading every event in
+    flight again. What that scan does not see (an event its record held back until now; one
+    committed late, behind events claimed already) the full scan of the 8th claim finds."""
+    with conn, conn.cursor() as cursor:
+        first_x, second_x = (
+            helpers.insert_event(cursor, envelope("x"), idempotency_key=key).event_id
+            for key in ("x1", "x2")
+        )
+        others = [
+            helpers.insert_event(cursor, envelope(f"r{n}"), idempotency_key=f"r{n}").event_id
+            for n in range(60)
+        ]
+        next_claim_turn(cursor, 1)
+        assert claimed_ids(cursor) == [first_x, *others[:4]], "x's second waits for x's first"
+        assert outbox.ack(cursor, [first_x], worker="w1") == 1
+        late = helpers.insert_event(cursor, envelope("late"), idempotency_key="late").event_id
+        cursor.execute(  # as if its ingest committed after the batch before it was claimed
+            "update integration.outbox set available_at = now() - interval '1 minute' where id = %s",
+            (late,),
+        )
+        plans = claim_plans(conn, cursor, limit=5)  # the 2nd claim
+        assert "AND (ROW(available_at, seq) > ROW(" in plans, "it starts after the first batch"
+        later = [claimed_ids(cursor) for _turn in range(3, 8)]
+        eighth = claimed_ids(cursor)
+        cursor.execute("select count(*) from integration.outbox_lease")
+        leases = cursor.fetchone()[0]
+    assert later == [others[n : n + 5] for n in range(9, 34, 5)], "each after the one before"
+    assert eighth == [late, second_x, *others[34:37]], "the 8th claim looks at everything"
+    assert leases == 8
+
+
+def test_a_claim_that_finds_nothing_after_the_last_full_batch_looks_at_everything_at_once(conn):
+    with conn, conn.cursor() as cursor:
+        first_x, second_x = (
+            helpers.insert_event(cursor, envelope("x"), idempotency_key=key).event_id
+            for key in ("x1", "x2")
+        )
+        others = [
+            helpers.insert_event(cursor, envelope(f"r{n}"), idempotency_key=f"r{n}").event_id
+            for n in range(4)
+        ]
+        next_claim_turn(cursor, 1)
+        assert claimed_ids(cursor) == [first_x, *others]
+        assert outbox.ack(cursor, [first_x], worker="w1") == 1
+        assert claimed_ids(cursor) == [second_x], "its turn came: claimed by the next claim"
+
+
+def test_a_claim_that_takes_back_a_lease_looks_at_everything(conn):
+    """An expired lease's events are due again where they were, before the newest batch."""
+    with conn, conn.cursor() as cursor:
+        ids = [
+            helpers.insert_event(cursor, envelope(f"r{n}"), idempotency_key=f"r{n}").event_id
+            for n in range(15)
+        ]
+        next_claim_turn(cursor, 1)
+        assert claimed_ids(cursor, worker="crashed") == ids[:5]
+        assert claimed_ids(cursor) == ids[5:10]
+        cursor.execute(
+            "update integration.outbox_lease set expires_at = now() - interval '1 s'"
+            " where worker = 'crashed'"
+        )
+        assert claimed_ids(cursor) == ids[:5], "taken back, and claimed before the newer ones"
+        assert claimed_ids(cursor) == ids[10:15]
 
 
 def rows_handled(cursor, query: str) -> int:
