@@ -129,13 +129,14 @@ def scratch_bus(prefix: str) -> Iterator[tuple[str, Any]]:
 
 
 def any_unsettled(conn) -> bool:
-    """Whether an event is still waiting or in flight. A probe of a partial index (0.1 ms), where
-    counting the completed rows every 10 ms (2.4 ms each at 30,000) took a fifth of a core from
-    the router being measured."""
+    """Whether an event is still waiting or in flight (an outbox row pending or failed: a lease
+    writes none), from the first entry of the due index. An EXISTS is planned as a scan of the
+    heap, which at each poll read past every row the drain had deleted so far: 8% of
+    PostgreSQL's CPU in a 100,000-event drain, counted as the router's."""
     with conn.cursor() as cursor:
         cursor.execute(
-            "select exists (select 1 from integration.outbox"
-            " where status in ('pending', 'processing', 'failed'))"
+            "select (select seq from integration.outbox where status in ('pending', 'failed')"
+            " order by available_at, seq limit 1) is not null"
         )
         return bool(cursor.fetchone()[0])
 
