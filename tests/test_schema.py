@@ -671,6 +671,21 @@ def next_claim_turn(cursor, turn: int) -> None:
     cursor.execute("select setval('integration.claim_turn', %s, false)", (turn,))
 
 
+def events_of_their_own_records(cursor, count: int) -> list:
+    return [
+        helpers.insert_event(cursor, envelope(f"r{n}"), idempotency_key=f"r{n}").event_id
+        for n in range(count)
+    ]
+
+
+def two_of_one_record_then_others(cursor, count: int) -> list:
+    """Two events of record x, then ``count`` of records of their own: their ids in that order."""
+    two = [
+        helpers.insert_event(cursor, envelope("x"), idempotency_key=key).event_id for key in ("x1", "x2")
+    ]
+    return two + events_of_their_own_records(cursor, count)
+
+
 def claimed_ids(cursor, limit: int = 5, worker: str = "w1") -> list:
     return [event.id for event in outbox.claim(cursor, worker=worker, limit=limit)]
 
@@ -680,14 +695,7 @@ def test_a_claim_after_a_full_batch_starts_after_it_and_every_8th_looks_at_every
     flight again. What that scan does not see (an event its record held back until now; one
     committed late, behind events claimed already) the full scan of the 8th claim finds."""
     with conn, conn.cursor() as cursor:
-        first_x, second_x = (
-            helpers.insert_event(cursor, envelope("x"), idempotency_key=key).event_id
-            for key in ("x1", "x2")
-        )
-        others = [
-            helpers.insert_event(cursor, envelope(f"r{n}"), idempotency_key=f"r{n}").event_id
-            for n in range(60)
-        ]
+        first_x, second_x, *others = two_of_one_record_then_others(cursor, 60)
         next_claim_turn(cursor, 1)
         assert claimed_ids(cursor) == [first_x, *others[:4]], "x's second waits for x's first"
         assert outbox.ack(cursor, [first_x], worker="w1") == 1
@@ -709,14 +717,7 @@ def test_a_claim_after_a_full_batch_starts_after_it_and_every_8th_looks_at_every
 
 def test_a_claim_that_finds_nothing_after_the_last_full_batch_looks_at_everything_at_once(conn):
     with conn, conn.cursor() as cursor:
-        first_x, second_x = (
-            helpers.insert_event(cursor, envelope("x"), idempotency_key=key).event_id
-            for key in ("x1", "x2")
-        )
-        others = [
-            helpers.insert_event(cursor, envelope(f"r{n}"), idempotency_key=f"r{n}").event_id
-            for n in range(4)
-        ]
+        first_x, second_x, *others = two_of_one_record_then_others(cursor, 4)
         next_claim_turn(cursor, 1)
         assert claimed_ids(cursor) == [first_x, *others]
         assert outbox.ack(cursor, [first_x], worker="w1") == 1
@@ -726,10 +727,7 @@ def test_a_claim_that_finds_nothing_after_the_last_full_batch_looks_at_everythin
 def test_a_claim_that_takes_back_a_lease_looks_at_everything(conn):
     """An expired lease's events are due again where they were, before the newest batch."""
     with conn, conn.cursor() as cursor:
-        ids = [
-            helpers.insert_event(cursor, envelope(f"r{n}"), idempotency_key=f"r{n}").event_id
-            for n in range(15)
-        ]
+        ids = events_of_their_own_records(cursor, 15)
         next_claim_turn(cursor, 1)
         assert claimed_ids(cursor, worker="crashed") == ids[:5]
         assert claimed_ids(cursor) == ids[5:10]
