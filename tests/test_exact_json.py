@@ -98,3 +98,9 @@ def test_the_depth_count_before_parsing_is_the_depth_of_the_value(value, limit, 
     """Brackets inside strings (escaped quotes and backslashes too) are not nesting."""
     text = json.dumps(value, indent=indent, ensure_ascii=indent is None).encode()
     assert exact_json.nests_deeper_than(text, limit) == (_depth(value) > limit)
+
+
+def test_a_byte_order_mark_is_refused_saying_so():
+    """As json.loads says it: the decoder, made once, would only say 'Expecting value'."""
+    with pytest.raises(ValueError, match="BOM"):
+        exact_json.loads('\ufeff{"amount": 1}')

@@ -54,6 +54,8 @@ _LONG_INTEGER_DECODER = json.JSONDecoder(
 def loads(text: str) -> Any:
     """Parse JSON text; numbers with a fraction or exponent, and integers of more than 4000
     digits, become Decimal (NaN and Infinity are refused with ValueError, as JSON does)."""
+    if text.startswith("\ufeff"):  # what json.loads says, which the decoder alone does not
+        raise json.JSONDecodeError("Unexpected UTF-8 BOM (decode using utf-8-sig)", text, 0)
     try:
         return _DECODER.decode(text)
     except ValueError as exc:

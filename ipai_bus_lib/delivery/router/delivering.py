@@ -82,9 +82,6 @@ class Deliverer:
             attempt.outcome, attempt.retry_at = "deferred", paused_until
             attempt.error = f"destination {attempt.destination} paused (circuit open)"
             return
-        if not self.traces.enabled:  # no span: spare the context manager (1 µs an attempt)
-            self._attempt(attempt, breaker)
-            return
         with self.traces.delivering(attempt, self.destinations[attempt.destination]):
             self._attempt(attempt, breaker)
 

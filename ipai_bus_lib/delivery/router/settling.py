@@ -231,14 +231,12 @@ def judge(
             if event.id not in no_route:
                 verdict.acked.append(event.id)
             continue
-        if len(mine) == 1 and mine[0].outcome == "delivered":  # the usual case, decided at once
-            verdict.acked.append(event.id)
-            continue
         outcomes = {attempt.outcome for attempt in mine}
-        errors = "; ".join(f"{a.destination}: {a.error}" for a in mine if a.error)
         if outcomes == {"delivered"}:
             verdict.acked.append(event.id)
-        elif "dead" in outcomes:
+            continue
+        errors = "; ".join(f"{a.destination}: {a.error}" for a in mine if a.error)
+        if "dead" in outcomes:
             verdict.dead.append((event, errors))
         elif "failed" in outcomes:
             retry_ats = [a.retry_at for a in mine if a.retry_at is not None]
